@@ -1,0 +1,281 @@
+/**
+ * The kvfs command line: format, mount, umount, status. It wires the parts together; nothing imports it.
+ * Every failure is one line on stderr starting with `kvfs: ` and a non-zero exit (1; 2 for usage errors).
+ */
+import { spawn } from 'node:child_process';
+import { existsSync, mkdirSync, openSync, readdirSync, statSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { join, resolve } from 'node:path';
+import yargs from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { StoreError } from '../src/backend/errors.js';
+import type { KvStore } from '../src/backend/kv.js';
+import { describeStore, openStore } from '../src/backend/open-store.js';
+import { Filesystem } from '../src/fs/filesystem.js';
+import { mountLibfuse } from '../src/fs/fuse/libfuse-driver.js';
+import { isDeadMount, mountAt, unmount } from '../src/fs/fuse/mount-table.js';
+import { K } from '../src/fs/schema.js';
+import { chunkSizeProblem, formatVolume, readVolume } from '../src/fs/volume.js';
+import { fuseDeviceProblem } from '../src/native.js';
+
+class CliError extends Error {}
+const fail = (msg: string): never => { throw new CliError(msg); };
+
+/** where the default volume lives: $KVFS_DATA_DIR, else $XDG_DATA_HOME/kvfs, else ~/.local/share/kvfs */
+function dataDir(): string {
+  if (process.env.KVFS_DATA_DIR) return resolve(process.env.KVFS_DATA_DIR);
+  const xdg = process.env.XDG_DATA_HOME || join(homedir(), '.local', 'share');
+  return join(xdg, 'kvfs');
+}
+
+const defaultStore = () => `local:${join(dataDir(), 'default')}`;
+
+/** "256K", "1M", "65536" -> bytes; undefined for anything else */
+function parseSize(s: string | number): number | undefined {
+  const m = /^(\d+)\s*([kmg]i?b?)?$/i.exec(String(s).trim());
+  if (!m) return undefined;
+  const unit = (m[2] ?? '').toLowerCase()[0];
+  return Number(m[1]) * (unit === 'k' ? 1024 : unit === 'm' ? 1 << 20 : unit === 'g' ? 1 << 30 : 1);
+}
+
+function chunkSizeArg(v: string | number | undefined): number | undefined {
+  if (v === undefined) return undefined;
+  const n = parseSize(v);
+  if (n === undefined) fail(`bad chunk size '${v}': give bytes or a size like 256K or 1M`);
+  const problem = chunkSizeProblem(n!);
+  if (problem) fail(problem);
+  return n;
+}
+
+/** a local: store that does not exist yet must not be created by commands that only read or mount */
+function mustExist(url: string): void {
+  if (!url.startsWith('local:')) return;
+  const dir = resolve(url.slice('local:'.length));
+  if (!existsSync(join(dir, 'data.mdb'))) {
+    fail(`${url} holds no kvfs volume (nothing at ${dir}); create one with: kvfs format ${url}`);
+  }
+}
+
+async function withStore<T>(url: string, fn: (s: KvStore) => Promise<T>): Promise<T> {
+  const store = await openStore(url);
+  try {
+    return await fn(store);
+  } finally {
+    await store.close();
+  }
+}
+
+// ------------------------------------------------------------------ format
+
+async function format(argv: { store?: string; name?: string; chunkSize?: string }): Promise<void> {
+  const url = argv.store ?? defaultStore();
+  const chunkSize = chunkSizeArg(argv.chunkSize);
+  if (argv.name !== undefined && !/^[A-Za-z0-9_-]{1,64}$/.test(argv.name)) {
+    fail(`bad volume name '${argv.name}': use 1 to 64 of A-Z a-z 0-9 _ -`);
+  }
+  await withStore(url, async (store) => {
+    const vol = await formatVolume(store, { name: argv.name, chunkSize });
+    console.log(`kvfs: formatted ${describeStore(url)}: volume '${vol.name}', chunk size ${vol.chunkSize}`);
+  });
+}
+
+// ------------------------------------------------------------------ mount
+
+interface MountArgs {
+  store?: string;
+  mountpoint: string;
+  background?: boolean;
+  allowOther?: boolean;
+  nonempty?: boolean;
+  driver: string;
+  debug?: boolean;
+  chunkSize?: string;
+  cacheMb: number;
+  writeBufferMb: number;
+  attrTimeout: number;
+  entryTimeout: number;
+}
+
+function checkMountpoint(mnt: string, nonempty: boolean): void {
+  if (isDeadMount(mnt)) fail(`${mnt} is a mount whose daemon is gone; clean it up with: kvfs umount ${mnt}`);
+  let st;
+  try {
+    st = statSync(mnt);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    fail(code === 'ENOENT' ? `mountpoint ${mnt} does not exist (create it with: mkdir -p ${mnt})` : `cannot use mountpoint ${mnt}: ${code}`);
+  }
+  if (!st!.isDirectory()) fail(`mountpoint ${mnt} is not a directory`);
+  const m = mountAt(mnt);
+  if (m) fail(`${mnt} is already mounted (${m.fsType} from ${m.source})`);
+  if (!nonempty && readdirSync(mnt).length > 0) fail(`mountpoint ${mnt} is not empty (use --nonempty to mount over its contents)`);
+}
+
+async function mount(argv: MountArgs): Promise<void> {
+  const url = argv.store ?? defaultStore();
+  const autoFormat = argv.store === undefined || url.startsWith('memory:');
+  const mnt = resolve(argv.mountpoint);
+  const chunkSize = chunkSizeArg(argv.chunkSize);
+  if (argv.driver !== 'libfuse') fail(`driver '${argv.driver}' is not available yet (use --driver libfuse)`);
+  checkMountpoint(mnt, !!argv.nonempty);
+  const dev = fuseDeviceProblem();
+  if (dev) fail(dev);
+  if (!autoFormat) mustExist(url);
+  if (argv.background) return background(mnt);
+
+  const store = await openStore(url);
+  let fs: Filesystem;
+  try {
+    try {
+      await readVolume(store);
+    } catch (e) {
+      if (!(e instanceof StoreError && e.code === 'NOVOLUME' && autoFormat)) throw e;
+      await formatVolume(store, { chunkSize });
+      console.error(`kvfs: formatted a new volume in ${describeStore(url)}`);
+    }
+    fs = await Filesystem.open(store, { blobCacheBytes: argv.cacheMb << 20, writeBufferBytes: argv.writeBufferMb << 20 });
+  } catch (e) {
+    await store.close().catch(() => undefined);
+    throw e;
+  }
+  const handle = await mountLibfuse(fs, mnt, {
+    allowOther: argv.allowOther, debug: argv.debug, attrTimeout: argv.attrTimeout, entryTimeout: argv.entryTimeout,
+  }).catch(async (e) => {
+    await fs.close().catch(() => undefined);
+    await store.close().catch(() => undefined);
+    return fail(`cannot mount ${mnt}: ${(e as Error).message}`);
+  });
+
+  let stopping = false;
+  const stop = async (why: string) => {
+    if (stopping) return;
+    stopping = true;
+    clearInterval(watch);
+    console.error(`kvfs: ${why}: unmounting ${mnt}`);
+    if (mountAt(mnt)) await handle.unmount().catch((e) => console.error(`kvfs: ${(e as Error).message}`));
+    await fs.close().catch((e) => console.error(`kvfs: ${(e as Error).message}`));
+    await store.close().catch(() => undefined);
+    process.exit(0);
+  };
+  // Unmounted from outside (kvfs umount, fusermount -u, umount): shut down cleanly.
+  const watch = setInterval(() => { if (!mountAt(mnt)) void stop('unmounted'); }, 500);
+  process.on('SIGINT', () => void stop('SIGINT'));
+  process.on('SIGTERM', () => void stop('SIGTERM'));
+  console.log(`kvfs: mounted ${describeStore(url)} at ${mnt}`);
+  process.send?.({ mounted: mnt, pid: process.pid });
+}
+
+/** --background: the same command without it, detached, logging to a file; returns once it is mounted */
+async function background(mnt: string): Promise<void> {
+  const logDir = join(dataDir(), 'logs');
+  mkdirSync(logDir, { recursive: true });
+  const log = join(logDir, `mount-${Date.now()}.log`);
+  const fd = openSync(log, 'a');
+  const args = process.argv.slice(1).filter((a) => a !== '--background' && a !== '--background=true');
+  const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', fd, fd, 'ipc'] });
+  await new Promise<void>((res, rej) => {
+    const timer = setTimeout(() => rej(new CliError(`the daemon did not mount ${mnt} within 30 s (log: ${log})`)), 30_000);
+    child.on('message', () => { clearTimeout(timer); res(); });
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      rej(new CliError(`the daemon exited with code ${code} before mounting (log: ${log})`));
+    });
+  });
+  child.removeAllListeners('exit');
+  child.disconnect();
+  child.unref();
+  console.log(`kvfs: mounted at ${mnt} (daemon pid ${child.pid}, log ${log})`);
+}
+
+// ------------------------------------------------------------------ umount, status
+
+async function umount(argv: { mountpoint: string; lazy?: boolean }): Promise<void> {
+  const mnt = resolve(argv.mountpoint);
+  if (!mountAt(mnt)) fail(`${mnt} is not mounted`);
+  try {
+    await unmount(mnt, { lazy: argv.lazy });
+  } catch (e) {
+    fail((e as Error).message.replace(/\n/g, ' '));
+  }
+  console.log(`kvfs: unmounted ${mnt}`);
+}
+
+async function status(argv: { store?: string }): Promise<void> {
+  const url = argv.store ?? defaultStore();
+  mustExist(url);
+  await withStore(url, async (store) => {
+    const vol = await readVolume(store);
+    const inodes = await store.incr(K.inodeCount, 0);
+    const bytes = await store.incr(K.byteCount, 0);
+    const info = await store.info();
+    console.log([
+      `store:          ${describeStore(url)}`,
+      `volume:         ${vol.name}`,
+      `format version: ${vol.formatVersion}`,
+      `chunk size:     ${vol.chunkSize}`,
+      `created:        ${new Date(vol.created).toISOString()}`,
+      `inodes:         ${inodes}`,
+      `bytes:          ${bytes}`,
+      ...(info.freeBytes !== undefined ? [`store free:     ${info.freeBytes}`] : []),
+    ].join('\n'));
+  });
+}
+
+// ------------------------------------------------------------------ the parser
+
+async function main(): Promise<void> {
+  await yargs(hideBin(process.argv))
+    .scriptName('kvfs')
+    .usage('$0 <command> [options]\n\nA FUSE filesystem that keeps every file as key-value objects in a store.\n' +
+      'STORE is a URL: local:PATH (embedded LMDB in a directory) or memory: (in the daemon\'s memory, for tests).')
+    .command('format [store]', 'write a new, empty volume into a store', (y) => y
+      .positional('store', { type: 'string', describe: 'store URL (default: the per-user default store)' })
+      .option('name', { type: 'string', describe: 'volume name ([A-Za-z0-9_-])' })
+      .option('chunk-size', { type: 'string', describe: 'chunk size, a power of two from 4K to 64M (default 256K)' })
+      .example('$0 format local:/srv/kvfs', 'format an LMDB store in /srv/kvfs')
+      .example('$0 format local:./data --chunk-size 1M', 'with 1 MiB chunks'),
+    (a) => format(a as never))
+    .command('mount <first> [second]', 'mount a volume: kvfs mount [STORE] MOUNTPOINT (a bare mountpoint mounts the default store, formatting it on first use)', (y) => y
+      .positional('first', { type: 'string', describe: 'STORE URL, or the MOUNTPOINT when it is the only argument' })
+      .positional('second', { type: 'string', describe: 'MOUNTPOINT' })
+      .option('background', { type: 'boolean', describe: 'return once mounted; the daemon keeps running' })
+      .option('allow-other', { type: 'boolean', describe: 'let other users in (modes and owners then decide)' })
+      .option('nonempty', { type: 'boolean', describe: 'mount over a non-empty directory' })
+      .option('driver', { type: 'string', default: 'libfuse', choices: ['libfuse', 'native'], describe: 'FUSE driver' })
+      .option('chunk-size', { type: 'string', describe: 'chunk size when this mount formats a new volume' })
+      .option('cache-mb', { type: 'number', default: 64, describe: 'MiB of file data cached in memory' })
+      .option('write-buffer-mb', { type: 'number', default: 64, describe: 'MiB of write-back buffers before writes commit early' })
+      .option('attr-timeout', { type: 'number', default: 1, describe: 'seconds the kernel caches attributes' })
+      .option('entry-timeout', { type: 'number', default: 1, describe: 'seconds the kernel caches names' })
+      .option('debug', { type: 'boolean', describe: 'log every FUSE request' })
+      .example('$0 mount ./mnt', 'mount the default volume at ./mnt')
+      .example('$0 mount local:/srv/kvfs /mnt/kvfs --background', 'mount an LMDB volume and return')
+      .example('$0 mount memory: /tmp/scratch', 'a throw-away volume in memory'),
+    (a) => mount({ ...(a as never as MountArgs), ...(a.second === undefined
+      ? { store: undefined, mountpoint: a.first as string } : { store: a.first as string, mountpoint: a.second }) }))
+    .command(['umount <mountpoint>', 'unmount <mountpoint>'], 'unmount (also a mount whose daemon died)', (y) => y
+      .positional('mountpoint', { type: 'string', demandOption: true })
+      .option('lazy', { type: 'boolean', describe: 'detach now even if busy' })
+      .example('$0 umount ./mnt', 'unmount ./mnt'),
+    (a) => umount(a as never))
+    .command('status [store]', 'show a volume\'s record and usage', (y) => y
+      .positional('store', { type: 'string', describe: 'store URL (default: the per-user default store)' })
+      .example('$0 status local:/srv/kvfs', 'show that volume'),
+    (a) => status(a as never))
+    .demandCommand(1, 'name a command: format, mount, umount or status')
+    .strict()
+    .help()
+    .fail((msg, err) => {
+      if (err) throw err;
+      console.error(`kvfs: ${msg} (see kvfs --help)`);
+      process.exit(2);
+    })
+    .parseAsync();
+}
+
+main().catch((e: unknown) => {
+  const msg = e instanceof CliError || e instanceof StoreError ? e.message : (e as Error)?.stack ?? String(e);
+  console.error(`kvfs: ${msg}`);
+  process.exit(1);
+});
+

@@ -1,0 +1,75 @@
+/**
+ * The KV interface every engine implements. POSIX logic lives above it (src/fs), written once.
+ *
+ * Keys are strings of printable ASCII without spaces; values are opaque bytes. Keys fall in two kinds:
+ *  - metadata keys (volume record, inodes, entries, chunk maps, queues, counters). On a cluster engine they
+ *    all share the volume's hash tag, so a `commit` touching several of them is one atomic step in one slot.
+ *  - blob keys (prefix `b/`), immutable file data, spread across the cluster. Blobs are written with `put`
+ *    before any commit references them and are never changed afterwards, only deleted.
+ *
+ * Collections: a key `P/rest` where P is a prefix ending in `/` that is passed to `scan` belongs to the
+ * collection P. `scan` returns the members of one collection in byte order of their keys. Engines with an
+ * ordered keyspace (LMDB, memory) scan a key range; engines without one (Redis) keep each collection in a hash.
+ * So every scanned prefix must be one of the collection prefixes the caller declares (see `collections` in
+ * src/fs/schema.ts); a key belongs to at most one collection, the one named by its longest declared prefix.
+ *
+ * Atomicity: `commit` applies a batch of writes only if every check still holds (compare-and-swap on whole
+ * values, absence included), all or nothing. It is the only multi-key write. Everything else is one key.
+ *
+ * Errors: engines throw StoreError (src/backend/errors.ts) with a stable code: NOSPACE when the store is full,
+ * UNAVAILABLE when it cannot be reached within the deadline, and so on. Nothing else escapes an adapter.
+ */
+export interface KvCheck {
+  key: string;
+  /** the value the key must hold for the commit to apply; undefined means "must not exist" */
+  value: Uint8Array | undefined;
+}
+
+export interface KvWrite {
+  key: string;
+  /** the new value; null deletes the key */
+  value: Uint8Array | null;
+}
+
+export interface ScanOptions {
+  /** only keys strictly after this one (a full key inside the collection) */
+  after?: string;
+  /** at most this many entries (the engine may return fewer; an empty page means the end) */
+  limit?: number;
+}
+
+export interface KvEngineInfo {
+  /** engine name: memory, lmdb, redis, redis-cluster */
+  engine: string;
+  /** bytes the store may hold, when it has a limit it can tell; undefined when unknown */
+  capacityBytes?: number;
+  /** bytes free, when known */
+  freeBytes?: number;
+}
+
+export interface KvStore {
+  /** the value of one key, or undefined */
+  get(key: string): Promise<Uint8Array | undefined>;
+  /** the values of many keys, in order; blob keys may be fetched from several nodes in parallel */
+  getMany(keys: readonly string[]): Promise<(Uint8Array | undefined)[]>;
+  /** writes one key (blobs, and metadata that needs no check) */
+  put(key: string, value: Uint8Array): Promise<void>;
+  /** deletes keys; missing keys are not an error */
+  del(keys: readonly string[]): Promise<void>;
+  /** members of one collection, in key order (see above) */
+  scan(prefix: string, opts?: ScanOptions): Promise<[string, Uint8Array][]>;
+  /** adds delta to a 64-bit signed counter stored at key (absent is 0) and returns the new value */
+  incr(key: string, delta: number): Promise<number>;
+  /**
+   * Atomically: if every check holds, apply every write and return true; otherwise change nothing and return
+   * false. `txid`, when given, makes the commit idempotent: an engine that may retry a commit after an unknown
+   * outcome records txid with the writes and answers true for a txid it has already applied.
+   */
+  commit(checks: readonly KvCheck[], writes: readonly KvWrite[], txid?: string): Promise<boolean>;
+  /** makes every earlier write durable on stable storage (fsync); resolves at once where the store has no such step */
+  sync(): Promise<void>;
+  /** what the engine knows about itself and its space */
+  info(): Promise<KvEngineInfo>;
+  /** releases connections and handles; later calls fail */
+  close(): Promise<void>;
+}

@@ -1,0 +1,265 @@
+import { mkdir, statfs } from 'node:fs/promises';
+import { open, type RootDatabase } from 'lmdb';
+import { StoreError, isStoreError } from './errors.js';
+import type { KvCheck, KvEngineInfo, KvStore, KvWrite, ScanOptions } from './kv.js';
+
+/**
+ * Initial size of the memory map: 1 GiB of virtual address space. It is not disk: without MDB_WRITEMAP the data
+ * file grows only as pages are written. lmdb-js doubles the map on demand with no upper bound, so the store's
+ * real limit is the filesystem holding it; a larger initial map only saves remaps (lmdb-js keeps each old map
+ * mapped for lingering readers, so fewer remaps means less address space held).
+ */
+export const DEFAULT_MAP_SIZE = 2 ** 30;
+
+export interface LmdbStoreOptions {
+  /** initial map size in bytes (default DEFAULT_MAP_SIZE); the map still grows beyond it on demand */
+  mapSize?: number;
+}
+
+/**
+ * A KvStore on LMDB (lmdb-js) in one directory: data.mdb and lock.mdb. Keys are strings (lmdb-js's
+ * ordered-binary encoding keeps printable ASCII as its bytes, so key order is byte order); values are raw bytes.
+ *
+ * Order and atomicity: every write (put, del, incr, commit) is an lmdb-js asynchronous transaction callback.
+ * Callbacks run on the main thread in call order, batched into one LMDB write transaction per event turn, so
+ * writes apply in the order they were called, and a commit's checks and writes see no other writer in between.
+ * A commit runs as a child transaction, so an error half-way through its writes rolls all of them back.
+ * Values are copied when a write is called, so the caller may reuse its buffers at once.
+ *
+ * Durability (overlappingSync, lmdb-js's default on Linux): a write resolves once its transaction is committed,
+ * i.e. written to the data file, so it survives a kill -9 of the process (on reopen lmdb-js takes the newest
+ * committed transaction while the boot id is unchanged). `sync()` resolves once every earlier transaction is
+ * also fsynced, so it survives a machine crash; after a crash the store reopens at the last synced transaction.
+ *
+ * Errors: a full disk (ENOSPC, EDQUOT, EFBIG) or map (MDB_MAP_FULL) is NOSPACE naming the limit; use after close
+ * is CLOSED; a damaged file is CORRUPT; EIO is UNAVAILABLE; an over-long key (over ~1978 bytes) is INVALID.
+ */
+export class LmdbStore implements KvStore {
+  /** the absolute directory holding the store */
+  readonly dir: string;
+  readonly #db: RootDatabase<Buffer, string>;
+  #closed = false;
+
+  private constructor(dir: string, db: RootDatabase<Buffer, string>) {
+    this.dir = dir;
+    this.#db = db;
+  }
+
+  /** opens (creating if missing) the store in directory `dir` */
+  static async open(dir: string, opts: LmdbStoreOptions = {}): Promise<LmdbStore> {
+    try {
+      await mkdir(dir, { recursive: true });
+      const db = open<Buffer, string>({
+        path: dir,
+        noSubdir: false, // lmdb-js would take a path with a '.' in it for a file name
+        encoding: 'binary',
+        overlappingSync: true,
+        mapSize: opts.mapSize ?? DEFAULT_MAP_SIZE,
+      });
+      return new LmdbStore(dir, db);
+    } catch (e) {
+      const err = await translate(e, dir).catch(() => undefined);
+      if (err?.code === 'NOSPACE') throw err;
+      throw new StoreError('CONFIG', `cannot open LMDB store at ${dir}: ${messageOf(e)}`, { cause: e });
+    }
+  }
+
+  async get(key: string): Promise<Uint8Array | undefined> {
+    const db = this.#live();
+    return this.#read(() => db.get(key));
+  }
+
+  async getMany(keys: readonly string[]): Promise<(Uint8Array | undefined)[]> {
+    const db = this.#live();
+    return this.#read(() => keys.map((k) => db.get(k)));
+  }
+
+  async put(key: string, value: Uint8Array): Promise<void> {
+    const db = this.#live();
+    const bytes = Buffer.from(value);
+    await this.#write(() => db.transaction(() => void db.putSync(key, bytes)));
+  }
+
+  async del(keys: readonly string[]): Promise<void> {
+    const db = this.#live();
+    if (keys.length === 0) return;
+    const ks = [...keys];
+    await this.#write(() => db.transaction(() => ks.forEach((k) => db.removeSync(k))));
+  }
+
+  async scan(prefix: string, opts: ScanOptions = {}): Promise<[string, Uint8Array][]> {
+    const db = this.#live();
+    checkScan(prefix, opts);
+    const { after, limit = Infinity } = opts;
+    // the collection is the key range [prefix, end): prefix with its final '/' raised to '0'
+    const end = prefix.slice(0, -1) + '0';
+    const start = after !== undefined && after > prefix ? after : prefix;
+    if (start >= end) return [];
+    return this.#read(() => {
+      const out: [string, Uint8Array][] = [];
+      for (const { key, value } of db.getRange({ start, end })) {
+        if (key === after) continue;
+        out.push([key, value]);
+        if (out.length >= limit) break;
+      }
+      return out;
+    });
+  }
+
+  async incr(key: string, delta: number): Promise<number> {
+    const db = this.#live();
+    return this.#write(() =>
+      db.transaction(() => {
+        const next = addCounter(key, db.get(key), delta);
+        db.putSync(key, Buffer.from(String(next)));
+        return next;
+      }),
+    );
+  }
+
+  async commit(checks: readonly KvCheck[], writes: readonly KvWrite[], _txid?: string): Promise<boolean> {
+    const db = this.#live();
+    // LMDB commits are local and never retried, so txid needs no record
+    const cs = checks.map((c) => ({ key: c.key, value: c.value && Buffer.from(c.value) }));
+    const ws = writes.map((w) => ({ key: w.key, value: w.value && Buffer.from(w.value) }));
+    return this.#write(() =>
+      db.childTransaction(() => {
+        for (const c of cs) {
+          const cur = db.get(c.key);
+          if (cur === undefined || c.value === undefined ? cur !== c.value : !cur.equals(c.value)) return false;
+        }
+        for (const w of ws) {
+          if (w.value === null) db.removeSync(w.key);
+          else db.putSync(w.key, w.value);
+        }
+        return true;
+      }),
+    );
+  }
+
+  async sync(): Promise<void> {
+    const db = this.#live();
+    await this.#write(async () => void (await db.flushed));
+  }
+
+  async info(): Promise<KvEngineInfo> {
+    this.#live();
+    try {
+      const s = await statfs(this.dir);
+      return { engine: 'lmdb', capacityBytes: s.blocks * s.bsize, freeBytes: s.bavail * s.bsize };
+    } catch (e) {
+      throw await translate(e, this.dir);
+    }
+  }
+
+  /** waits for every write already called, makes it durable, and closes; later calls fail with CLOSED */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    try {
+      await this.#db.flushed;
+    } catch (e) {
+      throw await translate(e, this.dir);
+    } finally {
+      await this.#db.close();
+    }
+  }
+
+  /** the database, or CLOSED once close() was called */
+  #live(): RootDatabase<Buffer, string> {
+    if (this.#closed) throw new StoreError('CLOSED', `LMDB store at ${this.dir} is closed`);
+    return this.#db;
+  }
+
+  #read<T>(fn: () => T): T {
+    try {
+      return fn();
+    } catch (e) {
+      throw translateSync(e, this.dir);
+    }
+  }
+
+  async #write<T>(fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (e) {
+      throw await translate(e, this.dir);
+    }
+  }
+}
+
+/** MDB_* codes from lmdb.h that lmdb-js reports as error.code */
+const MDB_MAP_FULL = -30792;
+const MDB_CORRUPT = new Set([-30796 /* CORRUPTED */, -30797 /* PAGE_NOTFOUND */, -30793 /* INVALID */, -30794 /* VERSION_MISMATCH */]);
+/** errnos: ENOSPC, EDQUOT, EFBIG; EIO */
+const NOSPACE_ERRNO = new Set<unknown>([28, 122, 27, 'ENOSPC', 'EDQUOT', 'EFBIG']);
+const EIO = new Set<unknown>([5, 'EIO']);
+
+/**
+ * The StoreError for an error raised by lmdb-js or the filesystem, with NOSPACE naming the space left.
+ * A failed batch commit rejects every write in it with a generic error whose `commitError` holds the cause.
+ * Errors of no known kind are rethrown unchanged: they are bugs, and become EIO, logged with their stack.
+ */
+async function translate(e: unknown, dir: string): Promise<StoreError> {
+  const commitError = (e as { commitError?: Promise<unknown> } | null)?.commitError;
+  if (commitError) e = await commitError.then(() => e, (cause: unknown) => cause);
+  const err = translateSync(e, dir);
+  if (err.code !== 'NOSPACE' || err.message.includes('MDB_MAP_FULL')) return err;
+  try {
+    const s = await statfs(dir);
+    err.message += ` (now ${s.bavail * s.bsize} of ${s.blocks * s.bsize} bytes free)`;
+  } catch {
+    // the message stands without the numbers
+  }
+  return err;
+}
+
+/** the StoreError for e, without the free-space numbers; rethrows e when it is of no known kind */
+function translateSync(e: unknown, dir: string): StoreError {
+  if (isStoreError(e)) return e;
+  const code = (e as { code?: unknown } | null)?.code;
+  const msg = messageOf(e);
+  if (code === MDB_MAP_FULL || msg.includes('MDB_MAP_FULL')) {
+    return new StoreError(
+      'NOSPACE',
+      `LMDB store at ${dir} is full: MDB_MAP_FULL, its memory map could not grow further (the limit is the ` +
+        `process's virtual address space); raise \`ulimit -v\` or open it with a larger mapSize`,
+      { cause: e },
+    );
+  }
+  if (NOSPACE_ERRNO.has(code) || /No space left|Disk quota|File too large/i.test(msg)) {
+    return new StoreError(
+      'NOSPACE',
+      `LMDB store at ${dir} is full: ${msg}; the limit is the free space (or quota, or \`ulimit -f\`) of the ` +
+        `filesystem holding it: free space there (delete files, run kvfs gc) or move the store to a larger filesystem`,
+      { cause: e },
+    );
+  }
+  if (/database is closed|has been closed/i.test(msg)) return new StoreError('CLOSED', `LMDB store at ${dir} is closed`, { cause: e });
+  if (MDB_CORRUPT.has(code as number)) return new StoreError('CORRUPT', `LMDB store at ${dir}: ${msg}`, { cause: e });
+  if (EIO.has(code)) return new StoreError('UNAVAILABLE', `LMDB store at ${dir}: ${msg}`, { cause: e });
+  if (/key size is larger/i.test(msg)) return new StoreError('INVALID', `LMDB store at ${dir}: ${msg}`, { cause: e });
+  throw e;
+}
+
+function messageOf(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
+
+/** throws INVALID unless prefix names a collection and limit is a positive integer */
+function checkScan(prefix: string, opts: ScanOptions): void {
+  if (!prefix.endsWith('/')) throw new StoreError('INVALID', `scan prefix '${prefix}' must end in '/'`);
+  if (opts.limit !== undefined && !(Number.isInteger(opts.limit) && opts.limit > 0)) {
+    throw new StoreError('INVALID', `scan limit must be a positive integer, got ${opts.limit}`);
+  }
+}
+
+/** the counter stored at key plus delta; throws CORRUPT for a stored non-integer, INVALID for a bad delta or overflow */
+function addCounter(key: string, stored: Uint8Array | undefined, delta: number): number {
+  if (!Number.isSafeInteger(delta)) throw new StoreError('INVALID', `incr of '${key}': delta ${delta} is not a safe integer`);
+  const text = stored === undefined ? '0' : Buffer.from(stored).toString('latin1');
+  if (!/^-?\d{1,16}$/.test(text)) throw new StoreError('CORRUPT', `incr of '${key}': stored value is not an integer`);
+  const next = Number(text) + delta;
+  if (!Number.isSafeInteger(next)) throw new StoreError('INVALID', `incr of '${key}' would overflow (${text} + ${delta})`);
+  return next;
+}

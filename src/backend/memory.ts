@@ -1,0 +1,149 @@
+import { StoreError } from './errors.js';
+import type { KvCheck, KvEngineInfo, KvStore, KvWrite, ScanOptions } from './kv.js';
+
+/** The shared state behind one or more MemoryStore handles: values by key, and the keys kept sorted. */
+interface MemoryData {
+  values: Map<string, Uint8Array>;
+  /** every key of `values`, ascending (code-unit order, which is byte order for the ASCII keys of kv.ts) */
+  keys: string[];
+}
+
+/**
+ * An ordered in-memory KvStore, for tests and for `memory:` URLs. Nothing is durable.
+ *
+ * Values are copied on the way in and on the way out, so no caller can change stored bytes. Every method runs
+ * to completion without awaiting, so each call is atomic and calls apply in the order they were made.
+ * Counters are stored as decimal ASCII, as Redis INCRBY does, and kept within Number.MAX_SAFE_INTEGER.
+ *
+ * Several handles may share one dataset (see the constructor), as several clients of one server would; closing a
+ * handle leaves the data and the other handles alone.
+ */
+export class MemoryStore implements KvStore {
+  readonly #data: MemoryData;
+  #closed = false;
+
+  /** a fresh empty store, or, given another handle, a second handle on that handle's data */
+  constructor(sharedWith?: MemoryStore) {
+    this.#data = sharedWith ? sharedWith.#data : { values: new Map(), keys: [] };
+  }
+
+  get #db(): MemoryData {
+    if (this.#closed) throw new StoreError('CLOSED', 'memory store is closed');
+    return this.#data;
+  }
+
+  async get(key: string): Promise<Uint8Array | undefined> {
+    return copy(this.#db.values.get(key));
+  }
+
+  async getMany(keys: readonly string[]): Promise<(Uint8Array | undefined)[]> {
+    const { values } = this.#db;
+    return keys.map((k) => copy(values.get(k)));
+  }
+
+  async put(key: string, value: Uint8Array): Promise<void> {
+    set(this.#db, key, new Uint8Array(value));
+  }
+
+  async del(keys: readonly string[]): Promise<void> {
+    const db = this.#db;
+    for (const k of keys) remove(db, k);
+  }
+
+  async scan(prefix: string, opts: ScanOptions = {}): Promise<[string, Uint8Array][]> {
+    const db = this.#db;
+    checkScan(prefix, opts);
+    const { after, limit = Infinity } = opts;
+    let i = lowerBound(db.keys, after !== undefined && after > prefix ? after : prefix);
+    if (db.keys[i] === after) i++;
+    const out: [string, Uint8Array][] = [];
+    for (; i < db.keys.length && out.length < limit; i++) {
+      const k = db.keys[i]!;
+      if (!k.startsWith(prefix)) break;
+      out.push([k, new Uint8Array(db.values.get(k)!)]);
+    }
+    return out;
+  }
+
+  async incr(key: string, delta: number): Promise<number> {
+    const db = this.#db;
+    const next = addCounter(key, db.values.get(key), delta);
+    set(db, key, new TextEncoder().encode(String(next)));
+    return next;
+  }
+
+  async commit(checks: readonly KvCheck[], writes: readonly KvWrite[], _txid?: string): Promise<boolean> {
+    const db = this.#db;
+    for (const c of checks) {
+      if (!sameBytes(db.values.get(c.key), c.value)) return false;
+    }
+    for (const w of writes) {
+      if (w.value === null) remove(db, w.key);
+      else set(db, w.key, new Uint8Array(w.value));
+    }
+    return true;
+  }
+
+  async sync(): Promise<void> {
+    void this.#db;
+  }
+
+  async info(): Promise<KvEngineInfo> {
+    void this.#db;
+    return { engine: 'memory' };
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+  }
+}
+
+function copy(v: Uint8Array | undefined): Uint8Array | undefined {
+  return v === undefined ? undefined : new Uint8Array(v);
+}
+
+function set(db: MemoryData, key: string, value: Uint8Array): void {
+  if (!db.values.has(key)) db.keys.splice(lowerBound(db.keys, key), 0, key);
+  db.values.set(key, value);
+}
+
+function remove(db: MemoryData, key: string): void {
+  if (!db.values.delete(key)) return;
+  db.keys.splice(lowerBound(db.keys, key), 1);
+}
+
+/** index of the first element of sorted `keys` that is >= key */
+function lowerBound(keys: readonly string[], key: string): number {
+  let lo = 0;
+  let hi = keys.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (keys[mid]! < key) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+/** whole-value equality; undefined equals only undefined (absent) */
+function sameBytes(a: Uint8Array | undefined, b: Uint8Array | undefined): boolean {
+  if (a === undefined || b === undefined) return a === b;
+  return a.length === b.length && a.every((x, i) => x === b[i]);
+}
+
+/** throws INVALID unless prefix names a collection and limit is a positive integer */
+function checkScan(prefix: string, opts: ScanOptions): void {
+  if (!prefix.endsWith('/')) throw new StoreError('INVALID', `scan prefix '${prefix}' must end in '/'`);
+  if (opts.limit !== undefined && !(Number.isInteger(opts.limit) && opts.limit > 0)) {
+    throw new StoreError('INVALID', `scan limit must be a positive integer, got ${opts.limit}`);
+  }
+}
+
+/** the counter stored at key plus delta; throws CORRUPT for a stored non-integer, INVALID for a bad delta or overflow */
+function addCounter(key: string, stored: Uint8Array | undefined, delta: number): number {
+  if (!Number.isSafeInteger(delta)) throw new StoreError('INVALID', `incr of '${key}': delta ${delta} is not a safe integer`);
+  const text = stored === undefined ? '0' : new TextDecoder().decode(stored);
+  if (!/^-?\d{1,16}$/.test(text)) throw new StoreError('CORRUPT', `incr of '${key}': stored value is not an integer`);
+  const next = Number(text) + delta;
+  if (!Number.isSafeInteger(next)) throw new StoreError('INVALID', `incr of '${key}' would overflow (${text} + ${delta})`);
+  return next;
+}

@@ -1,0 +1,63 @@
+import { resolve } from 'node:path';
+import { StoreError } from './errors.js';
+import type { KvStore } from './kv.js';
+import { LmdbStore, type LmdbStoreOptions } from './lmdb.js';
+import { MemoryStore } from './memory.js';
+
+/** options for openStore; each applies to the engines that name it */
+export interface OpenStoreOptions extends LmdbStoreOptions {}
+
+/** a store URL, parsed */
+type StoreUrl = { scheme: 'memory'; name: string } | { scheme: 'local'; dir: string };
+
+/** the origin of each named memory store; handles given out share its data */
+const namedMemory = new Map<string, MemoryStore>();
+
+/**
+ * Opens the store a URL names:
+ *  - `memory:`       a fresh, empty in-memory store
+ *  - `memory:NAME`   a handle on the process-wide in-memory store NAME (created empty on first use); closing a
+ *                    handle leaves the data and other handles alone
+ *  - `local:PATH`    LMDB in directory PATH, created if missing; a relative PATH is resolved against the cwd
+ * Anything else fails with StoreError INVALID.
+ */
+export async function openStore(url: string, opts: OpenStoreOptions = {}): Promise<KvStore> {
+  const u = parseStoreUrl(url);
+  if (u.scheme === 'local') return LmdbStore.open(u.dir, opts);
+  if (u.name === '') return new MemoryStore();
+  let origin = namedMemory.get(u.name);
+  if (!origin) namedMemory.set(u.name, (origin = new MemoryStore()));
+  return new MemoryStore(origin);
+}
+
+/** a human label for a store URL, for logs and status; never throws */
+export function describeStore(url: string): string {
+  let u: StoreUrl;
+  try {
+    u = parseStoreUrl(url);
+  } catch {
+    return url;
+  }
+  if (u.scheme === 'local') return `LMDB store in ${u.dir}`;
+  return u.name === '' ? 'in-memory store (not durable)' : `in-memory store '${u.name}' (not durable)`;
+}
+
+function parseStoreUrl(url: string): StoreUrl {
+  const m = /^([A-Za-z][A-Za-z0-9+.-]*):(.*)$/s.exec(url);
+  if (!m) {
+    throw new StoreError('INVALID', `store URL '${url}' has no scheme (expected local:PATH or memory:; did you mean local:${url}?)`);
+  }
+  const scheme = m[1]!.toLowerCase();
+  const rest = m[2]!;
+  if (scheme === 'memory') return { scheme, name: rest };
+  if (scheme === 'local') {
+    if (rest === '') {
+      throw new StoreError('INVALID', "store URL 'local:' has no path (expected local:PATH, e.g. local:./data or local:/var/lib/kvfs)");
+    }
+    return { scheme, dir: resolve(rest) };
+  }
+  throw new StoreError(
+    'INVALID',
+    `unknown store URL scheme '${m[1]}:' (expected local:PATH or memory:; redis:// and redis-cluster:// come later)`,
+  );
+}

@@ -1,0 +1,72 @@
+/**
+ * The filesystem's one error type and the one map from every error to an errno.
+ *
+ * FsError carries a POSIX code name (ENOENT, ...). Below src/fs, code throws FsError for POSIX outcomes and
+ * StoreError (src/backend/errors.ts) for store outcomes. At the boundary (a FUSE driver), `toErrno` turns any
+ * thrown value into a positive errno; unknown errors are logged with their stack and become EIO.
+ */
+import { constants } from 'node:os';
+import { StoreError } from '../backend/errors.js';
+
+export type Errno = keyof typeof constants.errno;
+
+export class FsError extends Error {
+  readonly code: Errno;
+  constructor(code: Errno, message?: string) {
+    super(message ?? code);
+    this.name = 'FsError';
+    this.code = code;
+  }
+}
+
+/** shorthand: throw fsErr('ENOENT') */
+export function fsErr(code: Errno, message?: string): FsError {
+  return new FsError(code, message);
+}
+
+export function errnoOf(code: Errno): number {
+  return constants.errno[code];
+}
+
+let logUnknown: (e: unknown) => void = (e) => {
+  console.error('kvfs: unexpected error, answering EIO:', e instanceof Error ? e.stack : e);
+};
+
+/** where unknown errors are reported (the daemon's logger) */
+export function setUnknownErrorLogger(fn: (e: unknown) => void): void {
+  logUnknown = fn;
+}
+
+let storeFullLogged = 0;
+
+/** Every error a caller can see passes through here: a positive errno. */
+export function toErrno(e: unknown): number {
+  if (e instanceof FsError) return constants.errno[e.code];
+  if (e instanceof StoreError) {
+    switch (e.code) {
+      case 'NOSPACE':
+        // A full store is ENOSPC to the caller; the log line names the limit (once a minute at most).
+        if (Date.now() - storeFullLogged > 60_000) {
+          storeFullLogged = Date.now();
+          console.error(`kvfs: store full: ${e.message}`);
+        }
+        return constants.errno.ENOSPC;
+      case 'UNAVAILABLE':
+      case 'THROTTLED':
+        // The store did not answer within the deadline: EIO, the caller may retry later.
+        console.error(`kvfs: store unavailable: ${e.message}`);
+        return constants.errno.EIO;
+      case 'CLOSED':
+        return constants.errno.ENOTCONN;
+      case 'CORRUPT':
+      case 'CONFIG':
+      case 'NOVOLUME':
+      case 'VERSION':
+      case 'INVALID':
+        console.error(`kvfs: store error ${e.code}: ${e.message}`);
+        return constants.errno.EIO;
+    }
+  }
+  logUnknown(e);
+  return constants.errno.EIO;
+}

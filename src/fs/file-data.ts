@@ -1,0 +1,396 @@
+/**
+ * The data of one open file: its chunks, the write-back buffers that hold changes not yet in the store, and
+ * the commit that swaps new blobs into the chunk map.
+ *
+ * Contract:
+ *  - One FileData per inode while any handle (or an internal user such as truncate) holds it; all handles of
+ *    the inode share it, so a read sees every write of this mount at once.
+ *  - `size` is the file's size as this mount sees it; the store learns it at the next commit.
+ *  - Changed chunks live in `dirty` (a whole chunk buffer each; bytes past `size` are zero). A commit
+ *    (`flush`) moves them to `flushing`, writes each as a new immutable blob, then swaps all of them into the
+ *    chunk map in one transaction with the inode's size and times, putting the replaced blobs on the GC queue.
+ *    A write that lands on a flushing chunk copies it first, so a blob is never changed while it is written.
+ *  - Commits of one file run one at a time (`commitLock`); truncate holds the same lock.
+ *  - Memory: dirty and flushing buffers are counted against the WriteBudget; a write that finds the budget
+ *    spent commits this file's dirty chunks before it returns.
+ */
+import type { KvStore } from '../backend/kv.js';
+import { StoreError } from '../backend/errors.js';
+import { fsErr } from './errors.js';
+import {
+  K, chunkIndexOf, decodeChunk, decodeInode, encodeChunk, encodeInode, nowTs, type Inode,
+} from './schema.js';
+import { transact } from './txn.js';
+import type { Ino, Timespec } from './types.js';
+import type { BlobCache } from './blob-cache.js';
+
+/** How many stale chunk entries one truncate/purge commit deletes. */
+export const DELETE_BATCH = 512;
+
+export interface ChunkEntry { length: number; blobId: string }
+
+/** Shared by all files of a mount: the chunk size, the store, caches, buffer recycling, the write budget. */
+export interface DataContext {
+  store: KvStore;
+  chunkSize: number;
+  blobs: BlobCache;
+  buffers: ChunkBuffers;
+  budget: WriteBudget;
+  newBlobId(): string;
+  /** called after commits that queued garbage */
+  kickJanitor(): void;
+}
+
+/**
+ * Recycles chunk-sized buffers: fresh memory is dear on these machines (first touch costs more than a copy),
+ * so buffers are kept and reused rather than freed and allocated again. At most `keep` are held idle.
+ */
+export class ChunkBuffers {
+  private readonly free: Buffer[] = [];
+  constructor(readonly size: number, private readonly keep: number) {}
+  /** a buffer of `size` bytes, zero-filled when `zero` */
+  take(zero: boolean): Buffer {
+    const b = this.free.pop() ?? Buffer.allocUnsafeSlow(this.size);
+    if (zero) b.fill(0);
+    return b;
+  }
+  give(b: Buffer): void {
+    if (this.free.length < this.keep && b.length === this.size) this.free.push(b);
+  }
+  get idle(): number {
+    return this.free.length;
+  }
+}
+
+/** Counts write-back bytes across the mount against a limit. */
+export class WriteBudget {
+  used = 0;
+  highWater = 0;
+  constructor(readonly limit: number) {}
+  add(n: number): void {
+    this.used += n;
+    if (this.used > this.highWater) this.highWater = this.used;
+  }
+  sub(n: number): void {
+    this.used -= n;
+  }
+  get spent(): boolean {
+    return this.used >= this.limit;
+  }
+}
+
+/** Most chunks one file keeps dirty before a write commits them. */
+const MAX_DIRTY_CHUNKS = 16;
+
+export class FileData {
+  refs = 0;
+  size: number;
+  /** pending mtime/ctime of writes not yet committed */
+  mtime: Timespec | undefined;
+  /** set when the last link went away while open: nothing is committed any more */
+  unlinked = false;
+  private readonly dirty = new Map<number, Buffer>();
+  private readonly flushing = new Map<number, Buffer>();
+  private readonly loading = new Map<number, Promise<Buffer>>();
+  private readonly entries = new Map<number, ChunkEntry | null>();
+  /** in-memory bound of a pending truncate: entries at or above are stale (0 = none) */
+  private truncFrom: number;
+  private commitTail: Promise<unknown> = Promise.resolve();
+
+  constructor(readonly ino: Ino, inode: Inode, private readonly cx: DataContext) {
+    this.size = inode.size;
+    this.truncFrom = inode.truncFrom;
+  }
+
+  get dirtyBytes(): number {
+    return (this.dirty.size + this.flushing.size) * this.cx.chunkSize;
+  }
+
+  /** Finishes a truncate a crashed mount left pending. Call once before first use. */
+  async recover(): Promise<void> {
+    if (this.truncFrom) await this.serial(() => this.deleteStaleChunks());
+  }
+
+  private serial<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.commitTail.then(fn, fn);
+    this.commitTail = run.catch(() => undefined);
+    return run;
+  }
+
+  // ---------------------------------------------------------------- reading
+
+  /** Reads up to `length` bytes at `offset` into a new buffer; shorter at end of file. */
+  async read(offset: number, length: number): Promise<Buffer> {
+    const end = Math.min(offset + length, this.size);
+    if (offset >= end) return Buffer.alloc(0);
+    const out = Buffer.allocUnsafe(end - offset);
+    const cs = this.cx.chunkSize;
+    const jobs: Promise<void>[] = [];
+    for (let idx = Math.floor(offset / cs); idx * cs < end; idx++) {
+      const base = idx * cs;
+      const from = Math.max(offset, base);
+      const to = Math.min(end, base + cs);
+      jobs.push(this.readChunkInto(idx, from - base, to - base, out, from - offset));
+    }
+    await Promise.all(jobs);
+    return out;
+  }
+
+  private async readChunkInto(idx: number, from: number, to: number, out: Buffer, at: number): Promise<void> {
+    const mem = this.dirty.get(idx) ?? this.flushing.get(idx);
+    if (mem) {
+      mem.copy(out, at, from, to);
+      return;
+    }
+    const data = await this.storedChunk(idx);
+    // A concurrent write may have made the chunk dirty while we fetched: the dirty copy is newer.
+    const newer = this.dirty.get(idx) ?? this.flushing.get(idx);
+    if (newer) {
+      newer.copy(out, at, from, to);
+      return;
+    }
+    const have = data ? Math.max(0, Math.min(to, data.length) - from) : 0;
+    if (have > 0) out.set(data!.subarray(from, from + have), at);
+    if (have < to - from) out.fill(0, at + have, at + (to - from));
+  }
+
+  /** The committed bytes of chunk idx (possibly shorter than a chunk), or undefined for a hole. */
+  private async storedChunk(idx: number): Promise<Uint8Array | undefined> {
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const e = await this.entry(idx, attempt > 0);
+      if (!e) return undefined;
+      const data = await this.cx.blobs.get(e.blobId);
+      if (data) return data;
+      // The blob was replaced and collected after we read the chunk map: read the map again.
+    }
+    throw new StoreError('CORRUPT', `file ${this.ino} chunk ${idx}: its blob is missing from the store`);
+  }
+
+  private async entry(idx: number, fresh: boolean): Promise<ChunkEntry | null> {
+    if (this.truncFrom && idx >= this.truncFrom) return null;
+    if (!fresh && this.entries.has(idx)) return this.entries.get(idx)!;
+    const raw = await this.cx.store.get(K.chunk(this.ino, idx));
+    const e = raw ? decodeChunk(raw) : null;
+    this.entries.set(idx, e);
+    return e;
+  }
+
+  // ---------------------------------------------------------------- writing
+
+  /** Writes data at offset into the write-back buffers; commits when this file or the mount holds too much. */
+  async write(offset: number, data: Uint8Array): Promise<number> {
+    const cs = this.cx.chunkSize;
+    const end = offset + data.length;
+    const src = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+    for (let idx = Math.floor(offset / cs); idx * cs < end; idx++) {
+      const base = idx * cs;
+      const from = Math.max(offset, base);
+      const to = Math.min(end, base + cs);
+      await this.writable(idx, from === base && to === base + cs,
+        (buf) => src.copy(buf, from - base, from - offset, to - offset));
+    }
+    if (end > this.size) this.size = end;
+    this.mtime = nowTs();
+    if (this.dirty.size >= MAX_DIRTY_CHUNKS || this.cx.budget.spent) await this.flush();
+    return data.length;
+  }
+
+  /**
+   * Applies `change` to the dirty buffer of chunk idx, loading the committed bytes first unless `overwrite`
+   * says the change covers the whole chunk. `change` runs synchronously with the buffer's adoption, so no
+   * reader ever sees a buffer that is not yet filled.
+   */
+  private async writable(idx: number, overwrite: boolean, change: (b: Buffer) => void): Promise<void> {
+    for (;;) {
+      const d = this.dirty.get(idx);
+      if (d) {
+        change(d);
+        return;
+      }
+      const inFlight = this.loading.get(idx);
+      if (inFlight) {
+        await inFlight;
+        continue;
+      }
+      const flushingBuf = this.flushing.get(idx);
+      if (flushingBuf || overwrite || idx * this.cx.chunkSize >= this.size) {
+        const b = this.cx.buffers.take(!flushingBuf && !overwrite);
+        if (flushingBuf) flushingBuf.copy(b);
+        change(b);
+        this.adopt(idx, b);
+        return;
+      }
+      const p = this.load(idx);
+      this.loading.set(idx, p);
+      try {
+        await p;
+      } finally {
+        this.loading.delete(idx);
+      }
+    }
+  }
+
+  private async load(idx: number): Promise<Buffer> {
+    const data = await this.storedChunk(idx);
+    const b = this.cx.buffers.take(false);
+    const n = data ? Math.min(data.length, b.length) : 0;
+    if (n) Buffer.from(data!.buffer, data!.byteOffset, n).copy(b, 0, 0, n);
+    b.fill(0, n);
+    this.adopt(idx, b);
+    return b;
+  }
+
+  private adopt(idx: number, b: Buffer): void {
+    this.dirty.set(idx, b);
+    this.cx.budget.add(b.length);
+  }
+
+  private drop(map: Map<number, Buffer>, idx: number): void {
+    const b = map.get(idx);
+    if (!b) return;
+    map.delete(idx);
+    this.cx.budget.sub(b.length);
+    this.cx.buffers.give(b);
+  }
+
+  /** Drops all write-back state without committing (the file is gone). */
+  discard(): void {
+    for (const idx of [...this.dirty.keys()]) this.drop(this.dirty, idx);
+    this.mtime = undefined;
+  }
+
+  // ---------------------------------------------------------------- committing
+
+  /** Commits every dirty chunk and the size and times: the store then holds what this mount wrote. */
+  flush(): Promise<void> {
+    return this.serial(() => this.commitDirty({}));
+  }
+
+  get hasChanges(): boolean {
+    return this.dirty.size > 0 || this.mtime !== undefined;
+  }
+
+  /**
+   * Moves dirty chunks to flushing, writes their blobs, and commits them with the inode. `extra` lets
+   * truncate put its own inode changes in the same commit.
+   */
+  private async commitDirty(extra: { truncFrom?: number; force?: boolean }): Promise<void> {
+    if (this.unlinked) return;
+    if (!this.hasChanges && !extra.force) return;
+    const cs = this.cx.chunkSize;
+    const batch: { idx: number; buf: Buffer; length: number; blobId: string }[] = [];
+    for (const [idx, buf] of this.dirty) {
+      this.dirty.delete(idx);
+      this.flushing.set(idx, buf);
+      const length = Math.max(0, Math.min(cs, this.size - idx * cs));
+      batch.push({ idx, buf, length, blobId: length ? this.cx.newBlobId() : '' });
+    }
+    const mtime = this.mtime;
+    const size = this.size;
+    try {
+      await Promise.all(batch.filter((c) => c.length).map((c) =>
+        this.cx.store.put(K.blob(c.blobId), c.buf.subarray(0, c.length))));
+      let added = 0;
+      await transact(this.cx.store, async (tx) => {
+        added = 0;
+        const raw = await tx.get(K.inode(this.ino));
+        if (!raw) throw fsErr('ESTALE', `file ${this.ino} is gone`);
+        const inode = decodeInode(this.ino, raw);
+        for (const c of batch) {
+          const key = K.chunk(this.ino, c.idx);
+          const oldRaw = await tx.get(key);
+          if (oldRaw) {
+            const old = decodeChunk(oldRaw);
+            tx.set(K.gc(old.blobId), Buffer.from(String(old.length)));
+            inode.stored -= old.length;
+          }
+          if (c.length) {
+            tx.set(key, encodeChunk(c.length, c.blobId));
+            inode.stored += c.length;
+            added += c.length;
+          } else if (oldRaw) {
+            tx.del(key);
+          }
+        }
+        inode.size = size;
+        if (mtime) {
+          inode.mtime = mtime;
+          inode.ctime = mtime;
+        }
+        if (extra.truncFrom !== undefined) inode.truncFrom = extra.truncFrom;
+        inode.version++;
+        tx.set(K.inode(this.ino), encodeInode(inode));
+        if (batch.length) tx.after.push(() => this.cx.kickJanitor());
+      });
+      if (added) void this.cx.store.incr(K.byteCount, added).catch(() => undefined);
+      for (const c of batch) this.entries.set(c.idx, c.length ? { length: c.length, blobId: c.blobId } : null);
+      if (this.mtime === mtime) this.mtime = undefined;
+    } catch (e) {
+      // Nothing was committed: the chunks go back to dirty unless a newer write already replaced them.
+      for (const c of batch) {
+        this.flushing.delete(c.idx);
+        if (this.dirty.has(c.idx)) {
+          this.cx.budget.sub(c.buf.length);
+          this.cx.buffers.give(c.buf);
+        } else {
+          this.dirty.set(c.idx, c.buf);
+        }
+      }
+      throw e;
+    }
+    for (const c of batch) this.drop(this.flushing, c.idx);
+  }
+
+  /** Changes the size. Shrinking zeroes the tail of the boundary chunk and deletes the chunks past it. */
+  truncate(newSize: number, stamp: Timespec): Promise<void> {
+    return this.serial(async () => {
+      const cs = this.cx.chunkSize;
+      if (newSize < this.size) {
+        const keep = Math.ceil(newSize / cs);
+        for (const idx of [...this.dirty.keys()]) if (idx >= keep) this.drop(this.dirty, idx);
+        for (const idx of [...this.entries.keys()]) if (idx >= keep) this.entries.delete(idx);
+        if (newSize % cs) {
+          const idx = keep - 1;
+          await this.writable(idx, false, (b) => b.fill(0, newSize % cs));
+        }
+        this.size = newSize;
+        this.truncFrom = keep;
+        this.mtime = stamp;
+        await this.commitDirty({ truncFrom: keep, force: true });
+        await this.deleteStaleChunks();
+      } else {
+        this.size = newSize;
+        this.mtime = stamp;
+        await this.commitDirty({ force: true });
+      }
+    });
+  }
+
+  /** Deletes chunk entries at or above truncFrom in bounded batches, then clears the pending truncate. */
+  private async deleteStaleChunks(): Promise<void> {
+    const from = this.truncFrom;
+    const prefix = K.chunkPrefix(this.ino);
+    const after = from > 0 ? K.chunk(this.ino, from - 1) : undefined;
+    for (;;) {
+      const page = await this.cx.store.scan(prefix, { after, limit: DELETE_BATCH });
+      const stale = page.filter(([k]) => chunkIndexOf(k) >= from);
+      await transact(this.cx.store, async (tx) => {
+        const raw = await tx.get(K.inode(this.ino));
+        if (!raw) return;
+        const inode = decodeInode(this.ino, raw);
+        for (const [key, val] of stale) {
+          const old = decodeChunk(val);
+          tx.del(key);
+          tx.set(K.gc(old.blobId), Buffer.from(String(old.length)));
+          inode.stored -= old.length;
+        }
+        if (stale.length < DELETE_BATCH) inode.truncFrom = 0;
+        inode.version++;
+        tx.set(K.inode(this.ino), encodeInode(inode));
+        if (stale.length) tx.after.push(() => this.cx.kickJanitor());
+      });
+      if (stale.length < DELETE_BATCH) break;
+    }
+    this.truncFrom = 0;
+  }
+}

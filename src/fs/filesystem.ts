@@ -1,0 +1,744 @@
+/**
+ * The POSIX filesystem, written once over the KV interface. Every operation is inode-based (as FUSE's
+ * low-level protocol); drivers in src/fs/fuse translate requests to these calls and errors to errnos.
+ *
+ * Contract:
+ *  - Every metadata change is one transaction (src/fs/txn.ts): it applies whole or not at all, so a crash
+ *    never leaves a half-made entry, a dangling entry or a wrong link count.
+ *  - Operations on the same directories and inodes of this mount run one at a time (KeyedMutex), so they do
+ *    not conflict with each other; other mounts are kept out by the store's compare-and-swap.
+ *  - File data goes through FileData (write-back per open file). `flush`/`release` commit it to the store;
+ *    `fsync` also makes the store put it on stable storage. getattr shows this mount's uncommitted size.
+ *  - An inode whose last link goes while it is open stays (an orphan record names it) and is removed at the
+ *    last release; otherwise removal queues the inode for purge and its blobs for GC (src/fs/janitor.ts).
+ *  - Permission checks are the kernel's (default_permissions); `access` answers for drivers that ask.
+ *    New inodes take the caller's uid, and the caller's gid or, under a setgid directory, the directory's.
+ *  - Times: create sets all three; data writes set mtime and ctime; metadata changes set ctime; directory
+ *    changes set the directory's mtime and ctime. atime changes only by utimens (the mount is noatime).
+ */
+import { randomBytes } from 'node:crypto';
+import { constants } from 'node:fs';
+import type { KvStore } from '../backend/kv.js';
+import { BlobCache } from './blob-cache.js';
+import { fsErr } from './errors.js';
+import { ChunkBuffers, FileData, WriteBudget, type DataContext } from './file-data.js';
+import { Janitor } from './janitor.js';
+import { KeyedMutex } from './keyed-mutex.js';
+import {
+  INO_BATCH, K, decodeDirent, decodeInode, encodeDirent, encodeInode, memberOf, nowTs, toAttr,
+  type Inode, type VolumeRecord,
+} from './schema.js';
+import { transact, type Txn } from './txn.js';
+import {
+  RENAME_EXCHANGE, RENAME_NOREPLACE, ROOT_INO, XATTR_CREATE, XATTR_REPLACE,
+  type Attr, type Ctx, type DirEntry, type Fh, type Ino, type SetAttr, type StatFs, type Timespec,
+} from './types.js';
+import { readVolume } from './volume.js';
+
+const S_IFMT = 0o170000;
+const S_IFDIR = 0o040000;
+const S_IFREG = 0o100000;
+const S_IFLNK = 0o120000;
+const S_ISGID = 0o2000;
+const NAME_MAX = 255;
+const XATTR_NAME_MAX = 255;
+const XATTR_SIZE_MAX = 65536;
+const DIR_SIZE = 4096;
+
+export interface FsOptions {
+  /** bytes of blobs kept in memory (default 64 MiB) */
+  blobCacheBytes?: number;
+  /** bytes of write-back buffers across all files before writes commit early (default 64 MiB) */
+  writeBufferBytes?: number;
+}
+
+export interface FsStats {
+  openFiles: number;
+  writeBackBytes: number;
+  writeBackHighWater: number;
+  blobCacheBytes: number;
+  blobCacheHits: number;
+  blobCacheMisses: number;
+  idleChunkBuffers: number;
+  purged: number;
+  collected: number;
+}
+
+interface FileHandle { kind: 'file'; ino: Ino; flags: number; data: FileData }
+interface DirHandle { kind: 'dir'; ino: Ino; entries?: DirEntry[] }
+type Handle = FileHandle | DirHandle;
+
+const isDir = (mode: number) => (mode & S_IFMT) === S_IFDIR;
+const isReg = (mode: number) => (mode & S_IFMT) === S_IFREG;
+
+function checkName(name: string): void {
+  if (name.length === 0 || name.includes('/') || name.includes('\0')) throw fsErr('EINVAL', `bad name '${name}'`);
+  if (Buffer.byteLength(name) > NAME_MAX) throw fsErr('ENAMETOOLONG');
+}
+
+export class Filesystem {
+  readonly volume: VolumeRecord;
+  readonly session: string;
+  private readonly locks = new KeyedMutex();
+  private readonly files = new Map<Ino, FileData>();
+  private readonly opening = new Map<Ino, Promise<FileData>>();
+  private readonly handles = new Map<Fh, Handle>();
+  private nextFh = 1;
+  private inoNext = 0;
+  private inoEnd = -1;
+  private inoAlloc: Promise<void> | undefined;
+  private blobSeq = 0;
+  private readonly cx: DataContext;
+  readonly janitor: Janitor;
+  private readonly blobs: BlobCache;
+  private readonly budget: WriteBudget;
+  private readonly buffers: ChunkBuffers;
+
+  private constructor(readonly store: KvStore, volume: VolumeRecord, opts: FsOptions) {
+    this.volume = volume;
+    this.session = randomBytes(6).toString('base64url');
+    this.blobs = new BlobCache(store, opts.blobCacheBytes ?? 64 << 20);
+    this.budget = new WriteBudget(opts.writeBufferBytes ?? 64 << 20);
+    this.buffers = new ChunkBuffers(volume.chunkSize, Math.max(4, Math.floor(this.budget.limit / volume.chunkSize)));
+    this.janitor = new Janitor(store, this.blobs);
+    this.cx = {
+      store, chunkSize: volume.chunkSize, blobs: this.blobs, buffers: this.buffers, budget: this.budget,
+      newBlobId: () => `${this.session}.${(this.blobSeq++).toString(36)}`,
+      kickJanitor: () => this.janitor.kick(),
+    };
+  }
+
+  /** Opens the volume in a store (NOVOLUME / VERSION errors when it cannot) and finishes leftover clean-up. */
+  static async open(store: KvStore, opts: FsOptions = {}): Promise<Filesystem> {
+    const vol = await readVolume(store);
+    const fs = new Filesystem(store, vol, opts);
+    await fs.reapOrphans();
+    fs.janitor.kick();
+    return fs;
+  }
+
+  /** Commits every open file and stops background work. The store stays open (the caller owns it). */
+  async close(): Promise<void> {
+    await Promise.all([...this.files.values()].map((f) => f.flush().catch(() => undefined)));
+    await this.janitor.run().catch(() => undefined);
+    await this.janitor.close();
+  }
+
+  stats(): FsStats {
+    return {
+      openFiles: this.files.size, writeBackBytes: this.budget.used, writeBackHighWater: this.budget.highWater,
+      blobCacheBytes: this.blobs.bytes, blobCacheHits: this.blobs.hits, blobCacheMisses: this.blobs.misses,
+      idleChunkBuffers: this.buffers.idle, purged: this.janitor.purged, collected: this.janitor.collected,
+    };
+  }
+
+  // ------------------------------------------------------------------ helpers
+
+  private async allocIno(): Promise<Ino> {
+    while (this.inoNext > this.inoEnd) {
+      if (!this.inoAlloc) {
+        this.inoAlloc = this.store.incr(K.inoCounter, INO_BATCH).then((end) => {
+          this.inoNext = Math.max(end - INO_BATCH + 1, ROOT_INO + 1);
+          this.inoEnd = end;
+        }).finally(() => { this.inoAlloc = undefined; });
+      }
+      await this.inoAlloc;
+    }
+    return this.inoNext++;
+  }
+
+  private async inode(tx: Txn | KvStore, ino: Ino): Promise<Inode> {
+    const raw = await tx.get(K.inode(ino));
+    if (!raw) throw fsErr('ENOENT', `no inode ${ino}`);
+    return decodeInode(ino, raw);
+  }
+
+  private async dirInode(tx: Txn | KvStore, ino: Ino): Promise<Inode> {
+    const n = await this.inode(tx, ino);
+    if (!isDir(n.mode)) throw fsErr('ENOTDIR');
+    return n;
+  }
+
+  private async entry(tx: Txn | KvStore, parent: Ino, name: string): Promise<{ ino: Ino; type: number } | undefined> {
+    const raw = await tx.get(K.dirent(parent, name));
+    return raw ? decodeDirent(raw) : undefined;
+  }
+
+  private put(tx: Txn, n: Inode): void {
+    n.version++;
+    tx.set(K.inode(n.ino), encodeInode(n));
+  }
+
+  private touchDir(tx: Txn, dir: Inode, t: Timespec): void {
+    dir.mtime = t;
+    dir.ctime = t;
+    this.put(tx, dir);
+  }
+
+  /** the attributes this mount sees: the stored inode with this mount's uncommitted size and times */
+  private view(n: Inode): Attr {
+    const a = toAttr(n);
+    const f = this.files.get(n.ino);
+    if (f) {
+      a.size = f.size;
+      if (f.mtime) {
+        a.mtime = f.mtime;
+        a.ctime = f.mtime;
+      }
+      a.blocks = Math.max(a.blocks, Math.ceil(Math.min(f.size, n.stored + f.dirtyBytes) / 512));
+    }
+    return a;
+  }
+
+  /** Removes an inode whose last link went away: now, or at last release when it is open here. */
+  private dropInode(tx: Txn, n: Inode): void {
+    const open = this.files.get(n.ino);
+    if (open && open.refs > 0) {
+      tx.set(K.orphan(n.ino), Buffer.from(this.session));
+      this.put(tx, n);
+      tx.after.push(() => { open.unlinked = true; open.discard(); });
+    } else {
+      tx.del(K.inode(n.ino));
+      tx.set(K.purge(n.ino), Buffer.alloc(0));
+      tx.after.push(() => this.janitor.kick());
+    }
+  }
+
+  /** Orphans left by a mount that ended without its last release: removed now. */
+  private async reapOrphans(): Promise<void> {
+    for (;;) {
+      const page = await this.store.scan(K.orphanPrefix, { limit: 256 });
+      if (!page.length) return;
+      for (const [key] of page) {
+        const ino = Number(memberOf(key, K.orphanPrefix));
+        await transact(this.store, async (tx) => {
+          tx.del(key);
+          if (await tx.get(K.inode(ino))) {
+            tx.del(K.inode(ino));
+            tx.set(K.purge(ino), Buffer.alloc(0));
+          }
+        });
+      }
+    }
+  }
+
+  private async fileData(ino: Ino): Promise<FileData> {
+    for (;;) {
+      const f = this.files.get(ino);
+      if (f) {
+        f.refs++;
+        return f;
+      }
+      const pending = this.opening.get(ino);
+      if (pending) {
+        await pending.catch(() => undefined);
+        continue;
+      }
+      const p = (async () => {
+        const n = await this.inode(this.store, ino);
+        const fd = new FileData(ino, n, this.cx);
+        await fd.recover();
+        this.files.set(ino, fd);
+        return fd;
+      })();
+      this.opening.set(ino, p);
+      try {
+        await p;
+      } finally {
+        this.opening.delete(ino);
+      }
+    }
+  }
+
+  /** drops one reference; the last one commits (or removes an unlinked file) */
+  private async unref(f: FileData): Promise<void> {
+    if (f.refs === 1) {
+      if (!f.unlinked) await f.flush();
+    }
+    f.refs--;
+    if (f.refs > 0) return;
+    this.files.delete(f.ino);
+    if (f.unlinked) {
+      f.discard();
+      await transact(this.store, async (tx) => {
+        tx.del(K.orphan(f.ino));
+        if (await tx.get(K.inode(f.ino))) {
+          const n = await this.inode(tx, f.ino);
+          if (n.nlink > 0) return; // linked again meanwhile (cannot happen through POSIX, kept for safety)
+          tx.del(K.inode(f.ino));
+          tx.set(K.purge(f.ino), Buffer.alloc(0));
+        }
+        tx.after.push(() => this.janitor.kick());
+      });
+    }
+  }
+
+  private handle(fh: Fh): Handle {
+    const h = this.handles.get(fh);
+    if (!h) throw fsErr('EBADF', `no handle ${fh}`);
+    return h;
+  }
+
+  private fileHandle(fh: Fh): FileHandle {
+    const h = this.handle(fh);
+    if (h.kind !== 'file') throw fsErr('EBADF');
+    return h;
+  }
+
+  private addHandle(h: Handle): Fh {
+    while (this.handles.has(this.nextFh) || this.nextFh === 0) this.nextFh = (this.nextFh + 1) >>> 0;
+    const fh = this.nextFh;
+    this.nextFh = (this.nextFh + 1) >>> 0;
+    this.handles.set(fh, h);
+    return fh;
+  }
+
+  // ------------------------------------------------------------------ names
+
+  async lookup(parent: Ino, name: string): Promise<Attr> {
+    if (name === '.' || name === '..') {
+      const dir = await this.dirInode(this.store, parent);
+      return this.getattr(name === '.' ? parent : dir.parent);
+    }
+    checkName(name);
+    await this.dirInode(this.store, parent);
+    const e = await this.entry(this.store, parent, name);
+    if (!e) throw fsErr('ENOENT');
+    return this.getattr(e.ino);
+  }
+
+  async getattr(ino: Ino): Promise<Attr> {
+    return this.view(await this.inode(this.store, ino));
+  }
+
+  private async makeNode(parent: Ino, name: string, mode: number, ctx: Ctx,
+    extra: { rdev?: number; target?: string } = {}): Promise<Attr> {
+    checkName(name);
+    const ino = await this.allocIno();
+    const n = await this.locks.with([parent], () => transact(this.store, async (tx) => {
+      const dir = await this.dirInode(tx, parent);
+      if (dir.nlink === 0) throw fsErr('ENOENT', 'the directory was removed');
+      if (await this.entry(tx, parent, name)) throw fsErr('EEXIST');
+      const t = nowTs();
+      let gid = ctx.gid;
+      let m = mode;
+      if (dir.mode & S_ISGID) {
+        gid = dir.gid;
+        if (isDir(mode)) m |= S_ISGID;
+      }
+      const node: Inode = {
+        ino, version: 0, mode: m, nlink: isDir(m) ? 2 : 1, uid: ctx.uid, gid, rdev: extra.rdev ?? 0,
+        size: isDir(m) ? DIR_SIZE : extra.target !== undefined ? Buffer.byteLength(extra.target) : 0,
+        atime: t, mtime: t, ctime: t, parent: isDir(m) ? parent : 0, children: 0, stored: 0, truncFrom: 0,
+        target: extra.target,
+      };
+      this.put(tx, node);
+      tx.set(K.dirent(parent, name), encodeDirent(ino, m));
+      dir.children++;
+      if (isDir(m)) dir.nlink++;
+      this.touchDir(tx, dir, t);
+      return node;
+    }));
+    void this.store.incr(K.inodeCount, 1).catch(() => undefined);
+    return this.view(n);
+  }
+
+  mknod(parent: Ino, name: string, mode: number, rdev: number, ctx: Ctx): Promise<Attr> {
+    if ((mode & S_IFMT) === 0) mode |= S_IFREG;
+    if (isDir(mode) || (mode & S_IFMT) === S_IFLNK) throw fsErr('EINVAL');
+    return this.makeNode(parent, name, mode, ctx, { rdev });
+  }
+
+  mkdir(parent: Ino, name: string, mode: number, ctx: Ctx): Promise<Attr> {
+    return this.makeNode(parent, name, S_IFDIR | (mode & 0o7777), ctx);
+  }
+
+  symlink(parent: Ino, name: string, target: string, ctx: Ctx): Promise<Attr> {
+    if (target.length === 0) throw fsErr('ENOENT');
+    if (Buffer.byteLength(target) > 4095) throw fsErr('ENAMETOOLONG');
+    return this.makeNode(parent, name, S_IFLNK | 0o777, ctx, { target });
+  }
+
+  async readlink(ino: Ino): Promise<string> {
+    const n = await this.inode(this.store, ino);
+    if ((n.mode & S_IFMT) !== S_IFLNK || n.target === undefined) throw fsErr('EINVAL');
+    return n.target;
+  }
+
+  async link(ino: Ino, newParent: Ino, newName: string): Promise<Attr> {
+    checkName(newName);
+    const n = await this.locks.with([newParent, ino], () => transact(this.store, async (tx) => {
+      const node = await this.inode(tx, ino);
+      if (isDir(node.mode)) throw fsErr('EPERM', 'hard links to directories are not allowed');
+      if (node.nlink === 0) throw fsErr('ENOENT');
+      const dir = await this.dirInode(tx, newParent);
+      if (dir.nlink === 0) throw fsErr('ENOENT');
+      if (await this.entry(tx, newParent, newName)) throw fsErr('EEXIST');
+      const t = nowTs();
+      node.nlink++;
+      node.ctime = t;
+      this.put(tx, node);
+      tx.set(K.dirent(newParent, newName), encodeDirent(ino, node.mode));
+      dir.children++;
+      this.touchDir(tx, dir, t);
+      return node;
+    }));
+    return this.view(n);
+  }
+
+  async unlink(parent: Ino, name: string): Promise<void> {
+    checkName(name);
+    await this.locks.with([parent], () => transact(this.store, async (tx) => {
+      const dir = await this.dirInode(tx, parent);
+      const e = await this.entry(tx, parent, name);
+      if (!e) throw fsErr('ENOENT');
+      if (isDir(e.type)) throw fsErr('EISDIR');
+      const node = await this.inode(tx, e.ino);
+      const t = nowTs();
+      tx.del(K.dirent(parent, name));
+      dir.children--;
+      this.touchDir(tx, dir, t);
+      node.nlink--;
+      node.ctime = t;
+      if (node.nlink > 0) this.put(tx, node);
+      else this.dropInode(tx, node);
+    }));
+  }
+
+  async rmdir(parent: Ino, name: string): Promise<void> {
+    if (name === '.') throw fsErr('EINVAL');
+    if (name === '..') throw fsErr('ENOTEMPTY');
+    checkName(name);
+    await this.locks.with([parent], () => transact(this.store, async (tx) => {
+      const dir = await this.dirInode(tx, parent);
+      const e = await this.entry(tx, parent, name);
+      if (!e) throw fsErr('ENOENT');
+      if (!isDir(e.type)) throw fsErr('ENOTDIR');
+      const node = await this.inode(tx, e.ino);
+      if (node.children > 0) throw fsErr('ENOTEMPTY');
+      const t = nowTs();
+      tx.del(K.dirent(parent, name));
+      tx.del(K.inode(node.ino));
+      tx.set(K.purge(node.ino), Buffer.alloc(0));
+      tx.after.push(() => this.janitor.kick());
+      dir.children--;
+      dir.nlink--;
+      this.touchDir(tx, dir, t);
+    }));
+  }
+
+  /** true when `ino` is `dir` or one of its ancestors (walks parent pointers inside the transaction) */
+  private async isAncestor(tx: Txn, ino: Ino, dir: Ino): Promise<boolean> {
+    for (let cur = dir, hops = 0; ; hops++) {
+      if (cur === ino) return true;
+      if (cur === ROOT_INO) return false;
+      if (hops > 4096) throw fsErr('ELOOP', 'directory tree too deep or cyclic');
+      cur = (await this.dirInode(tx, cur)).parent;
+    }
+  }
+
+  async rename(parent: Ino, name: string, newParent: Ino, newName: string, flags = 0): Promise<void> {
+    checkName(name);
+    checkName(newName);
+    if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) || (flags & RENAME_NOREPLACE && flags & RENAME_EXCHANGE)) {
+      throw fsErr('EINVAL', 'bad rename flags');
+    }
+    await this.locks.with([parent, newParent], () => transact(this.store, async (tx) => {
+      const src = await this.entry(tx, parent, name);
+      const srcDir = await this.dirInode(tx, parent);
+      const dstDir = parent === newParent ? srcDir : await this.dirInode(tx, newParent);
+      if (!src) throw fsErr('ENOENT');
+      const dst = await this.entry(tx, newParent, newName);
+      if (flags & RENAME_NOREPLACE && dst) throw fsErr('EEXIST');
+      if (flags & RENAME_EXCHANGE && !dst) throw fsErr('ENOENT');
+      if (dst && dst.ino === src.ino) return; // two links of one inode: POSIX says do nothing
+      const node = await this.inode(tx, src.ino);
+      const t = nowTs();
+      const moving = parent !== newParent;
+      if (isDir(node.mode) && moving && await this.isAncestor(tx, node.ino, newParent)) {
+        throw fsErr('EINVAL', 'cannot move a directory into itself');
+      }
+
+      if (flags & RENAME_EXCHANGE) {
+        const other = await this.inode(tx, dst!.ino);
+        if (isDir(other.mode) && moving && await this.isAncestor(tx, other.ino, parent)) {
+          throw fsErr('EINVAL', 'cannot move a directory into itself');
+        }
+        tx.set(K.dirent(parent, name), encodeDirent(other.ino, other.mode));
+        tx.set(K.dirent(newParent, newName), encodeDirent(node.ino, node.mode));
+        if (moving) {
+          if (isDir(node.mode)) { node.parent = newParent; srcDir.nlink--; dstDir.nlink++; }
+          if (isDir(other.mode)) { other.parent = parent; dstDir.nlink--; srcDir.nlink++; }
+        }
+        node.ctime = t;
+        other.ctime = t;
+        this.put(tx, node);
+        this.put(tx, other);
+        this.touchDir(tx, srcDir, t);
+        if (moving) this.touchDir(tx, dstDir, t);
+        return;
+      }
+
+      if (dst) {
+        const victim = await this.inode(tx, dst.ino);
+        if (isDir(node.mode)) {
+          if (!isDir(victim.mode)) throw fsErr('ENOTDIR');
+          if (victim.children > 0) throw fsErr('ENOTEMPTY');
+        } else if (isDir(victim.mode)) {
+          throw fsErr('EISDIR');
+        }
+        if (isDir(victim.mode)) {
+          tx.del(K.inode(victim.ino));
+          tx.set(K.purge(victim.ino), Buffer.alloc(0));
+          tx.after.push(() => this.janitor.kick());
+          dstDir.nlink--;
+        } else {
+          victim.nlink--;
+          victim.ctime = t;
+          if (victim.nlink > 0) this.put(tx, victim);
+          else this.dropInode(tx, victim);
+        }
+        dstDir.children--;
+      }
+      tx.del(K.dirent(parent, name));
+      tx.set(K.dirent(newParent, newName), encodeDirent(node.ino, node.mode));
+      srcDir.children--;
+      dstDir.children++;
+      if (isDir(node.mode) && moving) {
+        node.parent = newParent;
+        srcDir.nlink--;
+        dstDir.nlink++;
+      }
+      node.ctime = t;
+      this.put(tx, node);
+      this.touchDir(tx, srcDir, t);
+      if (moving) this.touchDir(tx, dstDir, t);
+    }));
+  }
+
+  // ------------------------------------------------------------------ attributes
+
+  async setattr(ino: Ino, set: SetAttr, _ctx?: Ctx): Promise<Attr> {
+    const t = nowTs();
+    if (set.size !== undefined) {
+      if (!Number.isSafeInteger(set.size) || set.size < 0) throw fsErr('EINVAL');
+      const n = await this.inode(this.store, ino);
+      if (isDir(n.mode)) throw fsErr('EISDIR');
+      if (!isReg(n.mode)) throw fsErr('EINVAL');
+      const f = await this.fileData(ino);
+      try {
+        await this.locks.with([ino], () => f.truncate(set.size!, t));
+      } finally {
+        await this.unref(f);
+      }
+    }
+    const meta = set.mode !== undefined || set.uid !== undefined || set.gid !== undefined ||
+      set.atime !== undefined || set.mtime !== undefined || set.ctime !== undefined;
+    if (!meta) return this.getattr(ino);
+    const n = await this.locks.with([ino], () => transact(this.store, async (tx) => {
+      const node = await this.inode(tx, ino);
+      if (set.mode !== undefined) node.mode = (node.mode & S_IFMT) | (set.mode & 0o7777);
+      if (set.uid !== undefined) node.uid = set.uid;
+      if (set.gid !== undefined) node.gid = set.gid;
+      if (set.atime !== undefined) node.atime = set.atime === 'now' ? t : set.atime;
+      if (set.mtime !== undefined) node.mtime = set.mtime === 'now' ? t : set.mtime;
+      node.ctime = set.ctime ?? t;
+      this.put(tx, node);
+      return node;
+    }));
+    const f = this.files.get(ino);
+    if (f && set.mtime !== undefined) f.mtime = undefined; // an explicit mtime wins over pending writes' mtime
+    return this.view(n);
+  }
+
+  // ------------------------------------------------------------------ files
+
+  async open(ino: Ino, flags: number): Promise<Fh> {
+    const n = await this.inode(this.store, ino);
+    if (isDir(n.mode)) throw fsErr('EISDIR');
+    if ((n.mode & S_IFMT) === S_IFLNK) throw fsErr('ELOOP');
+    const data = await this.fileData(ino);
+    if (flags & constants.O_TRUNC && (flags & 3) !== constants.O_RDONLY && data.size > 0) {
+      try {
+        await this.locks.with([ino], () => data.truncate(0, nowTs()));
+      } catch (e) {
+        await this.unref(data);
+        throw e;
+      }
+    }
+    return this.addHandle({ kind: 'file', ino, flags, data });
+  }
+
+  async create(parent: Ino, name: string, mode: number, flags: number, ctx: Ctx): Promise<{ attr: Attr; fh: Fh }> {
+    let attr: Attr;
+    try {
+      attr = await this.makeNode(parent, name, S_IFREG | (mode & 0o7777), ctx);
+    } catch (e) {
+      if ((e as { code?: string }).code !== 'EEXIST' || flags & constants.O_EXCL) throw e;
+      attr = await this.lookup(parent, name);
+      if (isDir(attr.mode)) throw fsErr('EISDIR');
+    }
+    const fh = await this.open(attr.ino, flags);
+    return { attr: await this.getattr(attr.ino), fh };
+  }
+
+  async read(fh: Fh, offset: number, length: number): Promise<Buffer> {
+    const h = this.fileHandle(fh);
+    if ((h.flags & 3) === constants.O_WRONLY) throw fsErr('EBADF');
+    if (offset < 0 || length < 0) throw fsErr('EINVAL');
+    return h.data.read(offset, length);
+  }
+
+  async write(fh: Fh, offset: number, data: Uint8Array): Promise<number> {
+    const h = this.fileHandle(fh);
+    if ((h.flags & 3) === constants.O_RDONLY) throw fsErr('EBADF');
+    if (offset < 0) throw fsErr('EINVAL');
+    const at = h.flags & constants.O_APPEND ? h.data.size : offset;
+    if (at + data.length > Number.MAX_SAFE_INTEGER) throw fsErr('EFBIG');
+    return h.data.write(at, data);
+  }
+
+  /** commits what this handle's file holds (close(2) of one descriptor) */
+  async flush(fh: Fh): Promise<void> {
+    const h = this.handle(fh);
+    if (h.kind === 'file') await h.data.flush();
+  }
+
+  /** commits and makes the store put it on stable storage */
+  async fsync(fh: Fh, _datasync = false): Promise<void> {
+    const h = this.handle(fh);
+    if (h.kind === 'file') await h.data.flush();
+    await this.store.sync();
+  }
+
+  async release(fh: Fh): Promise<void> {
+    const h = this.handle(fh);
+    this.handles.delete(fh);
+    if (h.kind === 'file') await this.unref(h.data);
+  }
+
+  // ------------------------------------------------------------------ directories
+
+  async opendir(ino: Ino): Promise<Fh> {
+    await this.dirInode(this.store, ino);
+    return this.addHandle({ kind: 'dir', ino });
+  }
+
+  /**
+   * Entries from cookie `offset` on ("." and ".." first). The listing is taken at offset 0 and kept by the
+   * handle, so cookies stay valid while the directory changes; `plus` adds attributes.
+   */
+  async readdir(fh: Fh, offset: number, plus = false, max = Infinity): Promise<DirEntry[]> {
+    const h = this.handle(fh);
+    if (h.kind !== 'dir') throw fsErr('EBADF');
+    if (!h.entries || offset === 0) {
+      const dir = await this.dirInode(this.store, h.ino);
+      const list: DirEntry[] = [
+        { name: '.', ino: h.ino, type: S_IFDIR, next: 1 },
+        { name: '..', ino: dir.parent, type: S_IFDIR, next: 2 },
+      ];
+      const prefix = K.dirPrefix(h.ino);
+      let after: string | undefined;
+      for (;;) {
+        const page = await this.store.scan(prefix, { after, limit: 1024 });
+        for (const [key, val] of page) {
+          const e = decodeDirent(val);
+          list.push({ name: memberOf(key, prefix), ino: e.ino, type: e.type, next: list.length + 1 });
+        }
+        if (page.length < 1024) break;
+        after = page[page.length - 1][0];
+      }
+      h.entries = list;
+    }
+    const out = h.entries.slice(offset, offset + Math.min(max, h.entries.length));
+    if (plus) {
+      const raws = await this.store.getMany(out.map((e) => K.inode(e.ino)));
+      out.forEach((e, i) => { const r = raws[i]; if (r) e.attr = this.view(decodeInode(e.ino, r)); });
+    }
+    return out;
+  }
+
+  async releasedir(fh: Fh): Promise<void> {
+    this.handle(fh);
+    this.handles.delete(fh);
+  }
+
+  // ------------------------------------------------------------------ the volume
+
+  async statfs(): Promise<StatFs> {
+    const info = await this.store.info();
+    const used = Math.max(0, await this.store.incr(K.byteCount, 0));
+    const inodes = Math.max(0, await this.store.incr(K.inodeCount, 0));
+    const bsize = 4096;
+    const free = info.freeBytes ?? 2 ** 40;
+    const total = info.capacityBytes ?? used + free;
+    const maxFiles = 2 ** 30;
+    return {
+      bsize, frsize: bsize, blocks: Math.floor(total / bsize), bfree: Math.floor(free / bsize),
+      bavail: Math.floor(free / bsize), files: maxFiles, ffree: Math.max(0, maxFiles - inodes), namemax: NAME_MAX,
+    };
+  }
+
+  // ------------------------------------------------------------------ extended attributes
+
+  async setxattr(ino: Ino, name: string, value: Uint8Array, flags = 0): Promise<void> {
+    if (!name.length || Buffer.byteLength(name) > XATTR_NAME_MAX) throw fsErr('ERANGE');
+    if (value.length > XATTR_SIZE_MAX) throw fsErr('E2BIG');
+    if (!/^(user|trusted|security)\./.test(name)) throw fsErr('EOPNOTSUPP');
+    await this.locks.with([ino], () => transact(this.store, async (tx) => {
+      const node = await this.inode(tx, ino);
+      const exists = (await tx.get(K.xattr(ino, name))) !== undefined;
+      if (flags & XATTR_CREATE && exists) throw fsErr('EEXIST');
+      if (flags & XATTR_REPLACE && !exists) throw fsErr('ENODATA');
+      tx.set(K.xattr(ino, name), value);
+      node.ctime = nowTs();
+      this.put(tx, node);
+    }));
+  }
+
+  async getxattr(ino: Ino, name: string): Promise<Buffer> {
+    await this.inode(this.store, ino);
+    const v = await this.store.get(K.xattr(ino, name));
+    if (!v) throw fsErr('ENODATA');
+    return Buffer.from(v);
+  }
+
+  async listxattr(ino: Ino): Promise<string[]> {
+    await this.inode(this.store, ino);
+    const prefix = K.xattrPrefix(ino);
+    const names: string[] = [];
+    let after: string | undefined;
+    for (;;) {
+      const page = await this.store.scan(prefix, { after, limit: 1024 });
+      for (const [k] of page) names.push(memberOf(k, prefix));
+      if (page.length < 1024) return names;
+      after = page[page.length - 1][0];
+    }
+  }
+
+  async removexattr(ino: Ino, name: string): Promise<void> {
+    await this.locks.with([ino], () => transact(this.store, async (tx) => {
+      const node = await this.inode(tx, ino);
+      if ((await tx.get(K.xattr(ino, name))) === undefined) throw fsErr('ENODATA');
+      tx.del(K.xattr(ino, name));
+      node.ctime = nowTs();
+      this.put(tx, node);
+    }));
+  }
+
+  /** POSIX access(2) against the modes, for drivers that ask (the kernel checks on its own otherwise) */
+  async access(ino: Ino, mask: number, ctx: Ctx): Promise<void> {
+    const n = await this.inode(this.store, ino);
+    if (mask === constants.F_OK) return;
+    if (ctx.uid === 0) {
+      if (mask & constants.X_OK && !isDir(n.mode) && !(n.mode & 0o111)) throw fsErr('EACCES');
+      return;
+    }
+    const bits = ctx.uid === n.uid ? (n.mode >> 6) & 7 : ctx.gid === n.gid ? (n.mode >> 3) & 7 : n.mode & 7;
+    if ((mask & bits) !== mask) throw fsErr('EACCES');
+  }
+
+  /** the kernel forgot an inode (no inode cache yet: nothing to drop) */
+  forget(_ino: Ino, _n: number): void { /* nothing cached per inode beyond open files */ }
+}
+

@@ -1,0 +1,112 @@
+/**
+ * Background clean-up of a mount: the purge queue (inodes already removed whose chunk entries and xattrs
+ * remain) and the GC queue (blobs no chunk map references). Both queues are written in the same commit that
+ * makes the garbage, so a crash leaks nothing: the next janitor run (on any mount) finishes the work.
+ *
+ * Work is bounded per commit (DELETE_BATCH entries). One run at a time; `kick` asks for another run soon.
+ * A blob is deleted only after a commit removed every reference to it; a reader that fetched the old chunk
+ * map entry first finds the blob missing and reads the map again (FileData.storedChunk).
+ */
+import type { KvStore } from '../backend/kv.js';
+import { DELETE_BATCH } from './file-data.js';
+import { K, decodeChunk, memberOf } from './schema.js';
+import type { BlobCache } from './blob-cache.js';
+
+export class Janitor {
+  private running: Promise<void> | undefined;
+  private again = false;
+  private timer: NodeJS.Timeout | undefined;
+  private closed = false;
+  purged = 0;
+  collected = 0;
+  lastError: unknown;
+
+  constructor(private readonly store: KvStore, private readonly blobs: BlobCache) {}
+
+  /** asks for a run soon (coalesced) */
+  kick(): void {
+    if (this.closed) return;
+    if (this.running) {
+      this.again = true;
+      return;
+    }
+    if (!this.timer) {
+      this.timer = setTimeout(() => {
+        this.timer = undefined;
+        void this.run();
+      }, 20);
+      this.timer.unref?.();
+    }
+  }
+
+  /** runs until both queues are empty; resolves when done (errors are kept in lastError and logged) */
+  run(): Promise<void> {
+    if (this.running) {
+      this.again = true;
+      return this.running;
+    }
+    this.running = (async () => {
+      do {
+        this.again = false;
+        try {
+          while (await this.purgeSome()) { /* next page */ }
+          while (await this.collectSome()) { /* next page */ }
+        } catch (e) {
+          this.lastError = e;
+          if (!this.closed) console.error('kvfs: clean-up paused after an error (it resumes on the next change):', (e as Error).message);
+          break;
+        }
+      } while (this.again && !this.closed);
+    })().finally(() => { this.running = undefined; });
+    return this.running;
+  }
+
+  /** stops scheduling; waits for a run in progress */
+  async close(): Promise<void> {
+    this.closed = true;
+    if (this.timer) clearTimeout(this.timer);
+    await this.running;
+  }
+
+  /** One page of the purge queue: deletes chunk entries (queueing their blobs) and xattrs of removed inodes. */
+  private async purgeSome(): Promise<boolean> {
+    const page = await this.store.scan(K.purgePrefix, { limit: 16 });
+    for (const [key] of page) {
+      const ino = Number(memberOf(key, K.purgePrefix));
+      for (;;) {
+        const chunks = await this.store.scan(K.chunkPrefix(ino), { limit: DELETE_BATCH });
+        const xattrs = chunks.length < DELETE_BATCH ? await this.store.scan(K.xattrPrefix(ino), { limit: DELETE_BATCH }) : [];
+        const done = chunks.length < DELETE_BATCH && xattrs.length < DELETE_BATCH;
+        const writes = [
+          ...chunks.flatMap(([k, v]) => {
+            const c = decodeChunk(v);
+            return [{ key: k, value: null }, { key: K.gc(c.blobId), value: Buffer.from(String(c.length)) }];
+          }),
+          ...xattrs.map(([k]) => ({ key: k, value: null })),
+          ...(done ? [{ key, value: null }] : []),
+        ];
+        // The checks make a concurrent purge of the same inode by another mount harmless.
+        const checks = chunks.map(([k, v]) => ({ key: k, value: v }));
+        if (writes.length) await this.store.commit(checks, writes);
+        if (done) break;
+      }
+      this.purged++;
+      await this.store.incr(K.inodeCount, -1);
+    }
+    return page.length > 0;
+  }
+
+  /** One page of the GC queue: deletes the blobs, then their queue entries. */
+  private async collectSome(): Promise<boolean> {
+    const page = await this.store.scan(K.gcPrefix, { limit: DELETE_BATCH });
+    if (!page.length) return false;
+    const ids = page.map(([k]) => memberOf(k, K.gcPrefix));
+    await this.store.del(ids.map((id) => K.blob(id)));
+    for (const id of ids) this.blobs.evict(id);
+    await this.store.del(page.map(([k]) => k));
+    const bytes = page.reduce((n, [, v]) => n + (Number(Buffer.from(v).toString()) || 0), 0);
+    if (bytes) await this.store.incr(K.byteCount, -bytes);
+    this.collected += ids.length;
+    return page.length === DELETE_BATCH;
+  }
+}

@@ -1,0 +1,172 @@
+/**
+ * The volume's key schema and value encodings. This file is the one place that names keys.
+ *
+ *   v                      volume record, JSON: { name, chunkSize, created, formatVersion }
+ *   n/ino                  counter: highest inode number handed out (mounts take ranges of INO_BATCH)
+ *   n/inodes               counter: live inodes
+ *   n/bytes                counter: bytes held in live blobs
+ *   i/<ino>                inode: attributes (binary, see encodeInode); `version` bumped on every change
+ *   d/<ino>/<name>         directory entry of <name> in directory <ino>: type + child ino      collection d/<ino>/
+ *   c/<ino>/<index>        chunk map: chunk <index> (8 hex digits) of file <ino> -> "<length>:<blob id>"
+ *                                                                                             collection c/<ino>/
+ *   x/<ino>/<name>         extended attribute <name> of <ino>: its value                       collection x/<ino>/
+ *   b/<blob id>            file data: one chunk's bytes, immutable (written once, then only deleted)
+ *   g/<blob id>            GC queue: a blob no chunk map references any more; value: its length  collection g/
+ *   p/<ino>                purge queue: an inode already removed whose chunks and xattrs remain  collection p/
+ *   o/<ino>                orphan: nlink 0 but open on a mount; value: the mount's session id  collection o/
+ *
+ * Invariants:
+ *  - every metadata change is one `commit` (src/fs/txn.ts); blobs are `put` before a commit references them.
+ *  - a chunk's blob holds at most the bytes of the chunk that lie below the file's size: reads past a blob's
+ *    end inside the file are zeros (holes), and extending a file never exposes old bytes.
+ *  - while an inode's `truncFrom` is non-zero, chunk entries at or above it are stale and are deleted before
+ *    any write may extend the file (pending truncate).
+ *  - directories keep `children` (entry count) and `parent`, so emptiness and cycles are checked without scans.
+ */
+import { StoreError } from '../backend/errors.js';
+import type { Attr, Ino, Timespec } from './types.js';
+
+export const FORMAT_VERSION = 1;
+export const INO_BATCH = 1024;
+
+export const K = {
+  volume: 'v',
+  inoCounter: 'n/ino',
+  inodeCount: 'n/inodes',
+  byteCount: 'n/bytes',
+  inode: (ino: Ino) => `i/${ino}`,
+  dirPrefix: (ino: Ino) => `d/${ino}/`,
+  dirent: (ino: Ino, name: string) => `d/${ino}/${name}`,
+  chunkPrefix: (ino: Ino) => `c/${ino}/`,
+  chunk: (ino: Ino, index: number) => `c/${ino}/${index.toString(16).padStart(8, '0')}`,
+  xattrPrefix: (ino: Ino) => `x/${ino}/`,
+  xattr: (ino: Ino, name: string) => `x/${ino}/${name}`,
+  blob: (id: string) => `b/${id}`,
+  gcPrefix: 'g/',
+  gc: (id: string) => `g/${id}`,
+  purgePrefix: 'p/',
+  purge: (ino: Ino) => `p/${ino}`,
+  orphanPrefix: 'o/',
+  orphan: (ino: Ino) => `o/${ino}`,
+} as const;
+
+/** the chunk index encoded in a chunk key */
+export function chunkIndexOf(key: string): number {
+  return parseInt(key.slice(key.lastIndexOf('/') + 1), 16);
+}
+
+/** the last path part of a collection member's key */
+export function memberOf(key: string, prefix: string): string {
+  return key.slice(prefix.length);
+}
+
+export interface VolumeRecord {
+  name: string;
+  chunkSize: number;
+  created: number;
+  formatVersion: number;
+}
+
+export function encodeVolume(v: VolumeRecord): Uint8Array {
+  return Buffer.from(JSON.stringify(v));
+}
+
+export function decodeVolume(b: Uint8Array): VolumeRecord {
+  try {
+    const v = JSON.parse(Buffer.from(b).toString('utf8')) as VolumeRecord;
+    if (typeof v.chunkSize !== 'number' || typeof v.formatVersion !== 'number') throw new Error('fields missing');
+    return v;
+  } catch (e) {
+    throw new StoreError('CORRUPT', `the volume record cannot be read: ${(e as Error).message}`);
+  }
+}
+
+/** An inode as stored: the attributes plus bookkeeping that never reaches the kernel. */
+export interface Inode extends Omit<Attr, 'blocks'> {
+  version: number;
+  /** directories: the parent directory's inode (the root is its own parent) */
+  parent: Ino;
+  /** directories: number of entries */
+  children: number;
+  /** regular files: bytes stored in blobs (for st_blocks) */
+  stored: number;
+  /** pending truncate: chunk entries at or above this index are stale (0 = none) */
+  truncFrom: number;
+  /** symlinks: the target */
+  target?: string;
+}
+
+// Binary layout: u8 layout version, u8 field count, then count float64 fields (exact for safe integers),
+// then the symlink target in UTF-8. New fields are appended; a reader ignores fields it does not know.
+const FIELDS = ['version', 'mode', 'nlink', 'uid', 'gid', 'rdev', 'size', 'atimeS', 'atimeNs', 'mtimeS',
+  'mtimeNs', 'ctimeS', 'ctimeNs', 'parent', 'children', 'stored', 'truncFrom'] as const;
+const INODE_LAYOUT = 1;
+
+export function encodeInode(n: Inode): Uint8Array {
+  const target = n.target !== undefined ? Buffer.from(n.target, 'utf8') : undefined;
+  const head = 2 + FIELDS.length * 8;
+  const b = Buffer.allocUnsafe(head + (target?.length ?? 0));
+  b[0] = INODE_LAYOUT;
+  b[1] = FIELDS.length;
+  const vals = [n.version, n.mode, n.nlink, n.uid, n.gid, n.rdev, n.size, n.atime.sec, n.atime.nsec,
+    n.mtime.sec, n.mtime.nsec, n.ctime.sec, n.ctime.nsec, n.parent, n.children, n.stored, n.truncFrom];
+  for (let i = 0; i < vals.length; i++) b.writeDoubleLE(vals[i], 2 + i * 8);
+  if (target) target.copy(b, head);
+  return b;
+}
+
+export function decodeInode(ino: Ino, raw: Uint8Array): Inode {
+  const b = Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength);
+  if (b.length < 2 || b[0] !== INODE_LAYOUT || b.length < 2 + b[1] * 8 || b[1] < FIELDS.length) {
+    throw new StoreError('CORRUPT', `inode ${ino} cannot be decoded`);
+  }
+  const f = (i: number) => b.readDoubleLE(2 + i * 8);
+  const head = 2 + b[1] * 8;
+  const mode = f(1);
+  const n: Inode = {
+    ino, version: f(0), mode, nlink: f(2), uid: f(3), gid: f(4), rdev: f(5), size: f(6),
+    atime: { sec: f(7), nsec: f(8) }, mtime: { sec: f(9), nsec: f(10) }, ctime: { sec: f(11), nsec: f(12) },
+    parent: f(13), children: f(14), stored: f(15), truncFrom: f(16),
+  };
+  if ((mode & 0o170000) === 0o120000) n.target = b.subarray(head).toString('utf8');
+  return n;
+}
+
+/** A directory entry's value: u8 file type (mode >> 12), then the child inode as float64. */
+export function encodeDirent(ino: Ino, mode: number): Uint8Array {
+  const b = Buffer.allocUnsafe(9);
+  b[0] = (mode >>> 12) & 0xf;
+  b.writeDoubleLE(ino, 1);
+  return b;
+}
+
+export function decodeDirent(raw: Uint8Array): { ino: Ino; type: number } {
+  const b = Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength);
+  if (b.length !== 9) throw new StoreError('CORRUPT', 'a directory entry cannot be decoded');
+  return { type: b[0] << 12, ino: b.readDoubleLE(1) };
+}
+
+/** A chunk map value: "<length>:<blob id>". */
+export function encodeChunk(length: number, blobId: string): Uint8Array {
+  return Buffer.from(`${length}:${blobId}`);
+}
+
+export function decodeChunk(raw: Uint8Array): { length: number; blobId: string } {
+  const s = Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength).toString('latin1');
+  const i = s.indexOf(':');
+  if (i < 1) throw new StoreError('CORRUPT', 'a chunk map entry cannot be decoded');
+  return { length: Number(s.slice(0, i)), blobId: s.slice(i + 1) };
+}
+
+export function nowTs(): Timespec {
+  const ms = Date.now();
+  const ns = process.hrtime.bigint() % 1000000n;
+  return { sec: Math.floor(ms / 1000), nsec: (ms % 1000) * 1e6 + Number(ns) };
+}
+
+export function toAttr(n: Inode): Attr {
+  return {
+    ino: n.ino, mode: n.mode, nlink: n.nlink, uid: n.uid, gid: n.gid, rdev: n.rdev, size: n.size,
+    blocks: Math.ceil(n.stored / 512), atime: n.atime, mtime: n.mtime, ctime: n.ctime,
+  };
+}

@@ -1,0 +1,79 @@
+/**
+ * The shapes the filesystem core speaks in. Drivers (src/fs/fuse) translate these to and from the wire.
+ * Inode numbers are plain numbers (safe integers; the root is 1). File handles are numbers the core hands out.
+ */
+export type Ino = number;
+export type Fh = number;
+
+export const ROOT_INO: Ino = 1;
+
+/** A timestamp: whole seconds and nanoseconds since the epoch. */
+export interface Timespec {
+  sec: number;
+  nsec: number;
+}
+
+export interface Attr {
+  ino: Ino;
+  /** type and permission bits, as st_mode */
+  mode: number;
+  nlink: number;
+  uid: number;
+  gid: number;
+  rdev: number;
+  size: number;
+  /** 512-byte blocks actually stored */
+  blocks: number;
+  atime: Timespec;
+  mtime: Timespec;
+  ctime: Timespec;
+}
+
+/** Who is asking: the caller's credentials as the kernel reported them. */
+export interface Ctx {
+  uid: number;
+  gid: number;
+  pid: number;
+}
+
+/** The changes of one setattr call; absent fields stay as they are. 'now' is the store's current time. */
+export interface SetAttr {
+  mode?: number;
+  uid?: number;
+  gid?: number;
+  size?: number;
+  atime?: Timespec | 'now';
+  mtime?: Timespec | 'now';
+  /** set ctime explicitly (rare: FUSE's FATTR_CTIME); otherwise ctime follows POSIX */
+  ctime?: Timespec;
+}
+
+export interface DirEntry {
+  name: string;
+  ino: Ino;
+  /** type bits of st_mode (S_IFREG, S_IFDIR, ...) */
+  type: number;
+  /** the cookie to pass as offset to continue after this entry */
+  next: number;
+  /** attributes, for readdirplus */
+  attr?: Attr;
+}
+
+export interface StatFs {
+  bsize: number;
+  frsize: number;
+  blocks: number;
+  bfree: number;
+  bavail: number;
+  files: number;
+  ffree: number;
+  namemax: number;
+}
+
+/** rename(2) flags, as in <linux/fs.h> */
+export const RENAME_NOREPLACE = 1;
+export const RENAME_EXCHANGE = 2;
+
+/** setxattr flags */
+export const XATTR_CREATE = 1;
+export const XATTR_REPLACE = 2;

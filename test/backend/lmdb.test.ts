@@ -1,0 +1,150 @@
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, relative } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import t from 'tap';
+import { isStoreError } from '../../src/backend/errors.js';
+import { LmdbStore } from '../../src/backend/lmdb.js';
+import { describeStore, openStore } from '../../src/backend/open-store.js';
+import { conformance } from './conformance.js';
+
+const enc = (s: string): Uint8Array => new TextEncoder().encode(s);
+const dec = (u: Uint8Array | undefined): string | undefined => (u === undefined ? undefined : new TextDecoder().decode(u));
+
+/** what the child process of the kill -9 test writes before it kills itself */
+const KILL9_COMMITS = 200;
+const KILL9_BLOB = 256 * 1024;
+
+// Child mode: this same file, re-run by the kill -9 test. It writes, waits for the writes to resolve, and dies.
+const kill9Dir = process.env.KVFS_TEST_KILL9_DIR;
+if (kill9Dir) {
+  const s = await LmdbStore.open(kill9Dir);
+  for (let i = 0; i < KILL9_COMMITS; i++) {
+    await s.commit([{ key: `k/${i}`, value: undefined }], [{ key: `k/${i}`, value: enc(`v${i}`) }]);
+  }
+  await s.put('b/blob', new Uint8Array(KILL9_BLOB).fill(0xab));
+  process.stdout.write('written\n');
+  process.kill(process.pid, 'SIGKILL');
+}
+
+// a directory name with a '.' in it: lmdb-js would take such a path for a file unless told otherwise
+const root = mkdtempSync(join(tmpdir(), 'kvfs-lmdb.'));
+t.teardown(() => rmSync(root, { recursive: true, force: true }));
+let n = 0;
+const freshDir = (): string => join(root, `store.${n++}`);
+
+await conformance(t, 'lmdb', () => LmdbStore.open(freshDir()));
+
+t.test('data persists across close and reopen', async (t) => {
+  const dir = freshDir();
+  const a = await LmdbStore.open(dir);
+  await a.put('p/a', enc('A'));
+  t.equal(await a.commit([{ key: 'p/b', value: undefined }], [{ key: 'p/b', value: enc('B') }]), true);
+  t.equal(await a.incr('p/n', 7), 7);
+  await a.close();
+  const b = await LmdbStore.open(dir);
+  t.teardown(() => b.close());
+  t.same((await b.scan('p/')).map(([k, v]) => [k, dec(v)]), [['p/a', 'A'], ['p/b', 'B'], ['p/n', '7']]);
+});
+
+t.test('close waits for writes already called', async (t) => {
+  const dir = freshDir();
+  const a = await LmdbStore.open(dir);
+  const pending = Array.from({ length: 100 }, (_, i) =>
+    i % 2 ? a.put(`w/${i}`, enc(`${i}`)) : a.commit([], [{ key: `w/${i}`, value: enc(`${i}`) }]),
+  );
+  await a.close();
+  await Promise.all(pending);
+  const b = await LmdbStore.open(dir);
+  t.teardown(() => b.close());
+  t.equal((await b.scan('w/')).length, 100, 'every write called before close is there');
+});
+
+t.test('local: URLs open LMDB, relative paths against the cwd', async (t) => {
+  const dir = freshDir();
+  const rel = relative(process.cwd(), dir);
+  t.equal(describeStore(`local:${rel}`), `LMDB store in ${dir}`);
+  const s = await openStore(`local:${rel}`);
+  await s.put('u/a', enc('x'));
+  t.equal((await s.info()).engine, 'lmdb');
+  await s.close();
+  const again = await LmdbStore.open(dir);
+  t.equal(dec(await again.get('u/a')), 'x', 'the URL and the resolved directory are one store');
+  await again.close();
+});
+
+t.test('info reports the filesystem holding the store', async (t) => {
+  const s = await LmdbStore.open(freshDir());
+  t.teardown(() => s.close());
+  const info = await s.info();
+  t.equal(info.engine, 'lmdb');
+  t.ok(info.capacityBytes! > 0 && info.freeBytes! >= 0 && info.freeBytes! <= info.capacityBytes!);
+});
+
+t.test('a commit or put that resolved survives kill -9', async (t) => {
+  const dir = freshDir();
+  const child = spawn(process.execPath, [...process.execArgv, fileURLToPath(import.meta.url)], {
+    env: { ...process.env, KVFS_TEST_KILL9_DIR: dir },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  const signal = await new Promise<NodeJS.Signals | null>((res) => child.on('exit', (_code, sig) => res(sig)));
+  t.equal(signal, 'SIGKILL', 'the child was killed');
+  t.match(out, /written/, 'the child saw its writes resolve');
+  const s = await LmdbStore.open(dir);
+  t.teardown(() => s.close());
+  const got = await s.scan('k/');
+  t.equal(got.length, KILL9_COMMITS, 'every resolved commit is there');
+  t.equal(dec(got[KILL9_COMMITS - 1]![1]), `v${KILL9_COMMITS - 1}`);
+  const blob = await s.get('b/blob');
+  t.ok(blob !== undefined && blob.length === KILL9_BLOB && blob.every((x) => x === 0xab), 'the resolved put is there');
+});
+
+/** mounts a small tmpfs and returns its directory, or undefined where this process may not mount */
+function smallTmpfs(): string | undefined {
+  if (process.getuid?.() !== 0) return undefined;
+  const dir = mkdtempSync(join(tmpdir(), 'kvfs-full-'));
+  try {
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', dir], { stdio: 'ignore' });
+    return dir;
+  } catch {
+    rmSync(dir, { recursive: true, force: true });
+    return undefined;
+  }
+}
+
+const full = smallTmpfs();
+t.test('a full disk is NOSPACE, harms nothing written, and frees up again', { skip: full ? false : 'needs root and mount' }, async (t) => {
+  const mnt = full!;
+  t.teardown(() => {
+    execFileSync('umount', [mnt]);
+    rmSync(mnt, { recursive: true, force: true });
+  });
+  const s = await LmdbStore.open(join(mnt, 'db'));
+  await s.put('keep/a', enc('precious'));
+  await s.sync();
+  const blob = new Uint8Array(256 * 1024).fill(7);
+  let err: unknown;
+  let written = 0;
+  for (; written < 64; written++) {
+    try {
+      await s.put(`b/${written}`, blob);
+    } catch (e) {
+      err = e;
+      break;
+    }
+  }
+  t.ok(isStoreError(err), 'a StoreError');
+  t.equal((err as { code?: string }).code, 'NOSPACE');
+  t.match((err as Error).message, /filesystem holding it.*bytes free/, 'names the limit and how to raise it');
+  t.equal(dec(await s.get('keep/a')), 'precious', 'earlier data is intact');
+  await s.del(Array.from({ length: written }, (_, i) => `b/${i}`));
+  await s.put('after/a', blob);
+  t.equal((await s.get('after/a'))?.length, blob.length, 'space freed by delete is usable again');
+  await s.close();
+  const again = await LmdbStore.open(join(mnt, 'db'));
+  t.equal(dec(await again.get('keep/a')), 'precious', 'and the store reopens');
+  await again.close();
+});

@@ -1,0 +1,119 @@
+/**
+ * Deterministic test data: seeded pseudo-random bytes and a generated directory tree on local disk.
+ *
+ * The same seed always gives the same bytes, so a mismatch is reproducible. The tree has nested directories
+ * (one chain 12 levels deep), files of 0 bytes, small, around and across the 256 KiB chunk boundary and over
+ * 1 MiB, a few file symlinks (relative, never dangling, never into a loop) and one hard-linked pair.
+ */
+import { mkdirSync, linkSync, symlinkSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+/** mulberry32: a small seeded PRNG */
+export function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let x = a;
+    x = Math.imul(x ^ (x >>> 15), x | 1);
+    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
+    return (x ^ (x >>> 14)) >>> 0;
+  };
+}
+
+/** `size` seeded pseudo-random bytes */
+export function bytes(size: number, seed: number): Buffer {
+  const next = prng(seed);
+  const words = new Uint32Array(Math.ceil(size / 4));
+  for (let i = 0; i < words.length; i++) words[i] = next();
+  return Buffer.from(words.buffer, 0, size);
+}
+
+export interface TreeSpec {
+  /** regular files to create (at least); default 2000 */
+  files?: number;
+  seed?: number;
+  /** include the large files (> 256 KiB, > 1 MiB); default true */
+  large?: boolean;
+  /** include symlinks and a hard link; default true */
+  links?: boolean;
+}
+
+export interface Tree {
+  root: string;
+  files: number;
+  dirs: number;
+  bytes: number;
+  /** relative paths of the regular files, with sizes */
+  list: { path: string; size: number }[];
+}
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+
+/** sizes that matter to a chunked store with 256 KiB chunks (and to a 4 KiB page cache) */
+export const EDGE_SIZES = [0, 1, 4095, 4096, 4097, 256 * KiB - 1, 256 * KiB, 256 * KiB + 1, 300_000, MiB + 7, 2.5 * MiB];
+
+/** Writes the tree under root (which must exist and be empty). */
+export function makeTree(root: string, spec: TreeSpec = {}): Tree {
+  const total = spec.files ?? 2000;
+  const seed = spec.seed ?? 42;
+  const next = prng(seed);
+  const list: { path: string; size: number }[] = [];
+  let dirs = 0;
+  let sum = 0;
+  const file = (rel: string, size: number) => {
+    writeFileSync(join(root, rel), bytes(size, seed * 1_000_003 + list.length));
+    list.push({ path: rel, size });
+    sum += size;
+  };
+  const dir = (rel: string) => {
+    mkdirSync(join(root, rel), { recursive: true });
+    dirs++;
+  };
+
+  // 5 x 4 x 5 = 100 leaf directories, plus the levels above them
+  const leaves: string[] = [];
+  for (let a = 0; a < 5; a++) {
+    dir(`d${a}`);
+    for (let b = 0; b < 4; b++) {
+      dir(`d${a}/e${b}`);
+      for (let c = 0; c < 5; c++) {
+        dir(`d${a}/e${b}/f${c}`);
+        leaves.push(`d${a}/e${b}/f${c}`);
+      }
+    }
+  }
+  // a deep chain and an empty directory
+  let deep = 'deep';
+  dir(deep);
+  for (let i = 1; i < 12; i++) {
+    deep += `/level${i}`;
+    dir(deep);
+  }
+  dir('empty-dir');
+  file(`${deep}/bottom.txt`, 123);
+
+  if (spec.large ?? true) {
+    dir('large');
+    EDGE_SIZES.forEach((s, i) => file(`large/edge-${i}-${s}.bin`, s));
+  }
+
+  const places = ['', ...leaves.flatMap((l) => [l, l.split('/').slice(0, 2).join('/')])];
+  let n = 0;
+  while (list.length < total) {
+    const r = next() % 100;
+    const size = r < 10 ? 0 : r < 75 ? next() % 4096 : r < 97 ? 4096 + (next() % (60 * KiB)) : 64 * KiB + (next() % (200 * KiB));
+    const place = places[next() % places.length]!;
+    file(join(place, `file-${n++}${r % 3 === 0 ? '.txt' : ''}`), size);
+  }
+
+  if (spec.links ?? true) {
+    dir('links');
+    file('links/target.txt', 5000);
+    symlinkSync('target.txt', join(root, 'links/to-target'));
+    symlinkSync('../d0/e0/f0', join(root, 'links/to-dir'));
+    symlinkSync(`../${list[list.length - 1]!.path}`, join(root, 'links/to-last'));
+    linkSync(join(root, 'links/target.txt'), join(root, 'links/hardlink.txt'));
+  }
+  return { root, files: list.length, dirs, bytes: sum, list };
+}

@@ -11,7 +11,7 @@
  * SIGINT, SIGTERM). A target is a small object (see Target); add one by adding a factory to TARGETS.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -123,6 +123,13 @@ function forceUnmount(dir: string): void {
 function removeDir(dir: string): void {
   if (isMounted(dir)) return;
   spawnSync('rm', ['-rf', '--one-file-system', dir], { stdio: 'ignore' });
+}
+
+/** Removes the run's work directory without throwing; a part still busy is left and named. */
+function removeWork(work: string): void {
+  for (const m of mountPoints()) if (m.startsWith(`${work}/`)) forceUnmount(m);
+  spawnSync('rm', ['-rf', '--one-file-system', work], { stdio: 'ignore' });
+  if (existsSync(work)) say(`could not remove ${work} entirely`);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -375,7 +382,7 @@ async function main(): Promise<number> {
   try {
     if (values.quick) benchDir = quickBench(work);
   } catch (err) {
-    rmSync(work, { recursive: true, force: true });
+    removeWork(work);
     throw err;
   }
   const started = new Date();
@@ -385,11 +392,15 @@ async function main(): Promise<number> {
 
   // Targets set up (or being set up); each is torn down exactly once, by the run or by a signal.
   const active = new Set<Target>();
+  const setups = new Map<Target, Promise<unknown>>();
   const teardowns = new Map<Target, Promise<void>>();
   const down = (t: Target): Promise<void> => {
     let p = teardowns.get(t);
     if (!p) {
-      p = t.teardown().catch((err: unknown) => say(`teardown of ${t.name} failed: ${(err as Error).message}`));
+      // a setup still in flight (an interrupt during mount) finishes first, so that nothing mounts after teardown
+      p = (setups.get(t) ?? Promise.resolve())
+        .then(() => t.teardown())
+        .catch((err: unknown) => say(`teardown of ${t.name} failed: ${(err as Error).message}`));
       teardowns.set(t, p);
     }
     active.delete(t);
@@ -411,12 +422,13 @@ async function main(): Promise<number> {
         // already gone
       }
     }
-    void Promise.race([c?.done, sleep(5000)])
-      .then(teardownAll)
-      .finally(() => {
-        rmSync(work, { recursive: true, force: true });
-        process.exit(sig === 'SIGINT' ? 130 : 143);
-      });
+    void (async () => {
+      await Promise.race([c?.done, sleep(5000)]);
+      await teardownAll();
+      await Promise.all(teardowns.values()); // also those the run itself had begun
+      removeWork(work);
+      process.exit(sig === 'SIGINT' ? 130 : 143);
+    })();
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
@@ -432,7 +444,10 @@ async function main(): Promise<number> {
       say(`${name}: setting up`);
       active.add(target);
       try {
-        await target.setup();
+        const setup = target.setup();
+        setups.set(target, setup.catch(() => undefined));
+        await setup;
+        if (stopping) break;
         say(`${name}: ${jobs.length} job(s) on ${target.dir}`);
         rows.set(name, await runJobs(benchDir, target, jobs, jsonDir));
       } catch (err) {
@@ -445,8 +460,10 @@ async function main(): Promise<number> {
     }
   } finally {
     await teardownAll();
-    rmSync(work, { recursive: true, force: true });
+    removeWork(work);
   }
+
+  if (stopping) return new Promise<number>(() => {}); // the signal handler finishes and exits
 
   const tableText = table(jobs, names, rows);
   const failed = [...rows.values()].some((r) => [...r.values()].some((v) => typeof v === 'string'));

@@ -87,6 +87,7 @@ interface MountArgs {
   background?: boolean;
   allowOther?: boolean;
   nonempty?: boolean;
+  mkdir?: boolean;
   driver: string;
   debug?: boolean;
   chunkSize?: string;
@@ -117,6 +118,7 @@ async function mount(argv: MountArgs): Promise<void> {
   const mnt = resolve(argv.mountpoint);
   const chunkSize = chunkSizeArg(argv.chunkSize);
   if (argv.driver !== 'libfuse') fail(`driver '${argv.driver}' is not available yet (use --driver libfuse)`);
+  if (argv.mkdir && !existsSync(mnt)) mkdirSync(mnt, { recursive: true });
   checkMountpoint(mnt, !!argv.nonempty);
   const dev = fuseDeviceProblem();
   if (dev) fail(dev);
@@ -241,6 +243,7 @@ async function main(): Promise<void> {
       .option('background', { type: 'boolean', describe: 'return once mounted; the daemon keeps running' })
       .option('allow-other', { type: 'boolean', describe: 'let other users in (modes and owners then decide)' })
       .option('nonempty', { type: 'boolean', describe: 'mount over a non-empty directory' })
+      .option('mkdir', { type: 'boolean', describe: 'create the mountpoint when it does not exist' })
       .option('driver', { type: 'string', default: 'libfuse', choices: ['libfuse', 'native'], describe: 'FUSE driver' })
       .option('chunk-size', { type: 'string', describe: 'chunk size when this mount formats a new volume' })
       .option('cache-mb', { type: 'number', default: 64, describe: 'MiB of file data cached in memory' })
@@ -248,7 +251,7 @@ async function main(): Promise<void> {
       .option('attr-timeout', { type: 'number', default: 1, describe: 'seconds the kernel caches attributes' })
       .option('entry-timeout', { type: 'number', default: 1, describe: 'seconds the kernel caches names' })
       .option('debug', { type: 'boolean', describe: 'log every FUSE request' })
-      .example('$0 mount ./mnt', 'mount the default volume at ./mnt')
+      .example('$0 mount ./mnt --mkdir', 'mount the default volume at ./mnt, creating ./mnt')
       .example('$0 mount local:/srv/kvfs /mnt/kvfs --background', 'mount an LMDB volume and return')
       .example('$0 mount memory: /tmp/scratch', 'a throw-away volume in memory'),
     (a) => mount({ ...(a as never as MountArgs), ...(a.second === undefined

@@ -21,7 +21,7 @@ export interface LmdbStoreOptions {
  * ordered-binary encoding keeps printable ASCII as its bytes, so key order is byte order); values are raw bytes.
  *
  * Order and atomicity: every write (put, del, incr, commit) is an lmdb-js asynchronous transaction callback.
- * Callbacks run on the main thread in call order, batched into one LMDB write transaction per event turn, so
+ * Callbacks run on the main thread in call order, those queued together sharing one LMDB write transaction, so
  * writes apply in the order they were called, and a commit's checks and writes see no other writer in between.
  * A commit runs as a child transaction, so an error half-way through its writes rolls all of them back.
  * Values are copied when a write is called, so the caller may reuse its buffers at once.
@@ -32,7 +32,9 @@ export interface LmdbStoreOptions {
  * also fsynced, so it survives a machine crash; after a crash the store reopens at the last synced transaction.
  *
  * Errors: a full disk (ENOSPC, EDQUOT, EFBIG) or map (MDB_MAP_FULL) is NOSPACE naming the limit; use after close
- * is CLOSED; a damaged file is CORRUPT; EIO is UNAVAILABLE; an over-long key (over ~1978 bytes) is INVALID.
+ * is CLOSED; a damaged file is CORRUPT; EIO is UNAVAILABLE, or NOSPACE when the filesystem is nearly full (LMDB
+ * reports a short write as EIO); an over-long key (over ~1978 bytes) is INVALID. A failed commit fails every
+ * write batched with it; LMDB can reuse pages freed by a delete once a few later transactions have committed.
  */
 export class LmdbStore implements KvStore {
   /** the absolute directory holding the store */
@@ -54,6 +56,10 @@ export class LmdbStore implements KvStore {
         noSubdir: false, // lmdb-js would take a path with a '.' in it for a file name
         encoding: 'binary',
         overlappingSync: true,
+        // with event-turn batching, lmdb-js leaves the promise of each batch's start unhandled, so a failed commit
+        // (a full disk) would be an unhandled rejection and end the process; every write here is its own
+        // transaction callback, which lmdb-js still batches, so nothing depends on event-turn batching
+        eventTurnBatching: false,
         mapSize: opts.mapSize ?? DEFAULT_MAP_SIZE,
       });
       return new LmdbStore(dir, db);
@@ -139,7 +145,10 @@ export class LmdbStore implements KvStore {
 
   async sync(): Promise<void> {
     const db = this.#live();
-    await this.#write(async () => void (await db.flushed));
+    await this.#write(async () => {
+      await settle(db);
+      await envSync(db);
+    });
   }
 
   async info(): Promise<KvEngineInfo> {
@@ -152,16 +161,18 @@ export class LmdbStore implements KvStore {
     }
   }
 
-  /** waits for every write already called, makes it durable, and closes; later calls fail with CLOSED */
+  /** waits for every write already called, makes them durable, and closes; later calls fail with CLOSED */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    const db = this.#db;
     try {
-      await this.#db.flushed;
-    } catch (e) {
-      throw await translate(e, this.dir);
+      await this.#write(async () => {
+        await settle(db);
+        await envSync(db);
+      });
     } finally {
-      await this.#db.close();
+      await db.close();
     }
   }
 
@@ -188,6 +199,29 @@ export class LmdbStore implements KvStore {
   }
 }
 
+/**
+ * Resolves once every write called so far has committed or failed, and the newest batch has committed. That
+ * matters because lmdb-js's close waits for the flush of the newest batch, which never comes if it failed (a full
+ * disk). An empty transaction cannot fail on its own, so one that shared a failing batch is simply retried.
+ */
+async function settle(db: RootDatabase<Buffer, string>): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await db.transaction(() => undefined);
+      return;
+    } catch (e) {
+      await (e as { commitError?: Promise<unknown> }).commitError?.catch(() => undefined);
+      if (attempt === 3) throw e;
+    }
+  }
+}
+
+/** fsyncs the data file and marks the newest committed transaction as the one to reopen at after a crash */
+function envSync(db: RootDatabase<Buffer, string>): Promise<void> {
+  const env = db as unknown as { sync(done: (err?: Error) => void): void };
+  return new Promise((resolve, reject) => env.sync((err) => (err ? reject(err) : resolve())));
+}
+
 /** MDB_* codes from lmdb.h that lmdb-js reports as error.code */
 const MDB_MAP_FULL = -30792;
 const MDB_CORRUPT = new Set([-30796 /* CORRUPTED */, -30797 /* PAGE_NOTFOUND */, -30793 /* INVALID */, -30794 /* VERSION_MISMATCH */]);
@@ -195,23 +229,36 @@ const MDB_CORRUPT = new Set([-30796 /* CORRUPTED */, -30797 /* PAGE_NOTFOUND */,
 const NOSPACE_ERRNO = new Set<unknown>([28, 122, 27, 'ENOSPC', 'EDQUOT', 'EFBIG']);
 const EIO = new Set<unknown>([5, 'EIO']);
 
+/** below this many free bytes, an EIO from LMDB is taken for a short write on a full filesystem */
+const NEARLY_FULL = 64 * 2 ** 20;
+
 /**
- * The StoreError for an error raised by lmdb-js or the filesystem, with NOSPACE naming the space left.
+ * The StoreError for an error raised by lmdb-js or the filesystem; NOSPACE says how much space is left.
  * A failed batch commit rejects every write in it with a generic error whose `commitError` holds the cause.
- * Errors of no known kind are rethrown unchanged: they are bugs, and become EIO, logged with their stack.
+ * LMDB reports a short write (the filesystem filled up mid-write) as EIO, so EIO with the filesystem nearly full
+ * is NOSPACE. Errors of no known kind are rethrown unchanged: they are bugs, and become EIO, logged with their stack.
  */
 async function translate(e: unknown, dir: string): Promise<StoreError> {
   const commitError = (e as { commitError?: Promise<unknown> } | null)?.commitError;
   if (commitError) e = await commitError.then(() => e, (cause: unknown) => cause);
-  const err = translateSync(e, dir);
-  if (err.code !== 'NOSPACE' || err.message.includes('MDB_MAP_FULL')) return err;
-  try {
-    const s = await statfs(dir);
-    err.message += ` (now ${s.bavail * s.bsize} of ${s.blocks * s.bsize} bytes free)`;
-  } catch {
-    // the message stands without the numbers
-  }
+  let err = translateSync(e, dir);
+  const eio = EIO.has((e as { code?: unknown } | null)?.code) || /Input\/output error/.test(messageOf(e));
+  if (!(err.code === 'NOSPACE' || eio) || err.message.includes('MDB_MAP_FULL')) return err;
+  const s = await statfs(dir).catch(() => undefined);
+  if (!s) return err;
+  const free = s.bavail * s.bsize;
+  if (eio && free < NEARLY_FULL) err = diskFull(`${messageOf(e)} (a short write)`, dir, e);
+  if (err.code === 'NOSPACE') err.message += ` (now ${free} of ${s.blocks * s.bsize} bytes free)`;
   return err;
+}
+
+function diskFull(what: string, dir: string, cause: unknown): StoreError {
+  return new StoreError(
+    'NOSPACE',
+    `LMDB store at ${dir} is full: ${what}; the limit is the free space (or quota, or \`ulimit -f\`) of the ` +
+      `filesystem holding it: free space there (delete files, run kvfs gc) or move the store to a larger filesystem`,
+    { cause },
+  );
 }
 
 /** the StoreError for e, without the free-space numbers; rethrows e when it is of no known kind */
@@ -227,17 +274,10 @@ function translateSync(e: unknown, dir: string): StoreError {
       { cause: e },
     );
   }
-  if (NOSPACE_ERRNO.has(code) || /No space left|Disk quota|File too large/i.test(msg)) {
-    return new StoreError(
-      'NOSPACE',
-      `LMDB store at ${dir} is full: ${msg}; the limit is the free space (or quota, or \`ulimit -f\`) of the ` +
-        `filesystem holding it: free space there (delete files, run kvfs gc) or move the store to a larger filesystem`,
-      { cause: e },
-    );
-  }
+  if (NOSPACE_ERRNO.has(code) || /No space left|Disk quota|File too large/i.test(msg)) return diskFull(msg, dir, e);
   if (/database is closed|has been closed/i.test(msg)) return new StoreError('CLOSED', `LMDB store at ${dir} is closed`, { cause: e });
   if (MDB_CORRUPT.has(code as number)) return new StoreError('CORRUPT', `LMDB store at ${dir}: ${msg}`, { cause: e });
-  if (EIO.has(code)) return new StoreError('UNAVAILABLE', `LMDB store at ${dir}: ${msg}`, { cause: e });
+  if (EIO.has(code) || /Input\/output error/.test(msg)) return new StoreError('UNAVAILABLE', `LMDB store at ${dir}: ${msg}`, { cause: e });
   if (/key size is larger/i.test(msg)) return new StoreError('INVALID', `LMDB store at ${dir}: ${msg}`, { cause: e });
   throw e;
 }

@@ -24,3 +24,40 @@ export function expectCliError(t: Test, r: RunResult, what: string, pattern?: Re
   t.notOk(err.includes('\n'), `${what}: stderr is one line`, { command: describe(r) });
   if (pattern) t.match(err, pattern, `${what}: message says what is wrong`, { command: describe(r) });
 }
+
+/**
+ * Asserts two texts are equal line for line; on failure the diagnostic shows only the differing lines (at most
+ * 12 of each side) instead of a full diff of thousands of lines.
+ */
+export function sameLines(t: Test, actual: string, expected: string, what: string): boolean {
+  if (actual === expected) return t.pass(what);
+  const a = actual.split('\n');
+  const e = expected.split('\n');
+  const inA = new Set(a);
+  const inE = new Set(e);
+  const missing = e.filter((l) => !inA.has(l));
+  const extra = a.filter((l) => !inE.has(l));
+  return t.fail(what, {
+    expectedLines: e.length,
+    actualLines: a.length,
+    missing: missing.slice(0, 12),
+    unexpected: extra.slice(0, 12),
+    ...(missing.length > 12 || extra.length > 12 ? { more: `${missing.length} missing, ${extra.length} unexpected in all` } : {}),
+  });
+}
+
+/** Asserts two byte strings are equal; on failure shows both lengths and the first differing offset. */
+export function sameBytes(t: Test, actual: string | Buffer | undefined, expected: string | Buffer, what: string): boolean {
+  const a = typeof actual === 'string' ? Buffer.from(actual, 'latin1') : actual;
+  const e = typeof expected === 'string' ? Buffer.from(expected, 'latin1') : expected;
+  if (a && a.equals(e)) return t.pass(what);
+  let i = 0;
+  while (a && i < a.length && i < e.length && a[i] === e[i]) i++;
+  return t.fail(what, {
+    expectedLength: e.length,
+    actualLength: a?.length ?? 'none',
+    firstDifferenceAt: a ? i : 'none',
+    expectedHere: e.subarray(i, i + 16).toString('hex'),
+    actualHere: a ? a.subarray(i, i + 16).toString('hex') : actual,
+  });
+}

@@ -14,7 +14,7 @@
  *    `testDrivers()` lists the drivers a suite should loop over (env KVFS_TEST_DRIVERS=default,libfuse).
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, realpathSync, rmdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmdirSync, rmSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { baseEnv, killAllTools, run, type RunOptions, type RunResult } from './run.js';
@@ -231,6 +231,7 @@ function emergencyCleanup(): void {
     }
     try {
       if (r.mntToRemove && !isMounted(r.mntToRemove)) rmdirSync(r.mntToRemove);
+      if (r.dataDirToRemove) rmSync(r.dataDirToRemove, { recursive: true, force: true });
     } catch {
       /* best effort */
     }
@@ -254,15 +255,16 @@ function installHooks(): void {
 }
 
 /** a detached shell that cleans up if the test process dies without running its hooks (SIGKILL) */
-function startWatchdog(daemonPid: number, mnt: string): ChildProcess {
+function startWatchdog(daemonPid: number, mnt: string, dataDir: string): ChildProcess {
   const script = `
-    tp=$1; dp=$2; m=$3
+    tp=$1; dp=$2; m=$3; dd=$4
     while kill -0 "$tp" 2>/dev/null; do sleep 1; done
     umount -l "$m" 2>/dev/null || fusermount3 -uz "$m" 2>/dev/null || fusermount -uz "$m" 2>/dev/null
     if tr '\\0' ' ' < /proc/"$dp"/cmdline 2>/dev/null | grep -q kvfs; then kill -9 "$dp"; fi
     rmdir "$m" 2>/dev/null
+    case "$dd" in /tmp/kvfs-test-data-?*) grep -q " $dd" /proc/self/mountinfo || rm -rf "$dd" ;; esac
     exit 0`;
-  const w = spawn('sh', ['-c', script, 'kvfs-test-watchdog', String(process.pid), String(daemonPid), mnt], {
+  const w = spawn('sh', ['-c', script, 'kvfs-test-watchdog', String(process.pid), String(daemonPid), mnt, dataDir], {
     detached: true,
     stdio: 'ignore',
   });
@@ -348,7 +350,7 @@ export async function mountKvfs(t: TestLike, opts: MountOptions = {}): Promise<M
     child.stdout!.on('data', cap(l.stdout));
     child.stderr!.on('data', cap(l.stderr));
     entry.live = l;
-    if (child.pid !== undefined) l.watchdog = startWatchdog(child.pid, mnt);
+    if (child.pid !== undefined) l.watchdog = startWatchdog(child.pid, mnt, ownDataDir ? dataDir : '');
 
     const deadline = Date.now() + readyTimeout;
     for (;;) {
@@ -514,4 +516,19 @@ export function tempDir(t: TestLike, prefix = 'kvfs-test-tmp-'): string {
     }
   });
   return d;
+}
+
+/** pids of live processes (other than this one) whose command line contains s, e.g. a leftover daemon for a mountpoint */
+export function processesMentioning(s: string): number[] {
+  const out: number[] = [];
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name) || Number(name) === process.pid) continue;
+    try {
+      const cmd = readFileSync(`/proc/${name}/cmdline`, 'utf8').replace(/\0/g, ' ');
+      if (cmd.includes(s) && !cmd.includes('kvfs-test-watchdog')) out.push(Number(name));
+    } catch {
+      /* gone */
+    }
+  }
+  return out;
 }

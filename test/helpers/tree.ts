@@ -5,7 +5,10 @@
  * (one chain 12 levels deep), files of 0 bytes, small, around and across the 256 KiB chunk boundary and over
  * 1 MiB, a few file symlinks (relative, never dangling, never into a loop) and one hard-linked pair.
  */
-import { mkdirSync, linkSync, symlinkSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import {
+  existsSync, linkSync, lstatSync, lutimesSync, mkdirSync, readdirSync, readFileSync, readlinkSync, symlinkSync, utimesSync, writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 
 /** mulberry32: a small seeded PRNG */
@@ -115,5 +118,36 @@ export function makeTree(root: string, spec: TreeSpec = {}): Tree {
     symlinkSync(`../${list[list.length - 1]!.path}`, join(root, 'links/to-last'));
     linkSync(join(root, 'links/target.txt'), join(root, 'links/hardlink.txt'));
   }
+  // Fixed past timestamps (whole seconds, children before their directory), so a copy that fails to restore
+  // times cannot pass by being made in the same second.
+  let k = 0;
+  const stamp = (rel: string) => {
+    const abs = join(root, rel);
+    const st = lstatSync(abs);
+    if (st.isDirectory()) for (const n of readdirSync(abs).sort()) stamp(rel ? `${rel}/${n}` : n);
+    const when = 1_500_000_000 + ((k++ * 7919) % 100_000_000);
+    if (st.isSymbolicLink()) lutimesSync(abs, when, when);
+    else utimesSync(abs, when, when);
+  };
+  stamp('');
   return { root, files: list.length, dirs, bytes: sum, list };
+}
+
+/**
+ * A text snapshot of everything under path (names, types, modes, sizes, mtimes, sha256 of file contents), to
+ * show that a failed command created or changed nothing. '(absent)' when path does not exist. Local disk only.
+ */
+export function snapshotDir(path: string): string {
+  if (!existsSync(path)) return '(absent)';
+  const lines: string[] = [];
+  const walk = (rel: string) => {
+    const abs = rel ? join(path, rel) : path;
+    const st = lstatSync(abs);
+    const kind = st.isDirectory() ? 'd' : st.isSymbolicLink() ? 'l' : st.isFile() ? 'f' : 'o';
+    const extra = kind === 'f' ? createHash('sha256').update(readFileSync(abs)).digest('hex') : kind === 'l' ? readlinkSync(abs) : '';
+    lines.push(`${rel || '.'}|${kind}|${(st.mode & 0o7777).toString(8)}|${kind === 'd' ? '' : st.size}|${st.mtimeMs}|${extra}`);
+    if (kind === 'd') for (const n of readdirSync(abs).sort()) walk(rel ? `${rel}/${n}` : n);
+  };
+  walk('');
+  return lines.join('\n');
 }

@@ -1,0 +1,54 @@
+/**
+ * Direct access to a store, below the filesystem, for the tests that need a store in a state the CLI cannot
+ * produce (a volume of a newer format version, an LMDB store without a volume). Each call runs in a separate
+ * node process and uses the project's own compiled modules (dist/src), so it follows the schema as written.
+ */
+import { join } from 'node:path';
+import { REPO } from './mount.js';
+import { run, type RunResult } from './run.js';
+
+function script(body: string): string {
+  const dist = (p: string) => JSON.stringify('file://' + join(REPO, 'dist', 'src', p));
+  return `
+import { openStore } from ${dist('backend/open-store.js')};
+import { K, decodeVolume, encodeVolume, FORMAT_VERSION } from ${dist('fs/schema.js')};
+const url = process.argv[1];
+const store = await openStore(url);
+try {
+${body}
+} finally {
+  await store.close();
+}`;
+}
+
+function node(body: string, url: string): Promise<RunResult> {
+  return run(process.execPath, ['--input-type=module', '-e', script(body), url], { cwd: REPO, timeout: 30_000 });
+}
+
+/** rewrites the volume record with formatVersion = this build's FORMAT_VERSION + 1; prints the new version */
+export function bumpFormatVersion(url: string): Promise<RunResult> {
+  return node(
+    `  const raw = await store.get(K.volume);
+  if (!raw) throw new Error('no volume record');
+  const v = decodeVolume(raw);
+  v.formatVersion = FORMAT_VERSION + 1;
+  await store.put(K.volume, encodeVolume(v));
+  await store.sync();
+  console.log(v.formatVersion);`,
+    url,
+  );
+}
+
+/** prints the volume record as JSON, or "none" */
+export function readVolumeRecord(url: string): Promise<RunResult> {
+  return node(
+    `  const raw = await store.get(K.volume);
+  console.log(raw ? JSON.stringify(decodeVolume(raw)) : 'none');`,
+    url,
+  );
+}
+
+/** opens (and so creates) the store and closes it without writing a volume */
+export function createEmptyStore(url: string): Promise<RunResult> {
+  return node(`  await store.sync();`, url);
+}

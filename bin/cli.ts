@@ -248,7 +248,7 @@ async function main(): Promise<void> {
       .option('chunk-size', { type: 'string', describe: 'chunk size when this mount formats a new volume' })
       .option('cache-mb', { type: 'number', default: 64, describe: 'MiB of file data cached in memory' })
       .option('write-buffer-mb', { type: 'number', default: 64, describe: 'MiB of write-back buffers before writes commit early' })
-      .option('attr-timeout', { type: 'number', default: 1, describe: 'seconds the kernel caches attributes' })
+      .option('attr-timeout', { type: 'number', describe: 'seconds the kernel caches attributes (default 1; 0 with --driver libfuse)' })
       .option('entry-timeout', { type: 'number', default: 1, describe: 'seconds the kernel caches names' })
       .option('debug', { type: 'boolean', describe: 'log every FUSE request' })
       .example('$0 mount ./mnt --mkdir', 'mount the default volume at ./mnt, creating ./mnt')
@@ -270,7 +270,7 @@ async function main(): Promise<void> {
     .help()
     .fail((msg, err) => {
       if (err) throw err;
-      console.error(`kvfs: ${msg} (see kvfs --help)`);
+      console.error(`kvfs: ${String(msg).replace(/\s*\n\s*/g, ' ')} (see kvfs --help)`);
       process.exit(2);
     })
     .parseAsync();

@@ -1,7 +1,8 @@
 /**
  * The KV interface every engine implements. POSIX logic lives above it (src/fs), written once.
  *
- * Keys are strings of printable ASCII without spaces; values are opaque bytes. Keys fall in two kinds:
+ * Keys are strings (the part after a collection prefix may be any UTF-8 text without NUL); values are opaque
+ * bytes. Keys fall in two kinds:
  *  - metadata keys (volume record, inodes, entries, chunk maps, queues, counters). On a cluster engine they
  *    all share the volume's hash tag, so a `commit` touching several of them is one atomic step in one slot.
  *  - blob keys (prefix `b/`), immutable file data, spread across the cluster. Blobs are written with `put`
@@ -10,14 +11,19 @@
  * Collections: a key `P/rest` where P is a prefix ending in `/` that is passed to `scan` belongs to the
  * collection P. `scan` returns the members of one collection in byte order of their keys. Engines with an
  * ordered keyspace (LMDB, memory) scan a key range; engines without one (Redis) keep each collection in a hash.
- * So every scanned prefix must be one of the collection prefixes the caller declares (see `collections` in
- * src/fs/schema.ts); a key belongs to at most one collection, the one named by its longest declared prefix.
+ * So every scanned prefix must be one of the collection prefixes the schema declares (src/fs/schema.ts), and
+ * collection prefixes never nest (no collection prefix is a prefix of another collection's keys).
+ *
+ * Order: writes called without awaiting apply in call order. Counters are stored as decimal ASCII (as Redis
+ * keeps them) within +-2^53. A scan prefix ends in '/', and a scan limit is at least 1 (else INVALID).
+ * `close()` may be called twice.
  *
  * Atomicity: `commit` applies a batch of writes only if every check still holds (compare-and-swap on whole
  * values, absence included), all or nothing. It is the only multi-key write. Everything else is one key.
  *
  * Errors: engines throw StoreError (src/backend/errors.ts) with a stable code: NOSPACE when the store is full,
- * UNAVAILABLE when it cannot be reached within the deadline, and so on. Nothing else escapes an adapter.
+ * UNAVAILABLE when it cannot be reached within the deadline, and so on. An error an adapter does not
+ * recognise is rethrown as it is, and becomes EIO with its stack logged at the filesystem boundary.
  */
 export interface KvCheck {
   key: string;

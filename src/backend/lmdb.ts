@@ -28,8 +28,9 @@ export interface LmdbStoreOptions {
  *
  * Durability (overlappingSync, lmdb-js's default on Linux): a write resolves once its transaction is committed,
  * i.e. written to the data file, so it survives a kill -9 of the process (on reopen lmdb-js takes the newest
- * committed transaction while the boot id is unchanged). `sync()` resolves once every earlier transaction is
- * also fsynced, so it survives a machine crash; after a crash the store reopens at the last synced transaction.
+ * committed transaction while the boot id is unchanged). `sync()` waits for every write called before it, then
+ * fsyncs (mdb_env_sync, not lmdb-js's `flushed`, which never resolves after a failed batch), so those writes
+ * survive a machine crash; after a crash the store reopens at the last synced transaction.
  *
  * Errors: a full disk (ENOSPC, EDQUOT, EFBIG) or map (MDB_MAP_FULL) is NOSPACE naming the limit; use after close
  * is CLOSED; a damaged file is CORRUPT; EIO is UNAVAILABLE, or NOSPACE when the filesystem is nearly full (LMDB

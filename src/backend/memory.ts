@@ -85,11 +85,11 @@ export class MemoryStore implements KvStore {
   }
 
   async sync(): Promise<void> {
-    void this.#db;
+    void this.#db; // CLOSED once closed; otherwise nothing to do
   }
 
   async info(): Promise<KvEngineInfo> {
-    void this.#db;
+    void this.#db; // CLOSED once closed
     return { engine: 'memory' };
   }
 

@@ -7,11 +7,17 @@
  *  - the caller's uid/gid (fuse-native does not pass fuse_get_context): new files belong to the daemon's user;
  *  - rename flags (RENAME_NOREPLACE / RENAME_EXCHANGE reach the kernel as EINVAL);
  *  - timestamps finer than a millisecond (fuse-native carries milliseconds);
- *  - unlink of an open file is libfuse's "hide and remove at last close" (.fuse_hidden files), not the core's
- *    own orphan handling, which the native driver uses.
+ *  - setting one timestamp alone (utimensat with UTIME_OMIT for the other): libfuse 2.9 drops the change;
+ *  - times before 1970 (fuse-native carries times as unsigned milliseconds);
+ *  - unlink or rename over an open file is libfuse's "hide and remove at last close" (.fuse_hidden files), not
+ *    the core's own orphan handling: such a rename is two steps, and the hidden names show in listings;
+ *  - hard links: libfuse gives each path its own kernel inode, so cached attributes of one link do not see a
+ *    change made through another; this driver therefore defaults to attr_timeout=0.
+ * The native driver has none of these limits.
  */
 import { createRequire } from 'node:module';
 import { constants } from 'node:fs';
+import { constants as osConstants } from 'node:os';
 import type { Filesystem } from '../filesystem.js';
 import { toErrno } from '../errors.js';
 import type { Attr, Ctx, StatFs } from '../types.js';
@@ -157,12 +163,34 @@ export async function mountLibfuse(fs: Filesystem, mnt: string, opts: LibfuseMou
 
   // fuse-native takes a fixed list of -o options; ours are added here.
   class KvfsFuse extends (Fuse as unknown as { new (mnt: string, ops: object, opts: object): FuseInstance }) {
+    // fuse-native copies a value into the kernel's buffer without checking its size; a value larger than the
+    // buffer must be ERANGE (the caller then asks again with a larger one), never a reply longer than asked.
+    _op_getxattr(signal: (n: number, b: ArrayBuffer) => void, path: string, name: string, valueBuf: Buffer) {
+      ops.getxattr(path, name, 0, (err: unknown, value: unknown) => {
+        const v = value as Buffer | undefined;
+        if (err) return signal(err as number, valueBuf.buffer as ArrayBuffer);
+        if (valueBuf.length && v!.length > valueBuf.length) return signal(-osConstants.errno.ERANGE, valueBuf.buffer as ArrayBuffer);
+        v!.copy(valueBuf);
+        return signal(v!.length, valueBuf.buffer as ArrayBuffer);
+      });
+    }
+
+    _op_listxattr(signal: (n: number, b: ArrayBuffer) => void, path: string, listBuf: Buffer) {
+      ops.listxattr(path, (err: unknown, list: unknown) => {
+        if (err) return signal(err as number, listBuf.buffer as ArrayBuffer);
+        const packed = Buffer.concat((list as string[]).map((n) => Buffer.from(n + '\0')));
+        if (listBuf.length && packed.length > listBuf.length) return signal(-osConstants.errno.ERANGE, listBuf.buffer as ArrayBuffer);
+        if (listBuf.length) packed.copy(listBuf);
+        return signal(packed.length, listBuf.buffer as ArrayBuffer);
+      });
+    }
+
     override _fuseOptions(): string {
       const base = super._fuseOptions();
       const ours = [
         'use_ino', 'readdir_ino', 'big_writes', 'max_write=131072', 'max_read=131072', 'nonempty',
         'fsname=kvfs', 'subtype=kvfs', 'default_permissions',
-        `attr_timeout=${opts.attrTimeout ?? 1}`, `entry_timeout=${opts.entryTimeout ?? 1}`, 'negative_timeout=0',
+        `attr_timeout=${opts.attrTimeout ?? 0}`, `entry_timeout=${opts.entryTimeout ?? 1}`, 'negative_timeout=0',
       ];
       return base ? `${base},${ours.join(',')}` : `-o${ours.join(',')}`;
     }

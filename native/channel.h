@@ -1,0 +1,111 @@
+// The FUSE channel: reader threads that take requests from /dev/fuse, and the reply path.
+//
+// Contract with the JavaScript side (src/fs/fuse/native-channel.ts):
+//  - Memory. Request bodies land in buffers of the JS buffer pool's arena (an ArrayBuffer the channel keeps
+//    a reference to). JS "stocks" the channel with free buffers per size class (offset + size). A reader takes
+//    the smallest stocked buffer that fits a body; when no fitting class is stocked it flags the class as
+//    needed, wakes JS, and waits: the kernel keeps the backlog, memory stays bounded. Bodies small enough
+//    (kInlineBody bytes) travel inside the record itself and take no pool buffer at all.
+//  - Records. Each request becomes one fixed-size record: the 40-byte fuse_in_header, the reader index, the
+//    body's location (inline, or the pool offset), and the inline body. Readers append records to a queue
+//    and wake JS once per batch: only the reader that finds no wake pending calls into JS. JS copies up to
+//    `max` records into its batch area with Poll(), which clears the pending flag when the queue is empty.
+//  - Replies. Reply(reader, iovecs) writes one reply with one writev on the fd of the reader that read the
+//    request (a cloned /dev/fuse fd answers only the requests read from it). ENOENT (the request was
+//    interrupted) is not an error.
+//  - End. ENODEV from the device means unmounted: readers stop, and JS is woken with the closed flag set.
+//
+// Transport: each reader moves one whole request into its own pipe with splice, reads the header from the
+// pipe, then the body into the right buffer. The transport is the Reader class alone; FUSE over io_uring
+// would replace it without changing records, stocking or replies.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace kvfs {
+
+constexpr int kHeaderSize = 40;
+constexpr int kRecordSize = 256;
+constexpr int kInlineBody = kRecordSize - 56;  // 200 bytes
+constexpr uint32_t kInline = 0xffffffffu;
+constexpr int kMaxClasses = 8;
+
+// The layout of one record (little-endian), as JS reads it:
+//   [0, 40)    fuse_in_header as the kernel sent it
+//   [40, 44)   u32 reader index (the fd to answer on)
+//   [44, 48)   u32 body length
+//   [48, 52)   u32 body location: kInline, or the buffer's offset in the arena
+//   [52, 56)   u32 size class of that buffer (kInline for inline)
+//   [56, 256)  the body when inline
+struct Record {
+  uint8_t bytes[kRecordSize];
+};
+
+struct ChannelStats {
+  uint64_t requests = 0;
+  uint64_t inline_requests = 0;
+  uint64_t pool_waits = 0;
+  uint64_t wakes = 0;
+  uint64_t max_queue = 0;
+};
+
+class Channel {
+ public:
+  // fds: the session fd and one clone per extra reader. arena: base of the pool's memory, arena_len its size.
+  // class_sizes: the pool's size classes, ascending. wake: called (from any thread) when JS should Poll.
+  Channel(std::vector<int> fds, uint8_t* arena, size_t arena_len, std::vector<uint32_t> class_sizes,
+          size_t pipe_size, std::function<void()> wake);
+  ~Channel();
+
+  // Starts the reader threads. Returns 0 or -errno (pipes could not be made large enough, ...).
+  int Start();
+  // Copies up to max records into out; returns how many. Sets *closed once every reader has stopped and
+  // the queue is empty; *needs gets a bit per size class that a reader waits for.
+  int Poll(uint8_t* out, int max, bool* closed, uint32_t* needs);
+  // Adds a free buffer of size class cls at offset to the stock. Returns 0 or -EINVAL.
+  int Stock(int cls, uint32_t offset);
+  // Takes back every stocked buffer (their offsets are appended to out): used at shutdown.
+  void Unstock(std::vector<std::pair<int, uint32_t>>* out);
+  // One reply: writev of the iovecs on the reader's fd. Returns bytes written or -errno (ENOENT ignored: 0).
+  ssize_t Reply(uint32_t reader, const struct iovec* iov, int iovcnt);
+  // Asks readers to stop (they end at the next request or at unmount) and joins them.
+  void Stop();
+  ChannelStats Stats();
+  size_t max_body() const { return max_body_; }
+
+ private:
+  friend class Reader;
+  bool TakeBuffer(uint32_t body_len, int* cls, uint32_t* offset);  // blocks while nothing fits
+  void Push(const Record& r);
+  void ReaderDone();
+
+  std::vector<int> fds_;
+  uint8_t* arena_;
+  size_t arena_len_;
+  std::vector<uint32_t> class_sizes_;
+  size_t pipe_size_;
+  size_t max_body_;
+  std::function<void()> wake_;
+
+  std::mutex mu_;
+  std::condition_variable stocked_;
+  std::deque<Record> queue_;
+  std::vector<std::vector<uint32_t>> stock_;
+  uint32_t needs_ = 0;
+  bool wake_pending_ = false;
+  bool stopping_ = false;
+  int running_ = 0;
+  ChannelStats stats_;
+  std::vector<std::thread> threads_;
+  std::vector<int> pipes_;  // read end, write end per reader
+};
+
+}  // namespace kvfs

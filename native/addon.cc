@@ -1,17 +1,162 @@
 // kvfs's native addon. Loaded by exactly one TypeScript file (src/native.ts). Every function returns a number:
-// a result, or -errno, which the TypeScript side turns into an error.
+// a result, or -errno, which the TypeScript side turns into an error. Nothing here throws on a system error.
 #include <napi.h>
+#include <sys/uio.h>
 
+#include <memory>
+
+#include "channel.h"
 #include "fuse-dev.h"
 
 namespace {
 
-Napi::Value ProbeFuseDevice(const Napi::CallbackInfo& info) {
-  return Napi::Number::New(info.Env(), kvfs::ProbeFuseDevice());
+using kvfs::Channel;
+
+Napi::Value Num(Napi::Env env, double v) { return Napi::Number::New(env, v); }
+
+Napi::Value ProbeFuseDevice(const Napi::CallbackInfo& info) { return Num(info.Env(), kvfs::ProbeFuseDevice()); }
+Napi::Value OpenFuseDevice(const Napi::CallbackInfo& info) { return Num(info.Env(), kvfs::OpenFuseDevice()); }
+
+Napi::Value CloneFuseDevice(const Napi::CallbackInfo& info) {
+  return Num(info.Env(), kvfs::CloneFuseDevice(info[0].As<Napi::Number>().Int32Value()));
 }
+
+Napi::Value MountFuse(const Napi::CallbackInfo& info) {
+  return Num(info.Env(), kvfs::MountFuse(info[0].As<Napi::Number>().Int32Value(), info[1].As<Napi::String>(),
+                                         info[2].As<Napi::String>(), info[3].As<Napi::String>(),
+                                         info[4].As<Napi::String>(),
+                                         static_cast<unsigned long>(info[5].As<Napi::Number>().Int64Value())));
+}
+
+Napi::Value FusermountMount(const Napi::CallbackInfo& info) {
+  return Num(info.Env(), kvfs::FusermountMount(info[0].As<Napi::String>(), info[1].As<Napi::String>()));
+}
+
+Napi::Value CloseFd(const Napi::CallbackInfo& info) {
+  return Num(info.Env(), kvfs::CloseFd(info[0].As<Napi::Number>().Int32Value()));
+}
+
+// The Channel as a JS class. new NativeChannel(fds, arena, classSizes, pipeSize, onWake)
+class ChannelWrap : public Napi::ObjectWrap<ChannelWrap> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "NativeChannel",
+                       {InstanceMethod("start", &ChannelWrap::Start), InstanceMethod("poll", &ChannelWrap::Poll),
+                        InstanceMethod("stock", &ChannelWrap::Stock), InstanceMethod("unstock", &ChannelWrap::Unstock),
+                        InstanceMethod("reply", &ChannelWrap::Reply), InstanceMethod("stop", &ChannelWrap::Stop),
+                        InstanceMethod("stats", &ChannelWrap::Stats)});
+  }
+
+  explicit ChannelWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ChannelWrap>(info) {
+    Napi::Env env = info.Env();
+    auto fdsArr = info[0].As<Napi::Array>();
+    std::vector<int> fds;
+    for (uint32_t i = 0; i < fdsArr.Length(); i++) fds.push_back(fdsArr.Get(i).As<Napi::Number>().Int32Value());
+    auto arena = info[1].As<Napi::ArrayBuffer>();
+    arena_ref_ = Napi::Persistent(arena);
+    auto sizesArr = info[2].As<Napi::Array>();
+    std::vector<uint32_t> sizes;
+    for (uint32_t i = 0; i < sizesArr.Length(); i++) sizes.push_back(sizesArr.Get(i).As<Napi::Number>().Uint32Value());
+    size_t pipe_size = info[3].As<Napi::Number>().Uint32Value();
+    tsfn_ = Napi::ThreadSafeFunction::New(env, info[4].As<Napi::Function>(), "kvfs-channel-wake", 0, 1);
+    tsfn_.Unref(env);
+    auto tsfn = tsfn_;
+    channel_ = std::make_unique<Channel>(std::move(fds), static_cast<uint8_t*>(arena.Data()), arena.ByteLength(),
+                                         std::move(sizes), pipe_size, [tsfn]() mutable {
+                                           tsfn.NonBlockingCall();
+                                         });
+  }
+
+  ~ChannelWrap() override {
+    if (channel_) channel_->Stop();
+  }
+
+ private:
+  Napi::Value Start(const Napi::CallbackInfo& info) {
+    int r = channel_->Start();
+    if (r == 0) tsfn_.Ref(info.Env());
+    return Num(info.Env(), r);
+  }
+
+  // poll(out: Uint8Array, max, status: Uint32Array[2]) -> n; status[0] = closed, status[1] = needs mask
+  Napi::Value Poll(const Napi::CallbackInfo& info) {
+    auto out = info[0].As<Napi::Uint8Array>();
+    int max = info[1].As<Napi::Number>().Int32Value();
+    auto status = info[2].As<Napi::Uint32Array>();
+    int cap = static_cast<int>(out.ByteLength() / kvfs::kRecordSize);
+    if (max > cap) max = cap;
+    bool closed = false;
+    uint32_t needs = 0;
+    int n = channel_->Poll(out.Data(), max, &closed, &needs);
+    status[0] = closed ? 1 : 0;
+    status[1] = needs;
+    return Num(info.Env(), n);
+  }
+
+  Napi::Value Stock(const Napi::CallbackInfo& info) {
+    return Num(info.Env(), channel_->Stock(info[0].As<Napi::Number>().Int32Value(),
+                                           info[1].As<Napi::Number>().Uint32Value()));
+  }
+
+  Napi::Value Unstock(const Napi::CallbackInfo& info) {
+    std::vector<std::pair<int, uint32_t>> got;
+    channel_->Unstock(&got);
+    auto arr = Napi::Array::New(info.Env(), got.size() * 2);
+    for (size_t i = 0; i < got.size(); i++) {
+      arr.Set(static_cast<uint32_t>(2 * i), Num(info.Env(), got[i].first));
+      arr.Set(static_cast<uint32_t>(2 * i + 1), Num(info.Env(), got[i].second));
+    }
+    return arr;
+  }
+
+  // reply(reader, a: Uint8Array, b?: Uint8Array, c?: Uint8Array) -> bytes written or -errno
+  Napi::Value Reply(const Napi::CallbackInfo& info) {
+    uint32_t reader = info[0].As<Napi::Number>().Uint32Value();
+    struct iovec iov[3];
+    int n = 0;
+    for (size_t i = 1; i < info.Length() && n < 3; i++) {
+      if (!info[i].IsTypedArray()) continue;
+      auto a = info[i].As<Napi::Uint8Array>();
+      if (a.ByteLength() == 0) continue;
+      iov[n].iov_base = a.Data();
+      iov[n].iov_len = a.ByteLength();
+      n++;
+    }
+    return Num(info.Env(), static_cast<double>(channel_->Reply(reader, iov, n)));
+  }
+
+  Napi::Value Stop(const Napi::CallbackInfo& info) {
+    channel_->Stop();
+    tsfn_.Unref(info.Env());
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Stats(const Napi::CallbackInfo& info) {
+    auto s = channel_->Stats();
+    auto o = Napi::Object::New(info.Env());
+    o.Set("requests", Num(info.Env(), static_cast<double>(s.requests)));
+    o.Set("inlineRequests", Num(info.Env(), static_cast<double>(s.inline_requests)));
+    o.Set("poolWaits", Num(info.Env(), static_cast<double>(s.pool_waits)));
+    o.Set("wakes", Num(info.Env(), static_cast<double>(s.wakes)));
+    o.Set("maxQueue", Num(info.Env(), static_cast<double>(s.max_queue)));
+    return o;
+  }
+
+  std::unique_ptr<Channel> channel_;
+  Napi::Reference<Napi::ArrayBuffer> arena_ref_;
+  Napi::ThreadSafeFunction tsfn_;
+};
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("probeFuseDevice", Napi::Function::New(env, ProbeFuseDevice));
+  exports.Set("openFuseDevice", Napi::Function::New(env, OpenFuseDevice));
+  exports.Set("cloneFuseDevice", Napi::Function::New(env, CloneFuseDevice));
+  exports.Set("mountFuse", Napi::Function::New(env, MountFuse));
+  exports.Set("fusermountMount", Napi::Function::New(env, FusermountMount));
+  exports.Set("closeFd", Napi::Function::New(env, CloseFd));
+  exports.Set("NativeChannel", ChannelWrap::Define(env));
+  exports.Set("recordSize", Num(env, kvfs::kRecordSize));
+  exports.Set("inlineBody", Num(env, kvfs::kInlineBody));
   return exports;
 }
 

@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <sys/uio.h>
 #include <mutex>
 #include <string>
 #include <thread>

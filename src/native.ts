@@ -8,8 +8,30 @@ import { dirname, join } from 'node:path';
 import { existsSync } from 'node:fs';
 import { constants } from 'node:os';
 
+/** The native channel (native/channel.h states its contract). Methods return a result or -errno. */
+export interface NativeChannelHandle {
+  start(): number;
+  /** copies up to max records into out; status[0] = 1 once closed, status[1] = size classes readers wait for */
+  poll(out: Uint8Array, max: number, status: Uint32Array): number;
+  stock(cls: number, offset: number): number;
+  /** every stocked buffer back: [cls, offset, cls, offset, ...] */
+  unstock(): number[];
+  reply(reader: number, a: Uint8Array, b?: Uint8Array, c?: Uint8Array): number;
+  stop(): void;
+  stats(): { requests: number; inlineRequests: number; poolWaits: number; wakes: number; maxQueue: number };
+}
+
 interface Addon {
   probeFuseDevice(): number;
+  openFuseDevice(): number;
+  cloneFuseDevice(fd: number): number;
+  mountFuse(fd: number, mountpoint: string, fstype: string, source: string, options: string, flags: number): number;
+  fusermountMount(mountpoint: string, options: string): number;
+  closeFd(fd: number): number;
+  NativeChannel: new (fds: number[], arena: ArrayBuffer, classSizes: number[], pipeSize: number,
+    onWake: () => void) => NativeChannelHandle;
+  recordSize: number;
+  inlineBody: number;
 }
 
 /** the package root: the nearest folder above this file (src/ or dist/src/) that has binding.gyp */
@@ -49,4 +71,14 @@ export function fuseDeviceProblem(): string | undefined {
   if (name === 'ENOENT') return '/dev/fuse does not exist (load the fuse module: modprobe fuse)';
   if (name === 'EACCES' || name === 'EPERM') return `/dev/fuse cannot be opened (${name}): run as root or add the user to the fuse group`;
   return `/dev/fuse cannot be opened (${name})`;
+}
+
+/** a native result: the value when non-negative, else an Error with the errno's name as code */
+export function check(r: number, what: string): number {
+  if (r >= 0) return r;
+  const code = errnoName(-r);
+  const e = new Error(`${what}: ${code}`) as NodeJS.ErrnoException;
+  e.code = code;
+  e.errno = -r;
+  throw e;
 }

@@ -91,6 +91,8 @@ export function defaultClasses(capacityBytes: number): SizeClass[] {
 
 export class BufferPool {
   readonly capacityBytes: number;
+  /** the memory every buffer is cut from (offset 0 is the first buffer of the smallest class) */
+  readonly arena: ArrayBuffer;
   private readonly sizes: number[];
   private readonly free: Slot[][];
   private readonly slots = new WeakMap<Buffer, Slot>();
@@ -114,6 +116,7 @@ export class BufferPool {
     this.sizes = classes.map((c) => c.size);
     this.capacityBytes = classes.reduce((n, c) => n + c.size * c.count, 0);
     const arena = opts.arena ?? BufferPool.arena(this.capacityBytes);
+    this.arena = arena;
     if (arena.byteLength < this.capacityBytes) throw new RangeError('BufferPool: the arena is smaller than the classes');
     this.free = classes.map(() => []);
     this.inUse = classes.map(() => 0);

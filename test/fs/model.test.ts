@@ -7,6 +7,16 @@
  * (type, permission bits, nlink, size, rdev, inode identity across hard links, a plausible st_blocks).
  * The first difference fails the run with the seed and the operations that led to it.
  *
+ * Most steps run one at a time. A few run several calls at once whose outcome does not depend on their order
+ * (writes to disjoint ranges with a read and a flush; distinct new names in one directory), or whose outcome
+ * must be one of the serial orders (a write and a truncate of one file). The write-back budget and the blob
+ * cache size are drawn from the seed too. A seed replays the same steps as long as the engine's timing lets
+ * the order-dependent step come out the same way (always, on the memory engine so far).
+ *
+ * The model is POSIX where the core's own contract is silent (for example, a write of no bytes changes
+ * nothing); its choices where POSIX leaves room follow the core's (the order of error checks: name checks,
+ * then the parent directory, then the entry; each such judgement is noted where the model makes it).
+ *
  * The whole tree is compared by walking both sides at the end and after each remount (close the Filesystem,
  * open the same store again, LMDB closed and reopened too); after a remount the store itself is checked:
  * inodes, entries, chunk maps, blobs, queues and counters hold exactly what the model says, nothing leaked.
@@ -18,8 +28,7 @@
  *   KVFS_MODEL_LOG=/tmp/ops   on a failure, write every operation of the run to this file
  *   KVFS_MODEL_AVOID=a,b      steer around known bugs to look for others (see AVOIDABLE)
  *
- * Where POSIX leaves the order of error checks open, the model follows the core's order (name checks, then the
- * parent directory, then the entry); each such judgement is noted where the model makes it.
+ * Below the model runs: minimal reproductions of what the runs found, one bug each.
  */
 import t, { type Test } from 'tap';
 import { constants } from 'node:fs';
@@ -30,7 +39,7 @@ import type { KvStore } from '../../src/backend/kv.js';
 import { MemoryStore } from '../../src/backend/memory.js';
 import { openStore } from '../../src/backend/open-store.js';
 import { FsError } from '../../src/fs/errors.js';
-import { Filesystem } from '../../src/fs/filesystem.js';
+import { Filesystem, type FsOptions } from '../../src/fs/filesystem.js';
 import { K, decodeChunk, decodeDirent, decodeInode } from '../../src/fs/schema.js';
 import {
   RENAME_EXCHANGE, RENAME_NOREPLACE, ROOT_INO, XATTR_CREATE, XATTR_REPLACE, type Attr, type Ctx, type Fh, type Ino,
@@ -659,11 +668,14 @@ interface RunResult { ops: number; counts: Record<string, number>; outcomes: Rec
  * Known bugs the run can steer around (KVFS_MODEL_AVOID), so that one bug does not hide the next:
  *  - unlink-dirty: every handle is flushed before an unlink or rename, since unlinking an open file drops its
  *    write-back data (see 'unlinking an open file keeps its unflushed data' below).
- *  - flush-during-write: no flush or fsync runs at once with writes, since a commit that overlaps a write
- *    which extends the file loses the written bytes past the old size ('a flush during a write ...' below).
+ *  - write-races: writes that run at once with others stay below the file's size (and below a concurrent
+ *    truncate's new size), and no flush or fsync runs with them: a commit that overlaps a write extending the
+ *    file loses the bytes past the old size ('a flush during a write ...', 'a write that commits early ...'
+ *    below), and a truncate during a write that loads a chunk brings truncated bytes back ('a truncate
+ *    during a write ...' below).
  *  - empty-write: no writes of zero bytes, since they extend the file ('a write of no bytes ...' below).
  */
-const AVOIDABLE = ['unlink-dirty', 'flush-during-write', 'empty-write'] as const;
+const AVOIDABLE = ['unlink-dirty', 'write-races', 'empty-write'] as const;
 const AVOID = new Set((process.env.KVFS_MODEL_AVOID ?? '').split(',').filter((x) => x));
 for (const a of AVOID) if (!(AVOIDABLE as readonly string[]).includes(a)) throw new Error(`KVFS_MODEL_AVOID: unknown ${a}`);
 
@@ -683,9 +695,19 @@ class Runner {
   remounts = 0;
   opIndex = 0;
 
+  /**
+   * Write-back budget and blob cache, drawn from the seed: a tiny budget makes nearly every write commit at
+   * once (under the writes of other calls too); no cache makes every read go to the store.
+   */
+  readonly fsOptions: FsOptions;
+
   constructor(readonly o: RunOptions) {
     this.r = new Rng(o.seed);
     this.store = o.store;
+    this.fsOptions = {
+      writeBufferBytes: this.r.pick([4 * CHUNK, 1 << 20, 64 << 20]),
+      blobCacheBytes: this.r.pick([0, 16 * CHUNK, 64 << 20]),
+    };
   }
 
   note(s: string): void {
@@ -1083,7 +1105,8 @@ class Runner {
     const flags = this.r.weighted([[70, 0], [12, RENAME_NOREPLACE], [15, RENAME_EXCHANGE], [3, this.r.pick([3, 4])]] as const);
     this.note(`rename(${parent}, ${JSON.stringify(name)}, ${newParent}, ${JSON.stringify(newName)}, flags ${flags})`);
     const got = await real(() => this.fs.rename(parent, name, newParent, newName, flags));
-    this.expect('rename', modeled(() => this.m.rename(parent, name, newParent, newName, flags)), got);
+    const kind = flags === 0 ? 'rename' : flags === RENAME_NOREPLACE ? 'rename NOREPLACE' : flags === RENAME_EXCHANGE ? 'rename EXCHANGE' : 'rename bad flags';
+    this.expect(kind, modeled(() => this.m.rename(parent, name, newParent, newName, flags)), got);
   }
 
   async lookup(): Promise<void> {
@@ -1187,10 +1210,13 @@ class Runner {
     const n = this.m.nodes.get(h.ino)!;
     const size = n.data.length;
     const k = this.r.range(2, 4);
-    const slot = Math.floor(MAX_FILE / k);
     const writes: { fh: Fh; off: number; data: Buffer }[] = [];
+    // with write-races avoided, writes stay below the current size (commits that run meanwhile, the
+    // budget's included, then lose nothing); otherwise they go anywhere up to MAX_FILE
+    const span = AVOID.has('write-races') ? size : MAX_FILE;
+    const slot = Math.floor(span / k);
+    if (slot < 2) return;
     for (let i = 0; i < k; i++) {
-      // start near a chunk boundary inside the slot most of the time, so writes share chunks with neighbours
       const len = this.r.range(1, Math.min(slot - 1, this.r.pick([100, CHUNK, 2 * CHUNK])));
       const lo = i * slot;
       const off = lo + this.r.int(slot - len);
@@ -1206,7 +1232,7 @@ class Runner {
       if (writes.every((w) => off + len <= w.off || off >= w.off + w.data.length)) read = { off, len };
     }
     let sync = this.r.pick(['flush', 'fsync', 'none'] as const);
-    if (AVOID.has('flush-during-write')) sync = 'none';
+    if (AVOID.has('write-races')) sync = 'none';
     this.note(`at once on ino ${h.ino} (size ${size}): ${writes.map((w) => `write(${w.fh}, off ${w.off}, len ${w.data.length})`).join(', ')}` +
       `${read ? `, read(${rfh}, off ${read.off}, len ${read.len})` : ''}${sync !== 'none' ? `, ${sync}(${fh})` : ''}`);
     const want = read ? Buffer.from(this.m.read(rfh!, read.off, read.len)) : undefined;
@@ -1229,6 +1255,63 @@ class Runner {
     const all = await real(() => this.fs.read(rfh, 0, MAX_FILE + 4 * CHUNK));
     this.expect('read after concurrent writes', modeled(() => Buffer.from(this.m.read(rfh, 0, MAX_FILE + 4 * CHUNK))), all,
       (a, b) => (a.equals(b) ? [] : [`data ${firstDiff(b, a)}`]));
+  }
+
+  /**
+   * A write and a truncate of one file at once: the file must end as one of the two orders leaves it
+   * (write then truncate, or truncate then write), in size and in every byte.
+   */
+  async concurrentTruncate(): Promise<void> {
+    const plain = [...this.m.handles].filter(([, h]) => (h.flags & 3) !== O_RDONLY && !(h.flags & O_APPEND) &&
+      this.m.nodes.get(h.ino)!.type === S_IFREG);
+    if (!plain.length) return this.create();
+    const [fh, h] = this.r.pick(plain);
+    const n = this.m.nodes.get(h.ino)!;
+    const size = n.data.length;
+    let to = this.r.chance(0.5) ? this.r.int(size + 1) : this.r.int(MAX_FILE);
+    let off = this.offset(size);
+    let len = this.r.range(1, 3 * CHUNK);
+    if (AVOID.has('write-races')) {
+      // below both sizes the two orders agree, and the truncate's commit meets no extending write
+      const below = Math.min(size, to);
+      if (below < 2) return;
+      off = this.r.int(below - 1);
+      len = this.r.range(1, below - off);
+    }
+    if (off + len > MAX_FILE) off = Math.max(0, MAX_FILE - len);
+    to = Math.min(to, MAX_FILE);
+    const data = this.r.bytes(len);
+    this.note(`at once on ino ${h.ino} (size ${size}): write(${fh}, off ${off}, len ${len}), setattr(${h.ino}, {size: ${to}})`);
+    const [w, tr] = await Promise.all([
+      real(() => this.fs.write(fh, off, data)),
+      real(() => this.fs.setattr(h.ino, { size: to }, CTX)),
+    ]);
+    this.expect('write during truncate', { ok: true, v: len }, w, (a, b) => (a === b ? [] : [`returned ${b}, want ${a}`]));
+    this.expect('truncate during write', { ok: true, v: undefined }, tr);
+    const put = (b: Buffer) => {
+      const out = off + len > b.length ? resize(b, off + len) : Buffer.from(b);
+      data.copy(out, off);
+      return out;
+    };
+    const writeFirst = resize(put(n.data), to);
+    const truncFirst = put(resize(n.data, to));
+    const fresh = await real(async () => {
+      const rfh = await this.fs.open(h.ino, O_RDONLY);
+      try {
+        return await this.fs.read(rfh, 0, MAX_FILE + 4 * CHUNK);
+      } finally {
+        await this.fs.release(rfh);
+      }
+    });
+    if (!fresh.ok) this.fail(`read after write and truncate at once: ${fresh.code}`);
+    if (fresh.v.equals(writeFirst)) n.data = writeFirst;
+    else if (fresh.v.equals(truncFirst)) n.data = truncFirst;
+    else {
+      this.fail(`write and truncate at once left neither order's result: against write-then-truncate ` +
+        `${firstDiff(fresh.v, writeFirst)}; against truncate-then-write ${firstDiff(fresh.v, truncFirst)}`);
+    }
+    const a = await real(() => this.fs.getattr(h.ino));
+    this.expect('getattr after write and truncate at once', { ok: true, v: n }, a, this.attrOf);
   }
 
   /** new entries with distinct names in one directory at once (plus a link and a rename there): all succeed */
@@ -1275,7 +1358,7 @@ class Runner {
     this.note(`at once in dir ${d.ino}: ${jobs.map((j) => j.label).join(', ')}`);
     const outs = await Promise.all(jobs.map((j) => real(j.run)));
     outs.forEach((o, i) => {
-      this.expect(`concurrent ${jobs[i]!.label}`, { ok: true, v: undefined }, o);
+      this.expect(`concurrent ${jobs[i]!.label.slice(0, jobs[i]!.label.indexOf('('))}`, { ok: true, v: undefined }, o);
       if (o.ok) jobs[i]!.apply(o.v);
     });
     // the directory as a whole: its listing, its link count, its entries' attributes
@@ -1306,7 +1389,7 @@ class Runner {
     }
     await this.fs.close();
     if (this.o.reopenStore) this.store = await this.o.reopenStore(this.store);
-    this.fs = await Filesystem.open(this.store, { writeBufferBytes: 1 << 20 });
+    this.fs = await Filesystem.open(this.store, this.fsOptions);
     this.m.remounted();
     this.released = [];
     this.remounts++;
@@ -1348,12 +1431,12 @@ class Runner {
     [1, 'bad handle', () => this.badHandle()],
     [3, 'concurrent data', () => this.concurrentData()],
     [2, 'concurrent names', () => this.concurrentNames()],
+    [2, 'concurrent truncate', () => this.concurrentTruncate()],
   ];
 
   async run(): Promise<RunResult> {
     const t0 = performance.now();
-    // a small write budget, so writes also commit early under memory pressure
-    this.fs = await Filesystem.open(this.store, { writeBufferBytes: 1 << 20 });
+    this.fs = await Filesystem.open(this.store, this.fsOptions);
     const remountAt = new Set([Math.floor(this.o.ops / 3), Math.floor((2 * this.o.ops) / 3)]);
     for (this.opIndex = 0; this.opIndex < this.o.ops; this.opIndex++) {
       const [, label, fn] = this.r.weighted(this.table.map((e) => [e[0], e] as const));
@@ -1368,9 +1451,10 @@ class Runner {
 }
 
 async function runModel(t: Test, engine: string, o: RunOptions): Promise<void> {
-  t.comment(`${engine}: seed ${o.seed} (replay with KVFS_MODEL_SEED=${o.seed}), ${o.ops} operations` +
-    (AVOID.size ? `, avoiding ${[...AVOID].join(', ')}` : ''));
   const runner = new Runner(o);
+  t.comment(`${engine}: seed ${o.seed} (replay with KVFS_MODEL_SEED=${o.seed}), ${o.ops} operations, ` +
+    `write-back budget ${runner.fsOptions.writeBufferBytes}, blob cache ${runner.fsOptions.blobCacheBytes}` +
+    (AVOID.size ? `, avoiding ${[...AVOID].join(', ')}` : ''));
   try {
     const res = await runner.run();
     t.pass(`${res.ops} operations and ${res.remounts} remounts matched the model in ${(res.ms / 1000).toFixed(1)} s`);
@@ -1422,3 +1506,160 @@ if (engines.includes('lmdb')) {
     });
   });
 }
+
+// ---------------------------------------------------------------------------------------------- focused cases
+// Minimal reproductions of what the model runs found (and a few things found around them), one bug each.
+
+async function freshFs(t: Test, chunkSize = CHUNK): Promise<{ fs: Filesystem; store: MemoryStore }> {
+  const store = new MemoryStore();
+  await formatVolume(store, { chunkSize, uid: 0, gid: 0 });
+  const fs = await Filesystem.open(store);
+  t.teardown(() => fs.close());
+  return { fs, store };
+}
+
+t.test('unlinking an open file keeps its unflushed data (readable through the handle until release)', async (t) => {
+  const { fs } = await freshFs(t);
+  const { attr, fh } = await fs.create(ROOT_INO, 'f', 0o644, O_RDWR, CTX);
+  await fs.write(fh, 0, Buffer.from('hello'));
+  await fs.unlink(ROOT_INO, 'f');
+  t.equal((await fs.read(fh, 0, 10)).toString(), 'hello', 'written before the unlink, not yet flushed');
+  await fs.write(fh, 5, Buffer.from(' world'));
+  t.equal((await fs.read(fh, 0, 20)).toString(), 'hello world', 'written after the unlink');
+  t.equal((await fs.getattr(attr.ino)).nlink, 0);
+  await fs.release(fh);
+  await t.rejects(fs.getattr(attr.ino), { code: 'ENOENT' }, 'gone after the last release');
+});
+
+t.test('renaming over an open file keeps the victim\'s unflushed data for its handle', async (t) => {
+  const { fs } = await freshFs(t);
+  const { fh } = await fs.create(ROOT_INO, 'victim', 0o644, O_RDWR, CTX);
+  await fs.write(fh, 0, Buffer.from('victim data'));
+  await fs.mknod(ROOT_INO, 'other', S_IFREG | 0o644, 0, CTX);
+  await fs.rename(ROOT_INO, 'other', ROOT_INO, 'victim');
+  t.equal((await fs.read(fh, 0, 20)).toString(), 'victim data');
+  await fs.release(fh);
+});
+
+t.test('a flush during a write that extends the file keeps the written bytes', async (t) => {
+  const { fs } = await freshFs(t);
+  const { attr, fh } = await fs.create(ROOT_INO, 'f', 0o644, O_RDWR, CTX);
+  const data = Buffer.alloc(3 * CHUNK, 0x61);
+  // the flush runs while the write is between its chunks: the file's size is not yet raised, so the commit
+  // stores the chunks already written as holes and drops their buffers
+  await Promise.all([fs.write(fh, 0, data), fs.flush(fh)]);
+  t.equal((await fs.getattr(attr.ino)).size, data.length);
+  const back = await fs.read(fh, 0, data.length);
+  t.ok(back.equals(data), `read back what was written (${firstDiff(back, data)})`);
+  await fs.release(fh);
+});
+
+t.test('a write that commits early (budget spent) during another extending write keeps both', async (t) => {
+  const store = new MemoryStore();
+  await formatVolume(store, { chunkSize: CHUNK, uid: 0, gid: 0 });
+  const fs = await Filesystem.open(store, { writeBufferBytes: 2 * CHUNK });
+  t.teardown(() => fs.close());
+  const { fh } = await fs.create(ROOT_INO, 'f', 0o644, O_RDWR, CTX);
+  await fs.write(fh, 0, Buffer.alloc(CHUNK, 0x30));
+  await fs.flush(fh);
+  // a extends the file chunk by chunk; b rewrites chunk 0, finds the budget spent and commits, while the
+  // file's size still says one chunk
+  const a = Buffer.alloc(8 * CHUNK, 0x61);
+  const b = Buffer.alloc(CHUNK, 0x62);
+  await Promise.all([fs.write(fh, 4 * CHUNK, a), fs.write(fh, 0, b)]);
+  const want = Buffer.alloc(12 * CHUNK);
+  b.copy(want, 0);
+  a.copy(want, 4 * CHUNK);
+  const back = await fs.read(fh, 0, want.length + 10);
+  t.ok(back.equals(want), `read back both writes (${firstDiff(back, want)})`);
+  await fs.release(fh);
+});
+
+t.test('a truncate during a write does not bring truncated bytes back', async (t) => {
+  const store = new MemoryStore();
+  await formatVolume(store, { chunkSize: CHUNK, uid: 0, gid: 0 });
+  const fs = await Filesystem.open(store, { blobCacheBytes: 0 });
+  t.teardown(() => fs.close());
+  const { attr, fh } = await fs.create(ROOT_INO, 'f', 0o644, O_RDWR, CTX);
+  const old = Buffer.alloc(4 * CHUNK + 1000, 0x61);
+  await fs.write(fh, 0, old);
+  await fs.fsync(fh);
+  // The write appends inside chunk 4, so it first loads that chunk's committed (old) bytes; the truncate
+  // runs while the blob is fetched, and the loaded chunk is adopted afterwards: 'a' bytes past 100 return.
+  const tail = Buffer.alloc(10, 0x62);
+  await Promise.all([fs.write(fh, old.length, tail), fs.setattr(attr.ino, { size: 100 }, CTX)]);
+  const writeFirst = Buffer.alloc(100, 0x61);
+  const truncFirst = Buffer.alloc(old.length + tail.length);
+  truncFirst.fill(0x61, 0, 100);
+  tail.copy(truncFirst, old.length);
+  const back = await fs.read(fh, 0, 10 * CHUNK);
+  t.ok(back.equals(writeFirst) || back.equals(truncFirst),
+    `the file is what one order or the other leaves (against truncate-then-write: ${firstDiff(back, truncFirst)})`);
+  await fs.release(fh);
+});
+
+t.test('a write of no bytes does not change the size (POSIX write(2))', async (t) => {
+  const { fs } = await freshFs(t);
+  const { attr, fh } = await fs.create(ROOT_INO, 'f', 0o644, O_RDWR, CTX);
+  await fs.write(fh, 0, Buffer.from('abc'));
+  t.equal(await fs.write(fh, 1000, Buffer.alloc(0)), 0);
+  t.equal((await fs.getattr(attr.ino)).size, 3);
+  await fs.release(fh);
+});
+
+t.test('operations fail by rejecting, never by throwing synchronously', async (t) => {
+  // a driver that writes fs.mknod(...).then(reply, replyError) must not see an exception instead
+  const { fs } = await freshFs(t);
+  const calls: [string, () => Promise<unknown>][] = [
+    ['mknod of a directory', () => fs.mknod(ROOT_INO, 'x', S_IFDIR | 0o755, 0, CTX)],
+    ['symlink with an empty target', () => fs.symlink(ROOT_INO, 'y', '', CTX)],
+    ['symlink with a target too long', () => fs.symlink(ROOT_INO, 'y', 'x'.repeat(5000), CTX)],
+  ];
+  for (const [what, call] of calls) {
+    let p: Promise<unknown> | undefined;
+    try {
+      p = call();
+    } catch (e) {
+      t.fail(`${what}: threw ${(e as FsError).code} synchronously`);
+      continue;
+    }
+    await t.rejects(p, FsError, `${what}: rejects`);
+  }
+});
+
+t.test('a second mount does not remove files the first mount holds open after unlink', async (t) => {
+  // Filesystem.open reaps every orphan record in the store, including those of a mount that is still running
+  const store = new MemoryStore();
+  await formatVolume(store, { chunkSize: CHUNK, uid: 0, gid: 0 });
+  const one = await Filesystem.open(store);
+  t.teardown(() => one.close());
+  const { attr, fh } = await one.create(ROOT_INO, 'f', 0o644, O_RDWR, CTX);
+  const data = Buffer.alloc(3 * CHUNK, 0x61);
+  await one.write(fh, 0, data);
+  await one.fsync(fh);
+  await one.unlink(ROOT_INO, 'f');
+  const two = await Filesystem.open(new MemoryStore(store));
+  t.teardown(() => two.close());
+  await two.janitor.run();
+  const still = await real(() => one.getattr(attr.ino));
+  t.equal(show(still), 'success', 'the inode is still there for the first mount');
+  const back = await one.read(fh, 0, data.length).catch((e: Error) => Buffer.from(`error ${(e as FsError).code ?? e.message}`));
+  t.ok(back.equals(data), `the first mount still reads its data (${firstDiff(back, data)})`);
+  await one.release(fh);
+});
+
+t.test('model: a short run with every known bug avoided and a fixed seed (smoke test)', async (t) => {
+  // keeps the model's own machinery covered even while the full runs fail on a known bug
+  if (AVOID.size) {
+    t.comment('skipped: KVFS_MODEL_AVOID is set');
+    return;
+  }
+  const store = new MemoryStore();
+  await formatVolume(store, { chunkSize: CHUNK, uid: 0, gid: 0 });
+  for (const a of AVOIDABLE) AVOID.add(a);
+  try {
+    await runModel(t, 'memory (known bugs avoided)', { seed: 42, ops: 2000, store });
+  } finally {
+    AVOID.clear();
+  }
+});

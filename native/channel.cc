@@ -1,0 +1,299 @@
+#include "channel.h"
+
+#include <cerrno>
+#include <cstring>
+#include <fcntl.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+namespace kvfs {
+
+namespace {
+
+uint32_t U32(const uint8_t* p) {
+  uint32_t v;
+  memcpy(&v, p, 4);
+  return v;
+}
+
+void PutU32(uint8_t* p, uint32_t v) { memcpy(p, &v, 4); }
+
+// Reads exactly n bytes from fd (a pipe holding one whole request); -errno on failure.
+ssize_t ReadFull(int fd, uint8_t* dst, size_t n) {
+  size_t got = 0;
+  while (got < n) {
+    ssize_t r = read(fd, dst + got, n - got);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return -errno;
+    }
+    if (r == 0) return -EPIPE;
+    got += static_cast<size_t>(r);
+  }
+  return static_cast<ssize_t>(got);
+}
+
+}  // namespace
+
+// One reader thread's transport: its /dev/fuse fd and its pipe.
+class Reader {
+ public:
+  Reader(Channel* ch, uint32_t index, int fd, int pipe_r, int pipe_w)
+      : ch_(ch), index_(index), fd_(fd), pipe_r_(pipe_r), pipe_w_(pipe_w) {}
+
+  void Run() {
+    for (;;) {
+      {
+        std::lock_guard<std::mutex> lock(ch_->mu_);
+        if (ch_->stopping_) break;
+      }
+      Record rec;
+      int r = Next(&rec);
+      if (r == -ENODEV || r == -EBADF) break;  // unmounted (or the channel closed the fd)
+      if (r == -EINTR || r == -EAGAIN || r == -ENOENT) continue;
+      if (r < 0) {
+        // An unexpected error on the device: say so once in the record stream, then stop this reader.
+        break;
+      }
+      if (r == 0) continue;
+      ch_->Push(rec);
+    }
+    ch_->ReaderDone();
+  }
+
+ private:
+  // Takes one request: splice it whole into the pipe, read its header, then its body into the right place.
+  // Returns 1 with rec filled, 0 to skip, or -errno.
+  int Next(Record* rec) {
+    ssize_t n = splice(fd_, nullptr, pipe_w_, nullptr, ch_->pipe_size_, 0);
+    if (n < 0) return -errno;
+    if (n < kHeaderSize) {
+      Drain(static_cast<size_t>(n));
+      return 0;
+    }
+    uint8_t* b = rec->bytes;
+    ssize_t h = ReadFull(pipe_r_, b, kHeaderSize);
+    if (h < 0) return static_cast<int>(h);
+    uint32_t len = U32(b);
+    uint32_t body = static_cast<uint32_t>(n) - kHeaderSize;
+    if (len != static_cast<uint32_t>(n)) {
+      // The header disagrees with what the kernel moved: pass the header on with what we have; JS answers
+      // with a typed parse error. Keep the pipe clean for the next request.
+      body = 0;
+      Drain(static_cast<size_t>(n) - kHeaderSize);
+    }
+    PutU32(b + 40, index_);
+    PutU32(b + 44, body);
+    if (body <= static_cast<uint32_t>(kInlineBody)) {
+      PutU32(b + 48, kInline);
+      PutU32(b + 52, kInline);
+      if (body) {
+        ssize_t r = ReadFull(pipe_r_, b + 56, body);
+        if (r < 0) return static_cast<int>(r);
+      }
+      return 1;
+    }
+    int cls;
+    uint32_t off;
+    if (!ch_->TakeBuffer(body, &cls, &off)) {
+      // Stopping, or no class can hold the body: drop the body; JS answers from the header alone.
+      Drain(body);
+      PutU32(b + 44, 0);
+      PutU32(b + 48, kInline);
+      PutU32(b + 52, kInline);
+      return 1;
+    }
+    PutU32(b + 48, off);
+    PutU32(b + 52, static_cast<uint32_t>(cls));
+    ssize_t r = ReadFull(pipe_r_, ch_->arena_ + off, body);
+    if (r < 0) return static_cast<int>(r);
+    return 1;
+  }
+
+  void Drain(size_t n) {
+    uint8_t scratch[4096];
+    while (n > 0) {
+      ssize_t r = read(pipe_r_, scratch, n < sizeof scratch ? n : sizeof scratch);
+      if (r <= 0) {
+        if (r < 0 && errno == EINTR) continue;
+        return;
+      }
+      n -= static_cast<size_t>(r);
+    }
+  }
+
+  Channel* ch_;
+  uint32_t index_;
+  int fd_;
+  int pipe_r_;
+  int pipe_w_;
+};
+
+Channel::Channel(std::vector<int> fds, uint8_t* arena, size_t arena_len, std::vector<uint32_t> class_sizes,
+                 size_t pipe_size, std::function<void()> wake)
+    : fds_(std::move(fds)),
+      arena_(arena),
+      arena_len_(arena_len),
+      class_sizes_(std::move(class_sizes)),
+      pipe_size_(pipe_size),
+      max_body_(class_sizes_.empty() ? 0 : class_sizes_.back()),
+      wake_(std::move(wake)),
+      stock_(class_sizes_.size()) {}
+
+Channel::~Channel() {
+  Stop();
+  for (int p : pipes_) close(p);
+}
+
+int Channel::Start() {
+  for (size_t i = 0; i < fds_.size(); i++) {
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) < 0) return -errno;
+    pipes_.push_back(p[0]);
+    pipes_.push_back(p[1]);
+    // The pipe must hold the largest request whole; as root the size may exceed pipe-max-size.
+    int got = fcntl(p[1], F_SETPIPE_SZ, static_cast<int>(pipe_size_));
+    if (got < 0) return -errno;
+    if (static_cast<size_t>(got) < pipe_size_) return -ENOBUFS;
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  running_ = static_cast<int>(fds_.size());
+  for (size_t i = 0; i < fds_.size(); i++) {
+    int fd = fds_[i], pr = pipes_[2 * i], pw = pipes_[2 * i + 1];
+    threads_.emplace_back([this, i, fd, pr, pw] {
+      Reader r(this, static_cast<uint32_t>(i), fd, pr, pw);
+      r.Run();
+    });
+  }
+  return 0;
+}
+
+bool Channel::TakeBuffer(uint32_t body_len, int* cls, uint32_t* offset) {
+  std::unique_lock<std::mutex> lock(mu_);
+  int first = -1;
+  for (size_t c = 0; c < class_sizes_.size(); c++) {
+    if (class_sizes_[c] >= body_len) {
+      first = static_cast<int>(c);
+      break;
+    }
+  }
+  if (first < 0) return false;
+  bool waited = false;
+  for (;;) {
+    if (stopping_) return false;
+    for (size_t c = static_cast<size_t>(first); c < class_sizes_.size(); c++) {
+      if (!stock_[c].empty()) {
+        *cls = static_cast<int>(c);
+        *offset = stock_[c].back();
+        stock_[c].pop_back();
+        return true;
+      }
+    }
+    // Nothing fitting is stocked: ask JS for the right class and wait. The kernel keeps the backlog.
+    if (!waited) {
+      stats_.pool_waits++;
+      waited = true;
+    }
+    needs_ |= 1u << first;
+    bool call = !wake_pending_;
+    wake_pending_ = true;
+    if (call) {
+      stats_.wakes++;
+      lock.unlock();
+      wake_();
+      lock.lock();
+    }
+    stocked_.wait(lock);
+  }
+}
+
+void Channel::Push(const Record& r) {
+  bool call;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    queue_.push_back(r);
+    stats_.requests++;
+    if (U32(r.bytes + 48) == kInline) stats_.inline_requests++;
+    if (queue_.size() > stats_.max_queue) stats_.max_queue = queue_.size();
+    call = !wake_pending_;
+    wake_pending_ = true;
+    if (call) stats_.wakes++;
+  }
+  if (call) wake_();
+}
+
+void Channel::ReaderDone() {
+  bool call;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    running_--;
+    call = !wake_pending_;
+    wake_pending_ = true;
+  }
+  if (call) wake_();
+}
+
+int Channel::Poll(uint8_t* out, int max, bool* closed, uint32_t* needs) {
+  std::lock_guard<std::mutex> lock(mu_);
+  int n = 0;
+  while (n < max && !queue_.empty()) {
+    memcpy(out + static_cast<size_t>(n) * kRecordSize, queue_.front().bytes, kRecordSize);
+    queue_.pop_front();
+    n++;
+  }
+  *needs = needs_;
+  needs_ = 0;
+  *closed = running_ == 0 && queue_.empty();
+  // Clear the pending flag only when JS has everything: a reader that pushes after this wakes JS again.
+  if (queue_.empty()) wake_pending_ = false;
+  return n;
+}
+
+int Channel::Stock(int cls, uint32_t offset) {
+  if (cls < 0 || static_cast<size_t>(cls) >= class_sizes_.size()) return -EINVAL;
+  if (static_cast<size_t>(offset) + class_sizes_[cls] > arena_len_) return -EINVAL;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stock_[cls].push_back(offset);
+  }
+  stocked_.notify_all();
+  return 0;
+}
+
+void Channel::Unstock(std::vector<std::pair<int, uint32_t>>* out) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (size_t c = 0; c < stock_.size(); c++) {
+    for (uint32_t off : stock_[c]) out->emplace_back(static_cast<int>(c), off);
+    stock_[c].clear();
+  }
+}
+
+ssize_t Channel::Reply(uint32_t reader, const struct iovec* iov, int iovcnt) {
+  if (reader >= fds_.size()) return -EINVAL;
+  for (;;) {
+    ssize_t n = writev(fds_[reader], iov, iovcnt);
+    if (n >= 0) return n;
+    if (errno == EINTR) continue;
+    if (errno == ENOENT) return 0;  // the request was interrupted and is gone: not an error
+    return -errno;
+  }
+}
+
+void Channel::Stop() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  stocked_.notify_all();
+  for (auto& t : threads_) {
+    if (t.joinable()) t.join();
+  }
+  threads_.clear();
+}
+
+ChannelStats Channel::Stats() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return stats_;
+}
+
+}  // namespace kvfs

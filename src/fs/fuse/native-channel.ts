@@ -1,0 +1,167 @@
+/**
+ * The JavaScript half of the native channel (native/channel.h): it keeps the reader threads stocked with
+ * pool buffers, takes batches of requests on each wake, and sends replies with one writev.
+ *
+ * Contract:
+ *  - Requests are delivered in batches, in the order the readers queued them. A delivered request's header
+ *    (and an inline body) are views into the batch area and are valid only during the `onRequest` call; a
+ *    body in a pool buffer stays valid until `done(req)` is called for it, exactly once per request.
+ *  - Stocking: every class is kept stocked up to its target; a class a reader waits for is stocked at once.
+ *    Stocked and in-flight buffers are held in the pool, so the pool's capacity bounds them all; when the
+ *    pool is empty, stocking waits in the pool's FIFO and the readers wait with it (backpressure).
+ *  - `onClosed` runs once, when every reader has stopped (the filesystem was unmounted) and all requests
+ *    were delivered.
+ */
+import { BufferPool } from '../../bufferpool/buffer-pool.js';
+import { check, native, type NativeChannelHandle } from '../../native.js';
+
+export interface RawRequest {
+  /** the reader (device fd) that must carry the reply */
+  reader: number;
+  /** the 40-byte fuse_in_header */
+  header: Buffer;
+  /** the body (length = header.len - 40) */
+  body: Buffer;
+  /** the pool buffer holding the body, when it is not inline */
+  poolBuffer?: Buffer;
+}
+
+export interface ChannelStats {
+  requests: number;
+  inlineRequests: number;
+  poolWaits: number;
+  wakes: number;
+  maxQueue: number;
+  batches: number;
+  stocked: number;
+}
+
+const BATCH = 256;
+
+export class NativeChannel {
+  private readonly ch: NativeChannelHandle;
+  private readonly recordSize: number;
+  private readonly batchArea: Buffer;
+  private readonly status = new Uint32Array(2);
+  private readonly classSizes: number[];
+  private readonly stocked: Map<number, Buffer>[];
+  private readonly acquiring: number[];
+  private readonly targets: number[];
+  private readonly abort = new AbortController();
+  private closed = false;
+  private batches = 0;
+
+  constructor(
+    fds: number[],
+    private readonly pool: BufferPool,
+    private readonly onRequest: (req: RawRequest) => void,
+    private readonly onClosed: () => void,
+    arena: ArrayBuffer,
+    opts: { pipeSize: number; stockTargets?: number[] },
+  ) {
+    const n = native();
+    this.recordSize = n.recordSize;
+    this.batchArea = Buffer.alloc(BATCH * this.recordSize);
+    this.classSizes = pool.stats().classes.map((c) => c.size);
+    this.stocked = this.classSizes.map(() => new Map());
+    this.acquiring = this.classSizes.map(() => 0);
+    this.targets = opts.stockTargets ?? this.classSizes.map((_, i) => (i === 0 ? 8 : 2));
+    this.ch = new n.NativeChannel(fds, arena, this.classSizes, opts.pipeSize, () => this.wake());
+  }
+
+  start(): void {
+    check(this.ch.start(), 'starting the FUSE reader threads');
+    this.classSizes.forEach((_, i) => this.topUp(i));
+  }
+
+  /** one reply, written at once (header, then up to two body parts); false when the kernel refused it */
+  reply(reader: number, header: Uint8Array, body?: Uint8Array, data?: Uint8Array): number {
+    return this.ch.reply(reader, header, body, data);
+  }
+
+  /** the request is finished: its pool buffer goes back, and the stock is topped up */
+  done(req: RawRequest): void {
+    if (req.poolBuffer) {
+      const b = req.poolBuffer;
+      req.poolBuffer = undefined;
+      this.pool.release(b);
+    }
+  }
+
+  /** stops the readers (after the kernel ended the session) and gives every stocked buffer back */
+  stop(): void {
+    this.abort.abort();
+    this.ch.stop();
+    const back = this.ch.unstock();
+    for (let i = 0; i < back.length; i += 2) {
+      const buf = this.stocked[back[i]].get(back[i + 1]);
+      if (buf) {
+        this.stocked[back[i]].delete(back[i + 1]);
+        this.pool.release(buf);
+      }
+    }
+  }
+
+  stats(): ChannelStats {
+    return { ...this.ch.stats(), batches: this.batches, stocked: this.stocked.reduce((n, m) => n + m.size, 0) };
+  }
+
+  private wake(): void {
+    if (this.closed) return;
+    this.batches++;
+    let needs = 0;
+    for (;;) {
+      const n = this.ch.poll(this.batchArea, BATCH, this.status);
+      needs |= this.status[1];
+      for (let i = 0; i < n; i++) this.deliver(i);
+      if (n < BATCH) break;
+    }
+    for (let c = 0; needs; c++, needs >>>= 1) if (needs & 1) this.topUp(c, true);
+    if (this.status[0] && !this.closed) {
+      this.closed = true;
+      this.onClosed();
+    }
+  }
+
+  private deliver(i: number): void {
+    const at = i * this.recordSize;
+    const rec = this.batchArea;
+    const reader = rec.readUInt32LE(at + 40);
+    const bodyLen = rec.readUInt32LE(at + 44);
+    const where = rec.readUInt32LE(at + 48);
+    const cls = rec.readUInt32LE(at + 52);
+    const header = rec.subarray(at, at + 40);
+    let body: Buffer;
+    let poolBuffer: Buffer | undefined;
+    if (where === 0xffffffff) {
+      body = rec.subarray(at + 56, at + 56 + bodyLen);
+    } else {
+      poolBuffer = this.stocked[cls].get(where);
+      if (!poolBuffer) throw new Error(`native channel: a request arrived in an unknown buffer (class ${cls}, offset ${where})`);
+      this.stocked[cls].delete(where);
+      body = poolBuffer.subarray(0, bodyLen);
+      this.topUp(cls);
+    }
+    this.onRequest({ reader, header, body, poolBuffer });
+  }
+
+  /** keeps class c stocked up to its target (at least one when a reader waits for it) */
+  private topUp(c: number, urgent = false): void {
+    const want = Math.max(this.targets[c], urgent ? 1 : 0);
+    while (!this.closed && this.stocked[c].size + this.acquiring[c] < want) {
+      this.acquiring[c]++;
+      this.pool.acquire(this.classSizes[c], this.abort.signal).then((buf) => {
+        this.acquiring[c]--;
+        const real = this.classSizes.indexOf(buf.length);
+        if (this.closed) {
+          this.pool.release(buf);
+          return;
+        }
+        this.stocked[real].set(buf.byteOffset, buf);
+        check(this.ch.stock(real, buf.byteOffset), 'stocking the FUSE readers');
+      }, () => {
+        this.acquiring[c]--;
+      });
+    }
+  }
+}

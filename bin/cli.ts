@@ -13,6 +13,7 @@ import type { KvStore } from '../src/backend/kv.js';
 import { describeStore, openStore } from '../src/backend/open-store.js';
 import { Filesystem } from '../src/fs/filesystem.js';
 import { mountLibfuse } from '../src/fs/fuse/libfuse-driver.js';
+import { mountNative } from '../src/fs/fuse/native-driver.js';
 import { isDeadMount, mountAt, unmount } from '../src/fs/fuse/mount-table.js';
 import { K } from '../src/fs/schema.js';
 import { chunkSizeProblem, formatVolume, readVolume } from '../src/fs/volume.js';
@@ -93,8 +94,11 @@ interface MountArgs {
   chunkSize?: string;
   cacheMb: number;
   writeBufferMb: number;
-  attrTimeout: number;
+  attrTimeout?: number;
   entryTimeout: number;
+  bufferPoolMb: number;
+  readers: number;
+  writebackCache?: boolean;
 }
 
 function checkMountpoint(mnt: string, nonempty: boolean): void {
@@ -117,7 +121,6 @@ async function mount(argv: MountArgs): Promise<void> {
   const autoFormat = argv.store === undefined || url.startsWith('memory:');
   const mnt = resolve(argv.mountpoint);
   const chunkSize = chunkSizeArg(argv.chunkSize);
-  if (argv.driver !== 'libfuse') fail(`driver '${argv.driver}' is not available yet (use --driver libfuse)`);
   if (argv.mkdir && !existsSync(mnt)) mkdirSync(mnt, { recursive: true });
   checkMountpoint(mnt, !!argv.nonempty);
   const dev = fuseDeviceProblem();
@@ -140,9 +143,15 @@ async function mount(argv: MountArgs): Promise<void> {
     await store.close().catch(() => undefined);
     throw e;
   }
-  const handle = await mountLibfuse(fs, mnt, {
-    allowOther: argv.allowOther, debug: argv.debug, attrTimeout: argv.attrTimeout, entryTimeout: argv.entryTimeout,
-  }).catch(async (e) => {
+  const mounting = argv.driver === 'libfuse'
+    ? mountLibfuse(fs, mnt, {
+      allowOther: argv.allowOther, debug: argv.debug, attrTimeout: argv.attrTimeout, entryTimeout: argv.entryTimeout,
+    })
+    : mountNative(fs, mnt, {
+      allowOther: argv.allowOther, attrTimeout: argv.attrTimeout, entryTimeout: argv.entryTimeout,
+      poolBytes: argv.bufferPoolMb << 20, readers: argv.readers, writebackCache: argv.writebackCache,
+    });
+  const handle = await mounting.catch(async (e) => {
     await fs.close().catch(() => undefined);
     await store.close().catch(() => undefined);
     return fail(`cannot mount ${mnt}: ${(e as Error).message}`);
@@ -244,7 +253,10 @@ async function main(): Promise<void> {
       .option('allow-other', { type: 'boolean', describe: 'let other users in (modes and owners then decide)' })
       .option('nonempty', { type: 'boolean', describe: 'mount over a non-empty directory' })
       .option('mkdir', { type: 'boolean', describe: 'create the mountpoint when it does not exist' })
-      .option('driver', { type: 'string', default: 'libfuse', choices: ['libfuse', 'native'], describe: 'FUSE driver' })
+      .option('driver', { type: 'string', default: 'native', choices: ['native', 'libfuse'], describe: 'FUSE driver: kvfs\'s own channel to /dev/fuse, or libfuse 2 through fuse-native' })
+      .option('buffer-pool-mb', { type: 'number', default: 64, describe: 'MiB of request and reply buffers (native driver); requests wait when they are in use' })
+      .option('readers', { type: 'number', default: 2, describe: 'reader threads on /dev/fuse (native driver)' })
+      .option('writeback-cache', { type: 'boolean', describe: 'let the kernel cache writes (native driver)' })
       .option('chunk-size', { type: 'string', describe: 'chunk size when this mount formats a new volume' })
       .option('cache-mb', { type: 'number', default: 64, describe: 'MiB of file data cached in memory' })
       .option('write-buffer-mb', { type: 'number', default: 64, describe: 'MiB of write-back buffers before writes commit early' })

@@ -151,7 +151,8 @@ int Channel::Start() {
     if (pipe2(p, O_CLOEXEC) < 0) return -errno;
     pipes_.push_back(p[0]);
     pipes_.push_back(p[1]);
-    // The pipe must hold the largest request whole; as root the size may exceed pipe-max-size.
+    // The pipe must hold the largest request whole. Only CAP_SYS_RESOURCE may exceed fs.pipe-max-size; the
+    // caller learns the size it got (PipeSize) and asks the kernel for writes that fit it.
     int got = fcntl(p[1], F_SETPIPE_SZ, static_cast<int>(pipe_size_));
     if (got < 0) return -errno;
     if (static_cast<size_t>(got) < pipe_size_) return -ENOBUFS;

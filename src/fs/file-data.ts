@@ -119,11 +119,11 @@ export class FileData {
 
   // ---------------------------------------------------------------- reading
 
-  /** Reads up to `length` bytes at `offset` into a new buffer; shorter at end of file. */
-  async read(offset: number, length: number): Promise<Buffer> {
+  /** Reads up to `length` bytes at `offset` into `out` (a new buffer when absent); shorter at end of file. */
+  async read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
     const end = Math.min(offset + length, this.size);
     if (offset >= end) return Buffer.alloc(0);
-    const out = Buffer.allocUnsafe(end - offset);
+    const out = into ? into.subarray(0, end - offset) : Buffer.allocUnsafe(end - offset);
     const cs = this.cx.chunkSize;
     const jobs: Promise<void>[] = [];
     for (let idx = Math.floor(offset / cs); idx * cs < end; idx++) {

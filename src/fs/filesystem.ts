@@ -582,11 +582,12 @@ export class Filesystem {
     return { attr: await this.getattr(attr.ino), fh };
   }
 
-  async read(fh: Fh, offset: number, length: number): Promise<Buffer> {
+  /** up to `length` bytes at `offset` (fewer at end of file), in `into` when given (it must hold length) */
+  async read(fh: Fh, offset: number, length: number, into?: Buffer): Promise<Buffer> {
     const h = this.fileHandle(fh);
     if ((h.flags & 3) === constants.O_WRONLY) throw fsErr('EBADF');
-    if (offset < 0 || length < 0) throw fsErr('EINVAL');
-    return h.data.read(offset, length);
+    if (offset < 0 || length < 0 || (into && into.length < length)) throw fsErr('EINVAL');
+    return h.data.read(offset, length, into);
   }
 
   async write(fh: Fh, offset: number, data: Uint8Array): Promise<number> {

@@ -33,6 +33,8 @@ export interface InitWanted {
   maxBackground?: number;
   /** when the kernel marks the mount congested (u16; 0 = kernel default) */
   congestionThreshold?: number;
+  /** the largest WRITE the session can take whole, bytes (default MAX_WRITE; a multiple of 4 KiB) */
+  maxWrite?: number;
 }
 
 export interface InitResult {
@@ -73,6 +75,10 @@ export function negotiateInit(req: OpFields['INIT'], wanted: InitWanted): InitRe
   const mechanics = INIT_FLAGS.FUSE_MAX_PAGES | INIT_FLAGS.FUSE_INIT_EXT;
   let flags = req.flags & (wanted.flags | mechanics);
   if ((flags & INIT_FLAGS.FUSE_INIT_EXT) === 0n) flags &= LOW32;
+  const maxWrite = wanted.maxWrite ?? MAX_WRITE;
+  if (!Number.isInteger(maxWrite) || maxWrite < 4096 || maxWrite > MAX_WRITE || maxWrite % 4096) {
+    throw new RangeError(`maxWrite must be a multiple of 4096 from 4096 to ${MAX_WRITE}, got ${maxWrite}`);
+  }
   const readahead = Math.min(req.max_readahead, wanted.maxReadahead ?? req.max_readahead);
   return {
     minor,
@@ -84,9 +90,9 @@ export function negotiateInit(req: OpFields['INIT'], wanted: InitWanted): InitRe
       flags: Number(flags & LOW32),
       max_background: u16('maxBackground', wanted.maxBackground),
       congestion_threshold: u16('congestionThreshold', wanted.congestionThreshold),
-      max_write: MAX_WRITE,
+      max_write: maxWrite,
       time_gran: TIME_GRAN_NS,
-      max_pages: MAX_PAGES,
+      max_pages: Math.min(MAX_PAGES, Math.ceil(maxWrite / 4096)),
       map_alignment: 0,
       flags2: Number(flags >> 32n),
     },

@@ -1,0 +1,232 @@
+/**
+ * The bridge from FUSE requests to the filesystem core: one short handler per opcode (decode, await the
+ * core, return the reply). It also keeps the kernel's lookup counts: every entry handed to the kernel counts
+ * one lookup of its inode, FORGET and BATCH_FORGET take them back, and an inode the kernel has forgotten is
+ * dropped from the count table (the core keeps no other per-inode memory but open files).
+ */
+import type { BufferPool } from '../../bufferpool/buffer-pool.js';
+import { fsErr } from '../errors.js';
+import type { Filesystem } from '../filesystem.js';
+import type { Attr, Ctx, SetAttr } from '../types.js';
+import type { OpTable, Reply } from './session.js';
+import {
+  DirentPacker, DirentPlusPacker, FATTR, INIT_FLAGS, negotiateInit, type InHeader,
+} from './wire/index.js';
+
+export interface BridgeOptions {
+  /** ask the kernel for its writeback cache */
+  writebackCache?: boolean;
+  /** keep the kernel's page cache across opens (one mount per volume) */
+  keepCache?: boolean;
+  /** called once the kernel's INIT was answered, with what was agreed */
+  onInit?: (info: { minor: number; flags: bigint }) => void;
+  /** the largest WRITE the channel takes whole */
+  maxWrite: number;
+  /** the session's parse options, updated at INIT */
+  parseOptions: { setxattrExt?: boolean };
+  /** entries returned for readdirplus need the session's timeouts */
+  entryOut: (attr: Attr) => import('./wire/index.js').EntryOut;
+}
+
+const ctxOf = (h: InHeader): Ctx => ({ uid: h.uid, gid: h.gid, pid: h.pid });
+const SEEK_DATA = 3;
+const SEEK_HOLE = 4;
+const FALLOC_FL_KEEP_SIZE = 1;
+
+export class LookupCounts {
+  private readonly counts = new Map<number, number>();
+  add(ino: number, n = 1): void {
+    this.counts.set(ino, (this.counts.get(ino) ?? 0) + n);
+  }
+  forget(ino: number, n: number): void {
+    const left = (this.counts.get(ino) ?? 0) - n;
+    if (left > 0) this.counts.set(ino, left);
+    else this.counts.delete(ino);
+  }
+  get size(): number {
+    return this.counts.size;
+  }
+}
+
+export function fsBridge(fs: Filesystem, pool: BufferPool, lookups: LookupCounts, opts: BridgeOptions): OpTable {
+  const entry = (attr: Attr): Reply => {
+    lookups.add(attr.ino);
+    return { t: 'entry', attr };
+  };
+  const wanted = INIT_FLAGS.FUSE_ASYNC_READ | INIT_FLAGS.FUSE_ATOMIC_O_TRUNC | INIT_FLAGS.FUSE_BIG_WRITES |
+    INIT_FLAGS.FUSE_PARALLEL_DIROPS | INIT_FLAGS.FUSE_DO_READDIRPLUS | INIT_FLAGS.FUSE_READDIRPLUS_AUTO |
+    INIT_FLAGS.FUSE_ASYNC_DIO | INIT_FLAGS.FUSE_CACHE_SYMLINKS | INIT_FLAGS.FUSE_EXPORT_SUPPORT |
+    INIT_FLAGS.FUSE_HANDLE_KILLPRIV | (opts.writebackCache ? INIT_FLAGS.FUSE_WRITEBACK_CACHE : 0n);
+  const openFlags = opts.keepCache ? 2 /* FOPEN_KEEP_CACHE */ : 0;
+
+  return {
+    INIT: (req) => {
+      const r = negotiateInit(req, { flags: wanted, maxBackground: 64, congestionThreshold: 48, maxWrite: opts.maxWrite });
+      opts.parseOptions.setxattrExt = (r.flags & INIT_FLAGS.FUSE_SETXATTR_EXT) !== 0n;
+      opts.onInit?.({ minor: r.minor, flags: r.flags });
+      return { t: 'init', out: r.out };
+    },
+    DESTROY: () => ({ t: 'empty' }),
+    FORGET: (req) => {
+      lookups.forget(req.header.nodeid, req.nlookup);
+      return { t: 'none' };
+    },
+    BATCH_FORGET: (req) => {
+      for (const it of req.items) lookups.forget(it.nodeid, it.nlookup);
+      return { t: 'none' };
+    },
+    LOOKUP: async (req) => entry(await fs.lookup(req.header.nodeid, req.name)),
+    GETATTR: async (req) => ({ t: 'attr', attr: await fs.getattr(req.header.nodeid) }),
+    SETATTR: async (req) => {
+      const v = req.valid;
+      const set: SetAttr = {};
+      if (v & FATTR.FATTR_MODE) set.mode = req.mode;
+      if (v & FATTR.FATTR_UID) set.uid = req.uid;
+      if (v & FATTR.FATTR_GID) set.gid = req.gid;
+      if (v & FATTR.FATTR_SIZE) set.size = req.size;
+      if (v & FATTR.FATTR_ATIME_NOW) set.atime = 'now';
+      else if (v & FATTR.FATTR_ATIME) set.atime = { sec: req.atime, nsec: req.atimensec };
+      if (v & FATTR.FATTR_MTIME_NOW) set.mtime = 'now';
+      else if (v & FATTR.FATTR_MTIME) set.mtime = { sec: req.mtime, nsec: req.mtimensec };
+      if (v & FATTR.FATTR_CTIME) set.ctime = { sec: req.ctime, nsec: req.ctimensec };
+      return { t: 'attr', attr: await fs.setattr(req.header.nodeid, set, ctxOf(req.header)) };
+    },
+    READLINK: async (req) => ({ t: 'bytes', data: Buffer.from(await fs.readlink(req.header.nodeid)) }),
+    SYMLINK: async (req) => entry(await fs.symlink(req.header.nodeid, req.name, req.target, ctxOf(req.header))),
+    MKNOD: async (req) => entry(await fs.mknod(req.header.nodeid, req.name, req.mode, req.rdev, ctxOf(req.header))),
+    MKDIR: async (req) => entry(await fs.mkdir(req.header.nodeid, req.name, req.mode, ctxOf(req.header))),
+    UNLINK: async (req) => {
+      await fs.unlink(req.header.nodeid, req.name);
+      return { t: 'empty' };
+    },
+    RMDIR: async (req) => {
+      await fs.rmdir(req.header.nodeid, req.name);
+      return { t: 'empty' };
+    },
+    RENAME: async (req) => {
+      await fs.rename(req.header.nodeid, req.oldname, req.newdir, req.newname, 0);
+      return { t: 'empty' };
+    },
+    RENAME2: async (req) => {
+      await fs.rename(req.header.nodeid, req.oldname, req.newdir, req.newname, req.flags);
+      return { t: 'empty' };
+    },
+    LINK: async (req) => entry(await fs.link(req.oldnodeid, req.header.nodeid, req.name)),
+    OPEN: async (req) => ({ t: 'open', fh: await fs.open(req.header.nodeid, req.flags), flags: openFlags }),
+    CREATE: async (req) => {
+      const { attr, fh } = await fs.create(req.header.nodeid, req.name, req.mode, req.flags, ctxOf(req.header));
+      lookups.add(attr.ino);
+      return { t: 'create', attr, fh, flags: openFlags };
+    },
+    READ: async (req, cx) => {
+      const size = Math.min(req.size, pool.maxSize);
+      const buf = await pool.acquire(size, cx.signal).catch((e) => {
+        throw (e as { code?: string }).code === 'ABORTED' ? fsErr('EINTR') : e;
+      });
+      try {
+        const data = await fs.read(req.fh, req.offset, size, buf);
+        return { t: 'bytes', data, release: () => pool.release(buf) };
+      } catch (e) {
+        pool.release(buf);
+        throw e;
+      }
+    },
+    WRITE: async (req) => ({ t: 'write', size: await fs.write(req.fh, req.offset, req.data) }),
+    STATFS: async () => ({ t: 'statfs', st: await fs.statfs() }),
+    RELEASE: async (req) => {
+      await fs.release(req.fh);
+      return { t: 'empty' };
+    },
+    FLUSH: async (req) => {
+      await fs.flush(req.fh);
+      return { t: 'empty' };
+    },
+    FSYNC: async (req) => {
+      await fs.fsync(req.fh, (req.fsync_flags & 1) !== 0);
+      return { t: 'empty' };
+    },
+    SETXATTR: async (req) => {
+      await fs.setxattr(req.header.nodeid, req.name, req.value, req.flags);
+      return { t: 'empty' };
+    },
+    GETXATTR: async (req) => {
+      const v = await fs.getxattr(req.header.nodeid, req.name);
+      if (req.size === 0) return { t: 'xattrSize', size: v.length };
+      if (v.length > req.size) throw fsErr('ERANGE');
+      return { t: 'bytes', data: v };
+    },
+    LISTXATTR: async (req) => {
+      const names = await fs.listxattr(req.header.nodeid);
+      const packed = Buffer.concat(names.map((n) => Buffer.from(n + '\0')));
+      if (req.size === 0) return { t: 'xattrSize', size: packed.length };
+      if (packed.length > req.size) throw fsErr('ERANGE');
+      return { t: 'bytes', data: packed };
+    },
+    REMOVEXATTR: async (req) => {
+      await fs.removexattr(req.header.nodeid, req.name);
+      return { t: 'empty' };
+    },
+    OPENDIR: async (req) => ({ t: 'open', fh: await fs.opendir(req.header.nodeid) }),
+    READDIR: async (req) => {
+      const list = await fs.readdir(req.fh, req.offset, false);
+      const p = new DirentPacker(req.size);
+      for (const e of list) if (!p.add({ ino: e.ino, off: e.next, type: e.type, name: e.name })) break;
+      return { t: 'bytes', data: p.bytes() };
+    },
+    READDIRPLUS: async (req) => {
+      const list = await fs.readdir(req.fh, req.offset, true);
+      const p = new DirentPlusPacker(req.size);
+      for (const e of list) {
+        const dot = e.name === '.' || e.name === '..';
+        // "." and ".." carry no entry (nodeid 0): the kernel does not count them as lookups.
+        const out = dot || !e.attr ? { ...opts.entryOut(e.attr ?? fakeAttr(e.ino, e.type)), nodeid: 0 } : opts.entryOut(e.attr);
+        if (!p.add({ ino: e.ino, off: e.next, type: e.type, name: e.name }, out)) break;
+        if (!dot && e.attr) lookups.add(e.ino);
+      }
+      return { t: 'bytes', data: p.bytes() };
+    },
+    RELEASEDIR: async (req) => {
+      await fs.releasedir(req.fh);
+      return { t: 'empty' };
+    },
+    FSYNCDIR: async () => {
+      await fs.store.sync();
+      return { t: 'empty' };
+    },
+    ACCESS: async (req) => {
+      await fs.access(req.header.nodeid, req.mask, ctxOf(req.header));
+      return { t: 'empty' };
+    },
+    FALLOCATE: async (req) => {
+      if (req.mode & ~FALLOC_FL_KEEP_SIZE) throw fsErr('EOPNOTSUPP');
+      const attr = await fs.getattr(req.header.nodeid);
+      const end = req.offset + req.length;
+      // Space is not reserved ahead in a KV store; allocating means the range reads as data (zeros).
+      if (!(req.mode & FALLOC_FL_KEEP_SIZE) && end > attr.size) await fs.setattr(req.header.nodeid, { size: end });
+      return { t: 'empty' };
+    },
+    LSEEK: async (req) => {
+      const attr = await fs.getattr(req.header.nodeid);
+      // The whole file counts as data and its end as the only hole, which POSIX allows.
+      if (req.whence === SEEK_DATA) {
+        if (req.offset >= attr.size) throw fsErr('ENXIO');
+        return { t: 'lseek', offset: req.offset };
+      }
+      if (req.whence === SEEK_HOLE) {
+        if (req.offset >= attr.size) throw fsErr('ENXIO');
+        return { t: 'lseek', offset: attr.size };
+      }
+      throw fsErr('EINVAL');
+    },
+    SYNCFS: async () => {
+      await fs.store.sync();
+      return { t: 'empty' };
+    },
+  };
+}
+
+function fakeAttr(ino: number, type: number): Attr {
+  const t = { sec: 0, nsec: 0 };
+  return { ino, mode: type, nlink: 1, uid: 0, gid: 0, rdev: 0, size: 0, blocks: 0, atime: t, mtime: t, ctime: t };
+}
+

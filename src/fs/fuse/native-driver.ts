@@ -1,0 +1,125 @@
+/**
+ * The native driver (the default): kvfs's own channel to /dev/fuse (native/), the tiered buffer pool, the
+ * session loop and the bridge to the core. Mounting: mount(2) as root, fusermount3 otherwise.
+ *
+ * Lifecycle: mount -> the kernel sends INIT -> `mountNative` resolves once INIT is answered. It ends when
+ * the kernel ends the session (unmount from anywhere): the readers see ENODEV, `closed` resolves.
+ */
+import { readFileSync } from 'node:fs';
+import { BufferPool, defaultClasses } from '../../bufferpool/buffer-pool.js';
+import { check, native } from '../../native.js';
+import type { Filesystem } from '../filesystem.js';
+import { fsBridge, LookupCounts } from './fs-bridge.js';
+import { unmount } from './mount-table.js';
+import { NativeChannel } from './native-channel.js';
+import { Session } from './session.js';
+
+export interface NativeMountOptions {
+  allowOther?: boolean;
+  /** reader threads (default 2) */
+  readers?: number;
+  /** the buffer pool's capacity in bytes (default 64 MiB) */
+  poolBytes?: number;
+  attrTimeout?: number;
+  entryTimeout?: number;
+  writebackCache?: boolean;
+  debugPool?: boolean;
+}
+
+export interface NativeMount {
+  /** resolves when the kernel ended the session */
+  closed: Promise<void>;
+  unmount(): Promise<void>;
+  stats(): object;
+  pool: BufferPool;
+}
+
+const MS_NOSUID = 2;
+const MS_NODEV = 4;
+const MIB = 1 << 20;
+
+/**
+ * The readers' pipe size and the largest WRITE that fits it whole. The kernel moves a WRITE into the pipe as
+ * one slot for its headers and one per data page (two for an unaligned page), and a pipe has size/4096
+ * slots. 1 MiB writes need a 2 MiB pipe, which only CAP_SYS_RESOURCE or fs.pipe-max-size >= 2 MiB allows;
+ * otherwise writes are split at the largest power of two that fits (512 KiB with the default 1 MiB).
+ */
+export function pipePlan(): { pipeSize: number; maxWrite: number; note?: string } {
+  const maxSize = Number(readFileSync('/proc/sys/fs/pipe-max-size', 'utf8').trim()) || MIB;
+  const capEff = /CapEff:\s*([0-9a-f]+)/.exec(readFileSync('/proc/self/status', 'utf8'))?.[1] ?? '0';
+  const sysResource = (BigInt('0x' + capEff) >> 24n) & 1n;
+  if (sysResource || maxSize >= 2 * MIB) return { pipeSize: 2 * MIB, maxWrite: MIB };
+  const slots = Math.floor(maxSize / 4096) - 3;
+  let maxWrite = 4096;
+  while (maxWrite * 2 <= slots * 4096) maxWrite *= 2;
+  return {
+    pipeSize: maxSize, maxWrite,
+    note: `fs.pipe-max-size is ${maxSize}: writes reach kvfs in pieces of ${maxWrite >> 10} KiB ` +
+      '(sysctl fs.pipe-max-size=2097152 allows 1 MiB)',
+  };
+}
+
+export async function mountNative(fs: Filesystem, mnt: string, opts: NativeMountOptions = {}): Promise<NativeMount> {
+  const n = native();
+  const plan = pipePlan();
+  if (plan.note) console.error(`kvfs: ${plan.note}`);
+  const pool = new BufferPool({ classes: defaultClasses(opts.poolBytes ?? 64 << 20), debug: opts.debugPool });
+  const mountOpts = ['default_permissions', ...(opts.allowOther ? ['allow_other'] : []), `max_read=${1 << 20}`];
+  const root = process.getuid?.() === 0;
+  let fd: number;
+  if (root) {
+    fd = check(n.openFuseDevice(), 'opening /dev/fuse');
+    const r = n.mountFuse(fd, mnt, 'fuse.kvfs', 'kvfs', mountOpts.join(','), MS_NOSUID | MS_NODEV);
+    if (r < 0) {
+      n.closeFd(fd);
+      check(r, `mounting ${mnt}`);
+    }
+  } else {
+    fd = check(n.fusermountMount(mnt, [...mountOpts, 'fsname=kvfs', 'subtype=kvfs'].join(',')), `mounting ${mnt} with fusermount3`);
+  }
+  const fds = [fd];
+  for (let i = 1; i < (opts.readers ?? 2); i++) {
+    const c = n.cloneFuseDevice(fd);
+    if (c >= 0) fds.push(c);
+  }
+
+  let initDone!: () => void;
+  let initFailed!: (e: Error) => void;
+  const init = new Promise<void>((res, rej) => { initDone = res; initFailed = rej; });
+  let closedResolve!: () => void;
+  const closed = new Promise<void>((res) => { closedResolve = res; });
+  const lookups = new LookupCounts();
+  const parseOptions: { setxattrExt?: boolean } = {};
+  let session!: Session;
+  const ops = fsBridge(fs, pool, lookups, {
+    writebackCache: opts.writebackCache, keepCache: true, parseOptions, maxWrite: plan.maxWrite,
+    entryOut: (a) => session.entryOut(a),
+    onInit: () => initDone(),
+  });
+  const channel = new NativeChannel(fds, pool, (raw) => session.handle(raw), () => {
+    channel.stop();
+    for (const f of fds) n.closeFd(f);
+    pool.close();
+    initFailed(new Error('the kernel ended the session before INIT'));
+    closedResolve();
+  }, pool.arena, { pipeSize: plan.pipeSize });
+  session = new Session(channel, ops, {
+    entryTimeout: opts.entryTimeout ?? 1, attrTimeout: opts.attrTimeout ?? 1, parseOptions,
+  });
+  try {
+    channel.start();
+  } catch (e) {
+    await unmount(mnt, { lazy: true }).catch(() => undefined);
+    throw e;
+  }
+  await init;
+  return {
+    closed,
+    pool,
+    unmount: async () => {
+      await unmount(mnt);
+      await closed;
+    },
+    stats: () => ({ channel: channel.stats(), session: session.stats(), pool: pool.stats(), lookups: lookups.size }),
+  };
+}

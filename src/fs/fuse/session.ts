@@ -1,0 +1,233 @@
+/**
+ * The FUSE session loop: raw requests in, exactly one reply out for every request that takes one.
+ *
+ * Contract:
+ *  - Each request is parsed at once (src/fs/fuse/wire); a parse error is answered with its errno (unknown
+ *    opcode: ENOSYS). Inline bodies are valid only during `handle`, so WRITE data and SETXATTR values that sit
+ *    inline are copied before the handler runs; pool bodies are released when the reply is sent.
+ *  - The handler for the opcode (the ops table) returns a Reply value or throws; a throw is answered with
+ *    `toErrno` of what was thrown. A request whose opcode has no handler gets ENOSYS. Whatever happens, a
+ *    request gets one reply and only one (FORGET, BATCH_FORGET and INTERRUPT get none).
+ *  - INTERRUPT aborts the AbortSignal handed to the handler of the named request; handlers that wait (for a
+ *    buffer, a lock) give up with EINTR, the others finish normally.
+ *  - A reply that cannot be encoded (a value out of range) is answered EIO, with the error logged.
+ */
+import { toErrno } from '../errors.js';
+import type { Attr, StatFs } from '../types.js';
+import {
+  OUT_HEADER_SIZE, REPLY, parseRequest, opcodeInfo, replyError, writeOutHeader,
+  type InitOut, type OpName, type ParseOptions, type Request, type RequestOf,
+} from './wire/index.js';
+import { WireParseError } from './wire/errors.js';
+import type { RawRequest } from './native-channel.js';
+
+export type Reply =
+  | { t: 'empty' }
+  | { t: 'entry'; attr: Attr }
+  | { t: 'attr'; attr: Attr }
+  | { t: 'open'; fh: number; flags?: number }
+  | { t: 'create'; attr: Attr; fh: number; flags?: number }
+  | { t: 'write'; size: number }
+  | { t: 'statfs'; st: StatFs }
+  | { t: 'xattrSize'; size: number }
+  | { t: 'bytes'; data: Uint8Array; release?: () => void }
+  | { t: 'init'; out: InitOut }
+  | { t: 'lseek'; offset: number }
+  | { t: 'none' };
+
+export interface OpContext {
+  /** aborted when the kernel interrupts the request */
+  signal: AbortSignal;
+}
+
+export type OpHandler<K extends OpName> = (req: RequestOf<K>, cx: OpContext) => Promise<Reply> | Reply;
+export type OpTable = { [K in OpName]?: OpHandler<K> };
+
+export interface Transport {
+  reply(reader: number, header: Uint8Array, body?: Uint8Array, data?: Uint8Array): number;
+  done(req: RawRequest): void;
+}
+
+export interface SessionOptions {
+  entryTimeout: number;
+  attrTimeout: number;
+  /** shared with the bridge, which sets what INIT agreed */
+  parseOptions?: ParseOptions;
+  log?: (msg: string) => void;
+}
+
+export interface SessionStats {
+  requests: number;
+  inFlight: number;
+  errors: number;
+  parseErrors: number;
+  replyFailures: number;
+}
+
+const S_IFMT = 0o170000;
+const S_IFREG = 0o100000;
+
+function seconds(t: number): [number, number] {
+  const s = Math.floor(t);
+  return [s, Math.round((t - s) * 1e9)];
+}
+
+export class Session {
+  private readonly inflight = new Map<bigint, AbortController>();
+  private readonly entryValid: [number, number];
+  private readonly attrValid: [number, number];
+  readonly parseOptions: ParseOptions;
+  private readonly stat: SessionStats = { requests: 0, inFlight: 0, errors: 0, parseErrors: 0, replyFailures: 0 };
+  private readonly log: (msg: string) => void;
+
+  constructor(private readonly transport: Transport, private readonly ops: OpTable, opts: SessionOptions) {
+    this.entryValid = seconds(opts.entryTimeout);
+    this.attrValid = seconds(opts.attrTimeout);
+    this.parseOptions = opts.parseOptions ?? {};
+    this.log = opts.log ?? ((m) => console.error(`kvfs: ${m}`));
+  }
+
+  stats(): SessionStats {
+    return { ...this.stat, inFlight: this.inflight.size };
+  }
+
+  /** takes one raw request (called synchronously by the channel for each request of a batch) */
+  handle(raw: RawRequest): void {
+    this.stat.requests++;
+    let req: Request;
+    try {
+      req = parseRequest(raw.header, raw.body, this.parseOptions);
+    } catch (e) {
+      this.stat.parseErrors++;
+      const pe = e instanceof WireParseError ? e : undefined;
+      if (pe?.unique !== undefined && pe.replyWanted !== false) {
+        this.send(raw, replyError(pe.unique, pe.errno));
+      } else {
+        this.log(`a request could not be parsed and gets no reply: ${(e as Error).message}`);
+      }
+      this.transport.done(raw);
+      return;
+    }
+    if (!raw.poolBuffer) this.ownInlineData(req);
+    const info = opcodeInfo(req.header.opcode)!;
+    const unique = req.header.unique;
+    if (req.op === 'INTERRUPT') {
+      this.inflight.get(req.unique)?.abort();
+      this.transport.done(raw);
+      return;
+    }
+    const handler = this.ops[req.op] as OpHandler<OpName> | undefined;
+    if (!handler) {
+      if (info.replies) this.send(raw, replyError(unique, 38 /* ENOSYS */));
+      this.transport.done(raw);
+      return;
+    }
+    const ac = new AbortController();
+    if (info.replies) this.inflight.set(unique, ac);
+    let out: Promise<Reply>;
+    try {
+      out = Promise.resolve(handler(req as RequestOf<OpName>, { signal: ac.signal }));
+    } catch (e) {
+      out = Promise.reject(e);
+    }
+    out.then(
+      (r) => this.finish(raw, req, r, info.replies),
+      (e) => this.fail(raw, req, e, info.replies),
+    );
+  }
+
+  /** inline bodies are overwritten by the next batch: copy the parts a handler keeps past this call */
+  private ownInlineData(req: Request): void {
+    if (req.op === 'WRITE') req.data = Buffer.from(req.data);
+    else if (req.op === 'SETXATTR') req.value = Buffer.from(req.value);
+  }
+
+  private finish(raw: RawRequest, req: Request, r: Reply, replies: boolean): void {
+    const unique = req.header.unique;
+    this.inflight.delete(unique);
+    try {
+      if (!replies || r.t === 'none') return;
+      this.sendReply(raw, unique, r);
+    } catch (e) {
+      this.stat.replyFailures++;
+      this.log(`a ${req.op} reply could not be encoded, answering EIO: ${(e as Error).stack}`);
+      this.send(raw, replyError(unique, 5));
+    } finally {
+      this.transport.done(raw);
+    }
+  }
+
+  private fail(raw: RawRequest, req: Request, e: unknown, replies: boolean): void {
+    const unique = req.header.unique;
+    this.inflight.delete(unique);
+    this.stat.errors++;
+    const errno = e instanceof WireParseError ? e.errno : toErrno(e);
+    if (replies) this.send(raw, replyError(unique, errno));
+    this.transport.done(raw);
+  }
+
+  private send(raw: RawRequest, header: Uint8Array, body?: Uint8Array, data?: Uint8Array): void {
+    const n = this.transport.reply(raw.reader, header, body, data);
+    if (n < 0) {
+      this.stat.replyFailures++;
+      this.log(`writing a reply to the device failed (errno ${-n})`);
+    }
+  }
+
+  private sendReply(raw: RawRequest, unique: bigint, r: Exclude<Reply, { t: 'none' }>): void {
+    switch (r.t) {
+      case 'empty':
+        return this.send(raw, this.header(unique, 0));
+      case 'bytes':
+        try {
+          return this.send(raw, this.header(unique, r.data.length), r.data);
+        } finally {
+          r.release?.();
+        }
+      case 'entry':
+        return this.fixed(raw, unique, REPLY.entry, this.entryOut(r.attr));
+      case 'attr':
+        return this.fixed(raw, unique, REPLY.attr, {
+          attr_valid: this.attrValid[0], attr_valid_nsec: this.attrValid[1], attr: r.attr,
+        });
+      case 'open':
+        return this.fixed(raw, unique, REPLY.open, { fh: r.fh, open_flags: r.flags ?? 0 });
+      case 'create':
+        return this.fixed(raw, unique, REPLY.create, {
+          entry: this.entryOut(r.attr), open: { fh: r.fh, open_flags: r.flags ?? 0 },
+        });
+      case 'write':
+        return this.fixed(raw, unique, REPLY.write, { size: r.size });
+      case 'statfs':
+        return this.fixed(raw, unique, REPLY.statfs, r.st);
+      case 'xattrSize':
+        return this.fixed(raw, unique, REPLY.getxattr, { size: r.size });
+      case 'init':
+        return this.fixed(raw, unique, REPLY.init, r.out);
+      case 'lseek':
+        return this.fixed(raw, unique, REPLY.lseek, { offset: r.offset });
+    }
+  }
+
+  private header(unique: bigint, bodyLength: number): Buffer {
+    const b = Buffer.allocUnsafe(OUT_HEADER_SIZE);
+    writeOutHeader(b, 0, unique, OUT_HEADER_SIZE + bodyLength);
+    return b;
+  }
+
+  private fixed<T>(raw: RawRequest, unique: bigint, body: { size: number; write(b: Buffer, off: number, v: T): void }, v: T): void {
+    const b = Buffer.allocUnsafe(OUT_HEADER_SIZE + body.size);
+    writeOutHeader(b, 0, unique, b.length);
+    body.write(b, OUT_HEADER_SIZE, v);
+    this.send(raw, b);
+  }
+
+  entryOut(attr: Attr) {
+    return {
+      nodeid: attr.ino, generation: 0,
+      entry_valid: this.entryValid[0], entry_valid_nsec: this.entryValid[1],
+      attr_valid: this.attrValid[0], attr_valid_nsec: this.attrValid[1],
+      attr: { ...attr, blksize: (attr.mode & S_IFMT) === S_IFREG ? 1 << 20 : 4096 },
+    };
+  }
+}

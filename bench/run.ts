@@ -1,43 +1,66 @@
 /**
- * The fio bench: runs the reference jobs (../shared/bench/run-fio.sh) against each target, one target after
- * the other in one run, and prints one table of MB/s and IOPS per target with each target's ratio to the
- * first (the baseline, tmpfs). Saved to bench/out/RESULT-<date>.md, fio's JSON beside it.
+ * The fio bench: the reference jobs of ../shared/bench (run-fio.sh) against each target, one target after the
+ * other in one run, and one table of MB/s and IOPS per target with kvfs-native's ratio to each other target.
+ * Saved to bench/out/RESULT-<date>.md, with fio's JSON (fio-<date>/) and the daemons' logs (logs-<date>/).
  *
- *   npm run bench -- [--targets tmpfs,kvfs] [--jobs a,b] [--quick] [--store URL] [--format] [--driver D]
- *                    [--no-warm]
+ *   npm run bench -- [--targets a,b] [--jobs a,b] [--quick] [--store URL [--format]] [--no-warm] [--warm-gib N]
  *
- * Rules from ../shared/bench/README.md: warm-memory runs right before each target; every write job runs
- * twice per target and the second run is kept. Every target set up is torn down in every outcome (errors,
- * SIGINT, SIGTERM). A target is a small object (see Target); add one by adding a factory to TARGETS.
+ * Targets, in the default order:
+ *   kvfs-native   kvfs mount STORE --driver native (our /dev/fuse channel; default pool and caches)
+ *   kvfs-libfuse  kvfs mount STORE --driver libfuse (fuse-native, libfuse 2)
+ *   ceiling       ../shared/bench/ceiling/fuse-ceiling.c (C, libfuse3 low-level, data in a pre-faulted arena),
+ *                 built here with cc -O2 and run as its header says: `fuse-ceiling MNT -f`, `fusermount3 -u MNT`
+ *   tmpfs         a tmpfs mount (as root; else a directory in /dev/shm)
+ * Like with like: no target asks for the kernel's writeback cache (kvfs-native's --writeback-cache is off by
+ * default, libfuse 2 through fuse-native never asks, the ceiling runs without -o writeback).
+ *
+ * Rules from ../shared/bench/README.md: warm-memory runs right before each target; every write job runs twice
+ * per target and the second run is kept. Every mount is unmounted and every daemon stopped in every outcome
+ * (errors, a hung job, SIGINT, SIGTERM, an exception): see common.ts's atExit.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import {
+  atExit, fmt, forceUnmount, isAlive, isMounted, killGroup, kvfsBin, kvfsMount, kvfsUnmount, loadAvg, mib,
+  procMemory, removeDir, removeWork, repoRoot, run, say, sharedBench, sleep, stamp, stopDaemon,
+  unexpectedLogLines, waitGone, waitMounted, type KvfsMount,
+} from './common.js';
 
 /** A filesystem under test. `setup` makes `dir` an empty, writable directory on it; `teardown` undoes
- * everything `setup` did, also after a failed or partial setup, and is safe to call twice. */
-export interface Target {
+ * everything `setup` did, also after a failed or partial setup, is safe to call twice, and returns what went
+ * wrong (for the report). `notes` are facts for the report (a daemon's peak memory, a log line). */
+interface Target {
   readonly name: string;
+  /** the name in ratio columns */
+  readonly short: string;
   readonly dir: string;
+  readonly notes: string[];
   setup(): Promise<void>;
-  teardown(): Promise<void>;
+  teardown(): Promise<string[]>;
 }
 
 interface Options {
   store: string;
   format: boolean;
-  driver: string | undefined;
+  quick: boolean;
   work: string;
+  logDir: string;
+  ceilingArenaMb: number;
 }
 
-/** Target factories by name, in the order a run uses them by default; the first is the baseline. */
+/** Target factories by name, in the order a run uses them by default. */
 const TARGETS: Record<string, (o: Options) => Target> = {
-  tmpfs: (o) => tmpfsTarget('tmpfs', o.work),
-  kvfs: (o) => kvfsTarget('kvfs', o),
+  'kvfs-native': (o) => kvfsTarget('kvfs-native', 'native', 'native', o),
+  'kvfs-libfuse': (o) => kvfsTarget('kvfs-libfuse', 'libfuse', 'libfuse', o),
+  ceiling: (o) => ceilingTarget(o),
+  tmpfs: (o) => tmpfsTarget(o.work),
 };
+
+/** Ratios are this target's over each other one (or the first target's, when it is not in the run). */
+const SUBJECT = 'kvfs-native';
 
 /** run-fio.sh's own order: reads follow the write that lays out their file, stat and delete follow create. */
 const JOB_ORDER = [
@@ -45,155 +68,155 @@ const JOB_ORDER = [
   'meta-create', 'meta-stat', 'meta-delete',
 ];
 
-const repoRoot = findRepoRoot(path.dirname(fileURLToPath(import.meta.url)));
-const sharedBench = path.resolve(repoRoot, '../shared/bench');
-const kvfsBin = path.join(repoRoot, 'bin/kvfs.js');
-
-const say = (msg: string): void => void process.stderr.write(`bench: ${msg}\n`);
-
-// ---------------------------------------------------------------------------------------------------------
-// processes and mounts
-
-interface RunResult {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** The child currently running a benchmark, killed (with its process group) on SIGINT/SIGTERM. */
-let current: { child: ChildProcess; done: Promise<void> } | undefined;
-
-/** Runs a command to completion; stdout and stderr are captured (and stderr echoed when `echo`). */
-function run(cmd: string, args: string[], opts: { timeoutMs?: number; echo?: boolean } = {}): Promise<RunResult> {
-  return new Promise((resolve) => {
-    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], timeout: opts.timeoutMs });
-    let stdout = '';
-    let stderr = '';
-    child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr!.on('data', (d: Buffer) => {
-      stderr += d.toString();
-      if (opts.echo) process.stderr.write(d);
-    });
-    child.on('error', (err) => resolve({ code: null, stdout, stderr: stderr + String(err) }));
-    // Not 'close': a daemon started by the command may keep the pipes open for as long as it runs.
-    child.on('exit', (code) => {
-      const finish = (): void => {
-        child.stdout!.destroy();
-        child.stderr!.destroy();
-        resolve({ code, stdout, stderr });
-      };
-      const grace = setTimeout(finish, 200);
-      child.on('close', () => {
-        clearTimeout(grace);
-        finish();
-      });
-    });
-  });
-}
-
-function mountPoints(): Set<string> {
-  const out = new Set<string>();
-  for (const line of readFileSync('/proc/self/mounts', 'utf8').split('\n')) {
-    const field = line.split(' ')[1];
-    if (field) out.add(field.replace(/\\([0-7]{3})/g, (_, oct: string) => String.fromCharCode(parseInt(oct, 8))));
-  }
-  return out;
-}
-
-const isMounted = (dir: string): boolean => mountPoints().has(dir);
-
-async function waitMounted(dir: string, ms: number): Promise<boolean> {
-  for (const end = Date.now() + ms; Date.now() < end; await sleep(100)) if (isMounted(dir)) return true;
-  return isMounted(dir);
-}
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-/** Detaches a mount that a polite unmount could not remove (busy, or its daemon gone). */
-function forceUnmount(dir: string): void {
-  if (!isMounted(dir)) return;
-  for (const [cmd, ...args] of [['fusermount3', '-u', '-z', dir], ['umount', '-l', dir]]) {
-    spawnSync(cmd!, args, { stdio: 'ignore' });
-    if (!isMounted(dir)) return;
-  }
-  say(`could not unmount ${dir}`);
-}
-
-/** Removes a directory that is no longer a mount point; never descends into another filesystem. */
-function removeDir(dir: string): void {
-  if (isMounted(dir)) return;
-  spawnSync('rm', ['-rf', '--one-file-system', dir], { stdio: 'ignore' });
-}
-
-/** Removes the run's work directory without throwing; a part still busy is left and named. */
-function removeWork(work: string): void {
-  for (const m of mountPoints()) if (m.startsWith(`${work}/`)) forceUnmount(m);
-  spawnSync('rm', ['-rf', '--one-file-system', work], { stdio: 'ignore' });
-  if (existsSync(work)) say(`could not remove ${work} entirely`);
-}
-
 // ---------------------------------------------------------------------------------------------------------
 // targets
 
 /** tmpfs mounted at a fresh directory (as root); otherwise a directory in /dev/shm, which is tmpfs. */
-function tmpfsTarget(name: string, work: string): Target {
-  let dir = path.join(work, name);
+function tmpfsTarget(work: string): Target {
+  let dir = path.join(work, 'tmpfs');
   let mounted = false;
+  let unregister = (): void => {};
   return {
-    name,
+    name: 'tmpfs',
+    short: 'tmpfs',
+    notes: [],
     get dir() {
       return dir;
     },
     async setup() {
       if (process.getuid?.() === 0) {
         mkdirSync(dir, { recursive: true });
-        const r = await run('mount', ['-t', 'tmpfs', '-o', 'size=4g,mode=0755', 'kvfs-bench', dir]);
+        const r = await run('mount', ['-t', 'tmpfs', '-o', 'size=6g,mode=0755', 'kvfs-bench', dir]);
         if (r.code !== 0) throw new Error(`mount -t tmpfs failed: ${r.stderr.trim()}`);
         mounted = true;
+        unregister = atExit(() => forceUnmount(dir));
       } else {
         dir = mkdtempSync('/dev/shm/kvfs-bench-');
       }
     },
     async teardown() {
+      const problems: string[] = [];
       if (mounted && isMounted(dir)) {
-        const r = await run('umount', [dir]);
-        if (r.code !== 0) forceUnmount(dir);
+        const r = await run('umount', [dir], { timeoutMs: 60_000 });
+        if (r.code !== 0) {
+          problems.push(`umount ${dir}: ${r.stderr.trim()}; detached it lazily`);
+          forceUnmount(dir);
+        }
       }
       mounted = false;
+      unregister();
       removeDir(dir);
+      return problems;
     },
   };
 }
 
-/** kvfs mounted in the background by its CLI; the daemon holds the store (a `memory:` store lives in it). */
-function kvfsTarget(name: string, o: Options): Target {
+/** kvfs mounted in the background by its CLI, with --driver `driver`; a `memory:` store lives in the daemon. */
+function kvfsTarget(name: string, short: string, driver: string, o: Options): Target {
   const dir = path.join(o.work, name);
-  const cli = (...args: string[]): Promise<RunResult> =>
-    run(process.execPath, [kvfsBin, ...args], { timeoutMs: 120_000, echo: true });
+  let m: KvfsMount | undefined;
+  let unregister = (): void => {};
+  const notes: string[] = [];
   return {
     name,
+    short,
     dir,
+    notes,
     async setup() {
-      if (!existsSync(kvfsBin)) throw new Error(`${kvfsBin} does not exist`);
       mkdirSync(dir, { recursive: true });
-      if (o.format) {
-        const r = await cli('format', o.store);
-        if (r.code !== 0) throw new Error(`kvfs format ${o.store} exited with ${r.code}`);
-      }
-      const args = ['mount', o.store, dir, '--background', ...(o.driver ? ['--driver', o.driver] : [])];
-      const r = await cli(...args);
-      if (r.code !== 0) throw new Error(`kvfs ${args.join(' ')} exited with ${r.code}`);
-      if (!(await waitMounted(dir, 10_000))) throw new Error(`kvfs mount returned 0 but ${dir} is not mounted`);
+      m = await kvfsMount(o.store, dir, ['--driver', driver], { KVFS_DATA_DIR: o.logDir });
+      const mount = m;
+      unregister = atExit(() => {
+        forceUnmount(mount.dir);
+        stopDaemon(mount.pid);
+      });
+      notes.push(`daemon pid ${m.pid}, log ${path.relative(process.cwd(), m.log)}`);
     },
     async teardown() {
+      if (!m) {
+        forceUnmount(dir);
+        removeDir(dir);
+        return [];
+      }
+      const mount = m;
+      m = undefined;
+      const mem = procMemory(mount.pid);
+      if (mem) notes.push(`daemon peak RSS ${mib(mem.hwm)}, RSS at the end ${mib(mem.rss)}`);
+      const problems = await kvfsUnmount(mount);
+      unregister();
+      const odd = unexpectedLogLines(mount.log);
+      if (odd.length) {
+        problems.push(`daemon log ${mount.log}: ${odd.length} unexpected line(s), first: ${odd.slice(0, 3).join(' | ')}`);
+      }
+      removeDir(dir);
+      return problems;
+    },
+  };
+}
+
+/** Builds ../shared/bench/ceiling/fuse-ceiling.c into the work dir (once); returns the binary's path. */
+function buildCeiling(work: string): string {
+  const bin = path.join(work, 'fuse-ceiling');
+  if (existsSync(bin)) return bin;
+  const pc = spawnSync('pkg-config', ['fuse3', '--cflags', '--libs'], { encoding: 'utf8' });
+  if (pc.status !== 0) throw new Error(`pkg-config fuse3 failed (libfuse3-dev installed?): ${pc.stderr.trim()}`);
+  const args = ['-O2', '-Wall', path.join(sharedBench, 'ceiling/fuse-ceiling.c'), ...pc.stdout.trim().split(/\s+/), '-lpthread', '-o', bin];
+  const r = spawnSync('cc', args, { stdio: ['ignore', 'inherit', 'inherit'] });
+  if (r.status !== 0) throw new Error(`building fuse-ceiling failed: cc ${args.join(' ')}`);
+  return bin;
+}
+
+/** The C ceiling, run in the foreground (-f) as a child in its own process group; unmounted with fusermount3. */
+function ceilingTarget(o: Options): Target {
+  const dir = path.join(o.work, 'ceiling');
+  const log = path.join(o.logDir, 'fuse-ceiling.log');
+  let child: ChildProcess | undefined;
+  let unregister = (): void => {};
+  const notes: string[] = [];
+  return {
+    name: 'ceiling',
+    short: 'ceiling',
+    dir,
+    notes,
+    async setup() {
+      const bin = buildCeiling(o.work);
+      mkdirSync(dir, { recursive: true });
+      const fd = openSync(log, 'a');
+      const args = [dir, '-f', '-o', `arena=${o.ceilingArenaMb}`];
+      child = spawn(bin, args, { stdio: ['ignore', fd, fd], detached: true });
+      closeSync(fd);
+      const c = child;
+      unregister = atExit(() => {
+        forceUnmount(dir);
+        killGroup(c.pid, 'SIGKILL');
+      });
+      child.on('error', () => undefined);
+      notes.push(`fuse-ceiling ${args.join(' ')} (pid ${child.pid}), log ${path.relative(process.cwd(), log)}`);
+      // it mounts once its arena is faulted in: seconds per GiB on a cold machine
+      if (!(await waitMounted(dir, 180_000, () => isAlive(c.pid)))) {
+        const tail = existsSync(log) ? readFileSync(log, 'utf8').trim().split('\n').slice(-3).join(' | ') : '';
+        throw new Error(`fuse-ceiling did not mount ${dir}${isAlive(c.pid) ? ' within 180 s' : ' (it exited)'}: ${tail}`);
+      }
+    },
+    async teardown() {
+      const problems: string[] = [];
+      const c = child;
+      child = undefined;
       if (isMounted(dir)) {
-        const r = await cli('umount', dir);
+        const r = await run('fusermount3', ['-u', dir], { timeoutMs: 60_000 });
         if (r.code !== 0 || isMounted(dir)) {
-          say(`kvfs umount ${dir} exited with ${r.code}; detaching it`);
+          problems.push(`fusermount3 -u ${dir}: ${r.stderr.trim() || r.code}; detached it lazily`);
           forceUnmount(dir);
         }
       }
+      if (c && !(await waitGone(c.pid, 10_000))) {
+        problems.push(`fuse-ceiling (pid ${c.pid}) was still running 10 s after the unmount; killed it`);
+        killGroup(c.pid, 'SIGTERM');
+        if (!(await waitGone(c.pid, 3000))) killGroup(c.pid, 'SIGKILL');
+      }
+      unregister();
       removeDir(dir);
+      return problems;
     },
   };
 }
@@ -205,7 +228,7 @@ interface JobResult {
   mbs: number;
   iops: number;
 }
-type Row = Map<string, JobResult | 'FAILED' | string>;
+type Row = Map<string, JobResult | string>;
 
 /** The jobs to run, in dependency order; unknown names are an error. */
 function selectJobs(jobsDir: string, wanted: string[] | undefined): string[] {
@@ -239,20 +262,43 @@ function quickBench(work: string): string {
   return dir;
 }
 
-/** Runs the jobs on one target through run-fio.sh; returns the last result line per job. */
-async function runJobs(benchDir: string, target: Target, jobs: string[], jsonDir: string): Promise<Row> {
+/** The fio run in progress, stopped (with its process group) on SIGINT/SIGTERM. */
+let current: { child: ChildProcess; done: Promise<void> } | undefined;
+
+/**
+ * Runs the jobs on one target through run-fio.sh; returns the last result line per job. A job that gives no
+ * result within `jobTimeoutMs` is taken as hung: fio is killed and the jobs left are marked.
+ */
+async function runJobs(benchDir: string, target: Target, jobs: string[], jsonDir: string, jobTimeoutMs: number): Promise<{ row: Row; problems: string[] }> {
   const jobsDir = path.join(benchDir, 'jobs');
   const list = jobs.flatMap((j) => (isWriteJob(jobsDir, j) ? [j, j] : [j]));
   const row: Row = new Map();
+  const problems: string[] = [];
   const child = spawn('bash', [path.join(benchDir, 'run-fio.sh'), target.dir, target.name, ...list], {
     stdio: ['ignore', 'pipe', 'inherit'],
     env: { ...process.env, FIO_JSON_DIR: jsonDir },
-    detached: true, // its own process group, so that an interrupt stops fio too
+    detached: true, // its own process group, so that an interrupt or a hang stops fio too
   });
+  const unregister = atExit(() => killGroup(child.pid, 'SIGKILL'));
+  let hung: string | undefined;
+  let next = 0;
+  let watchdog: NodeJS.Timeout | undefined;
+  const arm = (): void => {
+    clearTimeout(watchdog);
+    watchdog = setTimeout(() => {
+      hung = list[next] ?? '?';
+      problems.push(`${target.name}: ${hung} gave no result within ${jobTimeoutMs / 1000} s; fio was killed (hung?)`);
+      say(problems[problems.length - 1]!);
+      killGroup(child.pid, 'SIGKILL');
+    }, jobTimeoutMs);
+  };
+  arm();
   let buf = '';
   const onLine = (line: string): void => {
     const [label, job, mbs, iops] = line.split('\t');
     if (label !== target.name || !job || mbs === 'MB/s') return;
+    next++;
+    arm();
     row.set(job, mbs === 'FAILED' ? 'FAILED' : { mbs: Number(mbs), iops: Number(iops) });
     say(`${target.name} ${job}: ${mbs} MB/s, ${iops} IOPS`);
   };
@@ -269,10 +315,13 @@ async function runJobs(benchDir: string, target: Target, jobs: string[], jsonDir
   });
   current = { child, done: done.then(() => undefined) };
   const code = await done;
+  clearTimeout(watchdog);
+  unregister();
   current = undefined;
-  if (code !== 0) say(`run-fio.sh on ${target.name} exited with ${code}`);
-  for (const j of jobs) if (!row.has(j)) row.set(j, 'FAILED');
-  return row;
+  if (code !== 0 && !hung) problems.push(`${target.name}: run-fio.sh exited with ${code}`);
+  for (const j of jobs) if (!row.has(j)) row.set(j, hung ? 'HUNG' : 'FAILED');
+  if ([...row.values()].includes('FAILED')) problems.push(`${target.name}: a job failed (its fio error is above, on stderr)`);
+  return { row, problems };
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -296,57 +345,44 @@ function warmMemory(bin: string, gib: string | undefined): void {
 // ---------------------------------------------------------------------------------------------------------
 // report
 
-const fmt = (n: number, digits = 0): string =>
-  n.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits });
-
-/** One markdown table: job, MB/s and IOPS per target, and each later target's IOPS over the baseline's
+/** One markdown table: job, MB/s and IOPS per target, then the subject's IOPS over each other target's
  * (ops/s for meta-*; for the fixed-block jobs the IOPS ratio is the MB/s ratio). */
-function table(jobs: string[], names: string[], rows: Map<string, Row>): string {
-  const [base, ...others] = names;
-  const head = ['job', ...names.flatMap((n) => [`${n} MB/s`, `${n} IOPS`]), ...others.map((n) => `${n}/${base}`)];
+function table(jobs: string[], targets: Target[], rows: Map<string, Row>): string {
+  const subject = targets.find((t) => t.name === SUBJECT) ?? targets[0]!;
+  const others = targets.filter((t) => t !== subject);
+  const head = [
+    'job', ...targets.flatMap((t) => [`${t.name} MB/s`, `${t.name} IOPS`]),
+    ...others.map((t) => `${subject.short}/${t.short}`),
+  ];
   const lines = [`| ${head.join(' | ')} |`, `|${head.map((_, i) => (i ? '---:' : '---')).join('|')}|`];
   for (const job of jobs) {
     const cells = [job];
-    for (const n of names) {
-      const r = rows.get(n)?.get(job);
+    for (const t of targets) {
+      const r = rows.get(t.name)?.get(job);
       if (r === undefined) cells.push('-', '-');
       else if (typeof r === 'string') cells.push(r, '-');
       else cells.push(fmt(r.mbs, 1), fmt(r.iops));
     }
-    const b = base === undefined ? undefined : rows.get(base)?.get(job);
-    for (const n of others) {
-      const r = rows.get(n)?.get(job);
-      cells.push(typeof r === 'object' && typeof b === 'object' && b.iops > 0 ? (r.iops / b.iops).toFixed(2) : '-');
+    const s = rows.get(subject.name)?.get(job);
+    for (const t of others) {
+      const r = rows.get(t.name)?.get(job);
+      cells.push(typeof r === 'object' && typeof s === 'object' && r.iops > 0 ? (s.iops / r.iops).toFixed(2) : '-');
     }
     lines.push(`| ${cells.join(' | ')} |`);
   }
   return lines.join('\n');
 }
 
-function stamp(d: Date): string {
-  const p = (n: number): string => String(n).padStart(2, '0');
-  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}-${p(d.getHours())}${p(d.getMinutes())}${p(d.getSeconds())}`;
-}
-
-function findRepoRoot(from: string): string {
-  for (let dir = from; ; dir = path.dirname(dir)) {
-    try {
-      if (JSON.parse(readFileSync(path.join(dir, 'package.json'), 'utf8')).name === 'kvfs') return dir;
-    } catch {
-      // not here; go up
-    }
-    if (path.dirname(dir) === dir) throw new Error(`no kvfs package.json above ${from}`);
-  }
-}
-
 const USAGE = `usage: npm run bench -- [options]
-  --targets a,b    targets in order, the first is the baseline (default: ${Object.keys(TARGETS).join(',')})
+  --targets a,b    targets in order (default: ${Object.keys(TARGETS).join(',')});
+                   ratios are ${SUBJECT}'s (or the first target's) over each other one
   --jobs a,b       fio jobs from ../shared/bench/jobs (default: all)
   --quick          smoke run: 64 MiB files, 5 s timed jobs, 500 files per meta job
-  --store URL      kvfs store (default memory:); --format runs \`kvfs format URL\` first
-  --driver NAME    kvfs mount --driver NAME
+  --store URL      the kvfs targets' store (default memory:; e.g. local:DIR); --format: kvfs format URL first
   --warm-gib N     GiB for warm-memory to touch (default: 3/4 of MemAvailable; 2 with --quick)
-  --no-warm        skip warm-memory (numbers for first-touch memory are not comparable)`;
+  --no-warm        skip warm-memory (numbers for first-touch memory are not comparable)
+  --ceiling-arena-mb N  fuse-ceiling's data arena (default 4096; 1024 with --quick)
+  --job-timeout S  a job with no result after S seconds is taken as hung and killed (default 600)`;
 
 // ---------------------------------------------------------------------------------------------------------
 
@@ -358,9 +394,10 @@ async function main(): Promise<number> {
       quick: { type: 'boolean', default: false },
       store: { type: 'string', default: 'memory:' },
       format: { type: 'boolean', default: false },
-      driver: { type: 'string' },
       'no-warm': { type: 'boolean', default: false },
       'warm-gib': { type: 'string' },
+      'ceiling-arena-mb': { type: 'string' },
+      'job-timeout': { type: 'string', default: '600' },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
@@ -372,60 +409,52 @@ async function main(): Promise<number> {
   const names = list(values.targets) ?? Object.keys(TARGETS);
   const unknown = names.filter((n) => !(n in TARGETS));
   if (unknown.length) throw new Error(`unknown target(s) ${unknown.join(', ')}; known: ${Object.keys(TARGETS).join(', ')}`);
-
   if (!existsSync(path.join(sharedBench, 'run-fio.sh'))) throw new Error(`${sharedBench}/run-fio.sh does not exist`);
+  if (!existsSync(kvfsBin)) throw new Error(`${kvfsBin} does not exist`);
   const jobs = selectJobs(path.join(sharedBench, 'jobs'), list(values.jobs));
+  const jobTimeoutMs = Number(values['job-timeout']) * 1000;
+  if (!(jobTimeoutMs > 0)) throw new Error(`bad --job-timeout '${values['job-timeout']}'`);
 
-  const work = mkdtempSync(path.join(os.tmpdir(), 'kvfs-bench-'));
-  const opts: Options = { store: values.store, format: values.format, driver: values.driver, work };
-  let benchDir = sharedBench;
-  try {
-    if (values.quick) benchDir = quickBench(work);
-  } catch (err) {
-    removeWork(work);
-    throw err;
-  }
   const started = new Date();
   const outDir = path.join(repoRoot, 'bench/out');
   const jsonDir = path.join(outDir, `fio-${stamp(started)}`);
-  mkdirSync(outDir, { recursive: true });
+  const logDir = path.join(outDir, `logs-${stamp(started)}`);
+  mkdirSync(logDir, { recursive: true });
+  const work = mkdtempSync(path.join(os.tmpdir(), 'kvfs-bench-'));
+  atExit(() => removeWork(work));
+  const opts: Options = {
+    store: values.store, format: values.format, quick: values.quick, work, logDir,
+    ceilingArenaMb: Number(values['ceiling-arena-mb'] ?? (values.quick ? 1024 : 4096)),
+  };
+  const benchDir = values.quick ? quickBench(work) : sharedBench;
+  const load0 = loadAvg();
+  if (load0 >= 1.5) say(`the load average is ${load0}: the machine is busy, the figures will not be comparable`);
 
+  const targets = names.map((n) => TARGETS[n]!(opts));
   // Targets set up (or being set up); each is torn down exactly once, by the run or by a signal.
-  const active = new Set<Target>();
   const setups = new Map<Target, Promise<unknown>>();
-  const teardowns = new Map<Target, Promise<void>>();
-  const down = (t: Target): Promise<void> => {
+  const teardowns = new Map<Target, Promise<string[]>>();
+  const down = (t: Target): Promise<string[]> => {
     let p = teardowns.get(t);
     if (!p) {
       // a setup still in flight (an interrupt during mount) finishes first, so that nothing mounts after teardown
       p = (setups.get(t) ?? Promise.resolve())
         .then(() => t.teardown())
-        .catch((err: unknown) => say(`teardown of ${t.name} failed: ${(err as Error).message}`));
+        .catch((err: unknown) => [`teardown of ${t.name} failed: ${(err as Error).message}`]);
       teardowns.set(t, p);
     }
-    active.delete(t);
     return p;
-  };
-  const teardownAll = async (): Promise<void> => {
-    for (const t of [...active].reverse()) await down(t);
   };
   let stopping = false;
   const onSignal = (sig: NodeJS.Signals): void => {
-    if (stopping) process.exit(1); // a second interrupt: leave now
+    if (stopping) process.exit(1); // a second interrupt: leave now (the exit hooks still unmount)
     stopping = true;
     say(`${sig}: stopping fio and tearing down`);
     const c = current;
-    if (c?.child.pid) {
-      try {
-        process.kill(-c.child.pid, 'SIGTERM');
-      } catch {
-        // already gone
-      }
-    }
+    killGroup(c?.child.pid, 'SIGTERM');
     void (async () => {
       await Promise.race([c?.done, sleep(5000)]);
-      await teardownAll();
-      await Promise.all(teardowns.values()); // also those the run itself had begun
+      for (const t of [...setups.keys()].reverse()) await down(t);
       removeWork(work);
       process.exit(sig === 'SIGINT' ? 130 : 143);
     })();
@@ -434,57 +463,74 @@ async function main(): Promise<number> {
   process.on('SIGTERM', onSignal);
 
   const rows = new Map<string, Row>();
-  const errors: string[] = [];
+  const problems: string[] = [];
   try {
     const warm = values['no-warm'] ? undefined : buildWarmMemory(work);
-    for (const name of names) {
+    if (targets.some((t) => t.name === 'ceiling')) buildCeiling(work); // a build error stops the run before any mount
+    if (opts.format && targets.some((t) => t.name.startsWith('kvfs-'))) {
+      const r = await run(process.execPath, [kvfsBin, 'format', opts.store], { timeoutMs: 120_000, echo: true });
+      if (r.code !== 0) throw new Error(`kvfs format ${opts.store} exited with ${r.code}`);
+    }
+    for (const target of targets) {
       if (stopping) break;
-      const target = TARGETS[name]!(opts);
       if (warm) warmMemory(warm, values['warm-gib'] ?? (values.quick ? '2' : undefined));
-      say(`${name}: setting up`);
-      active.add(target);
+      say(`${target.name}: setting up`);
       try {
         const setup = target.setup();
         setups.set(target, setup.catch(() => undefined));
         await setup;
         if (stopping) break;
-        say(`${name}: ${jobs.length} job(s) on ${target.dir}`);
-        rows.set(name, await runJobs(benchDir, target, jobs, jsonDir));
+        say(`${target.name}: ${jobs.length} job(s) on ${target.dir}`);
+        const r = await runJobs(benchDir, target, jobs, jsonDir, jobTimeoutMs);
+        rows.set(target.name, r.row);
+        problems.push(...r.problems);
       } catch (err) {
-        errors.push(`${name}: ${(err as Error).message}`);
-        say(`${name}: ${(err as Error).message}`);
-        rows.set(name, new Map(jobs.map((j) => [j, 'no target'])));
+        problems.push(`${target.name}: ${(err as Error).message}`);
+        say(`${target.name}: ${(err as Error).message}`);
+        rows.set(target.name, new Map(jobs.map((j) => [j, 'no target'])));
       } finally {
-        await down(target);
+        if (!stopping) {
+          const p = await down(target);
+          problems.push(...p.map((x) => `${target.name}: ${x}`));
+          for (const x of p) say(`${target.name}: ${x}`);
+        }
       }
     }
   } finally {
-    await teardownAll();
-    removeWork(work);
+    if (!stopping) {
+      for (const t of [...setups.keys()].reverse()) await down(t);
+      removeWork(work);
+    }
   }
 
   if (stopping) return new Promise<number>(() => {}); // the signal handler finishes and exits
 
-  const tableText = table(jobs, names, rows);
+  const load1 = loadAvg();
+  const tableText = table(jobs, targets, rows);
   const failed = [...rows.values()].some((r) => [...r.values()].some((v) => typeof v === 'string'));
   const host = `${os.hostname()}, Linux ${os.release()}, ${os.cpus().length} CPUs, ${Math.round(os.totalmem() / 2 ** 30)} GiB, Node ${process.version}`;
   const md = [
     `# kvfs bench ${started.toISOString()}`,
     '',
-    `${host}. kvfs store \`${opts.store}\`${opts.driver ? `, driver ${opts.driver}` : ''}` +
-      `${values.quick ? ', **quick** (64 MiB files, 5 s jobs, 500 files per meta job)' : ''}` +
-      `${values['no-warm'] ? ', **no warm-memory**' : ''}. Write jobs ran twice per target; the second run is shown. ` +
-      `Ratios are IOPS (ops/s for meta-*) over the first target's.`,
+    `${host}. Load average ${load0} at the start, ${load1} at the end` +
+      `${Math.max(load0, load1) >= 1.5 ? ' (**busy**: the figures are not comparable)' : ''}.`,
+    `kvfs store \`${opts.store}\`, default pool and caches; no writeback cache on any target.` +
+      `${values.quick ? ' **quick** (64 MiB files, 5 s jobs, 500 files per meta job).' : ''}` +
+      `${values['no-warm'] ? ' **no warm-memory**.' : ''} Write jobs ran twice per target; the second run is shown. ` +
+      `Ratios are IOPS (ops/s for meta-*; the MB/s ratio for fixed-size blocks).`,
     '',
     tableText,
-    ...(errors.length ? ['', ...errors.map((e) => `- ${e}`)] : []),
+    '',
+    ...targets.flatMap((t) => t.notes.map((n) => `- ${t.name}: ${n}`)),
+    ...(problems.length ? ['', '**Problems**', '', ...problems.map((e) => `- ${e}`)] : []),
     '',
   ].join('\n');
   const file = path.join(outDir, `RESULT-${stamp(started)}.md`);
   writeFileSync(file, md);
   console.log(tableText);
+  if (problems.length) console.log(`\nproblems:\n${problems.map((e) => `  - ${e}`).join('\n')}`);
   console.log(`\nsaved to ${path.relative(process.cwd(), file)}${existsSync(jsonDir) ? `, fio JSON in ${path.relative(process.cwd(), jsonDir)}` : ''}`);
-  return errors.length || failed ? 1 : 0;
+  return problems.length || failed ? 1 : 0;
 }
 
 main().then(

@@ -3,7 +3,7 @@
  * Every failure is one line on stderr starting with `kvfs: ` and a non-zero exit (1; 2 for usage errors).
  */
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, openSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, openSync, readdirSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import yargs from 'yargs';
@@ -13,7 +13,7 @@ import type { KvStore } from '../src/backend/kv.js';
 import { describeStore, openStore } from '../src/backend/open-store.js';
 import { Filesystem } from '../src/fs/filesystem.js';
 import { mountLibfuse } from '../src/fs/fuse/libfuse-driver.js';
-import { mountNative } from '../src/fs/fuse/native-driver.js';
+import { mountNative, type NativeMount } from '../src/fs/fuse/native-driver.js';
 import { isDeadMount, mountAt, unmount } from '../src/fs/fuse/mount-table.js';
 import { K } from '../src/fs/schema.js';
 import { chunkSizeProblem, formatVolume, readVolume } from '../src/fs/volume.js';
@@ -157,11 +157,23 @@ async function mount(argv: MountArgs): Promise<void> {
     return fail(`cannot mount ${mnt}: ${(e as Error).message}`);
   });
 
+  // Opt-in, for the benches until `kvfs status MNT` exists: KVFS_STATS_FILE gets the native driver's
+  // stats() as JSON every 100 ms (written to FILE.tmp, then renamed over FILE).
+  const statsFile = process.env.KVFS_STATS_FILE;
+  const stats = (handle as Partial<NativeMount>).stats;
+  const statsTimer = statsFile && stats ? setInterval(() => {
+    try {
+      writeFileSync(`${statsFile}.tmp`, JSON.stringify(stats.call(handle)));
+      renameSync(`${statsFile}.tmp`, statsFile);
+    } catch { /* a stale file tells the reader */ }
+  }, 100) : undefined;
+
   let stopping = false;
   const stop = async (why: string) => {
     if (stopping) return;
     stopping = true;
     clearInterval(watch);
+    clearInterval(statsTimer);
     console.error(`kvfs: ${why}: unmounting ${mnt}`);
     if (mountAt(mnt)) await handle.unmount().catch((e) => console.error(`kvfs: ${(e as Error).message}`));
     await fs.close().catch((e) => console.error(`kvfs: ${(e as Error).message}`));

@@ -87,7 +87,7 @@ export class FileData {
   size: number;
   /** pending mtime/ctime of writes not yet committed */
   mtime: Timespec | undefined;
-  /** set when the last link went away while open: nothing is committed any more */
+  /** set when the last link went away while open: the last release removes the file instead of committing */
   unlinked = false;
   private readonly dirty = new Map<number, Buffer>();
   private readonly flushing = new Map<number, Buffer>();
@@ -96,6 +96,12 @@ export class FileData {
   /** in-memory bound of a pending truncate: entries at or above are stale (0 = none) */
   private truncFrom: number;
   private commitTail: Promise<unknown> = Promise.resolve();
+  /** bumped by every shrinking truncate: chunk bytes loaded before it are stale */
+  private truncations = 0;
+  /** writes in progress, and a truncate waiting for them: a truncate runs between writes, never inside one */
+  private activeWrites = 0;
+  private truncating: Promise<void> | undefined;
+  private writesDrained: (() => void) | undefined;
 
   constructor(readonly ino: Ino, inode: Inode, private readonly cx: DataContext) {
     this.size = inode.size;
@@ -177,8 +183,26 @@ export class FileData {
 
   // ---------------------------------------------------------------- writing
 
-  /** Writes data at offset into the write-back buffers; commits when this file or the mount holds too much. */
+  /**
+   * Writes data at offset into the write-back buffers; commits when this file or the mount holds too much.
+   * Each chunk's bytes and the size they imply change together, synchronously, so a commit that starts
+   * between two chunks of one write sees every chunk it takes with a size that covers it.
+   */
   async write(offset: number, data: Uint8Array): Promise<number> {
+    if (data.length === 0) return 0;
+    while (this.truncating) await this.truncating;
+    this.activeWrites++;
+    try {
+      await this.writeChunks(offset, data);
+    } finally {
+      if (--this.activeWrites === 0) this.writesDrained?.();
+    }
+    this.mtime = nowTs();
+    if (this.dirty.size >= MAX_DIRTY_CHUNKS || this.cx.budget.spent) await this.flush();
+    return data.length;
+  }
+
+  private async writeChunks(offset: number, data: Uint8Array): Promise<void> {
     const cs = this.cx.chunkSize;
     const end = offset + data.length;
     const src = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
@@ -186,19 +210,17 @@ export class FileData {
       const base = idx * cs;
       const from = Math.max(offset, base);
       const to = Math.min(end, base + cs);
-      await this.writable(idx, from === base && to === base + cs,
-        (buf) => src.copy(buf, from - base, from - offset, to - offset));
+      await this.writable(idx, from === base && to === base + cs, (buf) => {
+        src.copy(buf, from - base, from - offset, to - offset);
+        if (to > this.size) this.size = to;
+      });
     }
-    if (end > this.size) this.size = end;
-    this.mtime = nowTs();
-    if (this.dirty.size >= MAX_DIRTY_CHUNKS || this.cx.budget.spent) await this.flush();
-    return data.length;
   }
 
   /**
    * Applies `change` to the dirty buffer of chunk idx, loading the committed bytes first unless `overwrite`
    * says the change covers the whole chunk. `change` runs synchronously with the buffer's adoption, so no
-   * reader ever sees a buffer that is not yet filled.
+   * reader ever sees a buffer that is not yet filled. Bytes loaded before a truncate are never used after it.
    */
   private async writable(idx: number, overwrite: boolean, change: (b: Buffer) => void): Promise<void> {
     for (;;) {
@@ -209,7 +231,7 @@ export class FileData {
       }
       const inFlight = this.loading.get(idx);
       if (inFlight) {
-        await inFlight;
+        await inFlight.catch(() => undefined);
         continue;
       }
       const flushingBuf = this.flushing.get(idx);
@@ -220,23 +242,28 @@ export class FileData {
         this.adopt(idx, b);
         return;
       }
+      const gen = this.truncations;
       const p = this.load(idx);
       this.loading.set(idx, p);
+      let b: Buffer;
       try {
-        await p;
+        b = await p;
       } finally {
         this.loading.delete(idx);
       }
+      // Adopt what was loaded unless the chunk changed meanwhile (a newer dirty copy, or a truncate).
+      if (gen === this.truncations && !this.dirty.has(idx) && !this.flushing.has(idx)) this.adopt(idx, b);
+      else this.cx.buffers.give(b);
     }
   }
 
+  /** the committed bytes of chunk idx in a chunk buffer, zeros past them */
   private async load(idx: number): Promise<Buffer> {
     const data = await this.storedChunk(idx);
     const b = this.cx.buffers.take(false);
     const n = data ? Math.min(data.length, b.length) : 0;
     if (n) Buffer.from(data!.buffer, data!.byteOffset, n).copy(b, 0, 0, n);
     b.fill(0, n);
-    this.adopt(idx, b);
     return b;
   }
 
@@ -275,7 +302,6 @@ export class FileData {
    * truncate put its own inode changes in the same commit.
    */
   private async commitDirty(extra: { truncFrom?: number; force?: boolean }): Promise<void> {
-    if (this.unlinked) return;
     if (!this.hasChanges && !extra.force) return;
     const cs = this.cx.chunkSize;
     const batch: { idx: number; buf: Buffer; length: number; blobId: string }[] = [];
@@ -341,11 +367,30 @@ export class FileData {
     for (const c of batch) this.drop(this.flushing, c.idx);
   }
 
-  /** Changes the size. Shrinking zeroes the tail of the boundary chunk and deletes the chunks past it. */
-  truncate(newSize: number, stamp: Timespec): Promise<void> {
+  /**
+   * Changes the size. Shrinking zeroes the tail of the boundary chunk and deletes the chunks past it.
+   * New writes wait while a truncate runs, and the truncate waits for writes already in progress, so the
+   * result is always that of one order or the other.
+   */
+  async truncate(newSize: number, stamp: Timespec): Promise<void> {
+    while (this.truncating) await this.truncating;
+    let open!: () => void;
+    this.truncating = new Promise<void>((r) => { open = r; });
+    try {
+      if (this.activeWrites > 0) await new Promise<void>((r) => { this.writesDrained = r; });
+      this.writesDrained = undefined;
+      await this.truncateNow(newSize, stamp);
+    } finally {
+      this.truncating = undefined;
+      open();
+    }
+  }
+
+  private truncateNow(newSize: number, stamp: Timespec): Promise<void> {
     return this.serial(async () => {
       const cs = this.cx.chunkSize;
       if (newSize < this.size) {
+        this.truncations++;
         const keep = Math.ceil(newSize / cs);
         for (const idx of [...this.dirty.keys()]) if (idx >= keep) this.drop(this.dirty, idx);
         for (const idx of [...this.entries.keys()]) if (idx >= keep) this.entries.delete(idx);

@@ -44,6 +44,8 @@ const NAME_MAX = 255;
 const XATTR_NAME_MAX = 255;
 const XATTR_SIZE_MAX = 65536;
 const DIR_SIZE = 4096;
+/** a mount's session record lives this long without a heartbeat */
+const SESSION_TTL_MS = 30_000;
 
 export interface FsOptions {
   /** bytes of blobs kept in memory (default 64 MiB) */
@@ -83,10 +85,15 @@ export class Filesystem {
   private readonly files = new Map<Ino, FileData>();
   private readonly opening = new Map<Ino, Promise<FileData>>();
   private readonly handles = new Map<Fh, Handle>();
+  /** lookup counts of the kernel (native driver): inodes it may still name in a request */
+  private readonly kernelRefs = new Map<Ino, number>();
+  /** inodes of this mount with no links left, kept while in use */
+  private readonly orphans = new Set<Ino>();
   private nextFh = 1;
   private inoNext = 0;
   private inoEnd = -1;
   private inoAlloc: Promise<void> | undefined;
+  private beat: NodeJS.Timeout | undefined;
   private blobSeq = 0;
   private readonly cx: DataContext;
   readonly janitor: Janitor;
@@ -108,10 +115,16 @@ export class Filesystem {
     };
   }
 
-  /** Opens the volume in a store (NOVOLUME / VERSION errors when it cannot) and finishes leftover clean-up. */
+  /**
+   * Opens the volume in a store (NOVOLUME / VERSION errors when it cannot), registers this mount's session
+   * with a heartbeat, and removes orphans that mounts which ended without cleaning up left behind.
+   */
   static async open(store: KvStore, opts: FsOptions = {}): Promise<Filesystem> {
     const vol = await readVolume(store);
     const fs = new Filesystem(store, vol, opts);
+    await fs.heartbeat();
+    fs.beat = setInterval(() => void fs.heartbeat().catch(() => undefined), SESSION_TTL_MS / 3);
+    fs.beat.unref?.();
     await fs.reapOrphans();
     fs.janitor.kick();
     return fs;
@@ -119,9 +132,16 @@ export class Filesystem {
 
   /** Commits every open file and stops background work. The store stays open (the caller owns it). */
   async close(): Promise<void> {
+    clearInterval(this.beat);
     await Promise.all([...this.files.values()].map((f) => f.flush().catch(() => undefined)));
     await this.janitor.run().catch(() => undefined);
     await this.janitor.close();
+    // Orphans still in use here go with the session: the next mount reaps them.
+    await this.store.del([K.session(this.session)]).catch(() => undefined);
+  }
+
+  private async heartbeat(): Promise<void> {
+    await this.store.put(K.session(this.session), Buffer.from(String(Date.now() + SESSION_TTL_MS)));
   }
 
   stats(): FsStats {
@@ -190,13 +210,24 @@ export class Filesystem {
     return a;
   }
 
-  /** Removes an inode whose last link went away: now, or at last release when it is open here. */
+  /** true while this mount must keep an inode: open here, or known to the kernel (lookup count > 0) */
+  private inUse(ino: Ino): boolean {
+    return (this.files.get(ino)?.refs ?? 0) > 0 || (this.kernelRefs.get(ino) ?? 0) > 0;
+  }
+
+  /**
+   * Removes an inode whose last link went away: now, or, while it is in use here (open, or still known to
+   * the kernel, which may yet open it through a dentry it holds), when the last use ends (`reapOrphan`).
+   */
   private dropInode(tx: Txn, n: Inode): void {
-    const open = this.files.get(n.ino);
-    if (open && open.refs > 0) {
+    if (this.inUse(n.ino)) {
       tx.set(K.orphan(n.ino), Buffer.from(this.session));
       this.put(tx, n);
-      tx.after.push(() => { open.unlinked = true; open.discard(); });
+      tx.after.push(() => {
+        this.orphans.add(n.ino);
+        const open = this.files.get(n.ino);
+        if (open) open.unlinked = true;
+      });
     } else {
       tx.del(K.inode(n.ino));
       tx.set(K.purge(n.ino), Buffer.alloc(0));
@@ -204,21 +235,28 @@ export class Filesystem {
     }
   }
 
-  /** Orphans left by a mount that ended without its last release: removed now. */
+  /** Orphans whose mount is gone (no live session) are removed; those of live mounts are left alone. */
   private async reapOrphans(): Promise<void> {
+    let after: string | undefined;
     for (;;) {
-      const page = await this.store.scan(K.orphanPrefix, { limit: 256 });
-      if (!page.length) return;
-      for (const [key] of page) {
+      const page = await this.store.scan(K.orphanPrefix, { after, limit: 256 });
+      for (const [key, owner] of page) {
+        const sid = Buffer.from(owner).toString();
+        const beat = await this.store.get(K.session(sid));
+        if (sid === this.session || (beat && Number(Buffer.from(beat).toString()) > Date.now())) continue;
         const ino = Number(memberOf(key, K.orphanPrefix));
         await transact(this.store, async (tx) => {
           tx.del(key);
-          if (await tx.get(K.inode(ino))) {
+          const raw = await tx.get(K.inode(ino));
+          if (raw && decodeInode(ino, raw).nlink === 0) {
             tx.del(K.inode(ino));
             tx.set(K.purge(ino), Buffer.alloc(0));
           }
         });
+        if (beat) await this.store.del([K.session(sid)]);
       }
+      if (page.length < 256) return;
+      after = page[page.length - 1][0];
     }
   }
 
@@ -250,27 +288,52 @@ export class Filesystem {
     }
   }
 
-  /** drops one reference; the last one commits (or removes an unlinked file) */
+  /** drops one reference; the last one commits (or, for a file unlinked meanwhile, lets it go) */
   private async unref(f: FileData): Promise<void> {
-    if (f.refs === 1) {
-      if (!f.unlinked) await f.flush();
-    }
+    if (f.refs === 1 && !f.unlinked) await f.flush();
     f.refs--;
     if (f.refs > 0) return;
     this.files.delete(f.ino);
     if (f.unlinked) {
       f.discard();
-      await transact(this.store, async (tx) => {
-        tx.del(K.orphan(f.ino));
-        if (await tx.get(K.inode(f.ino))) {
-          const n = await this.inode(tx, f.ino);
-          if (n.nlink > 0) return; // linked again meanwhile (cannot happen through POSIX, kept for safety)
-          tx.del(K.inode(f.ino));
-          tx.set(K.purge(f.ino), Buffer.alloc(0));
-        }
-        tx.after.push(() => this.janitor.kick());
-      });
+      await this.reapOrphan(f.ino);
     }
+  }
+
+  /** removes an orphan of this mount once nothing uses it any more */
+  private async reapOrphan(ino: Ino): Promise<void> {
+    if (!this.orphans.has(ino) || this.inUse(ino)) return;
+    this.orphans.delete(ino);
+    await transact(this.store, async (tx) => {
+      tx.del(K.orphan(ino));
+      const raw = await tx.get(K.inode(ino));
+      if (raw && decodeInode(ino, raw).nlink === 0) {
+        tx.del(K.inode(ino));
+        tx.set(K.purge(ino), Buffer.alloc(0));
+      }
+      tx.after.push(() => this.janitor.kick());
+    });
+  }
+
+  /** the kernel learned of an inode (an entry reply): it may use it until it forgets it */
+  remember(ino: Ino): void {
+    this.kernelRefs.set(ino, (this.kernelRefs.get(ino) ?? 0) + 1);
+  }
+
+  /** the kernel forgot n lookups of an inode; at zero this mount drops it (and removes it, when unlinked) */
+  forget(ino: Ino, n: number): void {
+    const left = (this.kernelRefs.get(ino) ?? 0) - n;
+    if (left > 0) {
+      this.kernelRefs.set(ino, left);
+      return;
+    }
+    this.kernelRefs.delete(ino);
+    this.reapOrphan(ino).catch((e) => console.error(`kvfs: removing unlinked inode ${ino} failed (it is retried at the next mount):`, e));
+  }
+
+  /** inodes the kernel currently holds */
+  get kernelInodes(): number {
+    return this.kernelRefs.size;
   }
 
   private handle(fh: Fh): Handle {
@@ -314,6 +377,7 @@ export class Filesystem {
   private async makeNode(parent: Ino, name: string, mode: number, ctx: Ctx,
     extra: { rdev?: number; target?: string } = {}): Promise<Attr> {
     checkName(name);
+    if (name === '.' || name === '..') throw fsErr('EEXIST');
     const ino = await this.allocIno();
     const n = await this.locks.with([parent], () => transact(this.store, async (tx) => {
       const dir = await this.dirInode(tx, parent);
@@ -343,17 +407,17 @@ export class Filesystem {
     return this.view(n);
   }
 
-  mknod(parent: Ino, name: string, mode: number, rdev: number, ctx: Ctx): Promise<Attr> {
+  async mknod(parent: Ino, name: string, mode: number, rdev: number, ctx: Ctx): Promise<Attr> {
     if ((mode & S_IFMT) === 0) mode |= S_IFREG;
     if (isDir(mode) || (mode & S_IFMT) === S_IFLNK) throw fsErr('EINVAL');
     return this.makeNode(parent, name, mode, ctx, { rdev });
   }
 
-  mkdir(parent: Ino, name: string, mode: number, ctx: Ctx): Promise<Attr> {
+  async mkdir(parent: Ino, name: string, mode: number, ctx: Ctx): Promise<Attr> {
     return this.makeNode(parent, name, S_IFDIR | (mode & 0o7777), ctx);
   }
 
-  symlink(parent: Ino, name: string, target: string, ctx: Ctx): Promise<Attr> {
+  async symlink(parent: Ino, name: string, target: string, ctx: Ctx): Promise<Attr> {
     if (target.length === 0) throw fsErr('ENOENT');
     if (Buffer.byteLength(target) > 4095) throw fsErr('ENAMETOOLONG');
     return this.makeNode(parent, name, S_IFLNK | 0o777, ctx, { target });
@@ -367,6 +431,7 @@ export class Filesystem {
 
   async link(ino: Ino, newParent: Ino, newName: string): Promise<Attr> {
     checkName(newName);
+    if (newName === '.' || newName === '..') throw fsErr('EEXIST');
     const n = await this.locks.with([newParent, ino], () => transact(this.store, async (tx) => {
       const node = await this.inode(tx, ino);
       if (isDir(node.mode)) throw fsErr('EPERM', 'hard links to directories are not allowed');
@@ -388,6 +453,7 @@ export class Filesystem {
 
   async unlink(parent: Ino, name: string): Promise<void> {
     checkName(name);
+    if (name === '.' || name === '..') throw fsErr('EISDIR');
     await this.locks.with([parent], () => transact(this.store, async (tx) => {
       const dir = await this.dirInode(tx, parent);
       const e = await this.entry(tx, parent, name);
@@ -440,6 +506,7 @@ export class Filesystem {
   async rename(parent: Ino, name: string, newParent: Ino, newName: string, flags = 0): Promise<void> {
     checkName(name);
     checkName(newName);
+    if ([name, newName].some((n) => n === '.' || n === '..')) throw fsErr('EINVAL');
     if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) || (flags & RENAME_NOREPLACE && flags & RENAME_EXCHANGE)) {
       throw fsErr('EINVAL', 'bad rename flags');
     }
@@ -739,7 +806,5 @@ export class Filesystem {
     if ((mask & bits) !== mask) throw fsErr('EACCES');
   }
 
-  /** the kernel forgot an inode (no inode cache yet: nothing to drop) */
-  forget(_ino: Ino, _n: number): void { /* nothing cached per inode beyond open files */ }
 }
 

@@ -13,7 +13,8 @@
  *   b/<blob id>            file data: one chunk's bytes, immutable (written once, then only deleted)
  *   g/<blob id>            GC queue: a blob no chunk map references any more; value: its length  collection g/
  *   p/<ino>                purge queue: an inode already removed whose chunks and xattrs remain  collection p/
- *   o/<ino>                orphan: nlink 0 but open on a mount; value: the mount's session id  collection o/
+ *   o/<ino>                orphan: nlink 0 but in use on a mount; value: the mount's session id collection o/
+ *   s/<session>            a live mount: value: the time (ms) its heartbeat expires          collection s/
  *
  * Invariants:
  *  - every metadata change is one `commit` (src/fs/txn.ts); blobs are `put` before a commit references them.
@@ -48,6 +49,8 @@ export const K = {
   purge: (ino: Ino) => `p/${ino}`,
   orphanPrefix: 'o/',
   orphan: (ino: Ino) => `o/${ino}`,
+  sessionPrefix: 's/',
+  session: (id: string) => `s/${id}`,
 } as const;
 
 /** the chunk index encoded in a chunk key */
@@ -154,14 +157,21 @@ export function encodeChunk(length: number, blobId: string): Uint8Array {
 export function decodeChunk(raw: Uint8Array): { length: number; blobId: string } {
   const s = Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength).toString('latin1');
   const i = s.indexOf(':');
-  if (i < 1) throw new StoreError('CORRUPT', 'a chunk map entry cannot be decoded');
-  return { length: Number(s.slice(0, i)), blobId: s.slice(i + 1) };
+  const length = Number(s.slice(0, i));
+  if (i < 1 || !Number.isSafeInteger(length) || length < 0 || i === s.length - 1) {
+    throw new StoreError('CORRUPT', 'a chunk map entry cannot be decoded');
+  }
+  return { length, blobId: s.slice(i + 1) };
 }
 
+let lastNs = 0n;
+
+/** the wall clock with nanoseconds from the monotonic clock; never goes backwards within a process */
 export function nowTs(): Timespec {
-  const ms = Date.now();
-  const ns = process.hrtime.bigint() % 1000000n;
-  return { sec: Math.floor(ms / 1000), nsec: (ms % 1000) * 1e6 + Number(ns) };
+  let ns = BigInt(Date.now()) * 1_000_000n + (process.hrtime.bigint() % 1_000_000n);
+  if (ns <= lastNs) ns = lastNs + 1n;
+  lastNs = ns;
+  return { sec: Number(ns / 1_000_000_000n), nsec: Number(ns % 1_000_000_000n) };
 }
 
 export function toAttr(n: Inode): Attr {

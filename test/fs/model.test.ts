@@ -17,9 +17,9 @@
  * nothing); its choices where POSIX leaves room follow the core's (the order of error checks: name checks,
  * then the parent directory, then the entry; each such judgement is noted where the model makes it).
  *
- * The whole tree is compared by walking both sides at the end and after each remount (close the Filesystem,
- * open the same store again, LMDB closed and reopened too); after a remount the store itself is checked:
- * inodes, entries, chunk maps, blobs, queues and counters hold exactly what the model says, nothing leaked.
+ * The whole tree is compared by walking both sides every 1,000 steps and around each remount (close the
+ * Filesystem, open the same store again; LMDB is closed and reopened too). After a remount the store itself is
+ * checked: inodes, entries, chunk maps, blobs, queues and counters hold exactly what the model says.
  *
  *   KVFS_MODEL_SEED=1234      replay one seed (printed by every run)
  *   KVFS_MODEL_OPS=50000      operations of the memory run (default 10,000; the LMDB run does 30%)
@@ -995,10 +995,19 @@ class Runner {
     const size = this.m.nodes.get(h.ino)!.data.length;
     const off = this.r.chance(0.1) ? this.r.int(size + 1) : this.offset(size);
     const len = this.r.chance(0.2) ? size + CHUNK : this.length();
-    this.note(`read(${fh} ino ${h.ino}, off ${off}, len ${len}) size ${size}`);
-    const got = await real(() => this.fs.read(fh, off, len));
-    const want = modeled(() => Buffer.from(this.m.read(fh, off, len)));
-    this.expect('read', want, got, (w, g) => (w.equals(g) ? [] : [`data ${firstDiff(g, w)}`]));
+    // now and then into the caller's buffer (garbage-filled; sometimes too short: EINVAL)
+    const into = this.r.chance(0.2) ? Buffer.alloc(Math.max(0, len + this.r.range(-2, 100) * (this.r.chance(0.9) ? 1 : -1)), 0xee) : undefined;
+    this.note(`read(${fh} ino ${h.ino}, off ${off}, len ${len}${into ? `, into ${into.length} bytes` : ''}) size ${size}`);
+    const got = await real(() => this.fs.read(fh, off, len, into));
+    const want = modeled(() => {
+      const b = Buffer.from(this.m.read(fh, off, len));
+      return into && into.length < len ? err('EINVAL') : b;
+    });
+    this.expect(into ? 'read into' : 'read', want, got, (w, g) => {
+      if (!w.equals(g)) return [`data ${firstDiff(g, w)}`];
+      if (into && g.length && (g.buffer !== into.buffer || g.byteOffset !== into.byteOffset)) return ['the data is not in the given buffer'];
+      return [];
+    });
   }
 
   async truncate(): Promise<void> {
@@ -1443,6 +1452,7 @@ class Runner {
       this.counts[label] = (this.counts[label] ?? 0) + 1;
       await fn();
       if (remountAt.has(this.opIndex)) await this.remount();
+      else if (this.opIndex % 1000 === 999) await this.compareTree('during the run');
     }
     await this.remount();
     await this.fs.close();

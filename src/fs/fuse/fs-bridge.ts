@@ -1,8 +1,8 @@
 /**
  * The bridge from FUSE requests to the filesystem core: one short handler per opcode (decode, await the
- * core, return the reply). It also keeps the kernel's lookup counts: every entry handed to the kernel counts
- * one lookup of its inode, FORGET and BATCH_FORGET take them back, and an inode the kernel has forgotten is
- * dropped from the count table (the core keeps no other per-inode memory but open files).
+ * core, return the reply). It also reports the kernel's lookup counts to the core: every entry handed to
+ * the kernel counts one lookup of its inode (fs.remember), FORGET and BATCH_FORGET take them back
+ * (fs.forget); the core keeps an unlinked inode until the kernel has forgotten it.
  */
 import type { BufferPool } from '../../bufferpool/buffer-pool.js';
 import { fsErr } from '../errors.js';
@@ -33,24 +33,9 @@ const SEEK_DATA = 3;
 const SEEK_HOLE = 4;
 const FALLOC_FL_KEEP_SIZE = 1;
 
-export class LookupCounts {
-  private readonly counts = new Map<number, number>();
-  add(ino: number, n = 1): void {
-    this.counts.set(ino, (this.counts.get(ino) ?? 0) + n);
-  }
-  forget(ino: number, n: number): void {
-    const left = (this.counts.get(ino) ?? 0) - n;
-    if (left > 0) this.counts.set(ino, left);
-    else this.counts.delete(ino);
-  }
-  get size(): number {
-    return this.counts.size;
-  }
-}
-
-export function fsBridge(fs: Filesystem, pool: BufferPool, lookups: LookupCounts, opts: BridgeOptions): OpTable {
+export function fsBridge(fs: Filesystem, pool: BufferPool, opts: BridgeOptions): OpTable {
   const entry = (attr: Attr): Reply => {
-    lookups.add(attr.ino);
+    fs.remember(attr.ino);
     return { t: 'entry', attr };
   };
   const wanted = INIT_FLAGS.FUSE_ASYNC_READ | INIT_FLAGS.FUSE_ATOMIC_O_TRUNC | INIT_FLAGS.FUSE_BIG_WRITES |
@@ -68,11 +53,11 @@ export function fsBridge(fs: Filesystem, pool: BufferPool, lookups: LookupCounts
     },
     DESTROY: () => ({ t: 'empty' }),
     FORGET: (req) => {
-      lookups.forget(req.header.nodeid, req.nlookup);
+      fs.forget(req.header.nodeid, req.nlookup);
       return { t: 'none' };
     },
     BATCH_FORGET: (req) => {
-      for (const it of req.items) lookups.forget(it.nodeid, it.nlookup);
+      for (const it of req.items) fs.forget(it.nodeid, it.nlookup);
       return { t: 'none' };
     },
     LOOKUP: async (req) => entry(await fs.lookup(req.header.nodeid, req.name)),
@@ -115,7 +100,7 @@ export function fsBridge(fs: Filesystem, pool: BufferPool, lookups: LookupCounts
     OPEN: async (req) => ({ t: 'open', fh: await fs.open(req.header.nodeid, req.flags), flags: openFlags }),
     CREATE: async (req) => {
       const { attr, fh } = await fs.create(req.header.nodeid, req.name, req.mode, req.flags, ctxOf(req.header));
-      lookups.add(attr.ino);
+      fs.remember(attr.ino);
       return { t: 'create', attr, fh, flags: openFlags };
     },
     READ: async (req, cx) => {
@@ -181,7 +166,7 @@ export function fsBridge(fs: Filesystem, pool: BufferPool, lookups: LookupCounts
         // "." and ".." carry no entry (nodeid 0): the kernel does not count them as lookups.
         const out = dot || !e.attr ? { ...opts.entryOut(e.attr ?? fakeAttr(e.ino, e.type)), nodeid: 0 } : opts.entryOut(e.attr);
         if (!p.add({ ino: e.ino, off: e.next, type: e.type, name: e.name }, out)) break;
-        if (!dot && e.attr) lookups.add(e.ino);
+        if (!dot && e.attr) fs.remember(e.ino);
       }
       return { t: 'bytes', data: p.bytes() };
     },

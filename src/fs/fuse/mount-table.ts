@@ -52,10 +52,10 @@ function run(cmd: string, args: string[]): Promise<{ ok: boolean; err: string }>
 }
 
 /**
- * Unmounts a FUSE mount: a clean unmount first (fusermount3 -u / umount), then, for a dead or busy mount, a
- * lazy one. Resolves when the path is no longer a mount point; rejects with the tools' own words otherwise.
+ * Unmounts a FUSE mount: a clean unmount (umount / fusermount3 -u); a dead mount (or `lazy`) is detached
+ * lazily. `fromDaemon`: called by the daemon that serves the mount, which must not probe it. Resolves when the path is no longer a mount point; rejects with the tools' own words otherwise.
  */
-export async function unmount(path: string, opts: { lazy?: boolean } = {}): Promise<void> {
+export async function unmount(path: string, opts: { lazy?: boolean; fromDaemon?: boolean } = {}): Promise<void> {
   const p = resolve(path);
   if (!mountAt(p)) throw new Error(`${p} is not mounted`);
   const root = process.getuid?.() === 0;
@@ -63,7 +63,9 @@ export async function unmount(path: string, opts: { lazy?: boolean } = {}): Prom
     ? [['umount', [p]], ['fusermount3', ['-u', p]]]
     : [['fusermount3', ['-u', p]], ['fusermount', ['-u', p]]];
   // A dead mount (daemon gone) or an explicit lazy request is detached lazily; a busy live mount is refused.
-  if (opts.lazy || isDeadMount(p)) attempts.unshift(root ? ['umount', ['-l', p]] : ['fusermount3', ['-uz', p]]);
+  // The daemon serving the mount must never touch it synchronously: a stat would wait for an answer that
+  // only its own (blocked) event loop can give. It is alive, so the mount is not dead.
+  if (opts.lazy || (!opts.fromDaemon && isDeadMount(p))) attempts.unshift(root ? ['umount', ['-l', p]] : ['fusermount3', ['-uz', p]]);
   const errors: string[] = [];
   for (const [cmd, args] of attempts) {
     const r = await run(cmd, args);

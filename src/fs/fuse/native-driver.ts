@@ -9,7 +9,7 @@ import { readFileSync } from 'node:fs';
 import { BufferPool, defaultClasses } from '../../bufferpool/buffer-pool.js';
 import { check, native } from '../../native.js';
 import type { Filesystem } from '../filesystem.js';
-import { fsBridge, LookupCounts } from './fs-bridge.js';
+import { fsBridge } from './fs-bridge.js';
 import { unmount } from './mount-table.js';
 import { NativeChannel } from './native-channel.js';
 import { Session } from './session.js';
@@ -88,10 +88,9 @@ export async function mountNative(fs: Filesystem, mnt: string, opts: NativeMount
   const init = new Promise<void>((res, rej) => { initDone = res; initFailed = rej; });
   let closedResolve!: () => void;
   const closed = new Promise<void>((res) => { closedResolve = res; });
-  const lookups = new LookupCounts();
   const parseOptions: { setxattrExt?: boolean } = {};
   let session!: Session;
-  const ops = fsBridge(fs, pool, lookups, {
+  const ops = fsBridge(fs, pool, {
     writebackCache: opts.writebackCache, keepCache: true, parseOptions, maxWrite: plan.maxWrite,
     entryOut: (a) => session.entryOut(a),
     onInit: () => initDone(),
@@ -109,7 +108,7 @@ export async function mountNative(fs: Filesystem, mnt: string, opts: NativeMount
   try {
     channel.start();
   } catch (e) {
-    await unmount(mnt, { lazy: true }).catch(() => undefined);
+    await unmount(mnt, { lazy: true, fromDaemon: true }).catch(() => undefined);
     throw e;
   }
   await init;
@@ -117,9 +116,9 @@ export async function mountNative(fs: Filesystem, mnt: string, opts: NativeMount
     closed,
     pool,
     unmount: async () => {
-      await unmount(mnt);
+      await unmount(mnt, { fromDaemon: true });
       await closed;
     },
-    stats: () => ({ channel: channel.stats(), session: session.stats(), pool: pool.stats(), lookups: lookups.size }),
+    stats: () => ({ channel: channel.stats(), session: session.stats(), pool: pool.stats(), kernelInodes: fs.kernelInodes, fs: fs.stats() }),
   };
 }

@@ -1,0 +1,475 @@
+/**
+ * The memory-burst bench: bursts of requests against one kvfs-native mount, with the daemon's memory and its
+ * buffer pool sampled every 100 ms, and a check that the daemon's peak memory stays within what it was given.
+ *
+ *   npm run bench:burst -- [--pool-mb 64] [--cache-mb 64] [--write-buffer-mb 64] [--files 100000] [--quick] ...
+ *
+ * Phases, one after the other on one mount (`kvfs mount memory: MNT --buffer-pool-mb P --cache-mb C
+ * --write-buffer-mb W`):
+ *   a1  create FILES empty files in DIRS directories (burst-helper.c, 4 processes)
+ *   a2  stat every one of them (LOOKUP and GETATTR)
+ *   a3  drop the kernel's caches (echo 3 > /proc/sys/vm/drop_caches): a FORGET storm; ends when the daemon's
+ *       lookup table stops shrinking
+ *   b   64 processes stat() random files for some seconds, the caches dropped again every 2 s
+ *   c   16 writers (fio, psync, O_DIRECT) each write 64 MiB in 1 MiB blocks, each to its own file
+ * Every 100 ms: the daemon's VmRSS and VmHWM (/proc/PID/status) and its stats (KVFS_STATS_FILE, written by
+ * the daemon every 100 ms: channel, session, pool, lookups). VmHWM is reset at the start of each phase
+ * (/proc/PID/clear_refs), so each phase's peak is exact, whatever the sampling missed.
+ *
+ * The check, printed PASS or FAIL with its numbers:
+ *   peak RSS <= fixed overhead + pool capacity + --cache-mb + --write-buffer-mb + store content
+ * - fixed overhead: the daemon's idle RSS right after the mount, less the pool's arena (which the pool
+ *   touches when it is made, so it is already in that RSS).
+ * - store content: a `memory:` store keeps the volume in the daemon. File data: the bytes the volume holds
+ *   (statfs on the mount, at the end). Metadata: the growth of the idle RSS over phase a (FILES files
+ *   created, looked up and forgotten again), an upper bound: it includes anything else the daemon kept.
+ * A request failed when any tool exits non-zero or reports an error, a phase times out (a hang), the daemon
+ * dies, the mount stops answering, the session counts parse errors or reply failures, or the daemon's log has
+ * anything beyond the ordinary lines. Any of these makes the exit status 1.
+ *
+ * Saved to bench/out/BURST-<date>.md, the samples to burst-<date>.csv, the daemon's log to logs-<date>/.
+ */
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, statfsSync, statSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import {
+  atExit, fmt, forceUnmount, howEnded, isAlive, isMounted, kvfsMount, kvfsUnmount, loadAvg, MIB, mib,
+  procMemory, removeWork, repoRoot, resetPeak, run, say, sleep, stamp, stopDaemon, unexpectedLogLines,
+  type KvfsMount, type RunResult,
+} from './common.js';
+
+// ---------------------------------------------------------------------------------------------------------
+// the daemon's stats (the shape of NativeMount.stats(), as far as this bench reads it)
+
+interface ClassStats { size: number; count: number; inUse: number; free: number; highWater: number }
+interface DaemonStats {
+  channel: { requests: number; inlineRequests: number; poolWaits: number; wakes: number; maxQueue: number; stocked: number };
+  session: { requests: number; inFlight: number; errors: number; parseErrors: number; replyFailures: number };
+  pool: {
+    capacityBytes: number; inUseBytes: number; highWaterBytes: number; waiters: number; totalWaits: number;
+    totalWaitMs: number; classes: ClassStats[];
+  };
+  lookups: number;
+}
+
+interface Sample {
+  t: number;
+  phase: string;
+  rss: number;
+  hwm: number;
+  stats?: DaemonStats;
+  /** ms since the daemon last wrote its stats file */
+  statsAge: number;
+}
+
+/** Samples the daemon every `everyMs`: memory from /proc, stats from the file the daemon keeps writing. */
+class Sampler {
+  readonly samples: Sample[] = [];
+  phase = 'mount';
+  maxGapMs = 0;
+  maxStatsAgeMs = 0;
+  private timer?: NodeJS.Timeout;
+  private last = 0;
+  lastStats?: DaemonStats;
+
+  constructor(private readonly pid: number, private readonly statsFile: string, private readonly t0: number) {}
+
+  start(everyMs: number): void {
+    this.timer = setInterval(() => this.sample(), everyMs);
+    this.sample();
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+  }
+
+  sample(): Sample | undefined {
+    const now = Date.now();
+    if (this.last) this.maxGapMs = Math.max(this.maxGapMs, now - this.last);
+    this.last = now;
+    const mem = procMemory(this.pid);
+    if (!mem) return undefined;
+    let stats: DaemonStats | undefined;
+    let statsAge = NaN;
+    try {
+      statsAge = now - statSync(this.statsFile).mtimeMs;
+      stats = JSON.parse(readFileSync(this.statsFile, 'utf8')) as DaemonStats;
+      this.lastStats = stats;
+    } catch {
+      // not written yet, or the daemon is gone
+    }
+    if (statsAge > this.maxStatsAgeMs) this.maxStatsAgeMs = statsAge;
+    const s: Sample = { t: now - this.t0, phase: this.phase, rss: mem.rss, hwm: mem.hwm, stats, statsAge };
+    this.samples.push(s);
+    return s;
+  }
+
+  of(phase: string): Sample[] {
+    return this.samples.filter((s) => s.phase === phase);
+  }
+
+  /** fresh stats (waits for the daemon's next write, up to 1 s) */
+  async fresh(): Promise<DaemonStats | undefined> {
+    const before = Date.now();
+    for (let i = 0; i < 20; i++) {
+      try {
+        if (statSync(this.statsFile).mtimeMs >= before) break;
+      } catch {
+        // not yet
+      }
+      await sleep(50);
+    }
+    return this.sample()?.stats ?? this.lastStats;
+  }
+
+  csv(): string {
+    const head = 't_ms,phase,rss_bytes,hwm_bytes,pool_in_use_bytes,pool_waiters,pool_total_waits,lookups,in_flight,requests,stats_age_ms';
+    return [head, ...this.samples.map((s) => [
+      s.t, s.phase, s.rss, s.hwm, s.stats?.pool.inUseBytes ?? '', s.stats?.pool.waiters ?? '',
+      s.stats?.pool.totalWaits ?? '', s.stats?.lookups ?? '', s.stats?.session.inFlight ?? '',
+      s.stats?.session.requests ?? '', Number.isNaN(s.statsAge) ? '' : Math.round(s.statsAge),
+    ].join(','))].join('\n') + '\n';
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+
+interface PhaseResult {
+  id: string;
+  what: string;
+  seconds: number;
+  /** what the tool said, or the outcome */
+  outcome: string;
+  ok: boolean;
+  /** VmHWM at the end of the phase (reset at its start) */
+  peakRss: number;
+  idleBefore: number;
+  poolInUsePeak: number;
+  waits: number;
+  errorReplies: number;
+  requests: number;
+  lookupsEnd: number;
+}
+
+const USAGE = `usage: npm run bench:burst -- [options]
+  --pool-mb N          kvfs mount --buffer-pool-mb (default 64)
+  --cache-mb N         kvfs mount --cache-mb (default 64)
+  --write-buffer-mb N  kvfs mount --write-buffer-mb (default 64)
+  --store URL          the store (default memory:, which the check assumes: it counts the store's content)
+  --files N            files to create in phase a (default 100000; 10000 with --quick)
+  --dirs N             directories they are spread over (default 10)
+  --stat-procs N       phase b's concurrent stat loops (default 64)
+  --stat-seconds S     phase b's length (default 10; 3 with --quick)
+  --drop-every S       phase b drops the caches every S seconds (default 2; 0: never)
+  --writers N          phase c's concurrent writers (default 16)
+  --writer-mib N       MiB each writer writes in 1 MiB O_DIRECT blocks (default 64; 16 with --quick)
+  --quick              a smoke run`;
+
+async function main(): Promise<number> {
+  const { values } = parseArgs({
+    options: {
+      'pool-mb': { type: 'string', default: '64' },
+      'cache-mb': { type: 'string', default: '64' },
+      'write-buffer-mb': { type: 'string', default: '64' },
+      store: { type: 'string', default: 'memory:' },
+      files: { type: 'string' },
+      dirs: { type: 'string', default: '10' },
+      'stat-procs': { type: 'string', default: '64' },
+      'stat-seconds': { type: 'string' },
+      'drop-every': { type: 'string', default: '2' },
+      writers: { type: 'string', default: '16' },
+      'writer-mib': { type: 'string' },
+      quick: { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+  });
+  if (values.help) {
+    console.log(USAGE);
+    return 0;
+  }
+  const num = (name: string, v: string | undefined, dflt: number): number => {
+    const n = v === undefined ? dflt : Number(v);
+    if (!(Number.isFinite(n) && n >= 0)) throw new Error(`bad --${name} '${v}'`);
+    return n;
+  };
+  const quick = values.quick;
+  const poolMb = num('pool-mb', values['pool-mb'], 64);
+  const cacheMb = num('cache-mb', values['cache-mb'], 64);
+  const wbMb = num('write-buffer-mb', values['write-buffer-mb'], 64);
+  const files = num('files', values.files, quick ? 10_000 : 100_000);
+  const dirs = Math.max(1, Math.min(100, num('dirs', values.dirs, 10)));
+  const perDir = Math.ceil(files / dirs);
+  const nfiles = perDir * dirs;
+  const statProcs = num('stat-procs', values['stat-procs'], 64);
+  const statSeconds = num('stat-seconds', values['stat-seconds'], quick ? 3 : 10);
+  const dropEvery = num('drop-every', values['drop-every'], 2);
+  const writers = num('writers', values.writers, 16);
+  const writerMib = num('writer-mib', values['writer-mib'], quick ? 16 : 64);
+  const store = values.store;
+  const root = process.getuid?.() === 0;
+  if (!root) say('not root: the caches cannot be dropped, so there will be no FORGET storm (phase a3, and none in b)');
+
+  const started = new Date();
+  const outDir = path.join(repoRoot, 'bench/out');
+  const logDir = path.join(outDir, `logs-${stamp(started)}`);
+  mkdirSync(logDir, { recursive: true });
+  const work = mkdtempSync(path.join(os.tmpdir(), 'kvfs-burst-'));
+  atExit(() => removeWork(work));
+  const load0 = loadAvg();
+  if (load0 >= 1.5) say(`the load average is ${load0}: the machine is busy`);
+
+  // tools
+  const helper = path.join(work, 'burst-helper');
+  const cc = spawnSync('cc', ['-O2', '-Wall', '-o', helper, path.join(repoRoot, 'bench/burst-helper.c')], { stdio: 'inherit' });
+  if (cc.status !== 0) throw new Error('building bench/burst-helper.c failed (cc -O2)');
+  if (spawnSync('fio', ['--version'], { stdio: 'ignore' }).status !== 0) throw new Error('fio is not installed');
+
+  const mnt = path.join(work, 'mnt');
+  mkdirSync(mnt);
+  const statsFile = path.join(work, 'stats.json');
+  const mountArgs = ['--driver', 'native', '--buffer-pool-mb', String(poolMb), '--cache-mb', String(cacheMb), '--write-buffer-mb', String(wbMb)];
+  say(`mounting ${store} at ${mnt}: ${mountArgs.join(' ')}`);
+  const m: KvfsMount = await kvfsMount(store, mnt, mountArgs, { KVFS_DATA_DIR: logDir, KVFS_STATS_FILE: statsFile });
+  const unregister = atExit(() => {
+    forceUnmount(mnt);
+    stopDaemon(m.pid);
+  });
+  const sampler = new Sampler(m.pid, statsFile, Date.now());
+  sampler.start(100);
+
+  const problems: string[] = [];
+  const phases: PhaseResult[] = [];
+  let stopping = false;
+  const onSignal = (sig: NodeJS.Signals): void => {
+    if (stopping) process.exit(1);
+    stopping = true;
+    say(`${sig}: stopping; the mount is torn down on the way out`);
+    process.exit(sig === 'SIGINT' ? 130 : 143); // the exit hooks kill the tools, unmount and stop the daemon
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+
+  /** the daemon is alive and the mount answers (a stat of its root within 10 s) */
+  const healthy = async (): Promise<string | undefined> => {
+    if (!isAlive(m.pid)) return `the daemon (pid ${m.pid}) is gone`;
+    if (!isMounted(mnt)) return `${mnt} is no longer mounted`;
+    const r = await run('stat', ['-c', '%i', mnt], { timeoutMs: 10_000 });
+    return r.code === 0 ? undefined : `stat ${mnt}: ${howEnded(r)} ${r.stderr.trim()}`;
+  };
+
+  /** median RSS over a second of quiet, after `settleMs` */
+  const idleRss = async (settleMs: number): Promise<number> => {
+    await sleep(settleMs);
+    const rs: number[] = [];
+    for (let i = 0; i < 10; i++, await sleep(100)) rs.push(procMemory(m.pid)?.rss ?? NaN);
+    rs.sort((a, b) => a - b);
+    return rs[5]!;
+  };
+
+  const dropCaches = (): Promise<RunResult> => run('sh', ['-c', 'sync; echo 3 > /proc/sys/vm/drop_caches'], { timeoutMs: 120_000 });
+
+  /** runs one phase: resets the peak, runs `body`, and records the phase's figures */
+  const phase = async (id: string, what: string, body: () => Promise<{ ok: boolean; outcome: string }>): Promise<boolean> => {
+    if (stopping) return false;
+    const idleBefore = procMemory(m.pid)?.rss ?? NaN;
+    const before = await sampler.fresh();
+    if (!resetPeak(m.pid)) problems.push('cannot reset VmHWM (/proc/PID/clear_refs): phase peaks are peaks since the mount');
+    sampler.phase = id;
+    say(`${id}: ${what}`);
+    const t = Date.now();
+    let r: { ok: boolean; outcome: string };
+    try {
+      r = await body();
+    } catch (e) {
+      r = { ok: false, outcome: (e as Error).message };
+    }
+    const seconds = (Date.now() - t) / 1000;
+    const mem = procMemory(m.pid);
+    const after = await sampler.fresh();
+    sampler.phase = `${id}-end`;
+    const health = await healthy();
+    if (health) r = { ok: false, outcome: `${r.outcome}; ${health}` };
+    if (!r.ok) problems.push(`${id} (${what}): ${r.outcome}`);
+    const inUse = sampler.of(id).map((s) => s.stats?.pool.inUseBytes ?? 0);
+    phases.push({
+      id, what, seconds, outcome: r.outcome, ok: r.ok, idleBefore,
+      peakRss: Math.max(mem?.hwm ?? 0, ...sampler.of(id).map((s) => s.rss)),
+      poolInUsePeak: Math.max(0, ...inUse),
+      waits: (after?.pool.totalWaits ?? 0) - (before?.pool.totalWaits ?? 0),
+      errorReplies: (after?.session.errors ?? 0) - (before?.session.errors ?? 0),
+      requests: (after?.session.requests ?? 0) - (before?.session.requests ?? 0),
+      lookupsEnd: after?.lookups ?? NaN,
+    });
+    say(`${id}: ${r.outcome} in ${seconds.toFixed(1)} s; peak RSS ${mib(phases[phases.length - 1]!.peakRss)}`);
+    return r.ok && !health;
+  };
+
+  /** a burst-helper run as a phase body */
+  const helperRun = async (args: string[], timeoutMs: number): Promise<{ ok: boolean; outcome: string }> => {
+    const r = await run(helper, [args[0]!, mnt, String(dirs), String(perDir), ...args.slice(1)], { timeoutMs, echo: true });
+    const out = r.stdout.trim() || r.stderr.trim().split('\n').pop() || '';
+    return { ok: r.code === 0, outcome: r.code === 0 ? out : `${howEnded(r)}: ${out}` };
+  };
+
+  let idleMount = NaN;
+  let idleAfterA = NaN;
+  let idleEnd = NaN;
+  let dataBytes = NaN;
+  let final: DaemonStats | undefined;
+  let teardownProblems: string[] = [];
+  let logLines: string[] = [];
+  try {
+    idleMount = await idleRss(2000);
+    const s0 = await sampler.fresh();
+    if (!s0) throw new Error(`the daemon writes no stats to ${statsFile} (is bin/cli.ts's KVFS_STATS_FILE hook built?)`);
+    say(`idle RSS after mount ${mib(idleMount)}; pool capacity ${mib(s0.pool.capacityBytes)}`);
+
+    let ok = await phase('a1', `create ${fmt(nfiles)} files in ${dirs} directories (4 processes)`,
+      () => helperRun(['create', '4'], 1_800_000));
+    if (ok) {
+      await sleep(1100); // past the entry timeout: the stats below look every name up again
+      ok = await phase('a2', `stat all ${fmt(nfiles)} files (4 processes)`, () => helperRun(['stat', '4'], 1_200_000));
+    }
+    if (ok && root) {
+      ok = await phase('a3', 'drop caches: FORGET storm', async () => {
+        const from = (await sampler.fresh())?.lookups ?? NaN;
+        const r = await dropCaches();
+        if (r.code !== 0) return { ok: false, outcome: `drop_caches: ${howEnded(r)} ${r.stderr.trim()}` };
+        // the storm is over when the daemon's lookup table has not shrunk for a second (60 s at most)
+        let last = NaN;
+        let steady = 0;
+        for (const end = Date.now() + 60_000; Date.now() < end && steady < 10; await sleep(100)) {
+          const n = sampler.lastStats?.lookups ?? NaN;
+          steady = n === last ? steady + 1 : 0;
+          last = n;
+        }
+        return { ok: true, outcome: `lookups ${fmt(from)} -> ${fmt(last)}` };
+      });
+    }
+    idleAfterA = await idleRss(2000);
+    if (ok) {
+      ok = await phase('b', `${statProcs} stat loops for ${statSeconds} s${root && dropEvery ? `, caches dropped every ${dropEvery} s` : ''}`, async () => {
+        let dropping = root && dropEvery > 0;
+        const drops: Promise<RunResult>[] = [];
+        const dropper = (async () => {
+          while (dropping) {
+            await sleep(dropEvery * 1000);
+            if (dropping) drops.push(dropCaches());
+          }
+        })();
+        const r = await helperRun(['statloop', String(statProcs), String(statSeconds)], statSeconds * 1000 + 300_000);
+        dropping = false;
+        await dropper;
+        const bad = (await Promise.all(drops)).filter((d) => d.code !== 0);
+        if (bad.length) return { ok: false, outcome: `${r.outcome}; drop_caches failed ${bad.length} time(s)` };
+        return { ...r, outcome: `${r.outcome}${drops.length ? `; ${drops.length} drops` : ''}` };
+      });
+    }
+    if (ok) {
+      await phase('c', `${writers} writers x ${writerMib} MiB, 1 MiB O_DIRECT writes (fio psync)`, async () => {
+        const wdir = path.join(mnt, 'w');
+        mkdirSync(wdir);
+        const r = await run('fio', [
+          '--name=burst-write', `--directory=${wdir}`, '--rw=write', '--bs=1M', `--size=${writerMib}M`,
+          `--numjobs=${writers}`, '--direct=1', '--ioengine=psync', '--group_reporting', '--output-format=json',
+        ], { timeoutMs: 1_200_000, echo: true });
+        let out = '';
+        try {
+          const j = JSON.parse(r.stdout.slice(r.stdout.indexOf('{'))) as { jobs: { write: { bw_bytes: number; io_bytes: number } }[] };
+          const w = j.jobs[0]!.write;
+          out = `${mib(w.io_bytes, 0)} written at ${fmt(w.bw_bytes / 1e6, 1)} MB/s`;
+        } catch {
+          out = r.stdout.trim().split('\n').slice(-2).join(' ');
+        }
+        return { ok: r.code === 0, outcome: r.code === 0 ? out : `fio ${howEnded(r)}: ${out}` };
+      });
+    }
+    idleEnd = await idleRss(2000);
+    try {
+      const st = statfsSync(mnt);
+      dataBytes = (st.blocks - st.bfree) * st.bsize;
+    } catch (e) {
+      problems.push(`statfs ${mnt}: ${(e as Error).message}`);
+    }
+    final = await sampler.fresh();
+  } finally {
+    sampler.stop();
+    teardownProblems = await kvfsUnmount(m);
+    unregister();
+    logLines = unexpectedLogLines(m.log);
+    removeWork(work);
+  }
+  problems.push(...teardownProblems);
+  if (logLines.length) problems.push(`the daemon's log (${m.log}) has ${logLines.length} unexpected line(s): ${logLines.slice(0, 5).join(' | ')}`);
+  if (final && (final.session.parseErrors || final.session.replyFailures)) {
+    problems.push(`the session counted ${final.session.parseErrors} parse error(s) and ${final.session.replyFailures} reply failure(s)`);
+  }
+
+  // ------------------------------------------------------------------------------------------- the report
+  const pool = final?.pool;
+  const capacity = pool?.capacityBytes ?? poolMb * MIB;
+  const peak = Math.max(0, ...phases.map((p) => p.peakRss), ...sampler.samples.map((s) => s.rss));
+  const fixed = idleMount - capacity;
+  const meta = Math.max(0, idleAfterA - idleMount);
+  const storeBytes = (Number.isNaN(dataBytes) ? 0 : dataBytes) + meta;
+  const budget = fixed + capacity + cacheMb * MIB + wbMb * MIB + storeBytes;
+  const pass = peak > 0 && peak <= budget;
+  const failed = problems.length > 0;
+  const load1 = loadAvg();
+  const cls = (c: ClassStats): string => (c.size % MIB === 0 || c.size > MIB ? `${fmt(c.size / MIB, 2)} MiB` : `${c.size >> 10} KiB`);
+
+  const lines: string[] = [];
+  lines.push(`# kvfs memory burst ${started.toISOString()}`, '');
+  lines.push(`${os.hostname()}, Linux ${os.release()}, ${os.cpus().length} CPUs, ${Math.round(os.totalmem() / 2 ** 30)} GiB, ` +
+    `Node ${process.version}. Load average ${load0} at the start, ${load1} at the end` +
+    `${Math.max(load0, load1) >= 1.5 ? ' (**busy**)' : ''}.`, '');
+  lines.push(`Mount: \`kvfs mount ${store} MNT ${mountArgs.join(' ')}\` (defaults otherwise: 2 readers, no writeback cache). ` +
+    `Daemon memory (VmRSS, VmHWM) and stats sampled every 100 ms: ${sampler.samples.length} samples, ` +
+    `longest gap between samples ${sampler.maxGapMs} ms, longest the daemon left its stats file unwritten ${Math.round(sampler.maxStatsAgeMs)} ms.`, '');
+  lines.push('| phase | what | s | result | peak RSS | over idle before | pool in use, peak | pool waits | requests | error replies | lookups at end |');
+  lines.push('|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|');
+  for (const p of phases) {
+    lines.push(`| ${p.id} | ${p.what} | ${p.seconds.toFixed(1)} | ${p.ok ? '' : '**FAILED** '}${p.outcome} | ${mib(p.peakRss)} | ` +
+      `${mib(p.peakRss - p.idleBefore)} | ${mib(p.poolInUsePeak)} | ${fmt(p.waits)} | ${fmt(p.requests)} | ${fmt(p.errorReplies)} | ${fmt(p.lookupsEnd)} |`);
+  }
+  lines.push('', '"error replies" counts every error answer, ENOENT included (a1 looks each new name up before creating it).', '');
+  lines.push(`- Idle RSS: ${mib(idleMount)} right after the mount, ${mib(idleAfterA)} after phase a, ${mib(idleEnd)} at the end.`);
+  lines.push(`- Fixed overhead: ${mib(idleMount)} idle after the mount - ${mib(capacity)} pool arena (touched when the pool is made) = **${mib(fixed)}**.`);
+  if (pool) {
+    lines.push(`- Pool: capacity ${mib(capacity)} (${pool.classes.map((c) => `${cls(c)} x ${c.count}`).join(', ')}); ` +
+      `high-water ${mib(pool.highWaterBytes)} (${fmt(pool.highWaterBytes)} bytes); per class (high-water/count): ` +
+      `${pool.classes.map((c) => `${cls(c)} ${c.highWater}/${c.count}`).join(', ')}.`);
+    lines.push(`- Waits: ${fmt(pool.totalWaits)} pool waits (${fmt(pool.totalWaitMs, 1)} ms in all), ` +
+      `${fmt(final!.channel.poolWaits)} reader waits for a stocked buffer; in use at the end ${mib(pool.inUseBytes)} ` +
+      `(${final!.channel.stocked} buffers stocked for the readers), ${pool.waiters} waiting.`);
+    lines.push(`- Requests: ${fmt(final!.session.requests)} (${fmt(final!.channel.inlineRequests)} inline), ` +
+      `${fmt(final!.session.errors)} error replies, ${final!.session.parseErrors} parse errors, ${final!.session.replyFailures} reply failures; ` +
+      `reader queue peak ${fmt(final!.channel.maxQueue)}.`);
+  }
+  lines.push(`- Store content (${store}, held in the daemon): file data ${mib(dataBytes)} (statfs at the end) + metadata ${mib(meta)} ` +
+    `(idle RSS growth over phase a: ${fmt(nfiles)} files) = ${mib(storeBytes)}.`);
+  lines.push('', `**Check: peak RSS ${mib(peak)} ${pass ? '<=' : '>'} fixed ${mib(fixed)} + pool ${mib(capacity)} + cache ${mib(cacheMb * MIB)} ` +
+    `+ write buffers ${mib(wbMb * MIB)} + store ${mib(storeBytes)} = ${mib(budget)}: ${pass ? 'PASS' : 'FAIL'}** ` +
+    `(headroom ${mib(budget - peak)}).`);
+  lines.push('', failed ? `**Failed requests or problems (${problems.length})**:` : 'No request failed: every tool exited 0 without errors, no phase hung, the daemon stayed up, the mount answered, its log is clean.');
+  if (failed) lines.push('', ...problems.map((p) => `- ${p}`));
+  lines.push('');
+  const md = lines.join('\n');
+
+  const file = path.join(outDir, `BURST-${stamp(started)}.md`);
+  writeFileSync(file, md);
+  writeFileSync(path.join(outDir, `burst-${stamp(started)}.csv`), sampler.csv());
+  console.log(md);
+  console.log(`saved to ${path.relative(process.cwd(), file)}, samples in bench/out/burst-${stamp(started)}.csv`);
+  return failed || !pass ? 1 : 0;
+}
+
+main().then(
+  (code) => process.exit(code),
+  (err: unknown) => {
+    say(err instanceof Error ? (err.stack ?? err.message) : String(err));
+    process.exit(2);
+  },
+);

@@ -1,0 +1,332 @@
+/**
+ * What the benches share: running tools, the mount table, kvfs daemons started and stopped through the CLI,
+ * a daemon's memory from /proc, and a last-resort cleanup that runs even when the bench exits abruptly.
+ *
+ * Contract: every mount a bench makes is registered with `atExit` while it exists, so that an exception,
+ * a signal or process.exit still detaches it (synchronously, in the 'exit' handler) and stops its process.
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const repoRoot = findRepoRoot(path.dirname(fileURLToPath(import.meta.url)));
+export const sharedBench = path.resolve(repoRoot, '../shared/bench');
+export const kvfsBin = path.join(repoRoot, 'bin/kvfs.js');
+export const MIB = 1 << 20;
+
+export const say = (msg: string): void => void process.stderr.write(`bench: ${msg}\n`);
+export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+function findRepoRoot(from: string): string {
+  for (let dir = from; ; dir = path.dirname(dir)) {
+    try {
+      if (JSON.parse(readFileSync(path.join(dir, 'package.json'), 'utf8')).name === 'kvfs') return dir;
+    } catch {
+      // not here; go up
+    }
+    if (path.dirname(dir) === dir) throw new Error(`no kvfs package.json above ${from}`);
+  }
+}
+
+export function stamp(d: Date): string {
+  const p = (n: number): string => String(n).padStart(2, '0');
+  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}-${p(d.getHours())}${p(d.getMinutes())}${p(d.getSeconds())}`;
+}
+
+export const fmt = (n: number, digits = 0): string =>
+  n.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits });
+export const mib = (bytes: number, digits = 1): string => `${fmt(bytes / MIB, digits)} MiB`;
+
+export function loadAvg(): number {
+  return Number(readFileSync('/proc/loadavg', 'utf8').split(' ')[0]);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// processes
+
+export interface RunResult {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+  timedOut: boolean;
+}
+
+/**
+ * Runs a command to completion, stdout and stderr captured (stderr also echoed with `echo`). With
+ * `timeoutMs`, the command's process group is killed (SIGKILL) when it runs longer, and `timedOut` is set.
+ */
+export function run(
+  cmd: string, args: string[], opts: { timeoutMs?: number; echo?: boolean; env?: NodeJS.ProcessEnv } = {},
+): Promise<RunResult> {
+  return new Promise((resolve) => {
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: opts.env ?? process.env, detached: true });
+    let stdout = '';
+    let stderr = '';
+    let timedOut = false;
+    const unregister = atExit(() => killGroup(child.pid, 'SIGKILL'));
+    const timer = opts.timeoutMs
+      ? setTimeout(() => {
+        timedOut = true;
+        killGroup(child.pid, 'SIGKILL');
+      }, opts.timeoutMs)
+      : undefined;
+    child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr!.on('data', (d: Buffer) => {
+      stderr += d.toString();
+      if (opts.echo) process.stderr.write(d);
+    });
+    const end = (code: number | null, signal: NodeJS.Signals | null): void => {
+      clearTimeout(timer);
+      unregister();
+      resolve({ code, signal, stdout, stderr, timedOut });
+    };
+    child.on('error', (err) => {
+      stderr += String(err);
+      end(null, null);
+    });
+    // Not 'close' alone: a daemon started by the command may keep the pipes open for as long as it runs.
+    child.on('exit', (code, signal) => {
+      const finish = (): void => {
+        child.stdout!.destroy();
+        child.stderr!.destroy();
+        end(code, signal);
+      };
+      const grace = setTimeout(finish, 200);
+      child.on('close', () => {
+        clearTimeout(grace);
+        finish();
+      });
+    });
+  });
+}
+
+/** a short description of how a command ended: "exit 0", "exit 1", "signal SIGKILL (timed out)" */
+export function howEnded(r: RunResult): string {
+  const how = r.signal ? `signal ${r.signal}` : r.code === null ? 'did not start' : `exit ${r.code}`;
+  return r.timedOut ? `${how} (timed out)` : how;
+}
+
+export function killGroup(pid: number | undefined, sig: NodeJS.Signals): void {
+  if (!pid) return;
+  try {
+    process.kill(-pid, sig);
+  } catch {
+    try {
+      process.kill(pid, sig);
+    } catch {
+      // gone
+    }
+  }
+}
+
+export function isAlive(pid: number | undefined): boolean {
+  if (!pid) return false;
+  try {
+    process.kill(pid, 0);
+  } catch {
+    return false;
+  }
+  // a zombie (our own child not yet reaped) counts as gone
+  try {
+    return !/^State:\s+Z/m.test(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  } catch {
+    return false;
+  }
+}
+
+/** waits up to `ms` for the process to end; true when it did */
+export async function waitGone(pid: number | undefined, ms: number): Promise<boolean> {
+  for (const end = Date.now() + ms; Date.now() < end; await sleep(50)) if (!isAlive(pid)) return true;
+  return !isAlive(pid);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// last-resort cleanup
+
+const exitHooks = new Set<() => void>();
+let exitHookInstalled = false;
+
+/** runs `fn` (synchronously) if the process exits while it is registered; returns the unregister function */
+export function atExit(fn: () => void): () => void {
+  if (!exitHookInstalled) {
+    exitHookInstalled = true;
+    process.on('exit', () => {
+      for (const f of [...exitHooks].reverse()) {
+        try {
+          f();
+        } catch {
+          // keep going: the next mount matters as much
+        }
+      }
+    });
+  }
+  exitHooks.add(fn);
+  return () => void exitHooks.delete(fn);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// mounts
+
+export function mountPoints(): Set<string> {
+  const out = new Set<string>();
+  for (const line of readFileSync('/proc/self/mounts', 'utf8').split('\n')) {
+    const field = line.split(' ')[1];
+    if (field) out.add(field.replace(/\\([0-7]{3})/g, (_, oct: string) => String.fromCharCode(parseInt(oct, 8))));
+  }
+  return out;
+}
+
+export const isMounted = (dir: string): boolean => mountPoints().has(dir);
+
+/** waits until dir is a mount point; gives up early when `alive` says the mounting process is gone */
+export async function waitMounted(dir: string, ms: number, alive: () => boolean = () => true): Promise<boolean> {
+  for (const end = Date.now() + ms; Date.now() < end; await sleep(100)) {
+    if (isMounted(dir)) return true;
+    if (!alive()) break;
+  }
+  return isMounted(dir);
+}
+
+/** Detaches a mount that a polite unmount could not remove (busy, or its daemon gone); synchronous. */
+export function forceUnmount(dir: string): void {
+  if (!isMounted(dir)) return;
+  for (const [cmd, ...args] of [['fusermount3', '-u', '-z', dir], ['umount', '-l', dir]]) {
+    spawnSync(cmd!, args, { stdio: 'ignore', timeout: 20_000 });
+    if (!isMounted(dir)) return;
+  }
+  say(`could not unmount ${dir}`);
+}
+
+/** Removes a directory that is no longer a mount point; never descends into another filesystem. */
+export function removeDir(dir: string): void {
+  if (isMounted(dir)) return;
+  spawnSync('rm', ['-rf', '--one-file-system', dir], { stdio: 'ignore' });
+}
+
+/** Removes a work directory without throwing: mounts under it are detached first; a part still busy is named. */
+export function removeWork(work: string): void {
+  for (const m of mountPoints()) if (m.startsWith(`${work}/`)) forceUnmount(m);
+  spawnSync('rm', ['-rf', '--one-file-system', work], { stdio: 'ignore' });
+  if (existsSync(work)) say(`could not remove ${work} entirely`);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// kvfs daemons
+
+export interface KvfsMount {
+  dir: string;
+  /** the daemon's pid, from `kvfs mount --background`'s output */
+  pid: number;
+  /** the daemon's log (its stdout and stderr) */
+  log: string;
+}
+
+/**
+ * `kvfs mount STORE DIR --background ARGS...`; resolves once DIR is mounted, with the daemon's pid and log.
+ * `env` adds to the environment (KVFS_DATA_DIR decides where the log goes; KVFS_STATS_FILE, the stats file).
+ */
+export async function kvfsMount(store: string, dir: string, args: string[], env: NodeJS.ProcessEnv = {}): Promise<KvfsMount> {
+  if (!existsSync(kvfsBin)) throw new Error(`${kvfsBin} does not exist`);
+  const argv = [kvfsBin, 'mount', store, dir, '--background', ...args];
+  const r = await run(process.execPath, argv, { timeoutMs: 120_000, echo: true, env: { ...process.env, ...env } });
+  const m = /daemon pid (\d+), log (.*)\)\s*$/m.exec(r.stdout);
+  if (r.code !== 0 || !m) {
+    forceUnmount(dir);
+    throw new Error(`kvfs ${argv.slice(1).join(' ')}: ${howEnded(r)}${r.stdout.trim() ? `: ${r.stdout.trim()}` : ''}`);
+  }
+  const mount = { dir, pid: Number(m[1]), log: m[2]! };
+  if (!(await waitMounted(dir, 10_000, () => isAlive(mount.pid)))) {
+    stopDaemon(mount.pid);
+    throw new Error(`kvfs mount exited 0 but ${dir} is not mounted (log: ${mount.log})`);
+  }
+  return mount;
+}
+
+/**
+ * Unmounts a kvfs mount and makes sure its daemon is gone: `kvfs umount`, a forced detach if that fails,
+ * then the daemon gets 15 s to exit on its own before SIGTERM and SIGKILL. Returns what went wrong, if anything.
+ */
+export async function kvfsUnmount(m: KvfsMount): Promise<string[]> {
+  const problems: string[] = [];
+  if (isMounted(m.dir)) {
+    const r = await run(process.execPath, [kvfsBin, 'umount', m.dir], { timeoutMs: 60_000, echo: true });
+    if (r.code !== 0 || isMounted(m.dir)) {
+      problems.push(`kvfs umount ${m.dir}: ${howEnded(r)}; detached it with a lazy unmount`);
+      forceUnmount(m.dir);
+    }
+  }
+  if (!(await waitGone(m.pid, 15_000))) {
+    problems.push(`the daemon (pid ${m.pid}) was still running 15 s after the unmount; killed it`);
+    stopDaemon(m.pid);
+  }
+  return problems;
+}
+
+/** SIGTERM, then SIGKILL after 3 s (synchronous wait: usable from an 'exit' handler) */
+export function stopDaemon(pid: number): void {
+  if (!isAlive(pid)) return;
+  try {
+    process.kill(pid, 'SIGTERM');
+  } catch {
+    return;
+  }
+  for (const end = Date.now() + 3000; Date.now() < end && isAlive(pid);) spawnSync('sleep', ['0.05']);
+  if (isAlive(pid)) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      // gone
+    }
+  }
+}
+
+/** the log lines of a kvfs daemon that are not the ordinary ones (mounted, unmounting, formatted, notes) */
+export function unexpectedLogLines(log: string): string[] {
+  let text = '';
+  try {
+    text = readFileSync(log, 'utf8');
+  } catch {
+    return [`(cannot read ${log})`];
+  }
+  const ordinary = [
+    /^kvfs: mounted /, /^kvfs: (unmounted|SIGTERM|SIGINT): unmounting /, /^kvfs: formatted a new volume/,
+    /^kvfs: fs\.pipe-max-size is /,
+  ];
+  return text.split('\n').filter((l) => l.trim() && !ordinary.some((re) => re.test(l)));
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// memory of a process
+
+export interface ProcMemory {
+  /** bytes resident now (VmRSS) */
+  rss: number;
+  /** the peak of VmRSS since the process started or since the last `resetPeak` (VmHWM) */
+  hwm: number;
+  rssAnon: number;
+  rssFile: number;
+}
+
+/** the process's memory from /proc/PID/status, or undefined when it is gone */
+export function procMemory(pid: number): ProcMemory | undefined {
+  let text: string;
+  try {
+    text = readFileSync(`/proc/${pid}/status`, 'utf8');
+  } catch {
+    return undefined;
+  }
+  const kb = (name: string): number => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(text)?.[1] ?? NaN) * 1024;
+  return { rss: kb('VmRSS'), hwm: kb('VmHWM'), rssAnon: kb('RssAnon'), rssFile: kb('RssFile') };
+}
+
+/** resets VmHWM to the current VmRSS (Linux >= 4.0, `5` to /proc/PID/clear_refs); false when not allowed */
+export function resetPeak(pid: number): boolean {
+  try {
+    writeFileSync(`/proc/${pid}/clear_refs`, '5');
+    return true;
+  } catch {
+    return false;
+  }
+}

@@ -13,7 +13,7 @@
  *   b   64 processes stat() random files for some seconds, the caches dropped again every 2 s
  *   c   16 writers (fio, psync, O_DIRECT) each write 64 MiB in 1 MiB blocks, each to its own file
  * Every 100 ms: the daemon's VmRSS and VmHWM (/proc/PID/status) and its stats (KVFS_STATS_FILE, written by
- * the daemon every 100 ms: channel, session, pool, lookups). VmHWM is reset at the start of each phase
+ * the daemon every 100 ms: channel, session, pool, kernel inodes, fs caches). VmHWM is reset at the start of each phase
  * (/proc/PID/clear_refs), so each phase's peak is exact, whatever the sampling missed.
  *
  * The check, printed PASS or FAIL with its numbers:
@@ -51,8 +51,16 @@ interface DaemonStats {
     capacityBytes: number; inUseBytes: number; highWaterBytes: number; waiters: number; totalWaits: number;
     totalWaitMs: number; classes: ClassStats[];
   };
-  lookups: number;
+  /** inodes the kernel holds lookups on (`lookups` in earlier versions) */
+  kernelInodes?: number;
+  lookups?: number;
+  fs?: {
+    openFiles: number; writeBackBytes: number; writeBackHighWater: number; blobCacheBytes: number;
+    blobCacheHits: number; blobCacheMisses: number; idleChunkBuffers: number;
+  };
 }
+
+const kernelInodes = (s: DaemonStats | undefined): number => s?.kernelInodes ?? s?.lookups ?? NaN;
 
 interface Sample {
   t: number;
@@ -125,11 +133,13 @@ class Sampler {
   }
 
   csv(): string {
-    const head = 't_ms,phase,rss_bytes,hwm_bytes,pool_in_use_bytes,pool_waiters,pool_total_waits,lookups,in_flight,requests,stats_age_ms';
+    const head = 't_ms,phase,rss_bytes,hwm_bytes,pool_in_use_bytes,pool_waiters,pool_total_waits,kernel_inodes,' +
+      'in_flight,requests,write_back_bytes,blob_cache_bytes,stats_age_ms';
     return [head, ...this.samples.map((s) => [
       s.t, s.phase, s.rss, s.hwm, s.stats?.pool.inUseBytes ?? '', s.stats?.pool.waiters ?? '',
-      s.stats?.pool.totalWaits ?? '', s.stats?.lookups ?? '', s.stats?.session.inFlight ?? '',
-      s.stats?.session.requests ?? '', Number.isNaN(s.statsAge) ? '' : Math.round(s.statsAge),
+      s.stats?.pool.totalWaits ?? '', s.stats ? kernelInodes(s.stats) : '', s.stats?.session.inFlight ?? '',
+      s.stats?.session.requests ?? '', s.stats?.fs?.writeBackBytes ?? '', s.stats?.fs?.blobCacheBytes ?? '',
+      Number.isNaN(s.statsAge) ? '' : Math.round(s.statsAge),
     ].join(','))].join('\n') + '\n';
   }
 }
@@ -300,7 +310,7 @@ async function main(): Promise<number> {
       waits: (after?.pool.totalWaits ?? 0) - (before?.pool.totalWaits ?? 0),
       errorReplies: (after?.session.errors ?? 0) - (before?.session.errors ?? 0),
       requests: (after?.session.requests ?? 0) - (before?.session.requests ?? 0),
-      lookupsEnd: after?.lookups ?? NaN,
+      lookupsEnd: kernelInodes(after),
     });
     say(`${id}: ${r.outcome} in ${seconds.toFixed(1)} s; peak RSS ${mib(phases[phases.length - 1]!.peakRss)}`);
     return r.ok && !health;
@@ -334,18 +344,18 @@ async function main(): Promise<number> {
     }
     if (ok && root) {
       ok = await phase('a3', 'drop caches: FORGET storm', async () => {
-        const from = (await sampler.fresh())?.lookups ?? NaN;
+        const from = kernelInodes(await sampler.fresh());
         const r = await dropCaches();
         if (r.code !== 0) return { ok: false, outcome: `drop_caches: ${howEnded(r)} ${r.stderr.trim()}` };
         // the storm is over when the daemon's lookup table has not shrunk for a second (60 s at most)
         let last = NaN;
         let steady = 0;
         for (const end = Date.now() + 60_000; Date.now() < end && steady < 10; await sleep(100)) {
-          const n = sampler.lastStats?.lookups ?? NaN;
-          steady = n === last ? steady + 1 : 0;
+          const n = kernelInodes(sampler.lastStats);
+          steady = n === last || Number.isNaN(n) ? steady + 1 : 0;
           last = n;
         }
-        return { ok: true, outcome: `lookups ${fmt(from)} -> ${fmt(last)}` };
+        return { ok: true, outcome: `kernel inodes ${fmt(from)} -> ${fmt(last)}` };
       });
     }
     idleAfterA = await idleRss(2000);
@@ -418,7 +428,10 @@ async function main(): Promise<number> {
   const pass = peak > 0 && peak <= budget;
   const failed = problems.length > 0;
   const load1 = loadAvg();
-  const cls = (c: ClassStats): string => (c.size % MIB === 0 || c.size > MIB ? `${fmt(c.size / MIB, 2)} MiB` : `${c.size >> 10} KiB`);
+  const cls = (c: ClassStats): string => {
+    const [m, k] = [Math.floor(c.size / MIB), Math.round((c.size % MIB) / 1024)];
+    return m ? `${m} MiB${k ? `+${k} KiB` : ''}` : `${k} KiB`;
+  };
 
   const lines: string[] = [];
   lines.push(`# kvfs memory burst ${started.toISOString()}`, '');
@@ -428,7 +441,7 @@ async function main(): Promise<number> {
   lines.push(`Mount: \`kvfs mount ${store} MNT ${mountArgs.join(' ')}\` (defaults otherwise: 2 readers, no writeback cache). ` +
     `Daemon memory (VmRSS, VmHWM) and stats sampled every 100 ms: ${sampler.samples.length} samples, ` +
     `longest gap between samples ${sampler.maxGapMs} ms, longest the daemon left its stats file unwritten ${Math.round(sampler.maxStatsAgeMs)} ms.`, '');
-  lines.push('| phase | what | s | result | peak RSS | over idle before | pool in use, peak | pool waits | requests | error replies | lookups at end |');
+  lines.push('| phase | what | s | result | peak RSS | over idle before | pool in use, peak | pool waits | requests | error replies | kernel inodes at end |');
   lines.push('|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|');
   for (const p of phases) {
     lines.push(`| ${p.id} | ${p.what} | ${p.seconds.toFixed(1)} | ${p.ok ? '' : '**FAILED** '}${p.outcome} | ${mib(p.peakRss)} | ` +
@@ -447,6 +460,12 @@ async function main(): Promise<number> {
     lines.push(`- Requests: ${fmt(final!.session.requests)} (${fmt(final!.channel.inlineRequests)} inline), ` +
       `${fmt(final!.session.errors)} error replies, ${final!.session.parseErrors} parse errors, ${final!.session.replyFailures} reply failures; ` +
       `reader queue peak ${fmt(final!.channel.maxQueue)}.`);
+  }
+  if (final?.fs) {
+    const f = final.fs;
+    lines.push(`- Caches: write-back buffers high-water ${mib(f.writeBackHighWater)} (of --write-buffer-mb ${wbMb}), ` +
+      `blob cache ${mib(f.blobCacheBytes)} at the end (of --cache-mb ${cacheMb}; ${fmt(f.blobCacheHits)} hits, ` +
+      `${fmt(f.blobCacheMisses)} misses), ${f.idleChunkBuffers} idle chunk buffers, ${f.openFiles} open files.`);
   }
   lines.push(`- Store content (${store}, held in the daemon): file data ${mib(dataBytes)} (statfs at the end) + metadata ${mib(meta)} ` +
     `(idle RSS growth over phase a: ${fmt(nfiles)} files) = ${mib(storeBytes)}.`);

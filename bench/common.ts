@@ -234,7 +234,8 @@ export async function kvfsMount(store: string, dir: string, args: string[], env:
   const m = /daemon pid (\d+), log (.*)\)\s*$/m.exec(r.stdout);
   if (r.code !== 0 || !m) {
     forceUnmount(dir);
-    throw new Error(`kvfs ${argv.slice(1).join(' ')}: ${howEnded(r)}${r.stdout.trim() ? `: ${r.stdout.trim()}` : ''}`);
+    const said = (r.stderr.trim() || r.stdout.trim()).split('\n').pop();
+    throw new Error(`kvfs ${argv.slice(1).join(' ')}: ${howEnded(r)}${said ? `: ${said}` : ''}`);
   }
   const mount = { dir, pid: Number(m[1]), log: m[2]! };
   if (!(await waitMounted(dir, 10_000, () => isAlive(mount.pid)))) {

@@ -3,7 +3,8 @@
  * other in one run, and one table of MB/s and IOPS per target with kvfs-native's ratio to each other target.
  * Saved to bench/out/RESULT-<date>.md, with fio's JSON (fio-<date>/) and the daemons' logs (logs-<date>/).
  *
- *   npm run bench -- [--targets a,b] [--jobs a,b] [--quick] [--store URL [--format]] [--no-warm] [--warm-gib N]
+ *   npm run bench -- [--targets a,b] [--jobs a,b] [--quick] [--store URL [--format]] [--mount-args '...']
+ *                    [--no-warm] [--warm-gib N] [--pipe-max-size BYTES]
  *
  * Targets, in the default order:
  *   kvfs-native   kvfs mount STORE --driver native (our /dev/fuse channel; default pool and caches)
@@ -12,7 +13,11 @@
  *                 built here with cc -O2 and run as its header says: `fuse-ceiling MNT -f`, `fusermount3 -u MNT`
  *   tmpfs         a tmpfs mount (as root; else a directory in /dev/shm)
  * Like with like: no target asks for the kernel's writeback cache (kvfs-native's --writeback-cache is off by
- * default, libfuse 2 through fuse-native never asks, the ceiling runs without -o writeback).
+ * default, libfuse 2 through fuse-native never asks, the ceiling runs without -o writeback). What still
+ * differs is written in the report: the kernel's attribute cache (kvfs-native and the ceiling 1 s, kvfs-libfuse
+ * 0 s by default; --mount-args '--attr-timeout 1' evens it), and the largest WRITE (kvfs-native splits writes
+ * at 512 KiB when fs.pipe-max-size < 2 MiB and it lacks CAP_SYS_RESOURCE; --pipe-max-size 2097152 raises the
+ * sysctl for the run and puts the old value back after).
  *
  * Rules from ../shared/bench/README.md: warm-memory runs right before each target; every write job runs twice
  * per target and the second run is kept. Every mount is unmounted and every daemon stopped in every outcome
@@ -44,6 +49,8 @@ interface Target {
 
 interface Options {
   store: string;
+  /** more `kvfs mount` arguments for both kvfs targets */
+  mountArgs: string[];
   format: boolean;
   quick: boolean;
   work: string;
@@ -124,7 +131,7 @@ function kvfsTarget(name: string, short: string, driver: string, o: Options): Ta
     notes,
     async setup() {
       mkdirSync(dir, { recursive: true });
-      m = await kvfsMount(o.store, dir, ['--driver', driver], { KVFS_DATA_DIR: o.logDir });
+      m = await kvfsMount(o.store, dir, ['--driver', driver, ...o.mountArgs], { KVFS_DATA_DIR: o.logDir });
       const mount = m;
       unregister = atExit(() => {
         forceUnmount(mount.dir);
@@ -144,6 +151,8 @@ function kvfsTarget(name: string, short: string, driver: string, o: Options): Ta
       if (mem) notes.push(`daemon peak RSS ${mib(mem.hwm)}, RSS at the end ${mib(mem.rss)}`);
       const problems = await kvfsUnmount(mount);
       unregister();
+      const pipeNote = existsSync(mount.log) ? /^kvfs: (fs\.pipe-max-size is .*)$/m.exec(readFileSync(mount.log, 'utf8'))?.[1] : undefined;
+      if (pipeNote) notes.push(pipeNote);
       const odd = unexpectedLogLines(mount.log);
       if (odd.length) {
         problems.push(`daemon log ${mount.log}: ${odd.length} unexpected line(s), first: ${odd.slice(0, 3).join(' | ')}`);
@@ -379,6 +388,9 @@ const USAGE = `usage: npm run bench -- [options]
   --jobs a,b       fio jobs from ../shared/bench/jobs (default: all)
   --quick          smoke run: 64 MiB files, 5 s timed jobs, 500 files per meta job
   --store URL      the kvfs targets' store (default memory:; e.g. local:DIR); --format: kvfs format URL first
+  --mount-args S   more kvfs mount arguments for both kvfs targets, e.g. '--attr-timeout 1'
+  --pipe-max-size N  set the sysctl fs.pipe-max-size to N for the run (2097152 lets kvfs-native take 1 MiB
+                   writes whole); the old value is put back at the end
   --warm-gib N     GiB for warm-memory to touch (default: 3/4 of MemAvailable; 2 with --quick)
   --no-warm        skip warm-memory (numbers for first-touch memory are not comparable)
   --ceiling-arena-mb N  fuse-ceiling's data arena (default 4096; 1024 with --quick)
@@ -398,6 +410,8 @@ async function main(): Promise<number> {
       'warm-gib': { type: 'string' },
       'ceiling-arena-mb': { type: 'string' },
       'job-timeout': { type: 'string', default: '600' },
+      'mount-args': { type: 'string', default: '' },
+      'pipe-max-size': { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
@@ -424,9 +438,18 @@ async function main(): Promise<number> {
   atExit(() => removeWork(work));
   const opts: Options = {
     store: values.store, format: values.format, quick: values.quick, work, logDir,
+    mountArgs: values['mount-args'].split(/\s+/).filter(Boolean),
     ceilingArenaMb: Number(values['ceiling-arena-mb'] ?? (values.quick ? 1024 : 4096)),
   };
   const benchDir = values.quick ? quickBench(work) : sharedBench;
+  const pipeMaxFile = '/proc/sys/fs/pipe-max-size';
+  const pipeMax0 = readFileSync(pipeMaxFile, 'utf8').trim();
+  if (values['pipe-max-size'] !== undefined) {
+    writeFileSync(pipeMaxFile, values['pipe-max-size']);
+    atExit(() => writeFileSync(pipeMaxFile, pipeMax0));
+    say(`fs.pipe-max-size ${pipeMax0} -> ${readFileSync(pipeMaxFile, 'utf8').trim()} for the run`);
+  }
+  const pipeMax = readFileSync(pipeMaxFile, 'utf8').trim();
   const load0 = loadAvg();
   if (load0 >= 1.5) say(`the load average is ${load0}: the machine is busy, the figures will not be comparable`);
 
@@ -514,10 +537,13 @@ async function main(): Promise<number> {
     '',
     `${host}. Load average ${load0} at the start, ${load1} at the end` +
       `${Math.max(load0, load1) >= 1.5 ? ' (**busy**: the figures are not comparable)' : ''}.`,
-    `kvfs store \`${opts.store}\`, default pool and caches; no writeback cache on any target.` +
+    `kvfs store \`${opts.store}\`, default pool and caches${opts.mountArgs.length ? `, mount arguments \`${opts.mountArgs.join(' ')}\`` : ''}; ` +
+      `no writeback cache on any target; fs.pipe-max-size ${pipeMax}${pipeMax !== pipeMax0 ? ` (raised from ${pipeMax0} for the run)` : ''}.` +
       `${values.quick ? ' **quick** (64 MiB files, 5 s jobs, 500 files per meta job).' : ''}` +
       `${values['no-warm'] ? ' **no warm-memory**.' : ''} Write jobs ran twice per target; the second run is shown. ` +
       `Ratios are IOPS (ops/s for meta-*; the MB/s ratio for fixed-size blocks).`,
+    `Kernel attribute cache: kvfs-native 1 s, ceiling 1 s, kvfs-libfuse 0 s` +
+      `${opts.mountArgs.includes('--attr-timeout') ? ' (both kvfs targets as --mount-args says)' : ' (its default)'}.`,
     '',
     tableText,
     '',

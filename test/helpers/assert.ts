@@ -29,8 +29,8 @@ export function expectCliError(t: Test, r: RunResult, what: string, pattern?: Re
  * Asserts two texts are equal line for line; on failure the diagnostic shows only the differing lines (at most
  * 12 of each side) instead of a full diff of thousands of lines.
  */
-export function sameLines(t: Test, actual: string, expected: string, what: string): boolean {
-  if (actual === expected) return t.pass(what);
+export function sameLines(t: Test, actual: string, expected: string, what: string, opts: object = {}): boolean {
+  if (actual === expected) return t.pass(what, opts);
   const a = actual.split('\n');
   const e = expected.split('\n');
   const inA = new Set(a);
@@ -38,6 +38,7 @@ export function sameLines(t: Test, actual: string, expected: string, what: strin
   const missing = e.filter((l) => !inA.has(l));
   const extra = a.filter((l) => !inE.has(l));
   return t.fail(what, {
+    ...opts,
     expectedLines: e.length,
     actualLines: a.length,
     missing: missing.slice(0, 12),

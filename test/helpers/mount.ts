@@ -127,13 +127,17 @@ export function testDriver(): string {
   return process.env.KVFS_TEST_DRIVER || 'default';
 }
 
-/** drivers a suite loops over: env KVFS_TEST_DRIVERS (comma list), else [testDriver()] */
+/**
+ * drivers a suite loops over: env KVFS_TEST_DRIVERS (comma list); else the one KVFS_TEST_DRIVER names; else
+ * both drivers, the default (native) and libfuse, so the POSIX suite holds each of them to the same claims
+ */
 export function testDrivers(): string[] {
   const list = (process.env.KVFS_TEST_DRIVERS ?? '')
     .split(',')
     .map((s) => s.trim())
     .filter(Boolean);
-  return list.length ? list : [testDriver()];
+  if (list.length) return list;
+  return process.env.KVFS_TEST_DRIVER ? [testDriver()] : ['default', 'libfuse'];
 }
 
 function driverArgs(driver: string): string[] {

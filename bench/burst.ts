@@ -35,8 +35,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import {
-  atExit, fmt, forceUnmount, howEnded, isAlive, isMounted, kvfsMount, kvfsUnmount, loadAvg, MIB, mib,
-  procMemory, removeWork, repoRoot, resetPeak, run, say, sleep, stamp, stopDaemon, unexpectedLogLines,
+  atExit, fmt, forceUnmount, howEnded, isAlive, isMounted, kvfsMount, kvfsUnmount, MIB, mib,
+  procMemory, quietness, removeWork, repoRoot, resetPeak, run, say, sleep, stamp, stopDaemon, unexpectedLogLines,
   type KvfsMount, type RunResult,
 } from './common.js';
 
@@ -227,8 +227,8 @@ async function main(): Promise<number> {
   mkdirSync(logDir, { recursive: true });
   const work = mkdtempSync(path.join(os.tmpdir(), 'kvfs-burst-'));
   atExit(() => removeWork(work));
-  const load0 = loadAvg();
-  if (load0 >= 1.5) say(`the load average is ${load0}: the machine is busy`);
+  const quiet0 = await quietness();
+  say(quiet0.text.replace(/\*/g, ''));
 
   // tools
   const helper = path.join(work, 'burst-helper');
@@ -427,7 +427,7 @@ async function main(): Promise<number> {
   const budget = fixed + capacity + cacheMb * MIB + wbMb * MIB + storeBytes;
   const pass = peak > 0 && peak <= budget;
   const failed = problems.length > 0;
-  const load1 = loadAvg();
+  const quiet1 = await quietness();
   const cls = (c: ClassStats): string => {
     const [m, k] = [Math.floor(c.size / MIB), Math.round((c.size % MIB) / 1024)];
     return m ? `${m} MiB${k ? `+${k} KiB` : ''}` : `${k} KiB`;
@@ -436,8 +436,7 @@ async function main(): Promise<number> {
   const lines: string[] = [];
   lines.push(`# kvfs memory burst ${started.toISOString()}`, '');
   lines.push(`${os.hostname()}, Linux ${os.release()}, ${os.cpus().length} CPUs, ${Math.round(os.totalmem() / 2 ** 30)} GiB, ` +
-    `Node ${process.version}. Load average ${load0} at the start, ${load1} at the end` +
-    `${Math.max(load0, load1) >= 1.5 ? ' (**busy**)' : ''}.`, '');
+    `Node ${process.version}. At the start: ${quiet0.text}; at the end: ${quiet1.text}.`, '');
   lines.push(`Mount: \`kvfs mount ${store} MNT ${mountArgs.join(' ')}\` (defaults otherwise: 2 readers, no writeback cache). ` +
     `Daemon memory (VmRSS, VmHWM) and stats sampled every 100 ms: ${sampler.samples.length} samples, ` +
     `longest gap between samples ${sampler.maxGapMs} ms, longest the daemon left its stats file unwritten ${Math.round(sampler.maxStatsAgeMs)} ms.`, '');

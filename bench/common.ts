@@ -6,7 +6,7 @@
  * a signal or process.exit still detaches it (synchronously, in the 'exit' handler) and stops its process.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -40,6 +40,54 @@ export const mib = (bytes: number, digits = 1): string => `${fmt(bytes / MIB, di
 
 export function loadAvg(): number {
   return Number(readFileSync('/proc/loadavg', 'utf8').split(' ')[0]);
+}
+
+function cpuTimes(): { busy: number; total: number } {
+  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+  const total = f.reduce((a, b) => a + b, 0);
+  return { busy: total - f[3]! - (f[4] ?? 0), total }; // idle and iowait are not busy
+}
+
+/** tasks in uninterruptible sleep (state D): each adds 1 to the load average without using a CPU */
+function stuckTasks(): number {
+  let n = 0;
+  for (const pid of readdirSync('/proc')) {
+    if (!/^\d+$/.test(pid)) continue;
+    try {
+      for (const tid of readdirSync(`/proc/${pid}/task`)) {
+        const st = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+        if (st[st.lastIndexOf(')') + 2] === 'D') n++;
+      }
+    } catch {
+      // gone
+    }
+  }
+  return n;
+}
+
+export interface Quiet {
+  load: number;
+  /** tasks in state D, counted in `load` */
+  stuck: number;
+  /** % of all CPUs busy over the sampled interval */
+  busyPct: number;
+  busy: boolean;
+  text: string;
+}
+
+/** How quiet the machine is: the load average, tasks stuck in D state, and CPU use over `ms`. Busy when the
+ * load less the stuck tasks is 1.5 or more, or the CPUs were more than 25% busy. */
+export async function quietness(ms = 2000): Promise<Quiet> {
+  const a = cpuTimes();
+  await sleep(ms);
+  const b = cpuTimes();
+  const busyPct = (100 * (b.busy - a.busy)) / Math.max(1, b.total - a.total);
+  const load = loadAvg();
+  const stuck = stuckTasks();
+  const busy = load - stuck >= 1.5 || busyPct > 25;
+  const text = `load average ${load}${stuck ? ` (${stuck} task(s) stuck in D state count in it)` : ''}, ` +
+    `CPUs ${busyPct.toFixed(0)}% busy over ${ms / 1000} s${busy ? ' (**busy**)' : ' (quiet)'}`;
+  return { load, stuck, busyPct, busy, text };
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -29,8 +29,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import {
-  atExit, fmt, forceUnmount, isAlive, isMounted, killGroup, kvfsBin, kvfsMount, kvfsUnmount, loadAvg, mib,
-  procMemory, removeDir, removeWork, repoRoot, run, say, sharedBench, sleep, stamp, stopDaemon,
+  atExit, fmt, forceUnmount, isAlive, isMounted, killGroup, kvfsBin, kvfsMount, kvfsUnmount, mib,
+  procMemory, quietness, removeDir, removeWork, repoRoot, run, say, sharedBench, sleep, stamp, stopDaemon,
   unexpectedLogLines, waitGone, waitMounted, type KvfsMount,
 } from './common.js';
 
@@ -450,8 +450,8 @@ async function main(): Promise<number> {
     say(`fs.pipe-max-size ${pipeMax0} -> ${readFileSync(pipeMaxFile, 'utf8').trim()} for the run`);
   }
   const pipeMax = readFileSync(pipeMaxFile, 'utf8').trim();
-  const load0 = loadAvg();
-  if (load0 >= 1.5) say(`the load average is ${load0}: the machine is busy, the figures will not be comparable`);
+  const quiet0 = await quietness();
+  say(`${quiet0.text.replace(/\*/g, '')}${quiet0.busy ? ': the figures will not be comparable' : ''}`);
 
   const targets = names.map((n) => TARGETS[n]!(opts));
   // Targets set up (or being set up); each is torn down exactly once, by the run or by a signal.
@@ -528,15 +528,15 @@ async function main(): Promise<number> {
 
   if (stopping) return new Promise<number>(() => {}); // the signal handler finishes and exits
 
-  const load1 = loadAvg();
+  const quiet1 = await quietness();
   const tableText = table(jobs, targets, rows);
   const failed = [...rows.values()].some((r) => [...r.values()].some((v) => typeof v === 'string'));
   const host = `${os.hostname()}, Linux ${os.release()}, ${os.cpus().length} CPUs, ${Math.round(os.totalmem() / 2 ** 30)} GiB, Node ${process.version}`;
   const md = [
     `# kvfs bench ${started.toISOString()}`,
     '',
-    `${host}. Load average ${load0} at the start, ${load1} at the end` +
-      `${Math.max(load0, load1) >= 1.5 ? ' (**busy**: the figures are not comparable)' : ''}.`,
+    `${host}. At the start: ${quiet0.text}; at the end: ${quiet1.text}` +
+      `${quiet0.busy || quiet1.busy ? '; the figures are not comparable' : ''}.`,
     `kvfs store \`${opts.store}\`, default pool and caches${opts.mountArgs.length ? `, mount arguments \`${opts.mountArgs.join(' ')}\`` : ''}; ` +
       `no writeback cache on any target; fs.pipe-max-size ${pipeMax}${pipeMax !== pipeMax0 ? ` (raised from ${pipeMax0} for the run)` : ''}.` +
       `${values.quick ? ' **quick** (64 MiB files, 5 s jobs, 500 files per meta job).' : ''}` +

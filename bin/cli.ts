@@ -99,6 +99,8 @@ interface MountArgs {
   bufferPoolMb: number;
   readers: number;
   writebackCache?: boolean;
+  debugBuffers?: boolean;
+  requestTimeout: number;
 }
 
 function checkMountpoint(mnt: string, nonempty: boolean): void {
@@ -116,7 +118,22 @@ function checkMountpoint(mnt: string, nonempty: boolean): void {
   if (!nonempty && readdirSync(mnt).length > 0) fail(`mountpoint ${mnt} is not empty (use --nonempty to mount over its contents)`);
 }
 
+/** a number option within [min, max], else a one-line error naming the option */
+function inRange(name: string, v: number | undefined, min: number, max: number): void {
+  if (v === undefined) return;
+  if (Number.isNaN(v)) fail(`bad --${name}: not a number (give a number from ${min} to ${max})`);
+  if (!Number.isFinite(v) || v < min || v > max) fail(`bad --${name} ${v}: give a number from ${min} to ${max}`);
+}
+
 async function mount(argv: MountArgs): Promise<void> {
+  inRange('buffer-pool-mb', argv.bufferPoolMb, 4, 65536);
+  inRange('readers', argv.readers, 1, 64);
+  if (argv.readers !== undefined && !Number.isInteger(argv.readers)) fail(`bad --readers ${argv.readers}: give a whole number`);
+  inRange('cache-mb', argv.cacheMb, 0, 1 << 20);
+  inRange('write-buffer-mb', argv.writeBufferMb, 1, 1 << 20);
+  inRange('attr-timeout', argv.attrTimeout, 0, 86400);
+  inRange('entry-timeout', argv.entryTimeout, 0, 86400);
+  inRange('request-timeout', argv.requestTimeout, 0, 86400);
   const url = argv.store ?? defaultStore();
   const autoFormat = argv.store === undefined || url.startsWith('memory:');
   const mnt = resolve(argv.mountpoint);
@@ -150,6 +167,7 @@ async function mount(argv: MountArgs): Promise<void> {
     : mountNative(fs, mnt, {
       allowOther: argv.allowOther, attrTimeout: argv.attrTimeout, entryTimeout: argv.entryTimeout,
       poolBytes: argv.bufferPoolMb << 20, readers: argv.readers, writebackCache: argv.writebackCache,
+      debugPool: argv.debugBuffers, requestTimeout: argv.requestTimeout,
     });
   const handle = await mounting.catch(async (e) => {
     await fs.close().catch(() => undefined);
@@ -268,6 +286,8 @@ async function main(): Promise<void> {
       .option('driver', { type: 'string', default: 'native', choices: ['native', 'libfuse'], describe: 'FUSE driver: kvfs\'s own channel to /dev/fuse, or libfuse 2 through fuse-native' })
       .option('buffer-pool-mb', { type: 'number', default: 64, describe: 'MiB of request and reply buffers (native driver); requests wait when they are in use' })
       .option('readers', { type: 'number', default: 2, describe: 'reader threads on /dev/fuse (native driver)' })
+      .option('debug-buffers', { type: 'boolean', describe: 'keep the stack of every buffer taken; report those never released at unmount' })
+      .option('request-timeout', { type: 'number', default: 300, describe: 'seconds before an unanswered request is answered EIO (0: never)' })
       .option('writeback-cache', { type: 'boolean', describe: 'let the kernel cache writes (native driver)' })
       .option('chunk-size', { type: 'string', describe: 'chunk size when this mount formats a new volume' })
       .option('cache-mb', { type: 'number', default: 64, describe: 'MiB of file data cached in memory' })

@@ -210,3 +210,25 @@ t.test('unknown commands and options', async (t) => {
   expectCliError(t, await badMount(['memory:', mnt, '--driver', 'no-such-driver'], dataDir), 'mount with an unknown driver', /driver/i);
   expectUntouchedMountpoint(t, mnt, before, 'unknown options');
 });
+
+t.test('mount: option values out of range are refused before anything is mounted', async (t) => {
+  const { dataDir, mnt } = scene(t);
+  const before = snapshotDir(mnt);
+  const dataBefore = snapshotDir(dataDir);
+  const cases: [string[], RegExp][] = [
+    [['--buffer-pool-mb', '1'], /buffer-pool-mb/],
+    [['--buffer-pool-mb', 'lots'], /buffer-pool-mb/],
+    [['--readers', '0'], /readers/],
+    [['--readers', '1.5'], /readers/],
+    [['--cache-mb', '-5'], /cache-mb/],
+    [['--write-buffer-mb', '0'], /write-buffer-mb/],
+    [['--attr-timeout', '-1'], /attr-timeout/],
+    [['--request-timeout', 'soon'], /request-timeout/],
+    [['--chunk-size', '3000'], /chunk size/],
+  ];
+  for (const [args, msg] of cases) {
+    expectCliError(t, await badMount([mnt, ...args], dataDir), `mount ${args.join(' ')}`, msg);
+  }
+  expectUntouchedMountpoint(t, mnt, before, 'bad option values');
+  t.equal(snapshotDir(dataDir), dataBefore, 'no default volume was created in KVFS_DATA_DIR');
+});

@@ -24,6 +24,8 @@ export interface NativeMountOptions {
   entryTimeout?: number;
   writebackCache?: boolean;
   debugPool?: boolean;
+  /** seconds after which an unanswered request is answered EIO */
+  requestTimeout?: number;
 }
 
 export interface NativeMount {
@@ -96,7 +98,11 @@ export async function mountNative(fs: Filesystem, mnt: string, opts: NativeMount
     onInit: () => initDone(),
   });
   const channel = new NativeChannel(fds, pool, (raw) => session.handle(raw), () => {
+    session.close();
     channel.stop();
+    if (opts.debugPool) {
+      for (const l of pool.leaks()) console.error(`kvfs: buffer of ${l.size} bytes never released, taken at: ${l.stack}`);
+    }
     for (const f of fds) n.closeFd(f);
     pool.close();
     initFailed(new Error('the kernel ended the session before INIT'));
@@ -104,6 +110,7 @@ export async function mountNative(fs: Filesystem, mnt: string, opts: NativeMount
   }, pool.arena, { pipeSize: plan.pipeSize });
   session = new Session(channel, ops, {
     entryTimeout: opts.entryTimeout ?? 1, attrTimeout: opts.attrTimeout ?? 1, parseOptions,
+    requestTimeout: opts.requestTimeout,
   });
   try {
     channel.start();

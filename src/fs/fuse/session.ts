@@ -11,6 +11,8 @@
  *  - INTERRUPT aborts the AbortSignal handed to the handler of the named request; handlers that wait (for a
  *    buffer, a lock) give up with EINTR, the others finish normally.
  *  - A reply that cannot be encoded (a value out of range) is answered EIO, with the error logged.
+ *  - A handler that has not answered within `requestTimeout` seconds is answered EIO (logged with its
+ *    opcode), so no caller waits forever on a request that was lost; its late result is dropped.
  */
 import { toErrno } from '../errors.js';
 import type { Attr, StatFs } from '../types.js';
@@ -51,6 +53,8 @@ export interface Transport {
 export interface SessionOptions {
   entryTimeout: number;
   attrTimeout: number;
+  /** seconds after which an unanswered request is answered EIO (default 300; 0: never) */
+  requestTimeout?: number;
   /** shared with the bridge, which sets what INIT agreed */
   parseOptions?: ParseOptions;
   log?: (msg: string) => void;
@@ -64,6 +68,13 @@ export interface SessionStats {
   replyFailures: number;
 }
 
+interface InFlight {
+  ac: AbortController;
+  since: number;
+  op: string;
+  raw: RawRequest;
+}
+
 const S_IFMT = 0o170000;
 const S_IFREG = 0o100000;
 
@@ -73,7 +84,8 @@ function seconds(t: number): [number, number] {
 }
 
 export class Session {
-  private readonly inflight = new Map<bigint, AbortController>();
+  private readonly inflight = new Map<bigint, InFlight>();
+  private readonly watchdog: NodeJS.Timeout | undefined;
   private readonly entryValid: [number, number];
   private readonly attrValid: [number, number];
   readonly parseOptions: ParseOptions;
@@ -85,6 +97,29 @@ export class Session {
     this.attrValid = seconds(opts.attrTimeout);
     this.parseOptions = opts.parseOptions ?? {};
     this.log = opts.log ?? ((m) => console.error(`kvfs: ${m}`));
+    const limitMs = (opts.requestTimeout ?? 300) * 1000;
+    if (limitMs > 0) {
+      this.watchdog = setInterval(() => this.expire(limitMs), Math.min(limitMs, 5000));
+      this.watchdog.unref?.();
+    }
+  }
+
+  /** stops the watchdog (the session ended) */
+  close(): void {
+    clearInterval(this.watchdog);
+  }
+
+  /** answers EIO to every request older than limitMs; their handlers' late results are dropped */
+  private expire(limitMs: number): void {
+    const now = performance.now();
+    for (const [unique, f] of this.inflight) {
+      if (now - f.since < limitMs) continue;
+      this.inflight.delete(unique);
+      f.ac.abort();
+      this.stat.replyFailures++;
+      this.log(`a ${f.op} request got no answer within ${limitMs / 1000} s: answering EIO`);
+      this.send(f.raw, replyError(unique, 5));
+    }
   }
 
   stats(): SessionStats {
@@ -112,7 +147,7 @@ export class Session {
     const info = opcodeInfo(req.header.opcode)!;
     const unique = req.header.unique;
     if (req.op === 'INTERRUPT') {
-      this.inflight.get(req.unique)?.abort();
+      this.inflight.get(req.unique)?.ac.abort();
       this.transport.done(raw);
       return;
     }
@@ -123,7 +158,7 @@ export class Session {
       return;
     }
     const ac = new AbortController();
-    if (info.replies) this.inflight.set(unique, ac);
+    if (info.replies) this.inflight.set(unique, { ac, since: performance.now(), op: req.op, raw });
     let out: Promise<Reply>;
     try {
       out = Promise.resolve(handler(req as RequestOf<OpName>, { signal: ac.signal }));
@@ -144,9 +179,13 @@ export class Session {
 
   private finish(raw: RawRequest, req: Request, r: Reply, replies: boolean): void {
     const unique = req.header.unique;
-    this.inflight.delete(unique);
+    // Expired (answered EIO by the watchdog): drop the late result.
+    const expired = replies && !this.inflight.delete(unique);
     try {
-      if (!replies || r.t === 'none') return;
+      if (!replies || r.t === 'none' || expired) {
+        if (r.t === 'bytes') r.release?.();
+        return;
+      }
       this.sendReply(raw, unique, r);
     } catch (e) {
       this.stat.replyFailures++;
@@ -159,10 +198,10 @@ export class Session {
 
   private fail(raw: RawRequest, req: Request, e: unknown, replies: boolean): void {
     const unique = req.header.unique;
-    this.inflight.delete(unique);
+    const expired = replies && !this.inflight.delete(unique);
     this.stat.errors++;
     const errno = e instanceof WireParseError ? e.errno : toErrno(e);
-    if (replies) this.send(raw, replyError(unique, errno));
+    if (replies && !expired) this.send(raw, replyError(unique, errno));
     this.transport.done(raw);
   }
 

@@ -72,6 +72,8 @@ interface Slot {
 
 interface Waiter {
   size: number;
+  /** the acquire call's stack (debug mode) */
+  stack?: string;
   since: number;
   resolve(b: Buffer): void;
   reject(e: Error): void;
@@ -172,6 +174,7 @@ export class BufferPool {
       };
       const w: Waiter = {
         size: n, since: performance.now(), resolve, reject,
+        stack: this.debug ? new Error('acquired here').stack : undefined,
         cleanup: () => signal?.removeEventListener('abort', onAbort),
       };
       signal?.addEventListener('abort', onAbort, { once: true });
@@ -224,13 +227,13 @@ export class BufferPool {
     }
   }
 
-  private take(n: number): Buffer | undefined {
+  private take(n: number, stack?: string): Buffer | undefined {
     for (let cls = 0; cls < this.sizes.length; cls++) {
       if (this.sizes[cls] < n) continue;
       const slot = this.free[cls].pop();
       if (!slot) continue;
       slot.held = true;
-      if (this.debug) slot.stack = new Error('acquired here').stack;
+      if (this.debug) slot.stack = stack ?? new Error('acquired here').stack;
       this.inUse[cls]++;
       if (this.inUse[cls] > this.highWater[cls]) this.highWater[cls] = this.inUse[cls];
       this.inUseBytes += this.sizes[cls];
@@ -244,7 +247,7 @@ export class BufferPool {
   private serveWaiters(): void {
     for (let i = 0; i < this.waiters.length;) {
       const w = this.waiters[i];
-      const b = this.take(w.size);
+      const b = this.take(w.size, w.stack);
       if (!b) {
         i++;
         continue;

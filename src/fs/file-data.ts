@@ -23,6 +23,7 @@ import {
 import { transact } from './txn.js';
 import type { Ino, Timespec } from './types.js';
 import type { BlobCache } from './blob-cache.js';
+import type { Counters } from './counters.js';
 
 /** How many stale chunk entries one truncate/purge commit deletes. */
 export const DELETE_BATCH = 512;
@@ -39,6 +40,8 @@ export interface DataContext {
   newBlobId(): string;
   /** called after commits that queued garbage */
   kickJanitor(): void;
+  /** usage counters (batched) */
+  counters: Counters;
 }
 
 /**
@@ -348,7 +351,7 @@ export class FileData {
         tx.set(K.inode(this.ino), encodeInode(inode));
         if (batch.length) tx.after.push(() => this.cx.kickJanitor());
       });
-      if (added) void this.cx.store.incr(K.byteCount, added).catch(() => undefined);
+      this.cx.counters.add(K.byteCount, added);
       for (const c of batch) this.entries.set(c.idx, c.length ? { length: c.length, blobId: c.blobId } : null);
       if (this.mtime === mtime) this.mtime = undefined;
     } catch (e) {

@@ -23,6 +23,7 @@ import { BlobCache } from './blob-cache.js';
 import { fsErr } from './errors.js';
 import { ChunkBuffers, FileData, WriteBudget, type DataContext } from './file-data.js';
 import { Janitor } from './janitor.js';
+import { Counters } from './counters.js';
 import { KeyedMutex } from './keyed-mutex.js';
 import {
   INO_BATCH, K, decodeDirent, decodeInode, encodeDirent, encodeInode, memberOf, nowTs, toAttr,
@@ -97,6 +98,7 @@ export class Filesystem {
   private blobSeq = 0;
   private readonly cx: DataContext;
   readonly janitor: Janitor;
+  private readonly counters: Counters;
   private readonly blobs: BlobCache;
   private readonly budget: WriteBudget;
   private readonly buffers: ChunkBuffers;
@@ -107,8 +109,10 @@ export class Filesystem {
     this.blobs = new BlobCache(store, opts.blobCacheBytes ?? 64 << 20);
     this.budget = new WriteBudget(opts.writeBufferBytes ?? 64 << 20);
     this.buffers = new ChunkBuffers(volume.chunkSize, Math.max(4, Math.floor(this.budget.limit / volume.chunkSize)));
-    this.janitor = new Janitor(store, this.blobs);
+    this.counters = new Counters(store);
+    this.janitor = new Janitor(store, this.blobs, this.counters);
     this.cx = {
+      counters: this.counters,
       store, chunkSize: volume.chunkSize, blobs: this.blobs, buffers: this.buffers, budget: this.budget,
       newBlobId: () => `${this.session}.${(this.blobSeq++).toString(36)}`,
       kickJanitor: () => this.janitor.kick(),
@@ -136,6 +140,7 @@ export class Filesystem {
     await Promise.all([...this.files.values()].map((f) => f.flush().catch(() => undefined)));
     await this.janitor.run().catch(() => undefined);
     await this.janitor.close();
+    await this.counters.close().catch(() => undefined);
     // Orphans still in use here go with the session: the next mount reaps them.
     await this.store.del([K.session(this.session)]).catch(() => undefined);
   }
@@ -403,7 +408,7 @@ export class Filesystem {
       this.touchDir(tx, dir, t);
       return node;
     }));
-    void this.store.incr(K.inodeCount, 1).catch(() => undefined);
+    this.counters.add(K.inodeCount, 1);
     return this.view(n);
   }
 
@@ -735,8 +740,8 @@ export class Filesystem {
 
   async statfs(): Promise<StatFs> {
     const info = await this.store.info();
-    const used = Math.max(0, await this.store.incr(K.byteCount, 0));
-    const inodes = Math.max(0, await this.store.incr(K.inodeCount, 0));
+    const used = Math.max(0, await this.counters.read(K.byteCount));
+    const inodes = Math.max(0, await this.counters.read(K.inodeCount));
     const bsize = 4096;
     const free = info.freeBytes ?? 2 ** 40;
     const total = info.capacityBytes ?? used + free;

@@ -11,6 +11,7 @@ import type { KvStore } from '../backend/kv.js';
 import { DELETE_BATCH } from './file-data.js';
 import { K, decodeChunk, memberOf } from './schema.js';
 import type { BlobCache } from './blob-cache.js';
+import type { Counters } from './counters.js';
 
 export class Janitor {
   private running: Promise<void> | undefined;
@@ -21,7 +22,7 @@ export class Janitor {
   collected = 0;
   lastError: unknown;
 
-  constructor(private readonly store: KvStore, private readonly blobs: BlobCache) {}
+  constructor(private readonly store: KvStore, private readonly blobs: BlobCache, private readonly counters: Counters) {}
 
   /** asks for a run soon (coalesced) */
   kick(): void {
@@ -51,6 +52,7 @@ export class Janitor {
         try {
           while (await this.purgeSome()) { /* next page */ }
           while (await this.collectSome()) { /* next page */ }
+          await this.counters.flush();
         } catch (e) {
           this.lastError = e;
           if (!this.closed) console.error('kvfs: clean-up paused after an error (it resumes on the next change):', (e as Error).message);
@@ -91,7 +93,7 @@ export class Janitor {
         if (done) break;
       }
       this.purged++;
-      await this.store.incr(K.inodeCount, -1);
+      this.counters.add(K.inodeCount, -1);
     }
     return page.length > 0;
   }
@@ -105,7 +107,7 @@ export class Janitor {
     for (const id of ids) this.blobs.evict(id);
     await this.store.del(page.map(([k]) => k));
     const bytes = page.reduce((n, [, v]) => n + (Number(Buffer.from(v).toString()) || 0), 0);
-    if (bytes) await this.store.incr(K.byteCount, -bytes);
+    this.counters.add(K.byteCount, -bytes);
     this.collected += ids.length;
     return page.length === DELETE_BATCH;
   }

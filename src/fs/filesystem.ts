@@ -295,14 +295,21 @@ export class Filesystem {
 
   /** drops one reference; the last one commits (or, for a file unlinked meanwhile, lets it go) */
   private async unref(f: FileData): Promise<void> {
-    if (f.refs === 1 && !f.unlinked) await f.flush();
-    f.refs--;
-    if (f.refs > 0) return;
-    this.files.delete(f.ino);
-    if (f.unlinked) {
-      f.discard();
-      await this.reapOrphan(f.ino);
+    let failed: unknown;
+    try {
+      if (f.refs === 1 && !f.unlinked) await f.flush();
+    } catch (e) {
+      failed = e; // reported to the caller; the handle goes all the same
     }
+    f.refs--;
+    if (f.refs === 0) {
+      this.files.delete(f.ino);
+      // Whatever is still uncommitted could not be committed (its error went to the caller): let it go,
+      // with its write-back memory.
+      f.discard();
+      if (f.unlinked) await this.reapOrphan(f.ino);
+    }
+    if (failed) throw failed;
   }
 
   /** removes an orphan of this mount once nothing uses it any more */
@@ -630,7 +637,7 @@ export class Filesystem {
     if (isDir(n.mode)) throw fsErr('EISDIR');
     if ((n.mode & S_IFMT) === S_IFLNK) throw fsErr('ELOOP');
     const data = await this.fileData(ino);
-    if (flags & constants.O_TRUNC && (flags & 3) !== constants.O_RDONLY && data.size > 0) {
+    if (flags & constants.O_TRUNC && (flags & 3) !== constants.O_RDONLY) {
       try {
         await this.locks.with([ino], () => data.truncate(0, nowTs()));
       } catch (e) {

@@ -6,7 +6,8 @@
  *  - Requests are delivered in batches, in the order the readers queued them. A delivered request's header
  *    (and an inline body) are views into the batch area and are valid only during the `onRequest` call; a
  *    body in a pool buffer stays valid until `done(req)` is called for it, exactly once per request.
- *  - Stocking: every class is kept stocked up to its target; a class a reader waits for is stocked at once.
+ *  - Stocking: every class is kept stocked up to its target (at most half the class, so READ replies always
+ *    find buffers); a class a reader waits for is stocked at once.
  *    Stocked and in-flight buffers are held in the pool, so the pool's capacity bounds them all; when the
  *    pool is empty, stocking waits in the pool's FIFO and the readers wait with it (backpressure).
  *  - `onClosed` runs once, when every reader has stopped (the filesystem was unmounted) and all requests
@@ -65,7 +66,11 @@ export class NativeChannel {
     this.classSizes = pool.stats().classes.map((c) => c.size);
     this.stocked = this.classSizes.map(() => new Map());
     this.acquiring = this.classSizes.map(() => 0);
-    this.targets = opts.stockTargets ?? this.classSizes.map((_, i) => (i === 0 ? 8 : 2));
+    // Stock at most half of a class: the rest serves READ replies, which must never wait for buffers that
+    // only an incoming request of that size would free.
+    const counts = pool.stats().classes.map((c) => c.count);
+    this.targets = (opts.stockTargets ?? this.classSizes.map((_, i) => (i === 0 ? 8 : 2)))
+      .map((want, i) => Math.min(want, Math.floor(counts[i] / 2)));
     this.ch = new n.NativeChannel(fds, arena, this.classSizes, opts.pipeSize, () => this.wake());
   }
 

@@ -46,11 +46,13 @@ export interface DataContext {
 
 /**
  * Recycles chunk-sized buffers: fresh memory is dear on these machines (first touch costs more than a copy),
- * so buffers are kept and reused rather than freed and allocated again. At most `keep` are held idle.
+ * so buffers are kept and reused rather than freed and allocated again. Idle buffers and the write-back
+ * buffers in use together stay within the write budget's limit: write-back memory never exceeds
+ * --write-buffer-mb, idle or not.
  */
 export class ChunkBuffers {
   private readonly free: Buffer[] = [];
-  constructor(readonly size: number, private readonly keep: number) {}
+  constructor(readonly size: number, private readonly budget: WriteBudget) {}
   /** a buffer of `size` bytes, zero-filled when `zero` */
   take(zero: boolean): Buffer {
     const b = this.free.pop() ?? Buffer.allocUnsafeSlow(this.size);
@@ -58,7 +60,7 @@ export class ChunkBuffers {
     return b;
   }
   give(b: Buffer): void {
-    if (this.free.length < this.keep && b.length === this.size) this.free.push(b);
+    if (b.length === this.size && (this.free.length + 1) * this.size + this.budget.used <= this.budget.limit) this.free.push(b);
   }
   get idle(): number {
     return this.free.length;

@@ -108,7 +108,7 @@ export class Filesystem {
     this.session = randomBytes(6).toString('base64url');
     this.blobs = new BlobCache(store, opts.blobCacheBytes ?? 64 << 20);
     this.budget = new WriteBudget(opts.writeBufferBytes ?? 64 << 20);
-    this.buffers = new ChunkBuffers(volume.chunkSize, Math.max(4, Math.floor(this.budget.limit / volume.chunkSize)));
+    this.buffers = new ChunkBuffers(volume.chunkSize, this.budget);
     this.counters = new Counters(store);
     this.janitor = new Janitor(store, this.blobs, this.counters);
     this.cx = {

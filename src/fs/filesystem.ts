@@ -41,6 +41,7 @@ const S_IFDIR = 0o040000;
 const S_IFREG = 0o100000;
 const S_IFLNK = 0o120000;
 const S_ISGID = 0o2000;
+const S_ISUID = 0o4000;
 const NAME_MAX = 255;
 const XATTR_NAME_MAX = 255;
 const XATTR_SIZE_MAX = 65536;
@@ -628,6 +629,25 @@ export class Filesystem {
     const f = this.files.get(ino);
     if (f && set.mtime !== undefined) f.mtime = undefined; // an explicit mtime wins over pending writes' mtime
     return this.view(n);
+  }
+
+  /**
+   * Clears the privileges a change by an unprivileged caller must drop (as the Linux VFS does): setuid, setgid
+   * when the group may execute (otherwise it marks mandatory locking), and security.capability. Nothing is
+   * written when there is nothing to clear.
+   */
+  async killPriv(ino: Ino): Promise<void> {
+    const n = await this.inode(this.store, ino);
+    const clear = (n.mode & S_ISUID ? S_ISUID : 0) | ((n.mode & (S_ISGID | 0o010)) === (S_ISGID | 0o010) ? S_ISGID : 0);
+    const cap = (await this.store.get(K.xattr(ino, 'security.capability'))) !== undefined;
+    if (!clear && !cap) return;
+    await this.locks.with([ino], () => transact(this.store, async (tx) => {
+      const node = await this.inode(tx, ino);
+      node.mode &= ~clear;
+      if (cap) tx.del(K.xattr(ino, 'security.capability'));
+      node.ctime = nowTs();
+      this.put(tx, node);
+    }));
   }
 
   // ------------------------------------------------------------------ files

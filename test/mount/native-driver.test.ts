@@ -7,7 +7,9 @@
  *  (c) requests larger than the channel's inline record (200 bytes of body): names of 255 bytes, xattrs of
  *      64 KiB, 1 MiB and 512 KiB writes, O_DIRECT reads of 1 MiB, round-trip byte for byte;
  *  (d) 16 writers and 8 readers at once through a 4 MiB buffer pool (`--buffer-pool-mb 4`), so requests wait for
- *      buffers: nothing fails, everything completes, checksums match;
+ *      buffers: nothing fails, everything completes, checksums match (the pool's stats come from KVFS_STATS_FILE);
+ *      with that pool, O_DIRECT reads of 512 KiB and 1 MiB (whose replies need the largest class) complete, on a
+ *      fresh mount and after rounds of mixed O_DIRECT load (KVFS_TEST_LOAD_ROUNDS, default 6);
  *  (e) the kernel's INTERRUPT: processes SIGKILLed while inside requests do not break the mount.
  *
  * Every tool runs in a child process under a deadline; a tool stuck in the kernel (state D, which no signal
@@ -602,25 +604,90 @@ t.test('(d) 16 writers and 8 readers through a 4 MiB buffer pool: nothing fails,
   await stillServes(t, m, 'after the concurrent load');
 });
 
-t.test('(d) with a 4 MiB pool, O_DIRECT reads of 512 KiB and 1 MiB complete', async (t) => {
-  // With --buffer-pool-mb 4 the largest class (1 MiB + 4 KiB) has 2 buffers; a READ of more than 256 KiB
-  // needs one of them for its reply.
-  const statsFile = join(local, 'stats-odirect.json');
+/** for argv[4] seconds: O_DIRECT reads of argv[3] bytes of argv[1] ("r"), or O_DIRECT writes of argv[3] bytes ("w") */
+const DIRECT_LOOP = String.raw`
+import mmap, os, sys, time
+p, role, n, secs = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+end = time.time() + secs
+buf = mmap.mmap(-1, n)
+k = 0
+if role == 'r':
+    fd = os.open(p, os.O_RDONLY | os.O_DIRECT)
+    off = 0
+    while time.time() < end:
+        got = os.preadv(fd, [buf], off)
+        off = 0 if got <= 0 else off + got
+        k += 1
+else:
+    buf[:] = os.urandom(n)
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o644)
+    while time.time() < end:
+        os.pwritev(fd, [buf], (k % 16) * n)
+        k += 1
+print(k)
+`;
+
+/**
+ * With --buffer-pool-mb 4 the largest class (1 MiB + 4 KiB) has 2 buffers; a READ of more than 256 KiB needs
+ * one of them for its reply, so the readers' stock must leave one free. Mounts with a 4 MiB pool and a 4 MiB
+ * file `f`; readAll() reads it with O_DIRECT in 256 KiB, 512 KiB and 1 MiB requests, each under a deadline.
+ */
+async function smallPoolMount(t: Test, statsName: string) {
+  const statsFile = join(local, statsName);
   const m = await mountKvfs(t, { driver: 'default', args: ['--buffer-pool-mb', '4'], env: { KVFS_STATS_FILE: statsFile } });
   const data = randomBytes(4 * MIB);
-  const src = join(local, 'odirect-src');
+  const src = join(local, `${statsName}.src`);
   writeFileSync(src, data);
   expectExit(t, await run('cp', [src, `${m.mnt}/f`], { timeout: 30_000 }), 'a 4 MiB file');
   const want = sha256(data);
-  for (const bs of [256 * KIB, 512 * KIB, MIB]) {
-    if (!m.alive()) break;
-    const s = start(PYTHON, [script('reader', READER), `${m.mnt}/f`, String(bs), 'direct'], { timeout: 60_000 });
-    s.end();
-    const { results, stuck } = await bounded(t, m, [s], 10_000, `one O_DIRECT reader, ${bs >> 10} KiB reads, 4 MiB pool`,
-      () => daemonStats(statsFile));
-    const r = results[0];
-    if (r && !stuck.length && expectExit(t, r, `O_DIRECT ${bs >> 10} KiB reads`)) t.equal(r.stdout.trim(), want, `O_DIRECT ${bs >> 10} KiB reads: checksum`);
+  const readAll = async (what: string) => {
+    for (const bs of [256 * KIB, 512 * KIB, MIB]) {
+      if (!m.alive()) return;
+      const s = start(PYTHON, [script('reader', READER), `${m.mnt}/f`, String(bs), 'direct'], { timeout: 60_000 });
+      s.end();
+      const { results, stuck } = await bounded(t, m, [s], 10_000, `${what}: one O_DIRECT reader, ${bs >> 10} KiB reads, 4 MiB pool`,
+        () => daemonStats(statsFile));
+      const r = results[0];
+      if (r && !stuck.length && expectExit(t, r, `${what}: O_DIRECT ${bs >> 10} KiB reads`)) {
+        t.equal(r.stdout.trim(), want, `${what}: O_DIRECT ${bs >> 10} KiB reads: checksum`);
+      }
+    }
+  };
+  return { m, statsFile, readAll };
+}
+
+t.test('(d) with a 4 MiB pool, O_DIRECT reads of 512 KiB and 1 MiB complete', async (t) => {
+  const { readAll } = await smallPoolMount(t, 'stats-fresh.json');
+  await readAll('on a fresh mount');
+});
+
+t.test('(d) with a 4 MiB pool, O_DIRECT reads of 512 KiB and 1 MiB complete after a mixed O_DIRECT load', async (t) => {
+  const { m, statsFile, readAll } = await smallPoolMount(t, 'stats-mixed.json');
+
+  // A mixed load: 256 KiB O_DIRECT reads hold the 256 KiB class, while 200 KiB O_DIRECT writes make the readers'
+  // stock ask the pool for 256 KiB buffers, which it serves from the larger class when the 256 KiB one is empty.
+  // Whether the stock ends up holding every largest-class buffer depends on timing: up to `rounds` rounds of load,
+  // until the stats show it (then the reads below must still complete).
+  const rounds = Number(process.env.KVFS_TEST_LOAD_ROUNDS ?? 6);
+  for (let round = 1; round <= rounds && m.alive(); round++) {
+    const load = [
+      ...Array.from({ length: 8 }, () => start(PYTHON, [script('direct-loop', DIRECT_LOOP), `${m.mnt}/f`, 'r', String(256 * KIB), '3'], { timeout: 60_000 })),
+      ...Array.from({ length: 4 }, (_, i) => start(PYTHON, [script('direct-loop', DIRECT_LOOP), `${m.mnt}/w${i}`, 'w', String(200 * KIB), '3'], { timeout: 60_000 })),
+    ];
+    load.forEach((s) => s.end());
+    const { results } = await bounded(t, m, load, 20_000, `round ${round} of the mixed O_DIRECT load`, () => daemonStats(statsFile));
+    if (!results.every((r, i) => expectExit(t, r, `round ${round}: load ${i < 8 ? 'reader' : 'writer'} ${i}`))) break;
+    await sleep(300);
+    const st = daemonStats(statsFile);
+    const big = st?.pool.classes[st.pool.classes.length - 1];
+    t.comment(`after round ${round}: largest class ${big ? `free ${big.free} of ${big.count}` : '?'}, stocked ${st?.channel.stocked}, in flight ${st?.session.inFlight}`);
+    if (st && big && st.session.inFlight === 0 && big.free === 0) {
+      t.fail(`after round ${round}, with nothing in flight, no largest-class buffer is free for READ replies: the readers' stock holds all ${big.count}`,
+        { stats: st });
+      break;
+    }
   }
+  await readAll('after a mixed load');
 });
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -75,6 +75,27 @@ print(json.dumps({'uid': st.st_uid, 'gid': st.st_gid}))`, [M], TEST_USER);
     t.same(mine, { uid, gid: 4242 }, 'a file another user creates belongs to that user, with the directory\'s group');
   });
 
+  t.test('a write by an unprivileged user clears setuid and setgid (setgid only with group execute)', async (t) => {
+    const { uid } = ensureUser();
+    await pyJson(t, `
+M = sys.argv[1]; uid = int(sys.argv[2])
+for name, mode in (('suid', 0o6775), ('sgid-nox', 0o2745), ('rootw', 0o6775)):
+    open(M + '/' + name, 'w').write('x'); os.chown(M + '/' + name, uid, -1); os.chmod(M + '/' + name, mode)
+os.chmod(M + '/rootw', 0o6777)
+print('null')`, [M, String(uid)]);
+    const byUser = await pyJson(t, `
+M = sys.argv[1]
+for name in ('suid', 'sgid-nox'):
+    fd = os.open(M + '/' + name, os.O_WRONLY); os.write(fd, b'more'); os.close(fd)
+print(json.dumps({n: oct(os.stat(M + '/' + n).st_mode & 0o7777) for n in ('suid', 'sgid-nox')}))`, [M], TEST_USER);
+    t.same(byUser, { suid: '0o775', 'sgid-nox': '0o2745' });
+    const byRoot = await pyJson(t, `
+M = sys.argv[1]
+fd = os.open(M + '/rootw', os.O_WRONLY); os.write(fd, b'more'); os.close(fd)
+print(json.dumps(oct(os.stat(M + '/rootw').st_mode & 0o7777)))`, [M]);
+    t.equal(byRoot, '0o6777', 'root (CAP_FSETID) keeps them');
+  });
+
   t.test('POSIX locks and flock between processes', async (t) => {
     const out = await pyJson(t, `
 import subprocess

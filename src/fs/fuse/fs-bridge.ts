@@ -10,7 +10,7 @@ import type { Filesystem } from '../filesystem.js';
 import type { Attr, Ctx, SetAttr } from '../types.js';
 import type { OpTable, Reply } from './session.js';
 import {
-  DirentPacker, DirentPlusPacker, FATTR, INIT_FLAGS, negotiateInit, type InHeader,
+  DirentPacker, DirentPlusPacker, FATTR, INIT_FLAGS, REQUEST_FLAGS, negotiateInit, type InHeader,
 } from './wire/index.js';
 
 export interface BridgeOptions {
@@ -41,7 +41,9 @@ export function fsBridge(fs: Filesystem, pool: BufferPool, opts: BridgeOptions):
   const wanted = INIT_FLAGS.FUSE_ASYNC_READ | INIT_FLAGS.FUSE_ATOMIC_O_TRUNC | INIT_FLAGS.FUSE_BIG_WRITES |
     INIT_FLAGS.FUSE_PARALLEL_DIROPS | INIT_FLAGS.FUSE_DO_READDIRPLUS | INIT_FLAGS.FUSE_READDIRPLUS_AUTO |
     INIT_FLAGS.FUSE_ASYNC_DIO | INIT_FLAGS.FUSE_CACHE_SYMLINKS | INIT_FLAGS.FUSE_EXPORT_SUPPORT |
-    (opts.writebackCache ? INIT_FLAGS.FUSE_WRITEBACK_CACHE : 0n);
+    // kvfs clears setuid/setgid/capabilities itself when the kernel flags an unprivileged change, so the
+    // kernel does not ask for security.capability before every write
+    INIT_FLAGS.FUSE_HANDLE_KILLPRIV_V2 | (opts.writebackCache ? INIT_FLAGS.FUSE_WRITEBACK_CACHE : 0n);
   const openFlags = opts.keepCache ? 2 /* FOPEN_KEEP_CACHE */ : 0;
 
   return {
@@ -74,7 +76,12 @@ export function fsBridge(fs: Filesystem, pool: BufferPool, opts: BridgeOptions):
       if (v & FATTR.FATTR_MTIME_NOW) set.mtime = 'now';
       else if (v & FATTR.FATTR_MTIME) set.mtime = { sec: req.mtime, nsec: req.mtimensec };
       if (v & FATTR.FATTR_CTIME) set.ctime = { sec: req.ctime, nsec: req.ctimensec };
-      return { t: 'attr', attr: await fs.setattr(req.header.nodeid, set, ctxOf(req.header)) };
+      const attr = await fs.setattr(req.header.nodeid, set, ctxOf(req.header));
+      if (v & FATTR.FATTR_KILL_SUIDGID || (v & (FATTR.FATTR_UID | FATTR.FATTR_GID) && (attr.mode & 0o170000) !== 0o040000)) {
+        await fs.killPriv(req.header.nodeid);
+        return { t: 'attr', attr: await fs.getattr(req.header.nodeid) };
+      }
+      return { t: 'attr', attr };
     },
     READLINK: async (req) => ({ t: 'bytes', data: Buffer.from(await fs.readlink(req.header.nodeid)) }),
     SYMLINK: async (req) => entry(await fs.symlink(req.header.nodeid, req.name, req.target, ctxOf(req.header))),
@@ -97,9 +104,14 @@ export function fsBridge(fs: Filesystem, pool: BufferPool, opts: BridgeOptions):
       return { t: 'empty' };
     },
     LINK: async (req) => entry(await fs.link(req.oldnodeid, req.header.nodeid, req.name)),
-    OPEN: async (req) => ({ t: 'open', fh: await fs.open(req.header.nodeid, req.flags), flags: openFlags }),
+    OPEN: async (req) => {
+      const fh = await fs.open(req.header.nodeid, req.flags);
+      if (req.open_flags & REQUEST_FLAGS.FUSE_OPEN_KILL_SUIDGID) await fs.killPriv(req.header.nodeid);
+      return { t: 'open', fh, flags: openFlags };
+    },
     CREATE: async (req) => {
       const { attr, fh } = await fs.create(req.header.nodeid, req.name, req.mode, req.flags, ctxOf(req.header));
+      if (req.open_flags & REQUEST_FLAGS.FUSE_OPEN_KILL_SUIDGID) await fs.killPriv(attr.ino);
       fs.remember(attr.ino);
       return { t: 'create', attr, fh, flags: openFlags };
     },
@@ -116,7 +128,10 @@ export function fsBridge(fs: Filesystem, pool: BufferPool, opts: BridgeOptions):
         throw e;
       }
     },
-    WRITE: async (req) => ({ t: 'write', size: await fs.write(req.fh, req.offset, req.data) }),
+    WRITE: async (req) => {
+      if (req.write_flags & REQUEST_FLAGS.FUSE_WRITE_KILL_SUIDGID) await fs.killPriv(req.header.nodeid);
+      return { t: 'write', size: await fs.write(req.fh, req.offset, req.data) };
+    },
     STATFS: async () => ({ t: 'statfs', st: await fs.statfs() }),
     RELEASE: async (req) => {
       await fs.release(req.fh);

@@ -158,7 +158,9 @@ export class NativeChannel {
       this.pool.acquire(this.classSizes[c], this.abort.signal).then((buf) => {
         this.acquiring[c]--;
         const real = this.classSizes.indexOf(buf.length);
-        if (this.closed) {
+        // The pool may answer with a larger class when c is empty. That serves a reader waiting now
+        // (urgent), but is not kept beyond the larger class's own target: stock never grows past it.
+        if (this.closed || (real !== c && !urgent && this.stocked[real].size >= this.targets[real])) {
           this.pool.release(buf);
           return;
         }

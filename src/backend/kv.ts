@@ -8,15 +8,14 @@
  *  - blob keys (prefix `b/`), immutable file data, spread across the cluster. Blobs are written with `put`
  *    before any commit references them and are never changed afterwards, only deleted.
  *
- * Collections: a key `P/rest` where P is a prefix ending in `/` that is passed to `scan` belongs to the
- * collection P. `scan` returns the members of one collection in byte order of their keys. Engines with an
- * ordered keyspace (LMDB, memory) scan a key range; engines without one (Redis) keep each collection in a hash.
- * So every scanned prefix must be one of the collection prefixes the schema declares (src/fs/schema.ts), and
- * collection prefixes never nest (no collection prefix is a prefix of another collection's keys).
+ * Collections: a key's collection is its text up to and including its last '/' (`d/5/` for `d/5/name`,
+ * `g/` for `g/id`). `scan(P)` returns the members of collection P, in byte order of their keys, and never
+ * keys of another collection (`d/5/` never returns `d/5/x/y` or `d/51/x`). Engines with an ordered keyspace
+ * (LMDB) scan a key range and skip deeper keys; engines without one (memory, Redis) keep each collection in
+ * its own sorted set or hash. The part of a key after its collection never contains '/'.
  *
- * Order: writes called without awaiting apply in call order. Counters are stored as decimal ASCII (as Redis
- * keeps them) within +-2^53. A scan prefix ends in '/', and a scan limit is at least 1 (else INVALID).
- * `close()` may be called twice.
+ * Values: a stored value is a copy of what the caller gave (callers reuse their buffers at once). A value
+ * an engine returns may be shared with the engine: callers never modify returned bytes.
  *
  * Atomicity: `commit` applies a batch of writes only if every check still holds (compare-and-swap on whole
  * values, absence included), all or nothing. It is the only multi-key write. Everything else is one key.
@@ -64,6 +63,11 @@ export interface KvStore {
   del(keys: readonly string[]): Promise<void>;
   /** members of one collection, in key order (see above) */
   scan(prefix: string, opts?: ScanOptions): Promise<[string, Uint8Array][]>;
+  /**
+   * Every key that starts with `prefix`, of any collection, in byte order: for maintenance (fsck, collecting
+   * leaked blobs, tests), not for the request path; it may walk the whole keyspace.
+   */
+  keys(prefix: string): Promise<string[]>;
   /** adds delta to a 64-bit signed counter stored at key (absent is 0) and returns the new value */
   incr(key: string, delta: number): Promise<number>;
   /**

@@ -110,9 +110,21 @@ export class LmdbStore implements KvStore {
     return this.#read(() => {
       const out: [string, Uint8Array][] = [];
       for (const { key, value } of db.getRange({ start, end })) {
-        if (key === after) continue;
+        if (key === after || key.indexOf('/', prefix.length) >= 0) continue; // another (deeper) collection
         out.push([key, value]);
         if (out.length >= limit) break;
+      }
+      return out;
+    });
+  }
+
+  async keys(prefix: string): Promise<string[]> {
+    const db = this.#live();
+    return this.#read(() => {
+      const out: string[] = [];
+      for (const key of db.getKeys({ start: prefix })) {
+        if (!key.startsWith(prefix)) break;
+        out.push(key);
       }
       return out;
     });

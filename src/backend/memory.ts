@@ -1,17 +1,19 @@
 import { StoreError } from './errors.js';
 import type { KvCheck, KvEngineInfo, KvStore, KvWrite, ScanOptions } from './kv.js';
 
-/** The shared state behind one or more MemoryStore handles: values by key, and the keys kept sorted. */
+/** The shared state behind one or more MemoryStore handles: values by key, and each collection's keys sorted. */
 interface MemoryData {
   values: Map<string, Uint8Array>;
-  /** every key of `values`, ascending (code-unit order, which is byte order for the ASCII keys of kv.ts) */
-  keys: string[];
+  /** collection (key up to its last '/') -> its keys, ascending by bytes */
+  collections: Map<string, string[]>;
 }
 
 /**
  * An ordered in-memory KvStore, for tests and for `memory:` URLs. Nothing is durable.
  *
- * Values are copied on the way in and on the way out, so no caller can change stored bytes. Every method runs
+ * Values are copied on the way in; values returned are the stored bytes (callers never modify them, kv.ts).
+ * Each collection keeps its own sorted key list, so inserts and deletes cost the size of one collection,
+ * not of the store. Every method runs
  * to completion without awaiting, so each call is atomic and calls apply in the order they were made.
  * Counters are stored as decimal ASCII, as Redis INCRBY does, and kept within Number.MAX_SAFE_INTEGER.
  *
@@ -24,7 +26,7 @@ export class MemoryStore implements KvStore {
 
   /** a fresh empty store, or, given another handle, a second handle on that handle's data */
   constructor(sharedWith?: MemoryStore) {
-    this.#data = sharedWith ? sharedWith.#data : { values: new Map(), keys: [] };
+    this.#data = sharedWith ? sharedWith.#data : { values: new Map(), collections: new Map() };
   }
 
   get #db(): MemoryData {
@@ -33,12 +35,12 @@ export class MemoryStore implements KvStore {
   }
 
   async get(key: string): Promise<Uint8Array | undefined> {
-    return copy(this.#db.values.get(key));
+    return this.#db.values.get(key);
   }
 
   async getMany(keys: readonly string[]): Promise<(Uint8Array | undefined)[]> {
     const { values } = this.#db;
-    return keys.map((k) => copy(values.get(k)));
+    return keys.map((k) => values.get(k));
   }
 
   async put(key: string, value: Uint8Array): Promise<void> {
@@ -54,15 +56,22 @@ export class MemoryStore implements KvStore {
     const db = this.#db;
     checkScan(prefix, opts);
     const { after, limit = Infinity } = opts;
-    let i = lowerBound(db.keys, after !== undefined && after > prefix ? after : prefix);
-    if (db.keys[i] === after) i++;
+    const keys = db.collections.get(prefix) ?? [];
+    let i = after !== undefined && after > prefix ? lowerBound(keys, after) : 0;
+    if (keys[i] === after) i++;
     const out: [string, Uint8Array][] = [];
-    for (; i < db.keys.length && out.length < limit; i++) {
-      const k = db.keys[i]!;
-      if (!k.startsWith(prefix)) break;
-      out.push([k, new Uint8Array(db.values.get(k)!)]);
-    }
+    for (; i < keys.length && out.length < limit; i++) out.push([keys[i]!, db.values.get(keys[i]!)!]);
     return out;
+  }
+
+  async keys(prefix: string): Promise<string[]> {
+    const db = this.#db;
+    const out: string[] = [];
+    for (const [c, keys] of db.collections) {
+      if (c.startsWith(prefix)) out.push(...keys);
+      else if (prefix.startsWith(c)) out.push(...keys.filter((k) => k.startsWith(prefix)));
+    }
+    return out.sort((a, b) => (byteLess(a, b) ? -1 : byteLess(b, a) ? 1 : 0));
   }
 
   async incr(key: string, delta: number): Promise<number> {
@@ -98,27 +107,47 @@ export class MemoryStore implements KvStore {
   }
 }
 
-function copy(v: Uint8Array | undefined): Uint8Array | undefined {
-  return v === undefined ? undefined : new Uint8Array(v);
+/** a key's collection: its text up to and including its last '/' */
+function collectionOf(key: string): string {
+  return key.slice(0, key.lastIndexOf('/') + 1);
 }
 
 function set(db: MemoryData, key: string, value: Uint8Array): void {
-  if (!db.values.has(key)) db.keys.splice(lowerBound(db.keys, key), 0, key);
+  if (!db.values.has(key)) {
+    const c = collectionOf(key);
+    let keys = db.collections.get(c);
+    if (!keys) db.collections.set(c, (keys = []));
+    if (!keys.length || byteLess(keys[keys.length - 1]!, key)) keys.push(key);
+    else keys.splice(lowerBound(keys, key), 0, key);
+  }
   db.values.set(key, value);
 }
 
 function remove(db: MemoryData, key: string): void {
   if (!db.values.delete(key)) return;
-  db.keys.splice(lowerBound(db.keys, key), 1);
+  const c = collectionOf(key);
+  const keys = db.collections.get(c)!;
+  keys.splice(lowerBound(keys, key), 1);
+  if (!keys.length) db.collections.delete(c);
 }
 
-/** index of the first element of sorted `keys` that is >= key */
+/** a < b in byte (UTF-8) order; JavaScript's < compares UTF-16 code units, which differs above U+FFFF */
+function byteLess(a: string, b: string): boolean {
+  return a < b ? !astral(a, b) || Buffer.compare(Buffer.from(a), Buffer.from(b)) < 0
+    : astral(a, b) && Buffer.compare(Buffer.from(a), Buffer.from(b)) < 0;
+}
+
+function astral(a: string, b: string): boolean {
+  return /[\ud800-\udfff]/.test(a) || /[\ud800-\udfff]/.test(b);
+}
+
+/** index of the first element of sorted `keys` that is >= key (byte order) */
 function lowerBound(keys: readonly string[], key: string): number {
   let lo = 0;
   let hi = keys.length;
   while (lo < hi) {
     const mid = (lo + hi) >>> 1;
-    if (keys[mid]! < key) lo = mid + 1;
+    if (byteLess(keys[mid]!, key)) lo = mid + 1;
     else hi = mid;
   }
   return lo;

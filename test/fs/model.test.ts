@@ -567,15 +567,11 @@ function treeDiff(got: Map<string, Desc>, want: Map<string, Desc>): string[] {
 
 // ---------------------------------------------------------------------------------------------- the store itself
 
+/** every key under prefix, of every collection (the store's maintenance listing), with its value */
 async function scanAll(store: KvStore, prefix: string): Promise<[string, Uint8Array][]> {
-  const out: [string, Uint8Array][] = [];
-  let after: string | undefined;
-  for (;;) {
-    const page = await store.scan(prefix, { after, limit: 1000 });
-    out.push(...page);
-    if (page.length === 0) return out;
-    after = page[page.length - 1]![0];
-  }
+  const keys = await store.keys(prefix);
+  const values = await store.getMany(keys);
+  return keys.map((k, i) => [k, values[i]!] as [string, Uint8Array]);
 }
 
 /**

@@ -35,7 +35,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import {
-  atExit, fmt, forceUnmount, howEnded, isAlive, isMounted, kvfsMount, kvfsUnmount, MIB, mib,
+  atExit, fmt, forceUnmount, gitVersion, howEnded, isAlive, isMounted, kvfsMount, kvfsUnmount, MIB, mib,
   procMemory, quietness, removeWork, repoRoot, resetPeak, run, say, sleep, stamp, stopDaemon, unexpectedLogLines,
   type KvfsMount, type RunResult,
 } from './common.js';
@@ -155,7 +155,7 @@ interface PhaseResult {
   ok: boolean;
   /** VmHWM at the end of the phase (reset at its start) */
   peakRss: number;
-  idleBefore: number;
+  rssBefore: number;
   poolInUsePeak: number;
   waits: number;
   errorReplies: number;
@@ -227,6 +227,7 @@ async function main(): Promise<number> {
   mkdirSync(logDir, { recursive: true });
   const work = mkdtempSync(path.join(os.tmpdir(), 'kvfs-burst-'));
   atExit(() => removeWork(work));
+  const version = gitVersion();
   const quiet0 = await quietness();
   say(quiet0.text.replace(/\*/g, ''));
 
@@ -283,7 +284,7 @@ async function main(): Promise<number> {
   /** runs one phase: resets the peak, runs `body`, and records the phase's figures */
   const phase = async (id: string, what: string, body: () => Promise<{ ok: boolean; outcome: string }>): Promise<boolean> => {
     if (stopping) return false;
-    const idleBefore = procMemory(m.pid)?.rss ?? NaN;
+    const rssBefore = procMemory(m.pid)?.rss ?? NaN;
     const before = await sampler.fresh();
     if (!resetPeak(m.pid)) problems.push('cannot reset VmHWM (/proc/PID/clear_refs): phase peaks are peaks since the mount');
     sampler.phase = id;
@@ -304,7 +305,7 @@ async function main(): Promise<number> {
     if (!r.ok) problems.push(`${id} (${what}): ${r.outcome}`);
     const inUse = sampler.of(id).map((s) => s.stats?.pool.inUseBytes ?? 0);
     phases.push({
-      id, what, seconds, outcome: r.outcome, ok: r.ok, idleBefore,
+      id, what, seconds, outcome: r.outcome, ok: r.ok, rssBefore,
       peakRss: Math.max(mem?.hwm ?? 0, ...sampler.of(id).map((s) => s.rss)),
       poolInUsePeak: Math.max(0, ...inUse),
       waits: (after?.pool.totalWaits ?? 0) - (before?.pool.totalWaits ?? 0),
@@ -437,14 +438,15 @@ async function main(): Promise<number> {
   lines.push(`# kvfs memory burst ${started.toISOString()}`, '');
   lines.push(`${os.hostname()}, Linux ${os.release()}, ${os.cpus().length} CPUs, ${Math.round(os.totalmem() / 2 ** 30)} GiB, ` +
     `Node ${process.version}. At the start: ${quiet0.text}; at the end: ${quiet1.text}.`, '');
+  lines.push(`kvfs ${version} (dist/ compiled at the start).`, '');
   lines.push(`Mount: \`kvfs mount ${store} MNT ${mountArgs.join(' ')}\` (defaults otherwise: 2 readers, no writeback cache). ` +
     `Daemon memory (VmRSS, VmHWM) and stats sampled every 100 ms: ${sampler.samples.length} samples, ` +
     `longest gap between samples ${sampler.maxGapMs} ms, longest the daemon left its stats file unwritten ${Math.round(sampler.maxStatsAgeMs)} ms.`, '');
-  lines.push('| phase | what | s | result | peak RSS | over idle before | pool in use, peak | pool waits | requests | error replies | kernel inodes at end |');
+  lines.push('| phase | what | s | result | peak RSS | over RSS at start | pool in use (sampled peak) | pool waits | requests | error replies | kernel inodes at end |');
   lines.push('|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|');
   for (const p of phases) {
     lines.push(`| ${p.id} | ${p.what} | ${p.seconds.toFixed(1)} | ${p.ok ? '' : '**FAILED** '}${p.outcome} | ${mib(p.peakRss)} | ` +
-      `${mib(p.peakRss - p.idleBefore)} | ${mib(p.poolInUsePeak)} | ${fmt(p.waits)} | ${fmt(p.requests)} | ${fmt(p.errorReplies)} | ${fmt(p.lookupsEnd)} |`);
+      `${mib(p.peakRss - p.rssBefore)} | ${mib(p.poolInUsePeak)} | ${fmt(p.waits)} | ${fmt(p.requests)} | ${fmt(p.errorReplies)} | ${fmt(p.lookupsEnd)} |`);
   }
   lines.push('', '"error replies" counts every error answer, ENOENT included (a1 looks each new name up before creating it).', '');
   lines.push(`- Idle RSS: ${mib(idleMount)} right after the mount, ${mib(idleAfterA)} after phase a, ${mib(idleEnd)} at the end.`);

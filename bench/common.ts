@@ -38,6 +38,15 @@ export const fmt = (n: number, digits = 0): string =>
   n.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits });
 export const mib = (bytes: number, digits = 1): string => `${fmt(bytes / MIB, digits)} MiB`;
 
+/** the kvfs version under test: the commit, and whether the working tree differs from it */
+export function gitVersion(): string {
+  const head = spawnSync('git', ['-C', repoRoot, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' });
+  if (head.status !== 0) return 'unknown version (no git)';
+  const dirty = spawnSync('git', ['-C', repoRoot, 'status', '--porcelain', '--untracked-files=no'], { encoding: 'utf8' });
+  const files = dirty.stdout.trim().split('\n').filter(Boolean).length;
+  return `commit ${head.stdout.trim()}${files ? ` with ${files} changed file(s) in the working tree` : ''}`;
+}
+
 export function loadAvg(): number {
   return Number(readFileSync('/proc/loadavg', 'utf8').split(' ')[0]);
 }
@@ -75,16 +84,17 @@ export interface Quiet {
   text: string;
 }
 
-/** How quiet the machine is: the load average, tasks stuck in D state, and CPU use over `ms`. Busy when the
- * load less the stuck tasks is 1.5 or more, or the CPUs were more than 25% busy. */
-export async function quietness(ms = 2000): Promise<Quiet> {
+/** How quiet the machine is: CPU use over `ms`, the load average and the tasks stuck in D state (which count
+ * in the load average without using a CPU, so the load alone can read busy on an idle machine). Busy when the
+ * CPUs were more than 20% busy over `ms`. */
+export async function quietness(ms = 5000): Promise<Quiet> {
   const a = cpuTimes();
   await sleep(ms);
   const b = cpuTimes();
   const busyPct = (100 * (b.busy - a.busy)) / Math.max(1, b.total - a.total);
   const load = loadAvg();
   const stuck = stuckTasks();
-  const busy = load - stuck >= 1.5 || busyPct > 25;
+  const busy = busyPct > 20;
   const text = `load average ${load}${stuck ? ` (${stuck} task(s) stuck in D state count in it)` : ''}, ` +
     `CPUs ${busyPct.toFixed(0)}% busy over ${ms / 1000} s${busy ? ' (**busy**)' : ' (quiet)'}`;
   return { load, stuck, busyPct, busy, text };

@@ -29,7 +29,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import {
-  atExit, fmt, forceUnmount, isAlive, isMounted, killGroup, kvfsBin, kvfsMount, kvfsUnmount, mib,
+  atExit, fmt, forceUnmount, gitVersion, isAlive, isMounted, killGroup, kvfsBin, kvfsMount, kvfsUnmount, mib,
   procMemory, quietness, removeDir, removeWork, repoRoot, run, say, sharedBench, sleep, stamp, stopDaemon,
   unexpectedLogLines, waitGone, waitMounted, type KvfsMount,
 } from './common.js';
@@ -450,6 +450,7 @@ async function main(): Promise<number> {
     say(`fs.pipe-max-size ${pipeMax0} -> ${readFileSync(pipeMaxFile, 'utf8').trim()} for the run`);
   }
   const pipeMax = readFileSync(pipeMaxFile, 'utf8').trim();
+  const version = gitVersion();
   const quiet0 = await quietness();
   say(`${quiet0.text.replace(/\*/g, '')}${quiet0.busy ? ': the figures will not be comparable' : ''}`);
 
@@ -487,6 +488,7 @@ async function main(): Promise<number> {
 
   const rows = new Map<string, Row>();
   const problems: string[] = [];
+  const busyBefore: string[] = [];
   try {
     const warm = values['no-warm'] ? undefined : buildWarmMemory(work);
     if (targets.some((t) => t.name === 'ceiling')) buildCeiling(work); // a build error stops the run before any mount
@@ -496,6 +498,9 @@ async function main(): Promise<number> {
     }
     for (const target of targets) {
       if (stopping) break;
+      const q = await quietness(2000);
+      target.notes.push(`before it: ${q.text}`);
+      if (q.busy) busyBefore.push(target.name);
       if (warm) warmMemory(warm, values['warm-gib'] ?? (values.quick ? '2' : undefined));
       say(`${target.name}: setting up`);
       try {
@@ -536,8 +541,10 @@ async function main(): Promise<number> {
     `# kvfs bench ${started.toISOString()}`,
     '',
     `${host}. At the start: ${quiet0.text}; at the end: ${quiet1.text}` +
-      `${quiet0.busy || quiet1.busy ? '; the figures are not comparable' : ''}.`,
-    `kvfs store \`${opts.store}\`, default pool and caches${opts.mountArgs.length ? `, mount arguments \`${opts.mountArgs.join(' ')}\`` : ''}; ` +
+      `${busyBefore.length ? `; busy right before ${busyBefore.join(', ')}` : ''}` +
+      `${quiet0.busy || quiet1.busy || busyBefore.length ? '; the figures are not comparable' : ''}.`,
+    `kvfs ${version} (dist/ compiled at the start). ` +
+      `kvfs store \`${opts.store}\`, default pool and caches${opts.mountArgs.length ? `, mount arguments \`${opts.mountArgs.join(' ')}\`` : ''}; ` +
       `no writeback cache on any target; fs.pipe-max-size ${pipeMax}${pipeMax !== pipeMax0 ? ` (raised from ${pipeMax0} for the run)` : ''}.` +
       `${values.quick ? ' **quick** (64 MiB files, 5 s jobs, 500 files per meta job).' : ''}` +
       `${values['no-warm'] ? ' **no warm-memory**.' : ''} Write jobs ran twice per target; the second run is shown. ` +

@@ -43,6 +43,7 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap> {
     return DefineClass(env, "NativeChannel",
                        {InstanceMethod("start", &ChannelWrap::Start), InstanceMethod("poll", &ChannelWrap::Poll),
                         InstanceMethod("stock", &ChannelWrap::Stock), InstanceMethod("unstock", &ChannelWrap::Unstock),
+                        InstanceMethod("unstockOne", &ChannelWrap::UnstockOne),
                         InstanceMethod("reply", &ChannelWrap::Reply), InstanceMethod("stop", &ChannelWrap::Stop),
                         InstanceMethod("stats", &ChannelWrap::Stats)});
   }
@@ -96,6 +97,10 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap> {
   Napi::Value Stock(const Napi::CallbackInfo& info) {
     return Num(info.Env(), channel_->Stock(info[0].As<Napi::Number>().Int32Value(),
                                            info[1].As<Napi::Number>().Uint32Value()));
+  }
+
+  Napi::Value UnstockOne(const Napi::CallbackInfo& info) {
+    return Num(info.Env(), static_cast<double>(channel_->UnstockOne(info[0].As<Napi::Number>().Int32Value())));
   }
 
   Napi::Value Unstock(const Napi::CallbackInfo& info) {

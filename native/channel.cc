@@ -211,7 +211,8 @@ bool Channel::TakeBuffer(uint32_t body_len, int* cls, uint32_t* offset) {
 void Channel::Push(const Record& r) {
   bool call;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::unique_lock<std::mutex> lock(mu_);
+    room_.wait(lock, [this] { return queue_.size() < kMaxQueue || stopping_; });
     queue_.push_back(r);
     stats_.requests++;
     if (U32(r.bytes + 48) == kInline) stats_.inline_requests++;
@@ -247,6 +248,7 @@ int Channel::Poll(uint8_t* out, int max, bool* closed, uint32_t* needs) {
   *closed = running_ == 0 && queue_.empty();
   // Clear the pending flag only when JS has everything: a reader that pushes after this wakes JS again.
   if (queue_.empty()) wake_pending_ = false;
+  if (n) room_.notify_all();
   return n;
 }
 
@@ -259,6 +261,15 @@ int Channel::Stock(int cls, uint32_t offset) {
   }
   stocked_.notify_all();
   return 0;
+}
+
+int64_t Channel::UnstockOne(int cls) {
+  if (cls < 0 || static_cast<size_t>(cls) >= stock_.size()) return -1;
+  std::lock_guard<std::mutex> lock(mu_);
+  if (stock_[cls].empty()) return -1;
+  uint32_t off = stock_[cls].front();
+  stock_[cls].erase(stock_[cls].begin());
+  return off;
 }
 
 void Channel::Unstock(std::vector<std::pair<int, uint32_t>>* out) {
@@ -286,6 +297,7 @@ void Channel::Stop() {
     stopping_ = true;
   }
   stocked_.notify_all();
+  room_.notify_all();
   for (auto& t : threads_) {
     if (t.joinable()) t.join();
   }

@@ -38,6 +38,7 @@ constexpr int kRecordSize = 256;
 constexpr int kInlineBody = kRecordSize - 56;  // 200 bytes
 constexpr uint32_t kInline = 0xffffffffu;
 constexpr int kMaxClasses = 8;
+constexpr size_t kMaxQueue = 1024;
 
 // The layout of one record (little-endian), as JS reads it:
 //   [0, 40)    fuse_in_header as the kernel sent it
@@ -73,6 +74,8 @@ class Channel {
   int Poll(uint8_t* out, int max, bool* closed, uint32_t* needs);
   // Adds a free buffer of size class cls at offset to the stock. Returns 0 or -EINVAL.
   int Stock(int cls, uint32_t offset);
+  // Takes back one stocked buffer of class cls: its offset, or -1 when none is stocked (a reader took it).
+  int64_t UnstockOne(int cls);
   // Takes back every stocked buffer (their offsets are appended to out): used at shutdown.
   void Unstock(std::vector<std::pair<int, uint32_t>>* out);
   // One reply: writev of the iovecs on the reader's fd. Returns bytes written or -errno (ENOENT ignored: 0).
@@ -98,6 +101,8 @@ class Channel {
 
   std::mutex mu_;
   std::condition_variable stocked_;
+  // Readers wait while the queue holds kMaxQueue records: past that the kernel keeps the backlog.
+  std::condition_variable room_;
   std::deque<Record> queue_;
   std::vector<std::vector<uint32_t>> stock_;
   uint32_t needs_ = 0;

@@ -14,6 +14,8 @@ export interface NativeChannelHandle {
   /** copies up to max records into out; status[0] = 1 once closed, status[1] = size classes readers wait for */
   poll(out: Uint8Array, max: number, status: Uint32Array): number;
   stock(cls: number, offset: number): number;
+  /** one stocked buffer of class cls back: its offset, or -1 when a reader has taken them all */
+  unstockOne(cls: number): number;
   /** every stocked buffer back: [cls, offset, cls, offset, ...] */
   unstock(): number[];
   reply(reader: number, a: Uint8Array, b?: Uint8Array, c?: Uint8Array): number;

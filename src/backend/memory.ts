@@ -44,7 +44,7 @@ export class MemoryStore implements KvStore {
   }
 
   async put(key: string, value: Uint8Array): Promise<void> {
-    set(this.#db, key, new Uint8Array(value));
+    set(this.#db, key, own(value));
   }
 
   async del(keys: readonly string[]): Promise<void> {
@@ -88,7 +88,7 @@ export class MemoryStore implements KvStore {
     }
     for (const w of writes) {
       if (w.value === null) remove(db, w.key);
-      else set(db, w.key, new Uint8Array(w.value));
+      else set(db, w.key, own(w.value));
     }
     return true;
   }
@@ -105,6 +105,13 @@ export class MemoryStore implements KvStore {
   async close(): Promise<void> {
     this.#closed = true;
   }
+}
+
+/** a private copy of v, written once (no zero-fill first: fresh memory is touched only by the copy) */
+function own(v: Uint8Array): Uint8Array {
+  const b = Buffer.allocUnsafeSlow(v.length);
+  b.set(v);
+  return b;
 }
 
 /** a key's collection: its text up to and including its last '/' */

@@ -38,6 +38,13 @@ export class BlobCache {
     return p;
   }
 
+  /** the blob's bytes if they are cached now (no fetch) */
+  peek(id: string): Uint8Array | undefined {
+    const hit = this.lru?.get(id);
+    if (hit) this.hits++;
+    return hit;
+  }
+
   /** forgets a blob that was deleted */
   evict(id: string): void {
     this.lru?.delete(id);

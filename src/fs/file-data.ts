@@ -136,15 +136,37 @@ export class FileData {
     if (offset >= end) return Buffer.alloc(0);
     const out = into ? into.subarray(0, end - offset) : Buffer.allocUnsafe(end - offset);
     const cs = this.cx.chunkSize;
-    const jobs: Promise<void>[] = [];
+    let jobs: Promise<void>[] | undefined;
     for (let idx = Math.floor(offset / cs); idx * cs < end; idx++) {
       const base = idx * cs;
       const from = Math.max(offset, base);
       const to = Math.min(end, base + cs);
-      jobs.push(this.readChunkInto(idx, from - base, to - base, out, from - offset));
+      // Chunks in memory (write-back, or a cached blob of a known entry) are copied at once; the rest are
+      // fetched in parallel.
+      if (!this.readCached(idx, from - base, to - base, out, from - offset)) {
+        (jobs ??= []).push(this.readChunkInto(idx, from - base, to - base, out, from - offset));
+      }
     }
-    await Promise.all(jobs);
+    if (jobs) await Promise.all(jobs);
     return out;
+  }
+
+  /** copies chunk idx's bytes [from, to) to out at `at` if they are in memory now; false when they are not */
+  private readCached(idx: number, from: number, to: number, out: Buffer, at: number): boolean {
+    const mem = this.dirty.get(idx) ?? this.flushing.get(idx);
+    if (mem) {
+      mem.copy(out, at, from, to);
+      return true;
+    }
+    if (this.truncFrom && idx >= this.truncFrom) return false;
+    const e = this.entries.get(idx);
+    if (e === undefined) return false;
+    const data = e === null ? undefined : this.cx.blobs.peek(e.blobId);
+    if (e !== null && !data) return false;
+    const have = data ? Math.max(0, Math.min(to, data.length) - from) : 0;
+    if (have > 0) out.set(data!.subarray(from, from + have), at);
+    if (have < to - from) out.fill(0, at + have, at + (to - from));
+    return true;
   }
 
   private async readChunkInto(idx: number, from: number, to: number, out: Buffer, at: number): Promise<void> {

@@ -38,6 +38,8 @@ export interface ChannelStats {
 }
 
 const BATCH = 256;
+/** requests JS takes on before it stops polling; the rest wait in the readers' queue, then in the kernel */
+const MAX_IN_FLIGHT = 1024;
 
 export class NativeChannel {
   private readonly ch: NativeChannelHandle;
@@ -51,6 +53,10 @@ export class NativeChannel {
   private readonly abort = new AbortController();
   private closed = false;
   private batches = 0;
+  /** delivered and not yet done */
+  private inFlight = 0;
+  private repoll: NodeJS.Immediate | undefined;
+  private trimTimer: NodeJS.Timeout | undefined;
 
   constructor(
     fds: number[],
@@ -91,10 +97,20 @@ export class NativeChannel {
       req.poolBuffer = undefined;
       this.pool.release(b);
     }
+    // Below the cap again with requests left in the queue (the readers do not wake us for those): poll.
+    if (this.inFlight-- === MAX_IN_FLIGHT && !this.repoll) this.schedule();
+  }
+
+  private schedule(): void {
+    this.repoll = setImmediate(() => {
+      this.repoll = undefined;
+      this.wake();
+    });
   }
 
   /** stops the readers (after the kernel ended the session) and gives every stocked buffer back */
   stop(): void {
+    clearTimeout(this.trimTimer);
     this.abort.abort();
     this.ch.stop();
     const back = this.ch.unstock();
@@ -111,15 +127,26 @@ export class NativeChannel {
     return { ...this.ch.stats(), batches: this.batches, stocked: this.stocked.reduce((n, m) => n + m.size, 0) };
   }
 
+  /**
+   * Takes what the readers queued: at most a few batches per turn of the event loop (then it comes back with
+   * setImmediate, so timers and I/O completions run in between), and never past MAX_IN_FLIGHT requests.
+   */
   private wake(): void {
     if (this.closed) return;
     this.batches++;
     let needs = 0;
-    for (;;) {
-      const n = this.ch.poll(this.batchArea, BATCH, this.status);
+    for (let round = 0; ; round++) {
+      const max = Math.min(BATCH, MAX_IN_FLIGHT - this.inFlight);
+      if (max <= 0) break;
+      const n = this.ch.poll(this.batchArea, max, this.status);
       needs |= this.status[1];
+      this.inFlight += n;
       for (let i = 0; i < n; i++) this.deliver(i);
-      if (n < BATCH) break;
+      if (n < max) break;
+      if (round === 3) {
+        if (!this.repoll) this.schedule();
+        break;
+      }
     }
     for (let c = 0; needs; c++, needs >>>= 1) if (needs & 1) this.topUp(c, true);
     if (this.status[0] && !this.closed) {
@@ -150,6 +177,26 @@ export class NativeChannel {
     this.onRequest({ reader, header, body, poolBuffer });
   }
 
+  /**
+   * Gives back what a class holds beyond its target (buffers stocked in a hurry for a waiting reader), so
+   * that the stock never keeps READ replies from the buffers they need.
+   */
+  private trim(): void {
+    if (this.trimTimer) return;
+    this.trimTimer = setTimeout(() => {
+      this.trimTimer = undefined;
+      for (let k = 0; k < this.classSizes.length; k++) {
+        while (!this.closed && this.stocked[k].size > this.targets[k]) {
+          const off = this.ch.unstockOne(k);
+          if (off < 0) break;
+          const buf = this.stocked[k].get(off)!;
+          this.stocked[k].delete(off);
+          this.pool.release(buf);
+        }
+      }
+    }, 10);
+  }
+
   /** keeps class c stocked up to its target (at least one when a reader waits for it) */
   private topUp(c: number, urgent = false): void {
     const want = Math.max(this.targets[c], urgent ? 1 : 0);
@@ -166,6 +213,7 @@ export class NativeChannel {
         }
         this.stocked[real].set(buf.byteOffset, buf);
         check(this.ch.stock(real, buf.byteOffset), 'stocking the FUSE readers');
+        if (real !== c) this.trim();
       }, () => {
         this.acquiring[c]--;
       });

@@ -68,12 +68,28 @@ export interface SessionStats {
   replyFailures: number;
 }
 
-interface InFlight {
-  ac: AbortController;
-  since: number;
-  op: string;
-  raw: RawRequest;
+/**
+ * One request in flight. Its AbortController is made only when a handler asks for the signal (most never
+ * do): an interrupt of a request nobody listens for has nothing to abort.
+ */
+class InFlight implements OpContext {
+  private ac: AbortController | undefined;
+  private aborted = false;
+  constructor(readonly since: number, readonly op: string, readonly raw: RawRequest) {}
+  get signal(): AbortSignal {
+    if (!this.ac) {
+      this.ac = new AbortController();
+      if (this.aborted) this.ac.abort();
+    }
+    return this.ac.signal;
+  }
+  abort(): void {
+    this.aborted = true;
+    this.ac?.abort();
+  }
 }
+
+const NO_REQUEST = new InFlight(0, 'none', undefined as unknown as RawRequest);
 
 const S_IFMT = 0o170000;
 const S_IFREG = 0o100000;
@@ -115,7 +131,7 @@ export class Session {
     for (const [unique, f] of this.inflight) {
       if (now - f.since < limitMs) continue;
       this.inflight.delete(unique);
-      f.ac.abort();
+      f.abort();
       this.stat.replyFailures++;
       this.log(`a ${f.op} request got no answer within ${limitMs / 1000} s: answering EIO`);
       this.send(f.raw, replyError(unique, 5));
@@ -147,7 +163,7 @@ export class Session {
     const info = opcodeInfo(req.header.opcode)!;
     const unique = req.header.unique;
     if (req.op === 'INTERRUPT') {
-      this.inflight.get(req.unique)?.ac.abort();
+      this.inflight.get(req.unique)?.abort();
       this.transport.done(raw);
       return;
     }
@@ -157,11 +173,11 @@ export class Session {
       this.transport.done(raw);
       return;
     }
-    const ac = new AbortController();
-    if (info.replies) this.inflight.set(unique, { ac, since: performance.now(), op: req.op, raw });
+    const cx = info.replies ? new InFlight(performance.now(), req.op, raw) : NO_REQUEST;
+    if (info.replies) this.inflight.set(unique, cx);
     let out: Promise<Reply>;
     try {
-      out = Promise.resolve(handler(req as RequestOf<OpName>, { signal: ac.signal }));
+      out = Promise.resolve(handler(req as RequestOf<OpName>, cx));
     } catch (e) {
       out = Promise.reject(e);
     }

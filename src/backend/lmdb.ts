@@ -1,5 +1,6 @@
 import { mkdir, statfs } from 'node:fs/promises';
 import { open, type RootDatabase } from 'lmdb';
+import { addCounter, checkScan } from './kv-rules.js';
 import { StoreError, isStoreError } from './errors.js';
 import type { KvCheck, KvEngineInfo, KvStore, KvWrite, ScanOptions } from './kv.js';
 
@@ -297,22 +298,4 @@ function translateSync(e: unknown, dir: string): StoreError {
 
 function messageOf(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
-}
-
-/** throws INVALID unless prefix names a collection and limit is a positive integer */
-function checkScan(prefix: string, opts: ScanOptions): void {
-  if (!prefix.endsWith('/')) throw new StoreError('INVALID', `scan prefix '${prefix}' must end in '/'`);
-  if (opts.limit !== undefined && !(Number.isInteger(opts.limit) && opts.limit > 0)) {
-    throw new StoreError('INVALID', `scan limit must be a positive integer, got ${opts.limit}`);
-  }
-}
-
-/** the counter stored at key plus delta; throws CORRUPT for a stored non-integer, INVALID for a bad delta or overflow */
-function addCounter(key: string, stored: Uint8Array | undefined, delta: number): number {
-  if (!Number.isSafeInteger(delta)) throw new StoreError('INVALID', `incr of '${key}': delta ${delta} is not a safe integer`);
-  const text = stored === undefined ? '0' : Buffer.from(stored).toString('latin1');
-  if (!/^-?\d{1,16}$/.test(text)) throw new StoreError('CORRUPT', `incr of '${key}': stored value is not an integer`);
-  const next = Number(text) + delta;
-  if (!Number.isSafeInteger(next)) throw new StoreError('INVALID', `incr of '${key}' would overflow (${text} + ${delta})`);
-  return next;
 }

@@ -1,3 +1,4 @@
+import { addCounter, checkScan } from './kv-rules.js';
 import { StoreError } from './errors.js';
 import type { KvCheck, KvEngineInfo, KvStore, KvWrite, ScanOptions } from './kv.js';
 
@@ -164,22 +165,4 @@ function lowerBound(keys: readonly string[], key: string): number {
 function sameBytes(a: Uint8Array | undefined, b: Uint8Array | undefined): boolean {
   if (a === undefined || b === undefined) return a === b;
   return a.length === b.length && a.every((x, i) => x === b[i]);
-}
-
-/** throws INVALID unless prefix names a collection and limit is a positive integer */
-function checkScan(prefix: string, opts: ScanOptions): void {
-  if (!prefix.endsWith('/')) throw new StoreError('INVALID', `scan prefix '${prefix}' must end in '/'`);
-  if (opts.limit !== undefined && !(Number.isInteger(opts.limit) && opts.limit > 0)) {
-    throw new StoreError('INVALID', `scan limit must be a positive integer, got ${opts.limit}`);
-  }
-}
-
-/** the counter stored at key plus delta; throws CORRUPT for a stored non-integer, INVALID for a bad delta or overflow */
-function addCounter(key: string, stored: Uint8Array | undefined, delta: number): number {
-  if (!Number.isSafeInteger(delta)) throw new StoreError('INVALID', `incr of '${key}': delta ${delta} is not a safe integer`);
-  const text = stored === undefined ? '0' : new TextDecoder().decode(stored);
-  if (!/^-?\d{1,16}$/.test(text)) throw new StoreError('CORRUPT', `incr of '${key}': stored value is not an integer`);
-  const next = Number(text) + delta;
-  if (!Number.isSafeInteger(next)) throw new StoreError('INVALID', `incr of '${key}' would overflow (${text} + ${delta})`);
-  return next;
 }

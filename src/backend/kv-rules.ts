@@ -1,0 +1,24 @@
+/**
+ * Rules of the KV interface (kv.ts) that every engine enforces the same way: what a scan may ask for, and
+ * how a counter is stored and added to (decimal ASCII within +-2^53, as Redis INCRBY keeps it).
+ */
+import { StoreError } from './errors.js';
+import type { ScanOptions } from './kv.js';
+
+/** throws INVALID unless prefix names a collection and limit is a positive integer */
+export function checkScan(prefix: string, opts: ScanOptions): void {
+  if (!prefix.endsWith('/')) throw new StoreError('INVALID', `scan prefix '${prefix}' must end in '/'`);
+  if (opts.limit !== undefined && !(Number.isInteger(opts.limit) && opts.limit > 0)) {
+    throw new StoreError('INVALID', `scan limit must be a positive integer, got ${opts.limit}`);
+  }
+}
+
+/** the counter stored at key plus delta; throws CORRUPT for a stored non-integer, INVALID for a bad delta or overflow */
+export function addCounter(key: string, stored: Uint8Array | undefined, delta: number): number {
+  if (!Number.isSafeInteger(delta)) throw new StoreError('INVALID', `incr of '${key}': delta ${delta} is not a safe integer`);
+  const text = stored === undefined ? '0' : Buffer.from(stored.buffer, stored.byteOffset, stored.byteLength).toString('latin1');
+  if (!/^-?\d{1,16}$/.test(text)) throw new StoreError('CORRUPT', `incr of '${key}': stored value is not an integer`);
+  const next = Number(text) + delta;
+  if (!Number.isSafeInteger(next)) throw new StoreError('INVALID', `incr of '${key}' would overflow (${text} + ${delta})`);
+  return next;
+}

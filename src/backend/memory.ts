@@ -1,10 +1,13 @@
 import { addCounter, checkScan } from './kv-rules.js';
 import { StoreError } from './errors.js';
+import { SlabStore } from './slab-store.js';
 import type { KvCheck, KvEngineInfo, KvStore, KvWrite, ScanOptions } from './kv.js';
 
 /** The shared state behind one or more MemoryStore handles: values by key, and each collection's keys sorted. */
 interface MemoryData {
   values: Map<string, Uint8Array>;
+  /** where large values live */
+  slabs: SlabStore;
   /** collection (key up to its last '/') -> its keys, ascending by bytes */
   collections: Map<string, string[]>;
 }
@@ -27,7 +30,7 @@ export class MemoryStore implements KvStore {
 
   /** a fresh empty store, or, given another handle, a second handle on that handle's data */
   constructor(sharedWith?: MemoryStore) {
-    this.#data = sharedWith ? sharedWith.#data : { values: new Map(), collections: new Map() };
+    this.#data = sharedWith ? sharedWith.#data : { values: new Map(), collections: new Map(), slabs: new SlabStore() };
   }
 
   get #db(): MemoryData {
@@ -45,7 +48,7 @@ export class MemoryStore implements KvStore {
   }
 
   async put(key: string, value: Uint8Array): Promise<void> {
-    set(this.#db, key, own(value));
+    set(this.#db, key, own(this.#db, value));
   }
 
   async del(keys: readonly string[]): Promise<void> {
@@ -89,7 +92,7 @@ export class MemoryStore implements KvStore {
     }
     for (const w of writes) {
       if (w.value === null) remove(db, w.key);
-      else set(db, w.key, own(w.value));
+      else set(db, w.key, own(db, w.value));
     }
     return true;
   }
@@ -109,8 +112,10 @@ export class MemoryStore implements KvStore {
 }
 
 /** a private copy of v, written once (no zero-fill first: fresh memory is touched only by the copy) */
-function own(v: Uint8Array): Uint8Array {
-  const b = Buffer.allocUnsafeSlow(v.length);
+function own(db: MemoryData, v: Uint8Array): Uint8Array {
+  const slotted = db.slabs.store(v);
+  if (slotted) return slotted;
+  const b = Buffer.allocUnsafe(v.length); // small values: from Node's shared pool, no ArrayBuffer each
   b.set(v);
   return b;
 }
@@ -121,6 +126,8 @@ function collectionOf(key: string): string {
 }
 
 function set(db: MemoryData, key: string, value: Uint8Array): void {
+  const old = db.values.get(key);
+  if (old) db.slabs.release(old);
   if (!db.values.has(key)) {
     const c = collectionOf(key);
     let keys = db.collections.get(c);
@@ -132,7 +139,10 @@ function set(db: MemoryData, key: string, value: Uint8Array): void {
 }
 
 function remove(db: MemoryData, key: string): void {
-  if (!db.values.delete(key)) return;
+  const old = db.values.get(key);
+  if (!old) return;
+  db.values.delete(key);
+  db.slabs.release(old);
   const c = collectionOf(key);
   const keys = db.collections.get(c)!;
   keys.splice(lowerBound(keys, key), 1);

@@ -126,7 +126,10 @@ export class Filesystem {
    */
   static async open(store: KvStore, opts: FsOptions = {}): Promise<Filesystem> {
     const vol = await readVolume(store);
-    const fs = new Filesystem(store, vol, opts);
+    // A store in this process's memory is its own cache, and reuses a deleted blob's memory (slab-store.ts):
+    // nothing may keep its values beyond one operation.
+    const inProcess = (await store.info()).engine === 'memory';
+    const fs = new Filesystem(store, vol, inProcess ? { ...opts, blobCacheBytes: 0 } : opts);
     await fs.heartbeat();
     fs.beat = setInterval(() => void fs.heartbeat().catch(() => undefined), SESSION_TTL_MS / 3);
     fs.beat.unref?.();

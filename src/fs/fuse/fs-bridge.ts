@@ -117,7 +117,8 @@ export function fsBridge(fs: Filesystem, pool: BufferPool, opts: BridgeOptions):
     },
     READ: async (req, cx) => {
       const size = Math.min(req.size, pool.maxSize);
-      const buf = await pool.acquire(size, cx.signal).catch((e) => {
+      // A free buffer now (the usual case) needs no abort signal; a wait can be interrupted (EINTR).
+      const buf = pool.tryAcquire(size) ?? await pool.acquire(size, cx.signal).catch((e) => {
         throw (e as { code?: string }).code === 'ABORTED' ? fsErr('EINTR') : e;
       });
       try {

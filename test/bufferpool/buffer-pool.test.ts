@@ -14,22 +14,13 @@
 import t, { type Test } from 'tap';
 import { getEventListeners } from 'node:events';
 import { BufferPool, PoolError, defaultClasses, type PoolStats, type SizeClass } from '../../src/bufferpool/buffer-pool.js';
+import { prng } from '../helpers/prng.js';
 
 const KIB = 1024;
 const MIB = 1 << 20;
 const seed = Number(process.env.KVFS_POOL_SEED ?? Math.floor(Math.random() * 2 ** 31));
 const STEPS = Number(process.env.KVFS_POOL_STEPS ?? 4000);
 
-/** mulberry32 */
-function prng(s: number): () => number {
-  let a = s >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = Math.imul(a ^ (a >>> 15), a | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
 
 /** lets every settled promise run its callbacks */
 const flush = () => new Promise<void>((r) => setImmediate(r));

@@ -45,6 +45,7 @@ import {
   RENAME_EXCHANGE, RENAME_NOREPLACE, ROOT_INO, XATTR_CREATE, XATTR_REPLACE, type Attr, type Ctx, type Fh, type Ino,
 } from '../../src/fs/types.js';
 import { formatVolume } from '../../src/fs/volume.js';
+import { prng } from '../helpers/prng.js';
 
 const CTX: Ctx = { uid: 0, gid: 0, pid: 1 };
 const CHUNK = 4096;
@@ -62,20 +63,10 @@ const { O_RDONLY, O_WRONLY, O_RDWR, O_APPEND, O_TRUNC, O_EXCL, O_CREAT } = const
 
 // ---------------------------------------------------------------------------------------------- randomness
 
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = a;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 class Rng {
   private readonly next: () => number;
-  constructor(seed: number) { this.next = mulberry32(seed); }
+  constructor(seed: number) { this.next = prng(seed); }
   /** an integer in [0, n) */
   int(n: number): number { return Math.floor(this.next() * n); }
   /** an integer in [lo, hi] */

@@ -10,22 +10,12 @@ import {
   existsSync, linkSync, lstatSync, lutimesSync, mkdirSync, readdirSync, readFileSync, readlinkSync, symlinkSync, utimesSync, writeFileSync,
 } from 'node:fs';
 import { join } from 'node:path';
+import { prngU32 } from './prng.js';
 
-/** mulberry32: a small seeded PRNG */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = a;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return (x ^ (x >>> 14)) >>> 0;
-  };
-}
 
 /** `size` seeded pseudo-random bytes */
 export function bytes(size: number, seed: number): Buffer {
-  const next = prng(seed);
+  const next = prngU32(seed);
   const words = new Uint32Array(Math.ceil(size / 4));
   for (let i = 0; i < words.length; i++) words[i] = next();
   return Buffer.from(words.buffer, 0, size);
@@ -60,7 +50,7 @@ export const EDGE_SIZES = [0, 1, 4095, 4096, 4097, 256 * KiB - 1, 256 * KiB, 256
 export function makeTree(root: string, spec: TreeSpec = {}): Tree {
   const total = spec.files ?? 2000;
   const seed = spec.seed ?? 42;
-  const next = prng(seed);
+  const next = prngU32(seed);
   const list: { path: string; size: number }[] = [];
   let dirs = 0;
   let sum = 0;

@@ -8,20 +8,11 @@
  */
 import t, { type Test } from 'tap';
 import { OPCODE_TABLE, WireParseError, parseRequest } from '../../../src/fs/fuse/wire/index.js';
+import { prng } from '../../helpers/prng.js';
 
 const seed = Number(process.env.KVFS_WIRE_SEED ?? Math.floor(Math.random() * 2 ** 31));
 const rounds = Number(process.env.KVFS_WIRE_ROUNDS ?? 2000);
 
-/** mulberry32 */
-function prng(s: number): () => number {
-  let a = s >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = Math.imul(a ^ (a >>> 15), a | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
 
 const rand = prng(seed);
 const int = (n: number) => Math.floor(rand() * n);

@@ -11,17 +11,8 @@ import {
   negotiateInit, outHeader, parseRequest, replyBytes, replyError, replyOk, wireErrno, writeError, writeReply,
   type EntryOut, type FuseAttr, type ReplyBody,
 } from '../../../src/fs/fuse/wire/index.js';
+import { u16, u32, u64, utf8, zero } from '../../helpers/bytes.js';
 
-const u16 = (n: number) => [n & 0xff, (n >>> 8) & 0xff];
-const u32 = (n: number) => [n & 0xff, (n >>> 8) & 0xff, (n >>> 16) & 0xff, (n >>> 24) & 0xff];
-const u64 = (n: number | bigint) => {
-  let v = BigInt.asUintN(64, BigInt(n));
-  const out: number[] = [];
-  for (let i = 0; i < 8; i++, v >>= 8n) out.push(Number(v & 0xffn));
-  return out;
-};
-const zero = (n: number) => new Array<number>(n).fill(0);
-const utf8 = (s: string) => [...Buffer.from(s, 'utf8')];
 
 const UNIQUE = 0x1234n;
 /** fuse_out_header of a success reply with a body of n bytes */

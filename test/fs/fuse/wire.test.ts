@@ -11,18 +11,8 @@ import {
   BadName, BadNodeId, LengthMismatch, OPCODE_TABLE, ShortBody, ShortHeader, UnknownOpcode, WireParseError,
   parseRequest, type ParseOptions, type Request,
 } from '../../../src/fs/fuse/wire/index.js';
+import { cstr, u16, u32, u64, utf8 as bytes, zero } from '../../helpers/bytes.js';
 
-const u16 = (n: number) => [n & 0xff, (n >>> 8) & 0xff];
-const u32 = (n: number) => [n & 0xff, (n >>> 8) & 0xff, (n >>> 16) & 0xff, (n >>> 24) & 0xff];
-const u64 = (n: number | bigint) => {
-  let v = BigInt.asUintN(64, BigInt(n));
-  const out: number[] = [];
-  for (let i = 0; i < 8; i++, v >>= 8n) out.push(Number(v & 0xffn));
-  return out;
-};
-const zero = (n: number) => new Array<number>(n).fill(0);
-const cstr = (s: string) => [...Buffer.from(s, 'utf8'), 0];
-const bytes = (s: string) => [...Buffer.from(s, 'utf8')];
 
 interface Hdr {
   unique?: bigint;

@@ -6,11 +6,12 @@ import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, openSync, readdirSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
-import yargs from 'yargs';
+import yargs, { type Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { StoreError } from '../src/backend/errors.js';
 import type { KvStore } from '../src/backend/kv.js';
-import { describeStore, openStore } from '../src/backend/open-store.js';
+import { describeStore, openStore, type OpenStoreOptions } from '../src/backend/open-store.js';
+import { isRedisUrl, parseRedisUrl } from '../src/backend/redis-url.js';
 import { Filesystem } from '../src/fs/filesystem.js';
 import { mountLibfuse } from '../src/fs/fuse/libfuse-driver.js';
 import { mountNative, type NativeMount } from '../src/fs/fuse/native-driver.js';
@@ -57,8 +58,29 @@ function mustExist(url: string): void {
   }
 }
 
-async function withStore<T>(url: string, fn: (s: KvStore) => Promise<T>): Promise<T> {
-  const store = await openStore(url);
+/** the options every command that opens a store takes (Redis: deadline, password file, TLS files) */
+interface StoreArgs {
+  storeTimeout: number;
+  passwordFile?: string;
+  tlsCa?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+}
+
+function storeOptions(a: StoreArgs): OpenStoreOptions {
+  inRange('store-timeout', a.storeTimeout, 0.1, 3600);
+  return { timeoutMs: Math.round(a.storeTimeout * 1000), passwordFile: a.passwordFile, tlsCa: a.tlsCa, tlsCert: a.tlsCert, tlsKey: a.tlsKey };
+}
+
+const withStoreOptions = <T>(y: Argv<T>) => y
+  .option('store-timeout', { type: 'number', default: 10, describe: 'seconds a store call may take, retries included, before it fails (EIO)' })
+  .option('password-file', { type: 'string', describe: 'file whose first line is the Redis password (or set KVFS_REDIS_PASSWORD)' })
+  .option('tls-ca', { type: 'string', describe: 'CA certificate file for rediss:// URLs' })
+  .option('tls-cert', { type: 'string', describe: 'client certificate file for rediss:// URLs' })
+  .option('tls-key', { type: 'string', describe: 'client key file for rediss:// URLs' });
+
+async function withStore<T>(url: string, args: StoreArgs, fn: (s: KvStore) => Promise<T>): Promise<T> {
+  const store = await openStore(url, storeOptions(args));
   try {
     return await fn(store);
   } finally {
@@ -68,21 +90,23 @@ async function withStore<T>(url: string, fn: (s: KvStore) => Promise<T>): Promis
 
 // ------------------------------------------------------------------ format
 
-async function format(argv: { store?: string; name?: string; chunkSize?: string }): Promise<void> {
+async function format(argv: { store?: string; name?: string; chunkSize?: string } & StoreArgs): Promise<void> {
   const url = argv.store ?? defaultStore();
+  // a Redis volume is named by its URL
+  const name = argv.name ?? (isRedisUrl(url) ? parseRedisUrl(url).volume : undefined);
   const chunkSize = chunkSizeArg(argv.chunkSize);
   if (argv.name !== undefined && !/^[A-Za-z0-9_-]{1,64}$/.test(argv.name)) {
     fail(`bad volume name '${argv.name}': use 1 to 64 of A-Z a-z 0-9 _ -`);
   }
-  await withStore(url, async (store) => {
-    const vol = await formatVolume(store, { name: argv.name, chunkSize });
+  await withStore(url, argv, async (store) => {
+    const vol = await formatVolume(store, { name, chunkSize });
     console.log(`kvfs: formatted ${describeStore(url)}: volume '${vol.name}', chunk size ${vol.chunkSize}`);
   });
 }
 
 // ------------------------------------------------------------------ mount
 
-interface MountArgs {
+interface MountArgs extends StoreArgs {
   store?: string;
   mountpoint: string;
   background?: boolean;
@@ -145,17 +169,23 @@ async function mount(argv: MountArgs): Promise<void> {
   if (!autoFormat) mustExist(url);
   if (argv.background) return background(mnt);
 
-  const store = await openStore(url);
+  const store = await openStore(url, storeOptions(argv));
   let fs: Filesystem;
   try {
     try {
       await readVolume(store);
     } catch (e) {
-      if (!(e instanceof StoreError && e.code === 'NOVOLUME' && autoFormat)) throw e;
+      if (!(e instanceof StoreError && e.code === 'NOVOLUME')) throw e;
+      if (!autoFormat) fail(`${describeStore(url)} holds no kvfs volume; create one with: kvfs format ${url}`);
       await formatVolume(store, { chunkSize });
       console.error(`kvfs: formatted a new volume in ${describeStore(url)}`);
     }
     fs = await Filesystem.open(store, { blobCacheBytes: argv.cacheMb << 20, writeBufferBytes: argv.writeBufferMb << 20 });
+    if (fs.shared && argv.writebackCache) {
+      await fs.close();
+      fail(`--writeback-cache cannot be used with ${describeStore(url)}: other mounts share it, and the kernel's writeback ` +
+        'cache keeps file sizes and times in this kernel, so they would not see each other\'s changes (close-to-open)');
+    }
   } catch (e) {
     await store.close().catch(() => undefined);
     throw e;
@@ -241,10 +271,10 @@ async function umount(argv: { mountpoint: string; lazy?: boolean }): Promise<voi
   console.log(`kvfs: unmounted ${mnt}`);
 }
 
-async function status(argv: { store?: string }): Promise<void> {
+async function status(argv: { store?: string } & StoreArgs): Promise<void> {
   const url = argv.store ?? defaultStore();
   mustExist(url);
-  await withStore(url, async (store) => {
+  await withStore(url, argv, async (store) => {
     const vol = await readVolume(store);
     const inodes = await store.incr(K.inodeCount, 0);
     const bytes = await store.incr(K.byteCount, 0);
@@ -268,15 +298,18 @@ async function main(): Promise<void> {
   await yargs(hideBin(process.argv))
     .scriptName('kvfs')
     .usage('$0 <command> [options]\n\nA FUSE filesystem that keeps every file as key-value objects in a store.\n' +
-      'STORE is a URL: local:PATH (embedded LMDB in a directory) or memory: (in the daemon\'s memory, for tests).')
-    .command('format [store]', 'write a new, empty volume into a store', (y) => y
+      'STORE is a URL: local:PATH (embedded LMDB in a directory), memory: (in the daemon\'s memory, for tests),\n' +
+      'redis://HOST:PORT/VOLUME (one Redis server) or redis-cluster://HOST:PORT,.../VOLUME (a Redis Cluster or Kvrocks cluster;\n' +
+      'rediss:// for TLS). The Redis password comes from KVFS_REDIS_PASSWORD or --password-file, never from the URL.')
+    .command('format [store]', 'write a new, empty volume into a store', (y) => withStoreOptions(y)
       .positional('store', { type: 'string', describe: 'store URL (default: the per-user default store)' })
       .option('name', { type: 'string', describe: 'volume name ([A-Za-z0-9_-])' })
       .option('chunk-size', { type: 'string', describe: 'chunk size, a power of two from 4K to 64M (default 256K)' })
       .example('$0 format local:/srv/kvfs', 'format an LMDB store in /srv/kvfs')
-      .example('$0 format local:./data --chunk-size 1M', 'with 1 MiB chunks'),
+      .example('$0 format local:./data --chunk-size 1M', 'with 1 MiB chunks')
+      .example('$0 format redis-cluster://10.0.0.1:7000/vol1', 'a volume named vol1 on a Redis Cluster'),
     (a) => format(a as never))
-    .command('mount <first> [second]', 'mount a volume: kvfs mount [STORE] MOUNTPOINT (a bare mountpoint mounts the default store, formatting it on first use)', (y) => y
+    .command('mount <first> [second]', 'mount a volume: kvfs mount [STORE] MOUNTPOINT (a bare mountpoint mounts the default store, formatting it on first use)', (y) => withStoreOptions(y)
       .positional('first', { type: 'string', describe: 'STORE URL, or the MOUNTPOINT when it is the only argument' })
       .positional('second', { type: 'string', describe: 'MOUNTPOINT' })
       .option('background', { type: 'boolean', describe: 'return once mounted; the daemon keeps running' })
@@ -297,7 +330,8 @@ async function main(): Promise<void> {
       .option('debug', { type: 'boolean', describe: 'log every FUSE request' })
       .example('$0 mount ./mnt --mkdir', 'mount the default volume at ./mnt, creating ./mnt')
       .example('$0 mount local:/srv/kvfs /mnt/kvfs --background', 'mount an LMDB volume and return')
-      .example('$0 mount memory: /tmp/scratch', 'a throw-away volume in memory'),
+      .example('$0 mount memory: /tmp/scratch', 'a throw-away volume in memory')
+      .example('KVFS_REDIS_PASSWORD=... $0 mount redis-cluster://10.0.0.1:7000/vol1 /mnt/vol1', 'a volume on a Redis Cluster, shared with other mounts'),
     (a) => mount({ ...(a as never as MountArgs), ...(a.second === undefined
       ? { store: undefined, mountpoint: a.first as string } : { store: a.first as string, mountpoint: a.second }) }))
     .command(['umount <mountpoint>', 'unmount <mountpoint>'], 'unmount (also a mount whose daemon died)', (y) => y
@@ -305,7 +339,7 @@ async function main(): Promise<void> {
       .option('lazy', { type: 'boolean', describe: 'detach now even if busy' })
       .example('$0 umount ./mnt', 'unmount ./mnt'),
     (a) => umount(a as never))
-    .command('status [store]', 'show a volume\'s record and usage', (y) => y
+    .command('status [store]', 'show a volume\'s record and usage', (y) => withStoreOptions(y)
       .positional('store', { type: 'string', describe: 'store URL (default: the per-user default store)' })
       .example('$0 status local:/srv/kvfs', 'show that volume'),
     (a) => status(a as never))

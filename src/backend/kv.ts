@@ -50,6 +50,8 @@ export interface KvEngineInfo {
   capacityBytes?: number;
   /** bytes free, when known */
   freeBytes?: number;
+  /** true when other processes or machines may open the same volume at once (a server-based store) */
+  shared?: boolean;
 }
 
 export interface KvStore {

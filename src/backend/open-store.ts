@@ -3,12 +3,14 @@ import { StoreError } from './errors.js';
 import type { KvStore } from './kv.js';
 import { LmdbStore, type LmdbStoreOptions } from './lmdb.js';
 import { MemoryStore } from './memory.js';
+import { RedisStore, type RedisStoreOptions } from './redis.js';
+import { isRedisUrl, parseRedisUrl } from './redis-url.js';
 
 /** options for openStore; each applies to the engines that name it */
-export interface OpenStoreOptions extends LmdbStoreOptions {}
+export interface OpenStoreOptions extends LmdbStoreOptions, RedisStoreOptions {}
 
 /** a store URL, parsed */
-type StoreUrl = { scheme: 'memory'; name: string } | { scheme: 'local'; dir: string };
+type StoreUrl = { scheme: 'memory'; name: string } | { scheme: 'local'; dir: string } | { scheme: 'redis'; url: string };
 
 /** the origin of each named memory store; handles given out share its data */
 const namedMemory = new Map<string, MemoryStore>();
@@ -19,11 +21,14 @@ const namedMemory = new Map<string, MemoryStore>();
  *  - `memory:NAME`   a handle on the process-wide in-memory store NAME (created empty on first use); closing a
  *                    handle leaves the data and other handles alone
  *  - `local:PATH`    LMDB in directory PATH, created if missing; a relative PATH is resolved against the cwd
+ *  - `redis://HOST:PORT/VOLUME`, `redis-cluster://HOST:PORT,.../VOLUME` (and rediss:// over TLS): a Redis
+ *                    server or cluster (redis.ts; credentials and TLS in redis-url.ts)
  * Anything else fails with StoreError INVALID.
  */
 export async function openStore(url: string, opts: OpenStoreOptions = {}): Promise<KvStore> {
   const u = parseStoreUrl(url);
   if (u.scheme === 'local') return LmdbStore.open(u.dir, opts);
+  if (u.scheme === 'redis') return RedisStore.open(u.url, opts);
   if (u.name === '') return new MemoryStore();
   let origin = namedMemory.get(u.name);
   if (!origin) namedMemory.set(u.name, (origin = new MemoryStore()));
@@ -39,13 +44,21 @@ export function describeStore(url: string): string {
     return url;
   }
   if (u.scheme === 'local') return `LMDB store in ${u.dir}`;
+  if (u.scheme === 'redis') {
+    const t = parseRedisUrl(u.url);
+    return `volume '${t.volume}' on Redis ${t.cluster ? 'Cluster ' : ''}${t.nodes.map((n) => `${n.host}:${n.port}`).join(',')}`;
+  }
   return u.name === '' ? 'in-memory store (not durable)' : `in-memory store '${u.name}' (not durable)`;
 }
 
 function parseStoreUrl(url: string): StoreUrl {
+  if (isRedisUrl(url)) {
+    parseRedisUrl(url);
+    return { scheme: 'redis', url };
+  }
   const m = /^([A-Za-z][A-Za-z0-9+.-]*):(.*)$/s.exec(url);
   if (!m) {
-    throw new StoreError('INVALID', `store URL '${url}' has no scheme (expected local:PATH or memory:; did you mean local:${url}?)`);
+    throw new StoreError('INVALID', `store URL '${url}' has no scheme (expected local:PATH, memory: or redis-cluster://...; did you mean local:${url}?)`);
   }
   const scheme = m[1]!.toLowerCase();
   const rest = m[2]!;
@@ -58,6 +71,6 @@ function parseStoreUrl(url: string): StoreUrl {
   }
   throw new StoreError(
     'INVALID',
-    `unknown store URL scheme '${m[1]}:' (expected local:PATH or memory:; redis:// and redis-cluster:// come later)`,
+    `unknown store URL scheme '${m[1]}:' (expected local:PATH, memory:, redis://HOST:PORT/VOLUME or redis-cluster://HOST:PORT,.../VOLUME)`,
   );
 }

@@ -117,6 +117,18 @@ export class FileData {
     return (this.dirty.size + this.flushing.size) * this.cx.chunkSize;
   }
 
+  /**
+   * Takes the inode as another mount committed it (a shared store): size, pending truncate, and the chunk
+   * map cache. Only when this mount has nothing of its own in flight; returns whether it did.
+   */
+  refresh(inode: Inode): boolean {
+    if (this.dirty.size || this.flushing.size || this.loading.size || this.activeWrites || this.truncating || this.mtime !== undefined) return false;
+    this.size = inode.size;
+    this.truncFrom = inode.truncFrom;
+    this.entries.clear();
+    return true;
+  }
+
   /** Finishes a truncate a crashed mount left pending. Call once before first use. */
   async recover(): Promise<void> {
     if (this.truncFrom) await this.serial(() => this.deleteStaleChunks());

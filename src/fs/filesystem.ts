@@ -17,6 +17,7 @@
  *    changes set the directory's mtime and ctime. atime changes only by utimens (the mount is noatime).
  */
 import { randomBytes } from 'node:crypto';
+import { LRUCache } from 'lru-cache';
 import { constants } from 'node:fs';
 import type { KvStore } from '../backend/kv.js';
 import { BlobCache } from './blob-cache.js';
@@ -68,7 +69,7 @@ export interface FsStats {
   collected: number;
 }
 
-interface FileHandle { kind: 'file'; ino: Ino; flags: number; data: FileData }
+interface FileHandle { kind: 'file'; ino: Ino; flags: number; data: FileData; keepCache: boolean }
 interface DirHandle { kind: 'dir'; ino: Ino; entries?: DirEntry[] }
 type Handle = FileHandle | DirHandle;
 
@@ -96,6 +97,7 @@ export class Filesystem {
   private inoEnd = -1;
   private inoAlloc: Promise<void> | undefined;
   private beat: NodeJS.Timeout | undefined;
+  private reaper: NodeJS.Timeout | undefined;
   private blobSeq = 0;
   private readonly cx: DataContext;
   readonly janitor: Janitor;
@@ -103,9 +105,19 @@ export class Filesystem {
   private readonly blobs: BlobCache;
   private readonly budget: WriteBudget;
   private readonly buffers: ChunkBuffers;
+  /** other mounts may change the volume (a server-based store): opens revalidate (close-to-open) */
+  readonly shared: boolean;
+  /** shared stores: each inode's data stamp (mtime, size) as this mount last opened it */
+  private readonly stamps = new LRUCache<Ino, string>({ max: 100_000 });
+  /**
+   * Called when an open finds that another mount changed the file since this mount last opened it: the
+   * driver drops what the kernel caches of the inode's attributes (the page cache is dropped by the open).
+   */
+  onInodeChanged: ((ino: Ino) => void) | undefined;
 
-  private constructor(readonly store: KvStore, volume: VolumeRecord, opts: FsOptions) {
+  private constructor(readonly store: KvStore, volume: VolumeRecord, opts: FsOptions, shared: boolean) {
     this.volume = volume;
+    this.shared = shared;
     this.session = randomBytes(6).toString('base64url');
     this.blobs = new BlobCache(store, opts.blobCacheBytes ?? 64 << 20);
     this.budget = new WriteBudget(opts.writeBufferBytes ?? 64 << 20);
@@ -128,11 +140,16 @@ export class Filesystem {
     const vol = await readVolume(store);
     // A store in this process's memory is its own cache, and reuses a deleted blob's memory (slab-store.ts):
     // nothing may keep its values beyond one operation.
-    const inProcess = (await store.info()).engine === 'memory';
-    const fs = new Filesystem(store, vol, inProcess ? { ...opts, blobCacheBytes: 0 } : opts);
+    const info = await store.info();
+    const inProcess = info.engine === 'memory';
+    const fs = new Filesystem(store, vol, inProcess ? { ...opts, blobCacheBytes: 0 } : opts, !!info.shared);
     await fs.heartbeat();
     fs.beat = setInterval(() => void fs.heartbeat().catch(() => undefined), SESSION_TTL_MS / 3);
     fs.beat.unref?.();
+    // Mounts that ended without cleaning up (killed, machine lost) leave orphans: each live mount looks for
+    // them once per session lifetime, so they go even when no new mount starts.
+    fs.reaper = setInterval(() => void fs.reapOrphans().catch(() => undefined), SESSION_TTL_MS);
+    fs.reaper.unref?.();
     await fs.reapOrphans();
     fs.janitor.kick();
     return fs;
@@ -141,6 +158,7 @@ export class Filesystem {
   /** Commits every open file and stops background work. The store stays open (the caller owns it). */
   async close(): Promise<void> {
     clearInterval(this.beat);
+    clearInterval(this.reaper);
     await Promise.all([...this.files.values()].map((f) => f.flush().catch(() => undefined)));
     await this.janitor.run().catch(() => undefined);
     await this.janitor.close();
@@ -660,6 +678,17 @@ export class Filesystem {
     if (isDir(n.mode)) throw fsErr('EISDIR');
     if ((n.mode & S_IFMT) === S_IFLNK) throw fsErr('ELOOP');
     const data = await this.fileData(ino);
+    // Close-to-open on a shared store: what another mount committed before this open is what it reads.
+    let keepCache = true;
+    if (this.shared) {
+      const stamp = `${n.mtime.sec}.${n.mtime.nsec}:${n.size}`;
+      if (this.stamps.get(ino) !== stamp) {
+        keepCache = false;
+        this.stamps.set(ino, stamp);
+        if (data.refs > 1) data.refresh(n);
+        this.onInodeChanged?.(ino);
+      }
+    }
     if (flags & constants.O_TRUNC && (flags & 3) !== constants.O_RDONLY) {
       try {
         await this.locks.with([ino], () => data.truncate(0, nowTs()));
@@ -668,7 +697,12 @@ export class Filesystem {
         throw e;
       }
     }
-    return this.addHandle({ kind: 'file', ino, flags, data });
+    return this.addHandle({ kind: 'file', ino, flags, data, keepCache });
+  }
+
+  /** whether the kernel may keep the pages it cached of this file across this open (FOPEN_KEEP_CACHE) */
+  keepsCache(fh: Fh): boolean {
+    return this.fileHandle(fh).keepCache;
   }
 
   async create(parent: Ino, name: string, mode: number, flags: number, ctx: Ctx): Promise<{ attr: Attr; fh: Fh }> {

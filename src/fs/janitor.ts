@@ -87,13 +87,19 @@ export class Janitor {
           ...xattrs.map(([k]) => ({ key: k, value: null })),
           ...(done ? [{ key, value: null }] : []),
         ];
-        // The checks make a concurrent purge of the same inode by another mount harmless.
-        const checks = chunks.map(([k, v]) => ({ key: k, value: v }));
-        if (writes.length) await this.store.commit(checks, writes);
-        if (done) break;
+        // The checks make a concurrent purge of the same inode by another mount harmless: one of them
+        // commits each page, the other scans again; only the one that removes the queue entry counts it.
+        const checks = [...chunks.map(([k, v]) => ({ key: k, value: v })), { key, value: new Uint8Array(0) }];
+        if (!(await this.store.commit(checks, writes))) {
+          if ((await this.store.get(key)) === undefined) break; // another mount finished it
+          continue;
+        }
+        if (done) {
+          this.purged++;
+          this.counters.add(K.inodeCount, -1);
+          break;
+        }
       }
-      this.purged++;
-      this.counters.add(K.inodeCount, -1);
     }
     return page.length > 0;
   }
@@ -105,7 +111,11 @@ export class Janitor {
     const ids = page.map(([k]) => memberOf(k, K.gcPrefix));
     await this.store.del(ids.map((id) => K.blob(id)));
     for (const id of ids) this.blobs.evict(id);
-    await this.store.del(page.map(([k]) => k));
+    // Another mount may collect the same page at once: deleting blobs twice is harmless, and only the mount
+    // whose commit removes the queue entries counts their bytes.
+    if (!(await this.store.commit(page.map(([key, value]) => ({ key, value })), page.map(([key]) => ({ key, value: null }))))) {
+      return true;
+    }
     const bytes = page.reduce((n, [, v]) => n + (Number(Buffer.from(v).toString()) || 0), 0);
     this.counters.add(K.byteCount, -bytes);
     this.collected += ids.length;

@@ -24,13 +24,14 @@ t.test('store URLs: bad ones are INVALID with a clear message; labels', async (t
   await t.rejects(openStore('xyz:foo'), {
     name: 'StoreError',
     code: 'INVALID',
-    message: "unknown store URL scheme 'xyz:' (expected local:PATH or memory:; redis:// and redis-cluster:// come later)",
+    message: "unknown store URL scheme 'xyz:' (expected local:PATH, memory:, redis://HOST:PORT/VOLUME or redis-cluster://HOST:PORT,.../VOLUME)",
   });
-  await t.rejects(openStore('redis://localhost:6379'), { code: 'INVALID', message: /scheme 'redis:'/ });
+  await t.rejects(openStore('redis://localhost:6379'), { code: 'INVALID', message: "'redis://localhost:6379' names no volume (expected e.g. redis://127.0.0.1:6379/myvol)" });
   await t.rejects(openStore('local:'), { code: 'INVALID', message: /local:' has no path/ });
   await t.rejects(openStore('./data'), { code: 'INVALID', message: /no scheme.*local:\.\/data/ });
   t.equal(describeStore('memory:'), 'in-memory store (not durable)');
   t.equal(describeStore('memory:x'), "in-memory store 'x' (not durable)");
   t.equal(describeStore('local:/var/lib/kvfs'), 'LMDB store in /var/lib/kvfs');
   t.equal(describeStore('xyz:foo'), 'xyz:foo', 'an unknown URL labels itself');
+  t.equal(describeStore('redis-cluster://10.0.0.1:7000,10.0.0.2:7000/v1'), "volume 'v1' on Redis Cluster 10.0.0.1:7000,10.0.0.2:7000");
 });

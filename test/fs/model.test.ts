@@ -38,6 +38,7 @@ import { join } from 'node:path';
 import type { KvStore } from '../../src/backend/kv.js';
 import { MemoryStore } from '../../src/backend/memory.js';
 import { openStore } from '../../src/backend/open-store.js';
+import { RedisCluster, redisAvailable } from '../helpers/redis-cluster.js';
 import { FsError } from '../../src/fs/errors.js';
 import { Filesystem, type FsOptions } from '../../src/fs/filesystem.js';
 import { K, decodeChunk, decodeDirent, decodeInode } from '../../src/fs/schema.js';
@@ -1473,7 +1474,7 @@ async function runModel(t: Test, engine: string, o: RunOptions): Promise<void> {
 const envSeed = process.env.KVFS_MODEL_SEED;
 const seed = envSeed !== undefined && envSeed !== '' ? Number(envSeed) >>> 0 : Math.floor(Math.random() * 2 ** 32);
 const opsMemory = Number(process.env.KVFS_MODEL_OPS ?? 10_000);
-const engines = (process.env.KVFS_MODEL_ENGINES ?? 'memory,lmdb').split(',');
+const engines = (process.env.KVFS_MODEL_ENGINES ?? 'memory,lmdb,redis').split(',');
 
 if (engines.includes('memory')) {
   t.test('model: memory engine', async (t) => {
@@ -1494,6 +1495,24 @@ if (engines.includes('lmdb')) {
     });
     await formatVolume(store, { chunkSize: CHUNK, uid: 0, gid: 0 });
     await runModel(t, 'lmdb', {
+      seed, ops: Math.max(1, Math.round(opsMemory * 0.3)), store,
+      reopenStore: async (s) => {
+        await s.close();
+        store = await openStore(url);
+        return store;
+      },
+    });
+  });
+}
+
+if (engines.includes('redis')) {
+  t.test('model: Redis Cluster engine', { skip: redisAvailable() }, async (t) => {
+    const cluster = process.env.KVFS_TEST_REDIS_URL ? undefined : await RedisCluster.start(t);
+    const url = process.env.KVFS_TEST_REDIS_URL ?? cluster!.url(`model${seed}`);
+    let store = await openStore(url);
+    t.teardown(() => store.close().catch(() => undefined));
+    await formatVolume(store, { chunkSize: CHUNK, uid: 0, gid: 0 });
+    await runModel(t, 'redis', {
       seed, ops: Math.max(1, Math.round(opsMemory * 0.3)), store,
       reopenStore: async (s) => {
         await s.close();

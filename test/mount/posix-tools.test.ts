@@ -3,7 +3,9 @@
  * python3 scripts, each in its own process, against a mounted kvfs.
  *
  * Runs once per driver: env KVFS_TEST_DRIVERS=default,libfuse (or KVFS_TEST_DRIVER=libfuse); default: the
- * default driver. Store: env KVFS_TEST_STORE (default "memory:"; "local" means a fresh local: store in a temp dir).
+ * default driver. Store: env KVFS_TEST_STORE ("memory:"; "local" means a fresh local: store in a temp dir;
+ * "redis-cluster" a fresh volume on a 3-master Redis Cluster the file starts). Without KVFS_TEST_STORE: every
+ * driver on memory:, and the default driver once more on a Redis Cluster (skipped when redis-server is missing).
  */
 import t from 'tap';
 import type { Test } from 'tap';
@@ -28,11 +30,15 @@ import {
   PYTHON,
   type Mounted,
 } from '../helpers/mount.js';
+import { RedisCluster, redisAvailable } from '../helpers/redis-cluster.js';
 import { code, py, pyOps, type PyOp } from '../helpers/pyops.js';
 import { bytes, makeTree } from '../helpers/tree.js';
 
 const drivers = testDrivers();
-t.setTimeout(170_000 * drivers.length);
+const configs: [driver: string, store: string][] = process.env.KVFS_TEST_STORE
+  ? drivers.map((d) => [d, process.env.KVFS_TEST_STORE!])
+  : [...drivers.map((d): [string, string] => [d, 'memory:']), [drivers[0]!, 'redis-cluster']];
+t.setTimeout(170_000 * configs.length);
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -74,15 +80,19 @@ async function expectBytes(t: Test, path: string, expected: Buffer, what: string
   t.equal(size, String(expected.length), `${what}: size`);
 }
 
-function storeFor(t: Test): string {
-  const s = process.env.KVFS_TEST_STORE ?? 'memory:';
-  if (s !== 'local') return s;
-  return `local:${join(tempDir(t, 'kvfs-test-store-'), 'vol')}`;
+/** one Redis Cluster for the whole file, started on first use, stopped when the file's tests end */
+let cluster: Promise<RedisCluster> | undefined;
+let redisVolumes = 0;
+
+async function storeFor(t: Test, kind: string): Promise<string> {
+  if (kind === 'local') return `local:${join(tempDir(t, 'kvfs-test-store-'), 'vol')}`;
+  if (kind === 'redis-cluster') return (await (cluster ??= RedisCluster.start(t))).url(`posix${process.pid}_${redisVolumes++}`);
+  return kind;
 }
 
-async function mountFor(t: Test, driver: string, args: string[] = []): Promise<Mounted> {
-  const store = storeFor(t);
-  if (store.startsWith('local:')) {
+async function mountFor(t: Test, driver: string, kind: string, args: string[] = []): Promise<Mounted> {
+  const store = await storeFor(t, kind);
+  if (!store.startsWith('memory:')) {
     const dataDir = tempDir(t, 'kvfs-test-data-');
     const f = await kvfs(['format', store], { dataDir });
     expectExit(t, f, 'format the local store');
@@ -91,12 +101,13 @@ async function mountFor(t: Test, driver: string, args: string[] = []): Promise<M
   return mountKvfs(t, { driver, store, args });
 }
 
-for (const driver of drivers) {
-  t.test(`posix tools, driver ${driver}`, async (t) => {
+for (const [driver, kind] of configs) {
+  const skip = kind === 'redis-cluster' ? redisAvailable() : undefined;
+  t.test(`posix tools, driver ${driver}${kind === 'memory:' ? '' : `, store ${kind}`}`, { skip }, async (t) => {
     // What libfuse 2.9's high-level API (and fuse-native over it) cannot carry: each such assertion still runs
     // and is reported, as a TODO of the libfuse driver (see src/fs/fuse/libfuse-driver.ts).
     const lim = (why: string) => (driver === 'libfuse' ? { todo: `libfuse 2 driver: ${why}` } : {});
-    const m = await mountFor(t, driver);
+    const m = await mountFor(t, driver, kind);
     const mnt = m.mnt;
 
     t.test('the mount is listed as kvfs in /proc/self/mountinfo', async (t) => {
@@ -599,7 +610,7 @@ open(marker, 'w').close()`,
 
     t.test('permissions for another user with --allow-other', async (t) => {
       const { uid } = ensureUser();
-      const m2 = await mountFor(t, driver, ['--allow-other']);
+      const m2 = await mountFor(t, driver, kind, ['--allow-other']);
       const M = m2.mnt;
       const setup = await pyOps([
         ['chmod', M, 0o755],

@@ -43,7 +43,9 @@ export function fsBridge(fs: Filesystem, pool: BufferPool, opts: BridgeOptions):
     INIT_FLAGS.FUSE_ASYNC_DIO | INIT_FLAGS.FUSE_CACHE_SYMLINKS | INIT_FLAGS.FUSE_EXPORT_SUPPORT |
     // kvfs clears setuid/setgid/capabilities itself when the kernel flags an unprivileged change, so the
     // kernel does not ask for security.capability before every write
-    INIT_FLAGS.FUSE_HANDLE_KILLPRIV_V2 | (opts.writebackCache ? INIT_FLAGS.FUSE_WRITEBACK_CACHE : 0n);
+    INIT_FLAGS.FUSE_HANDLE_KILLPRIV_V2 | (opts.writebackCache ? INIT_FLAGS.FUSE_WRITEBACK_CACHE : 0n) |
+    // other mounts change files: the kernel drops cached pages when it sees a new mtime or size
+    (fs.shared ? INIT_FLAGS.FUSE_AUTO_INVAL_DATA : 0n);
   const openFlags = opts.keepCache ? 2 /* FOPEN_KEEP_CACHE */ : 0;
 
   return {
@@ -107,13 +109,13 @@ export function fsBridge(fs: Filesystem, pool: BufferPool, opts: BridgeOptions):
     OPEN: async (req) => {
       const fh = await fs.open(req.header.nodeid, req.flags);
       if (req.open_flags & REQUEST_FLAGS.FUSE_OPEN_KILL_SUIDGID) await fs.killPriv(req.header.nodeid);
-      return { t: 'open', fh, flags: openFlags };
+      return { t: 'open', fh, flags: openFlags && fs.keepsCache(fh) ? openFlags : 0 };
     },
     CREATE: async (req) => {
       const { attr, fh } = await fs.create(req.header.nodeid, req.name, req.mode, req.flags, ctxOf(req.header));
       if (req.open_flags & REQUEST_FLAGS.FUSE_OPEN_KILL_SUIDGID) await fs.killPriv(attr.ino);
       fs.remember(attr.ino);
-      return { t: 'create', attr, fh, flags: openFlags };
+      return { t: 'create', attr, fh, flags: openFlags && fs.keepsCache(fh) ? openFlags : 0 };
     },
     READ: async (req, cx) => {
       const size = Math.min(req.size, pool.maxSize);

@@ -112,6 +112,7 @@ export async function mountNative(fs: Filesystem, mnt: string, opts: NativeMount
     entryTimeout: opts.entryTimeout ?? 1, attrTimeout: opts.attrTimeout ?? 1, parseOptions,
     requestTimeout: opts.requestTimeout,
   });
+  fs.onInodeChanged = (ino) => session.notifyInvalInode(ino);
   try {
     channel.start();
   } catch (e) {

@@ -17,7 +17,7 @@
 import { toErrno } from '../errors.js';
 import type { Attr, StatFs } from '../types.js';
 import {
-  OUT_HEADER_SIZE, REPLY, parseRequest, opcodeInfo, replyError, writeOutHeader,
+  OUT_HEADER_SIZE, REPLY, notifyInvalInode, parseRequest, opcodeInfo, replyError, writeOutHeader,
   type InitOut, type OpName, type ParseOptions, type Request, type RequestOf,
 } from './wire/index.js';
 import { WireParseError } from './wire/errors.js';
@@ -118,6 +118,15 @@ export class Session {
       this.watchdog = setInterval(() => this.expire(limitMs), Math.min(limitMs, 5000));
       this.watchdog.unref?.();
     }
+  }
+
+  /**
+   * Tells the kernel to drop its cached attributes of an inode (another mount changed it). ENOENT (the
+   * kernel does not hold the inode) is not an error.
+   */
+  notifyInvalInode(ino: number): void {
+    const n = this.transport.reply(0, notifyInvalInode(ino));
+    if (n < 0 && n !== -2) this.log(`invalidating inode ${ino} in the kernel failed (errno ${-n})`);
   }
 
   /** stops the watchdog (the session ended) */

@@ -45,6 +45,17 @@ export function writeError(buf: Buffer, off: number, unique: bigint, errno: numb
   return writeOutHeader(buf, off, unique, OUT_HEADER_SIZE, -wireErrno(errno));
 }
 
+/** FUSE_NOTIFY_INVAL_INODE (error field 2, unique 0): the kernel drops the inode's cached attributes (off -1: no pages) */
+export const FUSE_NOTIFY_INVAL_INODE = 2;
+export function notifyInvalInode(ino: number | bigint): Buffer {
+  const buf = Buffer.alloc(OUT_HEADER_SIZE + 24);
+  writeOutHeader(buf, 0, 0n, buf.length, FUSE_NOTIFY_INVAL_INODE);
+  buf.writeBigUInt64LE(BigInt(ino), OUT_HEADER_SIZE); // fuse_notify_inval_inode_out.ino
+  buf.writeBigInt64LE(-1n, OUT_HEADER_SIZE + 8); //       .off: -1 = attributes only
+  buf.writeBigInt64LE(0n, OUT_HEADER_SIZE + 16); //       .len
+  return buf;
+}
+
 export function replyError(unique: bigint, errno: number): Buffer {
   const buf = Buffer.allocUnsafe(OUT_HEADER_SIZE);
   writeError(buf, 0, unique, errno);

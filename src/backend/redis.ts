@@ -1,0 +1,586 @@
+/**
+ * The Redis engine: a KvStore on one Redis server (`redis://`) or a Redis Cluster (`redis-cluster://`),
+ * through ioredis over RESP2. Engines that speak the same protocol (Apache Kvrocks in cluster mode) work the
+ * same way. URLs and credentials: redis-url.ts. Retries, deadlines and error mapping: redis-retry.ts.
+ *
+ * Key layout of volume VOL (KV keys are those of src/fs/schema.ts):
+ *   kvfs:{VOL}:<key>               a metadata key, a Redis string. Every one carries the hash tag {VOL}, so
+ *                                  all metadata of a volume lives in one slot and one script changes any of it
+ *   kvfs:{VOL}#<collection>        the collection's index: a sorted set of its members' names (score 0, so
+ *                                  ZRANGEBYLEX walks them in byte order); `scan` pages through it
+ *   kvfs:{VOL}!t:<bucket>          transaction ids applied recently (a hash: txid -> result), one hash per
+ *                                  time bucket, each expiring a few buckets after its last write
+ *   kvfs:VOL:b/<blob id>           a blob (file data), a Redis string with no hash tag: blobs spread over
+ *                                  every slot of the cluster
+ *
+ * Atomicity: every metadata change (commit, put/del of metadata, incr) is one Lua script whose keys all
+ * carry {VOL}: the checks, the writes, the index updates and the transaction record apply together or not
+ * at all. A script is sent with EVALSHA (ioredis loads it with EVAL on first use per connection and again
+ * after NOSCRIPT). Blob writes are plain SETs, each to its own node, issued in parallel.
+ *
+ * Idempotence: a commit or incr carries a transaction id (the caller's, or one made here) that its script
+ * records with the writes. A retry after an unknown outcome finds the id and returns the first outcome, so
+ * no change applies twice and none is skipped. Records live 3-4 buckets; a bucket is at least as long as the
+ * call deadline, so every retry of a call finds its record.
+ *
+ * A full store: scripts start with `#!lua`, so Redis refuses a script that may write as a whole, before it
+ * runs, when used memory is over maxmemory (ENOSPC, nothing half-applied). A commit that does not grow the
+ * store by more than ALLOW_OOM_GROWTH bytes (by the sizes it knows: deletes, unlinks, truncates, garbage
+ * collection, heartbeats) runs with `flags=allow-oom`, so space can always be freed on a full store.
+ *
+ * Durability: `sync` waits (WAIT) until at least one replica of every master that has one holds every
+ * earlier write of this client, so a file fsynced before a master dies survives the failover. The master's
+ * own persistence (AOF, RDB) is the server's configuration.
+ *
+ * Startup checks (before anything is mounted): the server answers and accepts the credentials; a cluster URL
+ * names cluster nodes and a plain URL a plain server; every slot of a cluster is served; every node's
+ * `maxmemory-policy` is `noeviction` (eviction would silently delete file data).
+ */
+import { randomBytes } from 'node:crypto';
+import { Cluster, Redis, type RedisOptions } from 'ioredis';
+import { checkScan } from './kv-rules.js';
+import { StoreError } from './errors.js';
+import type { KvCheck, KvEngineInfo, KvStore, KvWrite, ScanOptions } from './kv.js';
+import { DEFAULT_RETRY, classify, errorText, withRetry, type RetryPolicy } from './redis-retry.js';
+import {
+  parseRedisUrl, redisPassword, redisTls, type RedisAuthOptions, type RedisNodeAddr, type RedisTarget,
+} from './redis-url.js';
+
+export interface RedisStoreOptions extends RedisAuthOptions {
+  /** the deadline of every store call, ms (default 10 s) */
+  timeoutMs?: number;
+  /** where warnings go (default stderr, one line each) */
+  warn?: (msg: string) => void;
+}
+
+/** a commit growing the store by at most this many bytes runs even on a full store (see above) */
+export const ALLOW_OOM_GROWTH = 128;
+/** metadata keys per MGET / per commit of a bulk delete */
+const BATCH = 512;
+const BUCKET_MIN_MS = 10_000;
+
+type Client = Redis | Cluster;
+
+interface Scripts {
+  kvfsCommit(...args: (string | Buffer | number)[]): Promise<string>;
+  kvfsCommitOom(...args: (string | Buffer | number)[]): Promise<string>;
+  kvfsIncr(...args: (string | Buffer | number)[]): Promise<string>;
+}
+
+// KEYS: 3 transaction buckets (record into the first, look up all), then nc check keys, nw write keys, nw
+// index keys. ARGV: txid, ttl ms, nc, nw, then per check (present '0'|'1', value), per write (op 'S'|'D',
+// member, value).
+const COMMIT_BODY = `
+local txid = ARGV[1]
+for b = 1, 3 do
+  local done = redis.call('HGET', KEYS[b], txid)
+  if done then return done end
+end
+local nc, nw = tonumber(ARGV[3]), tonumber(ARGV[4])
+local a = 5
+for i = 1, nc do
+  local v = redis.call('GET', KEYS[3 + i])
+  if ARGV[a] == '0' then
+    if v then return '0' end
+  elseif (not v) or v ~= ARGV[a + 1] then
+    return '0'
+  end
+  a = a + 2
+end
+for i = 1, nw do
+  local k, idx = KEYS[3 + nc + i], KEYS[3 + nc + nw + i]
+  if ARGV[a] == 'S' then
+    redis.call('SET', k, ARGV[a + 2])
+    redis.call('ZADD', idx, 0, ARGV[a + 1])
+  elseif redis.call('DEL', k) == 1 then
+    redis.call('ZREM', idx, ARGV[a + 1])
+  end
+  a = a + 3
+end
+redis.call('HSET', KEYS[1], txid, '1')
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return '1'
+`;
+
+// KEYS: 3 transaction buckets, the counter, its index. ARGV: txid, ttl ms, delta, member.
+// Counters are decimal ASCII within +-(2^53-1), as kv-rules.ts keeps them.
+const INCR_BODY = `
+local txid = ARGV[1]
+for b = 1, 3 do
+  local done = redis.call('HGET', KEYS[b], txid)
+  if done then return done end
+end
+local cur = redis.call('GET', KEYS[4])
+local n = 0
+if cur then
+  if #cur > 17 or not string.match(cur, '^%-?%d+$') then
+    return redis.error_reply('KVFS_CORRUPT stored value is not an integer')
+  end
+  n = tonumber(cur)
+end
+local nx = n + tonumber(ARGV[3])
+if nx > 9007199254740991 or nx < -9007199254740991 then
+  return redis.error_reply('KVFS_INVALID the counter would overflow')
+end
+local s = string.format('%.0f', nx)
+redis.call('SET', KEYS[4], s)
+redis.call('ZADD', KEYS[5], 0, ARGV[4])
+redis.call('HSET', KEYS[1], txid, s)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return s
+`;
+
+const isBlob = (key: string) => key.startsWith('b/');
+const collectionOf = (key: string) => key.slice(0, key.lastIndexOf('/') + 1);
+const buf = (u: Uint8Array) => Buffer.from(u.buffer, u.byteOffset, u.byteLength);
+const utf8Compare = (a: string, b: string) => Buffer.compare(Buffer.from(a), Buffer.from(b));
+const globEscape = (s: string) => s.replace(/[*?[\]\\{}^]/g, (c) => `\\${c}`);
+
+/** `k:v` lines of an INFO reply */
+export function parseInfo(text: string): Map<string, string> {
+  const m = new Map<string, string>();
+  for (const line of text.split(/\r?\n/)) {
+    const i = line.indexOf(':');
+    if (i > 0 && !line.startsWith('#')) m.set(line.slice(0, i), line.slice(i + 1).trim());
+  }
+  return m;
+}
+
+/** the slot ranges not served, from a CLUSTER SLOTS reply */
+export function uncoveredSlots(slots: [number, number, ...unknown[]][]): [number, number][] {
+  const ranges = slots.map(([a, b]) => [a, b] as [number, number]).sort((x, y) => x[0] - y[0]);
+  const out: [number, number][] = [];
+  let next = 0;
+  for (const [a, b] of ranges) {
+    if (a > next) out.push([next, a - 1]);
+    next = Math.max(next, b + 1);
+  }
+  if (next <= 16383) out.push([next, 16383]);
+  return out;
+}
+
+const fmtRanges = (r: [number, number][]) =>
+  r.slice(0, 4).map(([a, b]) => (a === b ? `${a}` : `${a}-${b}`)).join(', ') + (r.length > 4 ? `, ... (${r.length} ranges)` : '');
+const mib = (n: number) => `${(n / 1048576).toFixed(n % 1048576 ? 1 : 0)} MiB`;
+
+export class RedisStore implements KvStore {
+  readonly #client: Client & Scripts;
+  readonly #target: RedisTarget;
+  readonly #policy: RetryPolicy;
+  readonly #meta: string;
+  readonly #idx: string;
+  readonly #tx: string;
+  readonly #blob: string;
+  readonly #txPrefix = randomBytes(6).toString('base64url');
+  readonly #bucketMs: number;
+  #txSeq = 0;
+  #closed = false;
+  /** maxmemory per master as the startup check found it (for the store-full message) */
+  #maxmemory = new Map<string, number>();
+  /** replicas per master, refreshed at most every 2 s (for sync) */
+  #replicas: { at: number; count: Map<string, number> } = { at: 0, count: new Map() };
+  readonly retries = { transient: 0, throttled: 0 };
+
+  private constructor(client: Client, target: RedisTarget, policy: RetryPolicy) {
+    this.#client = client as Client & Scripts;
+    this.#target = target;
+    this.#policy = policy;
+    const v = target.volume;
+    this.#meta = `kvfs:{${v}}:`;
+    this.#idx = `kvfs:{${v}}#`;
+    this.#tx = `kvfs:{${v}}!t:`;
+    this.#blob = `kvfs:${v}:`;
+    this.#bucketMs = Math.max(BUCKET_MIN_MS, policy.deadlineMs);
+    const define = (name: string, lua: string) => client.defineCommand(name, { lua });
+    define('kvfsCommit', `#!lua\n${COMMIT_BODY}`);
+    define('kvfsCommitOom', `#!lua flags=allow-oom\n${COMMIT_BODY}`);
+    define('kvfsIncr', `#!lua flags=allow-oom\n${INCR_BODY}`);
+  }
+
+  /** connects, runs the startup checks (above), and returns the open store; fails within the deadline */
+  static async open(url: string, opts: RedisStoreOptions = {}): Promise<RedisStore> {
+    const target = parseRedisUrl(url);
+    const password = redisPassword(opts);
+    const tls = redisTls(target, opts);
+    const policy: RetryPolicy = { ...DEFAULT_RETRY, deadlineMs: opts.timeoutMs ?? DEFAULT_RETRY.deadlineMs };
+    const warn = opts.warn ?? ((m: string) => console.error(`kvfs: ${m}`));
+    const deadline = Date.now() + policy.deadlineMs;
+    const base: RedisOptions = {
+      username: target.username, password, tls, protocol: 2, connectionName: 'kvfs', lazyConnect: true, enableOfflineQueue: false,
+      maxRetriesPerRequest: 0, connectTimeout: Math.min(policy.deadlineMs, 5_000), commandTimeout: policy.deadlineMs,
+    };
+    await preflight(target, base, deadline, policy);
+    let client: Client;
+    if (target.cluster) {
+      client = new Cluster(target.nodes, {
+        redisOptions: base, lazyConnect: true, enableOfflineQueue: false, scaleReads: 'master',
+        slotsRefreshTimeout: 2_000, slotsRefreshInterval: 5_000,
+        retryDelayOnFailover: 100, retryDelayOnClusterDown: 100, retryDelayOnTryAgain: 100, retryDelayOnMoved: 0,
+        maxRedirections: 16, clusterRetryStrategy: (n) => Math.min(100 * n, 1_000),
+      });
+    } else {
+      client = new Redis({
+        ...base, host: target.nodes[0]!.host, port: target.nodes[0]!.port, enableAutoPipelining: true,
+        retryStrategy: (n) => Math.min(50 * n, 1_000),
+      });
+    }
+    let lastError: unknown;
+    client.on('error', (e) => { lastError = e; });
+    if (client instanceof Cluster) client.on('node error', (e) => { lastError = e; });
+    const store = new RedisStore(client, target, policy);
+    try {
+      await withRetry(`connecting to ${target.label}`, { ...policy, deadlineMs: Math.max(1, deadline - Date.now()) }, store.#hooks(), async () => {
+        if (client.status === 'ready') return;
+        if (client.status === 'wait' || client.status === 'end' || client.status === 'close') await client.connect();
+        else await new Promise<void>((resolve, reject) => {
+          const t = setTimeout(() => reject(lastError ?? new Error('Connection timeout')), 1_000);
+          client.once('ready', () => { clearTimeout(t); resolve(); });
+        });
+      });
+      await store.#checkNodes(warn);
+    } catch (e) {
+      client.disconnect();
+      throw e;
+    }
+    return store;
+  }
+
+  #hooks() {
+    return {
+      closed: () => this.#closed,
+      nospace: (e: unknown) => this.#nospaceMessage(e),
+      auth: (e: unknown) => `the Redis store ${this.#target.label} refused our credentials (${errorText(e)}); check KVFS_REDIS_PASSWORD or the password file`,
+      known: scriptError,
+      onRetry: (cls: string) => { if (cls === 'throttled') this.retries.throttled++; else this.retries.transient++; },
+    };
+  }
+
+  #nospaceMessage(e: unknown): string {
+    const limits = [...new Set(this.#maxmemory.values())].filter((n) => n > 0);
+    const limit = limits.length ? `maxmemory ${limits.map(mib).join('/')} per node` : 'its memory limit';
+    const kvrocks = /max-db-size/i.test(errorText(e));
+    return kvrocks
+      ? `the store ${this.#target.label} reached max-db-size (${errorText(e)}): raise max-db-size (CONFIG SET max-db-size) or add nodes, or delete files`
+      : `the Redis store ${this.#target.label} is full: used memory reached ${limit} with maxmemory-policy noeviction; ` +
+        'raise maxmemory (CONFIG SET maxmemory <bytes> on every master, and in redis.conf) or add masters, or delete files';
+  }
+
+  async #retry<T>(what: string, attempt: () => Promise<T>): Promise<T> {
+    return withRetry(what, this.#policy, this.#hooks(), attempt);
+  }
+
+  #masters(): Redis[] {
+    return this.#client instanceof Cluster ? this.#client.nodes('master') : [this.#client];
+  }
+
+  #nodeName(r: Redis): string {
+    return `${r.options.host}:${r.options.port}`;
+  }
+
+  /** every node's eviction policy and limit (startup check); warnings for settings that work badly together */
+  async #checkNodes(warn: (m: string) => void): Promise<void> {
+    const nodes = this.#client instanceof Cluster ? this.#client.nodes('all') : [this.#client];
+    await this.#retry('checking the Redis nodes', async () => {
+      for (const n of nodes) {
+        const info = parseInfo(await n.info('memory'));
+        const policy = info.get('maxmemory_policy');
+        const name = this.#nodeName(n);
+        if (policy !== undefined && policy !== 'noeviction') {
+          throw new StoreError('CONFIG',
+            `Redis node ${name} has maxmemory-policy ${policy}: it would evict keys, silently deleting file data. ` +
+            'kvfs needs maxmemory-policy noeviction (CONFIG SET maxmemory-policy noeviction, and in redis.conf)');
+        }
+        this.#maxmemory.set(name, Number(info.get('maxmemory') ?? 0));
+      }
+    });
+    if (this.#client instanceof Cluster) {
+      const timeout = await this.#masters()[0]!.config('GET', 'cluster-node-timeout').catch(() => undefined) as string[] | undefined;
+      const ms = Number(timeout?.[1]);
+      if (Number.isFinite(ms) && ms > 0 && this.#policy.deadlineMs < ms + 2_000) {
+        warn(`--store-timeout ${this.#policy.deadlineMs / 1000} s is shorter than a failover takes here ` +
+          `(cluster-node-timeout ${ms / 1000} s + election): calls during a failover will fail with EIO instead of waiting`);
+      }
+    }
+  }
+
+  // ------------------------------------------------------------------ keys
+
+  #key(key: string): string {
+    return isBlob(key) ? this.#blob + key : this.#meta + key;
+  }
+
+  #txKeys(): [string, string, string] {
+    const b = Math.floor(Date.now() / this.#bucketMs);
+    return [`${this.#tx}${b}`, `${this.#tx}${b - 1}`, `${this.#tx}${b - 2}`];
+  }
+
+  #newTxid(): string {
+    return `${this.#txPrefix}.${(this.#txSeq++).toString(36)}`;
+  }
+
+  #open(): void {
+    if (this.#closed) throw new StoreError('CLOSED', 'the Redis store is closed');
+  }
+
+  // ------------------------------------------------------------------ KvStore
+
+  async get(key: string): Promise<Uint8Array | undefined> {
+    this.#open();
+    const k = this.#key(key);
+    const v = await this.#retry(`get of ${key}`, () => this.#client.getBuffer(k));
+    return v ?? undefined;
+  }
+
+  async getMany(keys: readonly string[]): Promise<(Uint8Array | undefined)[]> {
+    this.#open();
+    const out: (Uint8Array | undefined)[] = new Array(keys.length);
+    const metaIdx: number[] = [];
+    const jobs: Promise<void>[] = [];
+    keys.forEach((key, i) => {
+      if (isBlob(key)) jobs.push(this.get(key).then((v) => { out[i] = v; }));
+      else metaIdx.push(i);
+    });
+    for (let s = 0; s < metaIdx.length; s += BATCH) {
+      const part = metaIdx.slice(s, s + BATCH);
+      const ks = part.map((i) => this.#meta + keys[i]!);
+      jobs.push(this.#retry(`get of ${ks.length} keys`, () => this.#client.mgetBuffer(...ks)).then((vals) => {
+        part.forEach((i, j) => { out[i] = vals[j] ?? undefined; });
+      }));
+    }
+    await Promise.all(jobs);
+    return out;
+  }
+
+  async put(key: string, value: Uint8Array): Promise<void> {
+    this.#open();
+    if (!isBlob(key)) {
+      await this.commit([], [{ key, value }]);
+      return;
+    }
+    // A blob is written once with one value, so a retry is harmless. The caller keeps its buffer unchanged
+    // until this resolves (kv.ts), and ioredis copies it into the socket.
+    const k = this.#key(key);
+    const v = buf(value);
+    await this.#retry(`write of ${key} (${value.byteLength} bytes)`, () => this.#client.set(k, v));
+  }
+
+  async del(keys: readonly string[]): Promise<void> {
+    this.#open();
+    const meta = keys.filter((k) => !isBlob(k));
+    const jobs = keys.filter(isBlob).map((key) => {
+      const k = this.#key(key);
+      return this.#retry(`delete of ${key}`, () => this.#client.del(k)).then(() => undefined);
+    });
+    for (let s = 0; s < meta.length; s += BATCH) {
+      jobs.push(this.commit([], meta.slice(s, s + BATCH).map((key) => ({ key, value: null }))).then(() => undefined));
+    }
+    await Promise.all(jobs);
+  }
+
+  async scan(prefix: string, opts: ScanOptions = {}): Promise<[string, Uint8Array][]> {
+    this.#open();
+    checkScan(prefix, opts);
+    const { after, limit } = opts;
+    if (isBlob(prefix)) {
+      // Blobs have no index (they are not in the volume's slot): a maintenance walk of the keyspace.
+      let ks = (await this.keys(prefix)).filter((k) => collectionOf(k) === prefix);
+      if (after !== undefined) ks = ks.filter((k) => utf8Compare(k, after) > 0);
+      if (limit !== undefined) ks = ks.slice(0, limit);
+      const vals = await this.getMany(ks);
+      return ks.flatMap((k, i) => (vals[i] ? [[k, vals[i]!] as [string, Uint8Array]] : []));
+    }
+    let min: string | Buffer = '-';
+    if (after !== undefined && utf8Compare(after, prefix) > 0) {
+      // every member starts with prefix: an `after` above prefix without it sorts after every member
+      if (!after.startsWith(prefix)) return [];
+      min = Buffer.concat([Buffer.from('('), Buffer.from(after.slice(prefix.length))]);
+    }
+    const idx = this.#idx + prefix;
+    const members = await this.#retry(`scan of ${prefix}`, () => (limit === undefined
+      ? this.#client.zrangebylexBuffer(idx, min, '+')
+      : this.#client.zrangebylexBuffer(idx, min, '+', 'LIMIT', 0, limit)));
+    const keys = members.map((m) => prefix + m.toString('utf8'));
+    const vals = await this.getMany(keys);
+    // A member deleted between the two reads is left out: scans are not transactional (txn.ts).
+    return keys.flatMap((k, i) => (vals[i] ? [[k, vals[i]!] as [string, Uint8Array]] : []));
+  }
+
+  async keys(prefix: string): Promise<string[]> {
+    this.#open();
+    const patterns = [`${globEscape(this.#meta + prefix)}*`, `${globEscape(this.#blob + prefix)}*`];
+    const found = new Set<string>();
+    for (const node of this.#masters()) {
+      for (const match of patterns) {
+        let cursor = '0';
+        do {
+          const [next, ks] = await this.#retry(`listing keys under ${prefix}`, () => node.scan(cursor, 'MATCH', match, 'COUNT', 1000));
+          cursor = next;
+          for (const k of ks) {
+            if (k.startsWith(this.#meta)) found.add(k.slice(this.#meta.length));
+            else if (k.startsWith(this.#blob)) found.add(k.slice(this.#blob.length));
+          }
+        } while (cursor !== '0');
+      }
+    }
+    return [...found].filter((k) => k.startsWith(prefix)).sort(utf8Compare);
+  }
+
+  async incr(key: string, delta: number): Promise<number> {
+    this.#open();
+    if (!Number.isSafeInteger(delta)) throw new StoreError('INVALID', `incr of '${key}': delta ${delta} is not a safe integer`);
+    if (isBlob(key)) throw new StoreError('INVALID', `incr of '${key}': blob keys are not counters`);
+    const txid = this.#newTxid();
+    const txKeys = this.#txKeys();
+    const ttl = this.#bucketMs * 4;
+    const args = [5, ...txKeys, this.#meta + key, this.#idx + collectionOf(key), txid, ttl, delta, key.slice(collectionOf(key).length)];
+    const r = await this.#retry(`incr of ${key}`, () => this.#client.kvfsIncr(...args));
+    return Number(r);
+  }
+
+  async commit(checks: readonly KvCheck[], writes: readonly KvWrite[], txid?: string): Promise<boolean> {
+    this.#open();
+    for (const c of [...checks, ...writes]) {
+      if (isBlob(c.key)) throw new StoreError('INVALID', `commit: blob key '${c.key}' cannot be part of a metadata commit`);
+    }
+    if (checks.length === 0 && writes.length === 0) return true;
+    if (writes.length === 0) {
+      // checks only: a consistent read of the keys, no record needed
+      const vals = await this.#retry('commit check', () => this.#client.mgetBuffer(...checks.map((c) => this.#meta + c.key)));
+      return checks.every((c, i) => (c.value === undefined ? vals[i] === null : vals[i] !== null && buf(c.value).equals(vals[i]!)));
+    }
+    const keys: string[] = [...this.#txKeys()];
+    const args: (string | Buffer | number)[] = [txid ?? this.#newTxid(), this.#bucketMs * 4, checks.length, writes.length];
+    const known = new Map<string, number>();
+    for (const c of checks) {
+      keys.push(this.#meta + c.key);
+      if (c.value === undefined) args.push('0', '');
+      else args.push('1', buf(c.value));
+      known.set(c.key, c.value === undefined ? 0 : c.key.length + c.value.byteLength);
+    }
+    let growth = 0;
+    for (const w of writes) {
+      keys.push(this.#meta + w.key);
+      const member = w.key.slice(collectionOf(w.key).length);
+      if (w.value === null) args.push('D', member, '');
+      else args.push('S', member, buf(w.value));
+      const before = known.get(w.key) ?? (w.value === null ? w.key.length : 0);
+      growth += (w.value === null ? 0 : w.key.length + w.value.byteLength) - before;
+    }
+    for (const w of writes) keys.push(this.#idx + collectionOf(w.key));
+    const call = growth <= ALLOW_OOM_GROWTH ? this.#client.kvfsCommitOom : this.#client.kvfsCommit;
+    const r = await this.#retry(`commit of ${writes.length} writes`, () => call.call(this.#client, keys.length, ...keys, ...args));
+    return r === '1';
+  }
+
+  async sync(): Promise<void> {
+    this.#open();
+    const now = Date.now();
+    const masters = this.#masters();
+    if (now - this.#replicas.at > 2_000) {
+      const count = new Map<string, number>();
+      await Promise.all(masters.map(async (m) => {
+        const info = parseInfo(await this.#retry('reading replication state', () => m.info('replication')));
+        count.set(this.#nodeName(m), Number(info.get('connected_slaves') ?? 0));
+      }));
+      this.#replicas = { at: now, count };
+    }
+    await Promise.all(masters.map(async (m) => {
+      if (!(this.#replicas.count.get(this.#nodeName(m)) ?? 0)) return;
+      const acked = await this.#retry('waiting for replicas', () => m.call('WAIT', 1, this.#policy.deadlineMs) as Promise<number>);
+      if (acked < 1) {
+        throw new StoreError('UNAVAILABLE', `no replica of Redis master ${this.#nodeName(m)} acknowledged the writes within ${this.#policy.deadlineMs / 1000} s`);
+      }
+    }));
+  }
+
+  async info(): Promise<KvEngineInfo> {
+    this.#open();
+    let cap = 0;
+    let used = 0;
+    let limited = true;
+    for (const m of this.#masters()) {
+      const info = parseInfo(await this.#retry('reading memory use', () => m.info('memory')));
+      const max = Number(info.get('maxmemory') ?? 0);
+      if (!max) limited = false;
+      cap += max;
+      used += Number(info.get('used_memory') ?? 0);
+    }
+    const engine = this.#target.cluster ? 'redis-cluster' : 'redis';
+    return limited ? { engine, shared: true, capacityBytes: cap, freeBytes: Math.max(0, cap - used) } : { engine, shared: true };
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    const c = this.#client;
+    await Promise.race([c.quit().catch(() => undefined), new Promise((r) => setTimeout(r, 1_000).unref())]);
+    c.disconnect();
+  }
+}
+
+/** errors our scripts raise, as StoreErrors */
+function scriptError(e: unknown): StoreError | undefined {
+  const msg = errorText(e);
+  const m = /KVFS_(CORRUPT|INVALID) (.*)$/.exec(msg);
+  if (!m) return undefined;
+  return new StoreError(m[1] as 'CORRUPT' | 'INVALID', m[2]!);
+}
+
+/**
+ * Talks to the seeds one by one with a short-lived connection before the real client exists: tells
+ * unreachable from refused credentials, a plain server from a cluster node, and finds unserved slots.
+ */
+async function preflight(target: RedisTarget, base: RedisOptions, deadline: number, policy: RetryPolicy): Promise<void> {
+  const hooks = {
+    closed: () => false,
+    nospace: () => 'the store is full',
+    auth: (e: unknown) => `the Redis server ${target.label} refused our credentials (${errorText(e)}): ` +
+      (base.password === undefined ? 'it needs a password: set KVFS_REDIS_PASSWORD or --password-file' : 'check KVFS_REDIS_PASSWORD or the password file'),
+  };
+  const names = target.nodes.map((n) => `${n.host}:${n.port}`).join(', ');
+  const left = () => Math.max(1, deadline - Date.now());
+  const info = await withRetry(`connecting to ${names}`, { ...policy, deadlineMs: left() }, hooks, async () => {
+    let last: unknown;
+    for (const node of target.nodes) {
+      try {
+        return await probe(node, base, left());
+      } catch (e) {
+        if (classify(e) !== 'transient') throw e;
+        last = e;
+      }
+    }
+    throw last;
+  });
+  const enabled = info.info.get('cluster_enabled') === '1';
+  const where = `${info.node.host}:${info.node.port}`;
+  if (target.cluster && !enabled) {
+    throw new StoreError('CONFIG', `${where} is a plain Redis server, not a cluster node (cluster_enabled:0): use redis://${where}/${target.volume}`);
+  }
+  if (!target.cluster && enabled) {
+    throw new StoreError('CONFIG', `${where} is a Redis Cluster node: use redis-cluster://${where}/${target.volume} (the other nodes are discovered)`);
+  }
+  if (target.cluster) {
+    const missing = uncoveredSlots(info.slots ?? []);
+    if (missing.length) {
+      const n = missing.reduce((s, [a, b]) => s + b - a + 1, 0);
+      throw new StoreError('CONFIG',
+        `the Redis Cluster at ${where} serves no node for ${n} of 16384 slots (${fmtRanges(missing)}): kvfs needs every slot served ` +
+        `(redis-cli --cluster fix ${where}, or assign the slots)`);
+    }
+  }
+}
+
+async function probe(node: RedisNodeAddr, base: RedisOptions, ms: number): Promise<{ node: RedisNodeAddr; info: Map<string, string>; slots?: [number, number][] }> {
+  const r = new Redis({ ...base, host: node.host, port: node.port, retryStrategy: () => null, enableReadyCheck: false, connectTimeout: Math.min(ms, 5_000) });
+  let lastError: unknown;
+  r.on('error', (e) => { lastError = e; });
+  try {
+    await r.connect().catch((e) => { throw lastError ?? e; });
+    const info = parseInfo(await r.info());
+    let slots: [number, number][] | undefined;
+    if (info.get('cluster_enabled') === '1') slots = (await r.call('CLUSTER', 'SLOTS')) as [number, number][];
+    return { node, info, slots };
+  } finally {
+    r.disconnect();
+  }
+}

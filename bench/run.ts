@@ -3,8 +3,13 @@
  * other in one run, and one table of MB/s and IOPS per target with kvfs-native's ratio to each other target.
  * Saved to bench/out/RESULT-<date>.md, with fio's JSON (fio-<date>/) and the daemons' logs (logs-<date>/).
  *
- *   npm run bench -- [--targets a,b] [--jobs a,b] [--quick] [--store URL [--format]] [--mount-args '...']
- *                    [--no-warm] [--warm-gib N] [--pipe-max-size BYTES]
+ *   npm run bench -- [--targets a,b] [--jobs a,b] [--quick] [--store URL [--format] | --redis-cluster]
+ *                    [--mount-args '...'] [--no-warm] [--warm-gib N] [--pipe-max-size BYTES]
+ *
+ * Stores: memory: by default (the channel, not the store, is measured); any store URL, such as a volume on a
+ * Redis Cluster (`--store redis-cluster://HOST:PORT,.../VOLUME --format`); or `--redis-cluster`, which starts
+ * a throw-away 3-master Redis Cluster from Debian's redis-server on loopback ports for the run (on this same
+ * machine, so it shares the cores with fio and kvfs) and formats a fresh volume on it.
  *
  * Targets, in the default order:
  *   kvfs-native   kvfs mount STORE --driver native (our /dev/fuse channel; default pool and caches)
@@ -28,6 +33,7 @@ import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, rea
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
+import { RedisCluster } from '../test/helpers/redis-cluster.js';
 import {
   atExit, fmt, forceUnmount, gitVersion, isAlive, isMounted, killGroup, kvfsBin, kvfsMount, kvfsUnmount, mib,
   procMemory, quietness, removeDir, removeWork, repoRoot, run, say, sharedBench, sleep, stamp, stopDaemon,
@@ -388,6 +394,7 @@ const USAGE = `usage: npm run bench -- [options]
   --jobs a,b       fio jobs from ../shared/bench/jobs (default: all)
   --quick          smoke run: 64 MiB files, 5 s timed jobs, 500 files per meta job
   --store URL      the kvfs targets' store (default memory:; e.g. local:DIR); --format: kvfs format URL first
+  --redis-cluster  start a local 3-master Redis Cluster for the run and use a fresh volume on it
   --mount-args S   more kvfs mount arguments for both kvfs targets, e.g. '--attr-timeout 1'
   --pipe-max-size N  set the sysctl fs.pipe-max-size to N for the run (2097152 lets kvfs-native take 1 MiB
                    writes whole); the old value is put back at the end
@@ -406,6 +413,7 @@ async function main(): Promise<number> {
       quick: { type: 'boolean', default: false },
       store: { type: 'string', default: 'memory:' },
       format: { type: 'boolean', default: false },
+      'redis-cluster': { type: 'boolean', default: false },
       'no-warm': { type: 'boolean', default: false },
       'warm-gib': { type: 'string' },
       'ceiling-arena-mb': { type: 'string' },
@@ -436,8 +444,15 @@ async function main(): Promise<number> {
   mkdirSync(logDir, { recursive: true });
   const work = mkdtempSync(path.join(os.tmpdir(), 'kvfs-bench-'));
   atExit(() => removeWork(work));
+  let store = values.store;
+  if (values['redis-cluster']) {
+    const cluster = await RedisCluster.start(undefined, { masters: 3 });
+    atExit(() => { void cluster.stop(); });
+    store = cluster.url(`bench${Date.now()}`);
+    say(`started a Redis Cluster for the run: ${cluster.seeds()}`);
+  }
   const opts: Options = {
-    store: values.store, format: values.format, quick: values.quick, work, logDir,
+    store, format: values.format || values['redis-cluster'], quick: values.quick, work, logDir,
     mountArgs: values['mount-args'].split(/\s+/).filter(Boolean),
     ceilingArenaMb: Number(values['ceiling-arena-mb'] ?? (values.quick ? 1024 : 4096)),
   };

@@ -181,7 +181,7 @@ export class RedisStore implements KvStore {
   #replicas: { at: number; count: Map<string, number> } = { at: 0, count: new Map() };
   readonly retries = { transient: 0, throttled: 0 };
 
-  private constructor(client: Client, target: RedisTarget, policy: RetryPolicy) {
+  private constructor(client: Client, target: RedisTarget, policy: RetryPolicy, kvrocks: boolean) {
     this.#client = client as Client & Scripts;
     this.#target = target;
     this.#policy = policy;
@@ -192,9 +192,11 @@ export class RedisStore implements KvStore {
     this.#blob = `kvfs:${v}:`;
     this.#bucketMs = Math.max(BUCKET_MIN_MS, policy.deadlineMs);
     const define = (name: string, lua: string) => client.defineCommand(name, { lua });
-    define('kvfsCommit', `#!lua\n${COMMIT_BODY}`);
-    define('kvfsCommitOom', `#!lua flags=allow-oom\n${COMMIT_BODY}`);
-    define('kvfsIncr', `#!lua flags=allow-oom\n${INCR_BODY}`);
+    // Kvrocks keeps data on disk (its limit is max-db-size, no OOM flags) and takes scripts without a shebang.
+    const shebang = (flags: string) => (kvrocks ? '' : `#!lua${flags}\n`);
+    define('kvfsCommit', `${shebang('')}${COMMIT_BODY}`);
+    define('kvfsCommitOom', `${shebang(' flags=allow-oom')}${COMMIT_BODY}`);
+    define('kvfsIncr', `${shebang(' flags=allow-oom')}${INCR_BODY}`);
   }
 
   /** connects, runs the startup checks (above), and returns the open store; fails within the deadline */
@@ -209,7 +211,7 @@ export class RedisStore implements KvStore {
       username: target.username, password, tls, protocol: 2, connectionName: 'kvfs', lazyConnect: true, enableOfflineQueue: false,
       maxRetriesPerRequest: 0, connectTimeout: Math.min(policy.deadlineMs, 5_000), commandTimeout: policy.deadlineMs,
     };
-    await preflight(target, base, deadline, policy);
+    const { kvrocks } = await preflight(target, base, deadline, policy);
     let client: Client;
     if (target.cluster) {
       client = new Cluster(target.nodes, {
@@ -227,7 +229,7 @@ export class RedisStore implements KvStore {
     let lastError: unknown;
     client.on('error', (e) => { lastError = e; });
     if (client instanceof Cluster) client.on('node error', (e) => { lastError = e; });
-    const store = new RedisStore(client, target, policy);
+    const store = new RedisStore(client, target, policy, kvrocks);
     try {
       await withRetry(`connecting to ${target.label}`, { ...policy, deadlineMs: Math.max(1, deadline - Date.now()) }, store.#hooks(), async () => {
         if (client.status === 'ready') return;
@@ -530,7 +532,7 @@ function scriptError(e: unknown): StoreError | undefined {
  * Talks to the seeds one by one with a short-lived connection before the real client exists: tells
  * unreachable from refused credentials, a plain server from a cluster node, and finds unserved slots.
  */
-async function preflight(target: RedisTarget, base: RedisOptions, deadline: number, policy: RetryPolicy): Promise<void> {
+async function preflight(target: RedisTarget, base: RedisOptions, deadline: number, policy: RetryPolicy): Promise<{ kvrocks: boolean }> {
   const hooks = {
     closed: () => false,
     nospace: () => 'the store is full',
@@ -568,6 +570,7 @@ async function preflight(target: RedisTarget, base: RedisOptions, deadline: numb
         `(redis-cli --cluster fix ${where}, or assign the slots)`);
     }
   }
+  return { kvrocks: info.info.has('kvrocks_version') };
 }
 
 async function probe(node: RedisNodeAddr, base: RedisOptions, ms: number): Promise<{ node: RedisNodeAddr; info: Map<string, string>; slots?: [number, number][] }> {

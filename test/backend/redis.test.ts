@@ -5,6 +5,7 @@
  * and every startup check. The retry layer's rules are also checked alone with injected failures (errors a
  * real server cannot be made to give on demand, such as a reply lost after the server applied a command).
  */
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -333,4 +334,21 @@ t.test('real Redis servers', { skip: redisAvailable() }, async (t) => {
     t.equal(await a.get('d/1/x'), undefined);
     t.equal((await a.info()).shared, true, 'the engine says it is shared');
   });
+});
+
+// Apache Kvrocks in cluster mode, when a `kvrocks` binary is on PATH (it is not in Debian, so usually skipped).
+// One node that serves every slot, set up as Kvrocks's docs say (CLUSTERX SETNODEID / SETNODES).
+const kvrocks = spawnSync('sh', ['-c', 'command -v kvrocks'], { encoding: 'utf8' }).stdout.trim();
+t.test('Kvrocks in cluster mode: the conformance suite', { skip: kvrocks ? redisAvailable() : 'kvrocks is not on PATH (it is not a Debian package); install it to run this part' }, async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'kvfs-kvrocks-'));
+  const port = 20000 + Math.floor(Math.random() * 9000);
+  writeFileSync(join(dir, 'kvrocks.conf'), `bind 127.0.0.1\nport ${port}\ndir ${dir}\ncluster-enabled yes\ndaemonize no\n`);
+  const proc = spawn(kvrocks, ['-c', join(dir, 'kvrocks.conf')], { stdio: 'ignore' });
+  t.teardown(() => { proc.kill('SIGKILL'); rmSync(dir, { recursive: true, force: true }); });
+  const cli = (...args: string[]) => spawnSync('redis-cli', ['-h', '127.0.0.1', '-p', String(port), ...args], { encoding: 'utf8' });
+  for (let i = 0; i < 100 && cli('PING').stdout.trim() !== 'PONG'; i++) await new Promise((r) => setTimeout(r, 100));
+  const id = 'kvfs'.padEnd(40, '0');
+  t.equal(cli('CLUSTERX', 'SETNODEID', id).stdout.trim(), 'OK');
+  t.equal(cli('CLUSTERX', 'SETNODES', `${id} 127.0.0.1 ${port} master - 0-16383`, '1').stdout.trim(), 'OK');
+  await conformance(t, 'kvrocks', () => RedisStore.open(`redis-cluster://127.0.0.1:${port}/${vol('kvrocks')}`));
 });

@@ -80,13 +80,13 @@ async function expectBytes(t: Test, path: string, expected: Buffer, what: string
   t.equal(size, String(expected.length), `${what}: size`);
 }
 
-/** one Redis Cluster for the whole file, started on first use, stopped when the file's tests end */
+/** the Redis Cluster of the running "store redis-cluster" test (started by it, stopped when it ends) */
 let cluster: Promise<RedisCluster> | undefined;
 let redisVolumes = 0;
 
 async function storeFor(t: Test, kind: string): Promise<string> {
   if (kind === 'local') return `local:${join(tempDir(t, 'kvfs-test-store-'), 'vol')}`;
-  if (kind === 'redis-cluster') return (await (cluster ??= RedisCluster.start(t))).url(`posix${process.pid}_${redisVolumes++}`);
+  if (kind === 'redis-cluster') return (await cluster!).url(`posix${process.pid}_${redisVolumes++}`);
   return kind;
 }
 
@@ -95,7 +95,7 @@ async function mountFor(t: Test, driver: string, kind: string, args: string[] = 
   if (!store.startsWith('memory:')) {
     const dataDir = tempDir(t, 'kvfs-test-data-');
     const f = await kvfs(['format', store], { dataDir });
-    expectExit(t, f, 'format the local store');
+    expectExit(t, f, `format ${store}`);
     return mountKvfs(t, { driver, store, dataDir, args });
   }
   return mountKvfs(t, { driver, store, args });
@@ -107,6 +107,10 @@ for (const [driver, kind] of configs) {
     // What libfuse 2.9's high-level API (and fuse-native over it) cannot carry: each such assertion still runs
     // and is reported, as a TODO of the libfuse driver (see src/fs/fuse/libfuse-driver.ts).
     const lim = (why: string) => (driver === 'libfuse' ? { todo: `libfuse 2 driver: ${why}` } : {});
+    if (kind === 'redis-cluster') {
+      cluster = RedisCluster.start(t);
+      t.teardown(() => { cluster = undefined; });
+    }
     const m = await mountFor(t, driver, kind);
     const mnt = m.mnt;
 

@@ -13,7 +13,7 @@
  *       - connection loss, refused connections, command timeouts (write stalls), a cluster not ready.
  *  3. A full store is NOSPACE at once, never retried: Redis's `OOM command not allowed when used memory >
  *     'maxmemory'` and Kvrocks's `max-db-size` errors. The message names the limit and how to raise it.
- *  4. Authentication and permission errors are CONFIG at once; errors our scripts raise (KVFS_*) map to
+ *  4. Authentication, permission and TLS certificate errors are CONFIG at once; errors our scripts raise (KVFS_*) map to
  *     their StoreError code; any other error is rethrown as it is (EIO, logged with its stack).
  *  5. Retrying must be safe: every operation the adapter retries is idempotent. Reads and blob writes are by
  *     nature (a blob key is written once with one value); metadata commits and counters carry a transaction
@@ -34,12 +34,17 @@ export interface RetryPolicy {
 
 export const DEFAULT_RETRY: RetryPolicy = { deadlineMs: 10_000, baseMs: 10, capMs: 1_000 };
 
-export type ErrorClass = 'transient' | 'throttled' | 'nospace' | 'auth' | 'fatal';
+export type ErrorClass = 'transient' | 'throttled' | 'nospace' | 'auth' | 'tls' | 'fatal';
 
 const THROTTLE_PREFIXES = ['TRYAGAIN', 'CLUSTERDOWN', 'MASTERDOWN', 'LOADING', 'BUSY', 'NOREPLICAS', 'READONLY', 'MOVED', 'ASK'];
 const CONNECTION_CODES = new Set([
   'ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'ECONNABORTED',
   'ERR_SOCKET_CLOSED', 'ENOTCONN',
+]);
+const TLS_CODES = new Set([
+  'SELF_SIGNED_CERT_IN_CHAIN', 'DEPTH_ZERO_SELF_SIGNED_CERT', 'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'CERT_HAS_EXPIRED',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY', 'UNABLE_TO_GET_ISSUER_CERT', 'CERT_NOT_YET_VALID', 'ERR_TLS_CERT_ALTNAME_INVALID',
+  'ERR_SSL_WRONG_VERSION_NUMBER', 'CERT_UNTRUSTED', 'CERT_SIGNATURE_FAILURE',
 ]);
 const CONNECTION_MESSAGES = [
   'Connection is closed', "Stream isn't writeable", "Cluster isn't ready", 'None of startup nodes is available',
@@ -54,6 +59,7 @@ export function classify(e: unknown): ErrorClass {
   const msg = typeof err?.message === 'string' ? err.message : '';
   if (/^OOM\b/.test(msg) || /max-db-size/i.test(msg)) return 'nospace';
   if (/^(WRONGPASS|NOAUTH|NOPERM)\b/.test(msg) || /invalid password|AUTH failed/i.test(msg)) return 'auth';
+  if (typeof err?.code === 'string' && TLS_CODES.has(err.code)) return 'tls';
   if (THROTTLE_PREFIXES.some((p) => msg.startsWith(p + ' ') || msg === p)) return 'throttled';
   if (typeof err?.code === 'string' && CONNECTION_CODES.has(err.code)) return 'transient';
   if (err?.name === 'MaxRetriesPerRequestError' || err?.name === 'ClusterAllFailedError') return 'transient';
@@ -115,6 +121,10 @@ export async function withRetry<T>(
       if (cls === 'fatal') throw e;
       if (cls === 'nospace') throw new StoreError('NOSPACE', hooks.nospace(e), { cause: e });
       if (cls === 'auth') throw new StoreError('CONFIG', hooks.auth(e), { cause: e });
+      if (cls === 'tls') {
+        throw new StoreError('CONFIG', `${what}: the TLS handshake failed (${(e as { code?: string }).code}: ${errorText(e)}); ` +
+          'give the CA that signed the server\'s certificate with --tls-ca (or KVFS_REDIS_TLS_CA)', { cause: e });
+      }
       last = e;
       lastCls = cls;
       hooks.onRetry?.(cls);

@@ -315,6 +315,31 @@ t.test('real Redis servers', { skip: redisAvailable() }, async (t) => {
     });
   });
 
+  t.test('TLS: rediss:// with the server\'s CA; a clear error without it', async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'kvfs-tls-'));
+    t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+    const ssl = (...args: string[]) => {
+      const r = spawnSync('openssl', args, { cwd: dir, encoding: 'utf8' });
+      if (r.status !== 0) throw new Error(`openssl ${args.join(' ')}: ${r.stderr}`);
+    };
+    ssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'ca.key', '-out', 'ca.crt', '-days', '2', '-subj', '/CN=kvfs-test-ca');
+    ssl('req', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'srv.key', '-out', 'srv.csr', '-subj', '/CN=127.0.0.1');
+    writeFileSync(join(dir, 'ext'), 'subjectAltName=IP:127.0.0.1\n');
+    ssl('x509', '-req', '-in', 'srv.csr', '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'srv.crt', '-days', '2', '-extfile', 'ext');
+    const tlsPort = 30000 + Math.floor(Math.random() * 5000);
+    const server = await RedisServer.start(t, {
+      extra: ['--tls-port', String(tlsPort), '--tls-cert-file', join(dir, 'srv.crt'), '--tls-key-file', join(dir, 'srv.key'),
+        '--tls-ca-cert-file', join(dir, 'ca.crt'), '--tls-auth-clients', 'no'],
+    });
+    t.ok(server.port > 0);
+    const url = `rediss://127.0.0.1:${tlsPort}/${vol('tls')}`;
+    const s = await RedisStore.open(url, { tlsCa: join(dir, 'ca.crt') });
+    await s.put('k/a', enc('over tls'));
+    t.equal(dec(await s.get('k/a')), 'over tls');
+    await s.close();
+    await rejectsStore(t, RedisStore.open(url, { timeoutMs: 3000, env: {} }), 'CONFIG', /TLS handshake failed \(SELF_SIGNED_CERT_IN_CHAIN.*--tls-ca/);
+  });
+
   t.test('an unreachable store fails within the deadline', async (t) => {
     const t0 = Date.now();
     await rejectsStore(t, RedisStore.open('redis-cluster://127.0.0.1:1/v', { timeoutMs: 1500 }), 'UNAVAILABLE',

@@ -3,7 +3,7 @@
  * Every failure is one line on stderr starting with `kvfs: ` and a non-zero exit (1; 2 for usage errors).
  */
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, openSync, readdirSync, renameSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import yargs, { type Argv } from 'yargs';
@@ -67,10 +67,20 @@ interface StoreArgs {
   tlsKey?: string;
 }
 
+/** warnings about a store that works (e.g. a deadline shorter than a failover); printed once the command succeeded */
+const warnings: string[] = [];
+const printWarnings = () => { for (const w of warnings.splice(0)) console.error(`kvfs: warning: ${w}`); };
+
 function storeOptions(a: StoreArgs): OpenStoreOptions {
   inRange('store-timeout', a.storeTimeout, 0.1, 3600);
-  return { timeoutMs: Math.round(a.storeTimeout * 1000), passwordFile: a.passwordFile, tlsCa: a.tlsCa, tlsCert: a.tlsCert, tlsKey: a.tlsKey };
+  return {
+    timeoutMs: Math.round(a.storeTimeout * 1000), passwordFile: a.passwordFile, tlsCa: a.tlsCa, tlsCert: a.tlsCert, tlsKey: a.tlsKey,
+    warn: (m) => warnings.push(m),
+  };
 }
+
+/** the one-line error for a store that holds no volume */
+const noVolume = (url: string) => `${describeStore(url)} holds no kvfs volume; create one with: kvfs format ${url}`;
 
 const withStoreOptions = <T>(y: Argv<T>) => y
   .option('store-timeout', { type: 'number', default: 10, describe: 'seconds a store call may take, retries included, before it fails (EIO)' })
@@ -101,6 +111,7 @@ async function format(argv: { store?: string; name?: string; chunkSize?: string 
   await withStore(url, argv, async (store) => {
     const vol = await formatVolume(store, { name, chunkSize });
     console.log(`kvfs: formatted ${describeStore(url)}: volume '${vol.name}', chunk size ${vol.chunkSize}`);
+    printWarnings();
   });
 }
 
@@ -172,20 +183,19 @@ async function mount(argv: MountArgs): Promise<void> {
   const store = await openStore(url, storeOptions(argv));
   let fs: Filesystem;
   try {
+    if (argv.writebackCache && (await store.info()).shared) {
+      fail(`--writeback-cache cannot be used with ${describeStore(url)}: other mounts share it, and the kernel's writeback ` +
+        'cache keeps file sizes and times in this kernel, so they would not see each other\'s changes (close-to-open)');
+    }
     try {
       await readVolume(store);
     } catch (e) {
       if (!(e instanceof StoreError && e.code === 'NOVOLUME')) throw e;
-      if (!autoFormat) fail(`${describeStore(url)} holds no kvfs volume; create one with: kvfs format ${url}`);
+      if (!autoFormat) fail(noVolume(url));
       await formatVolume(store, { chunkSize });
       console.error(`kvfs: formatted a new volume in ${describeStore(url)}`);
     }
     fs = await Filesystem.open(store, { blobCacheBytes: argv.cacheMb << 20, writeBufferBytes: argv.writeBufferMb << 20 });
-    if (fs.shared && argv.writebackCache) {
-      await fs.close();
-      fail(`--writeback-cache cannot be used with ${describeStore(url)}: other mounts share it, and the kernel's writeback ` +
-        'cache keeps file sizes and times in this kernel, so they would not see each other\'s changes (close-to-open)');
-    }
   } catch (e) {
     await store.close().catch(() => undefined);
     throw e;
@@ -233,6 +243,7 @@ async function mount(argv: MountArgs): Promise<void> {
   process.on('SIGINT', () => void stop('SIGINT'));
   process.on('SIGTERM', () => void stop('SIGTERM'));
   console.log(`kvfs: mounted ${describeStore(url)} at ${mnt}`);
+  printWarnings();
   process.send?.({ mounted: mnt, pid: process.pid });
 }
 
@@ -249,7 +260,9 @@ async function background(mnt: string): Promise<void> {
     child.on('message', () => { clearTimeout(timer); res(); });
     child.on('exit', (code) => {
       clearTimeout(timer);
-      rej(new CliError(`the daemon exited with code ${code} before mounting (log: ${log})`));
+      // the daemon's own one-line reason, when it gave one, is the answer
+      const why = readFileSync(log, 'utf8').split('\n').filter((l) => l.startsWith('kvfs: ') && !l.startsWith('kvfs: warning: ')).pop();
+      rej(new CliError(why ? `${why.slice('kvfs: '.length)} (log: ${log})` : `the daemon exited with code ${code} before mounting (log: ${log})`));
     });
   });
   child.removeAllListeners('exit');
@@ -275,7 +288,7 @@ async function status(argv: { store?: string } & StoreArgs): Promise<void> {
   const url = argv.store ?? defaultStore();
   mustExist(url);
   await withStore(url, argv, async (store) => {
-    const vol = await readVolume(store);
+    const vol = await readVolume(store).catch((e: unknown) => (e instanceof StoreError && e.code === 'NOVOLUME' ? fail(noVolume(url)) : Promise.reject(e)));
     const inodes = await store.incr(K.inodeCount, 0);
     const bytes = await store.incr(K.byteCount, 0);
     const info = await store.info();
@@ -289,6 +302,7 @@ async function status(argv: { store?: string } & StoreArgs): Promise<void> {
       `bytes:          ${bytes}`,
       ...(info.freeBytes !== undefined ? [`store free:     ${info.freeBytes}`] : []),
     ].join('\n'));
+    printWarnings();
   });
 }
 

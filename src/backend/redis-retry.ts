@@ -30,6 +30,8 @@ export interface RetryPolicy {
   baseMs: number;
   /** largest backoff bound, ms */
   capMs: number;
+  /** the deadline to name in messages when deadlineMs is what is left of a larger one (ms) */
+  reportMs?: number;
 }
 
 export const DEFAULT_RETRY: RetryPolicy = { deadlineMs: 10_000, baseMs: 10, capMs: 1_000 };
@@ -135,7 +137,8 @@ export async function withRetry<T>(
     const pause = Math.min(Math.random() * bound, deadline - Date.now());
     if (pause > 0) await sleep(pause);
   }
-  const secs = (policy.deadlineMs / 1000).toFixed(policy.deadlineMs % 1000 ? 1 : 0);
+  const ms = policy.reportMs ?? policy.deadlineMs;
+  const secs = (ms / 1000).toFixed(ms % 1000 ? 1 : 0);
   const why = last === undefined ? 'no attempt finished' : errorText(last);
   if (lastCls === 'throttled') {
     throw new StoreError('THROTTLED', `${what}: the Redis store kept pushing back for ${secs} s (${why})`, { cause: last });

@@ -49,7 +49,7 @@ import {
 export interface RedisStoreOptions extends RedisAuthOptions {
   /** the deadline of every store call, ms (default 10 s) */
   timeoutMs?: number;
-  /** where warnings go (default stderr, one line each) */
+  /** where warnings go (default stderr, one line each; a CLI collects them and prints them once it succeeded) */
   warn?: (msg: string) => void;
 }
 
@@ -231,7 +231,7 @@ export class RedisStore implements KvStore {
     if (client instanceof Cluster) client.on('node error', (e) => { lastError = e; });
     const store = new RedisStore(client, target, policy, kvrocks);
     try {
-      await withRetry(`connecting to ${target.label}`, { ...policy, deadlineMs: Math.max(1, deadline - Date.now()) }, store.#hooks(), async () => {
+      await withRetry(`connecting to ${target.label}`, { ...policy, deadlineMs: Math.max(1, deadline - Date.now()), reportMs: policy.deadlineMs }, store.#hooks(), async () => {
         if (client.status === 'ready') return;
         if (client.status === 'wait' || client.status === 'end' || client.status === 'close') await client.connect();
         else await new Promise<void>((resolve, reject) => {
@@ -541,7 +541,7 @@ async function preflight(target: RedisTarget, base: RedisOptions, deadline: numb
   };
   const names = target.nodes.map((n) => `${n.host}:${n.port}`).join(', ');
   const left = () => Math.max(1, deadline - Date.now());
-  const info = await withRetry(`connecting to ${names}`, { ...policy, deadlineMs: left() }, hooks, async () => {
+  const info = await withRetry(`connecting to ${names}`, { ...policy, deadlineMs: left(), reportMs: policy.deadlineMs }, hooks, async () => {
     let last: unknown;
     for (const node of target.nodes) {
       try {

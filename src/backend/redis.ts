@@ -29,8 +29,10 @@
  * collection, heartbeats) runs with `flags=allow-oom`, so space can always be freed on a full store.
  *
  * Durability: `sync` waits (WAIT) until at least one replica of every master that has one holds every
- * earlier write of this client, so a file fsynced before a master dies survives the failover. The master's
- * own persistence (AOF, RDB) is the server's configuration.
+ * earlier write of this client, so a file fsynced before a master dies survives the failover. When a node
+ * connection closed since the last sync (a master died), writes made on it may be on no replica, and WAIT on
+ * a new connection cannot tell: that sync fails at once (UNAVAILABLE, EIO) rather than claim durability; the
+ * next one starts afresh. The master's own persistence (AOF, RDB) is the server's configuration.
  *
  * Startup checks (before anything is mounted): the server answers and accepts the credentials; a cluster URL
  * names cluster nodes and a plain URL a plain server; every slot of a cluster is served; every node's
@@ -179,6 +181,9 @@ export class RedisStore implements KvStore {
   #maxmemory = new Map<string, number>();
   /** replicas per master, refreshed at most every 2 s (for sync) */
   #replicas: { at: number; count: Map<string, number> } = { at: 0, count: new Map() };
+  /** counts closed node connections; sync compares it with its value at the last sync */
+  #connEpoch = 0;
+  #syncedEpoch = 0;
   readonly retries = { transient: 0, throttled: 0 };
 
   private constructor(client: Client, target: RedisTarget, policy: RetryPolicy, kvrocks: boolean) {
@@ -191,6 +196,13 @@ export class RedisStore implements KvStore {
     this.#tx = `kvfs:{${v}}!t:`;
     this.#blob = `kvfs:${v}:`;
     this.#bucketMs = Math.max(BUCKET_MIN_MS, policy.deadlineMs);
+    const closed = () => { this.#connEpoch++; };
+    if (client instanceof Cluster) {
+      client.on('+node', (node: Redis) => node.on('close', closed));
+      client.on('-node', closed);
+    } else {
+      client.on('close', closed);
+    }
     const define = (name: string, lua: string) => client.defineCommand(name, { lua });
     // Kvrocks keeps data on disk (its limit is max-db-size, no OOM flags) and takes scripts without a shebang.
     const shebang = (flags: string) => (kvrocks ? '' : `#!lua${flags}\n`);
@@ -240,6 +252,7 @@ export class RedisStore implements KvStore {
         });
       });
       await store.#checkNodes(warn);
+      store.#syncedEpoch = store.#connEpoch;
     } catch (e) {
       client.disconnect();
       throw e;
@@ -476,23 +489,33 @@ export class RedisStore implements KvStore {
 
   async sync(): Promise<void> {
     this.#open();
-    const now = Date.now();
-    const masters = this.#masters();
-    if (now - this.#replicas.at > 2_000) {
-      const count = new Map<string, number>();
-      await Promise.all(masters.map(async (m) => {
-        const info = parseInfo(await this.#retry('reading replication state', () => m.info('replication')));
-        count.set(this.#nodeName(m), Number(info.get('connected_slaves') ?? 0));
-      }));
-      this.#replicas = { at: now, count };
-    }
-    await Promise.all(masters.map(async (m) => {
-      if (!(this.#replicas.count.get(this.#nodeName(m)) ?? 0)) return;
-      const acked = await this.#retry('waiting for replicas', () => m.call('WAIT', 1, this.#policy.deadlineMs) as Promise<number>);
-      if (acked < 1) {
-        throw new StoreError('UNAVAILABLE', `no replica of Redis master ${this.#nodeName(m)} acknowledged the writes within ${this.#policy.deadlineMs / 1000} s`);
+    const epoch = this.#connEpoch;
+    await this.#retry('waiting for replicas', async () => {
+      // A connection that closed since the last sync may have taken acknowledged writes that no replica
+      // holds yet (WAIT on a new connection cannot vouch for them): say so at once instead of waiting.
+      if (this.#connEpoch !== this.#syncedEpoch) {
+        this.#syncedEpoch = this.#connEpoch;
+        throw new StoreError('UNAVAILABLE',
+          'a Redis connection was lost (a node failed or restarted) since the last sync: writes made before it may not be on any replica');
       }
-    }));
+      const masters = this.#masters();
+      if (Date.now() - this.#replicas.at > 2_000) {
+        const count = new Map<string, number>();
+        await Promise.all(masters.map(async (m) => {
+          count.set(this.#nodeName(m), Number(parseInfo(await m.info('replication')).get('connected_slaves') ?? 0));
+        }));
+        this.#replicas = { at: Date.now(), count };
+      }
+      await Promise.all(masters.map(async (m) => {
+        if (!(this.#replicas.count.get(this.#nodeName(m)) ?? 0)) return;
+        const acked = await (m.call('WAIT', 1, Math.min(this.#policy.deadlineMs, 2_000)) as Promise<number>);
+        if (acked < 1) throw new Error(`NOREPLICAS no replica of ${this.#nodeName(m)} acknowledged the writes yet`);
+      }));
+    });
+    if (this.#connEpoch !== epoch) {
+      this.#syncedEpoch = this.#connEpoch;
+      throw new StoreError('UNAVAILABLE', 'a Redis connection was lost while waiting for replicas: writes may not be on any replica');
+    }
   }
 
   async info(): Promise<KvEngineInfo> {

@@ -160,6 +160,8 @@ export class Filesystem {
     clearInterval(this.beat);
     clearInterval(this.reaper);
     await Promise.all([...this.files.values()].map((f) => f.flush().catch(() => undefined)));
+    // Shared stores: files still open here are released (the last user of an unlinked one removes it).
+    if (this.shared) await this.releaseSession(this.session).catch(() => undefined);
     await this.janitor.run().catch(() => undefined);
     await this.janitor.close();
     await this.counters.close().catch(() => undefined);
@@ -246,7 +248,12 @@ export class Filesystem {
    * Removes an inode whose last link went away: now, or, while it is in use here (open, or still known to
    * the kernel, which may yet open it through a dentry it holds), when the last use ends (`reapOrphan`).
    */
-  private dropInode(tx: Txn, n: Inode): void {
+  private async dropInode(tx: Txn, n: Inode): Promise<void> {
+    // Another mount of a shared store holds it open: it stays (nlink 0) until the last of them releases it.
+    if (!this.inUse(n.ino) && this.shared && (await this.usersOf(tx, n.ino)) > 0) {
+      this.put(tx, n);
+      return;
+    }
     if (this.inUse(n.ino)) {
       tx.set(K.orphan(n.ino), Buffer.from(this.session));
       this.put(tx, n);
@@ -262,8 +269,40 @@ export class Filesystem {
     }
   }
 
+  /** shared stores: how many mounts hold ino open (u/<ino>), as read inside tx */
+  private async usersOf(tx: Txn, ino: Ino): Promise<number> {
+    const raw = await tx.get(K.users(ino));
+    return raw ? Number(Buffer.from(raw).toString()) || 0 : 0;
+  }
+
+  /**
+   * Shared stores: one fewer mount (`session`) holds ino open. The mount that brings the count to 0 removes an
+   * inode with no links left, unless this mount's kernel still knows it (then it becomes this mount's orphan).
+   */
+  private async releaseUse(session: string, ino: Ino): Promise<void> {
+    await transact(this.store, async (tx) => {
+      if ((await tx.get(K.use(session, ino))) === undefined) return;
+      const left = (await this.usersOf(tx, ino)) - 1;
+      if (left > 0) tx.set(K.users(ino), Buffer.from(String(left)));
+      else tx.del(K.users(ino));
+      tx.del(K.use(session, ino));
+      const raw = left > 0 ? undefined : await tx.get(K.inode(ino));
+      if (!raw || decodeInode(ino, raw).nlink !== 0) return;
+      if (this.inUse(ino)) {
+        tx.set(K.orphan(ino), Buffer.from(this.session));
+        tx.after.push(() => this.orphans.add(ino));
+      } else {
+        tx.del(K.inode(ino));
+        tx.del(K.orphan(ino));
+        tx.set(K.purge(ino), Buffer.alloc(0));
+        tx.after.push(() => this.janitor.kick());
+      }
+    });
+  }
+
   /** Orphans whose mount is gone (no live session) are removed; those of live mounts are left alone. */
   private async reapOrphans(): Promise<void> {
+    if (this.shared) await this.reapSessions();
     let after: string | undefined;
     for (;;) {
       const page = await this.store.scan(K.orphanPrefix, { after, limit: 256 });
@@ -275,15 +314,44 @@ export class Filesystem {
         await transact(this.store, async (tx) => {
           tx.del(key);
           const raw = await tx.get(K.inode(ino));
-          if (raw && decodeInode(ino, raw).nlink === 0) {
+          // on a shared store, a mount that still holds it open removes it at its release
+          if (raw && decodeInode(ino, raw).nlink === 0 && !(this.shared && (await this.usersOf(tx, ino)) > 0)) {
             tx.del(K.inode(ino));
             tx.set(K.purge(ino), Buffer.alloc(0));
+            tx.after.push(() => this.janitor.kick());
           }
         });
-        if (beat) await this.store.del([K.session(sid)]);
+        // (on a shared store reapSessions removes dead sessions, after releasing their open files)
+        if (beat && !this.shared) await this.store.del([K.session(sid)]);
       }
       if (page.length < 256) return;
       after = page[page.length - 1][0];
+    }
+  }
+
+  /** Shared stores: releases every file a session holds open (w/<session>/). */
+  private async releaseSession(sid: string): Promise<void> {
+    for (;;) {
+      const uses = await this.store.scan(K.usePrefix(sid), { limit: 256 });
+      for (const [u] of uses) await this.releaseUse(sid, Number(memberOf(u, K.usePrefix(sid))));
+      if (uses.length < 256) return;
+    }
+  }
+
+  /** Shared stores: the open files of mounts whose session expired (killed, machine lost) are released. */
+  private async reapSessions(): Promise<void> {
+    let after: string | undefined;
+    for (;;) {
+      const page = await this.store.scan(K.sessionPrefix, { after, limit: 256 });
+      for (const [key, beat] of page) {
+        const sid = memberOf(key, K.sessionPrefix);
+        if (sid === this.session || Number(Buffer.from(beat).toString()) > Date.now()) continue;
+        await this.releaseSession(sid);
+        // its orphans (o/) go in reapOrphans, which finds no live session for them
+        await this.store.del([key]);
+      }
+      if (page.length < 256) return;
+      after = page[page.length - 1]![0];
     }
   }
 
@@ -301,8 +369,21 @@ export class Filesystem {
       }
       const p = (async () => {
         const n = await this.inode(this.store, ino);
+        if (this.shared) {
+          // other mounts keep the inode while this one holds it open (see releaseUse)
+          await transact(this.store, async (tx) => {
+            if ((await tx.get(K.inode(ino))) === undefined) throw fsErr('ENOENT', `no inode ${ino}`);
+            tx.set(K.users(ino), Buffer.from(String((await this.usersOf(tx, ino)) + 1)));
+            tx.set(K.use(this.session, ino), Buffer.alloc(0));
+          });
+        }
         const fd = new FileData(ino, n, this.cx);
-        await fd.recover();
+        try {
+          await fd.recover();
+        } catch (e) {
+          if (this.shared) await this.releaseUse(this.session, ino).catch(() => undefined);
+          throw e;
+        }
         this.files.set(ino, fd);
         return fd;
       })();
@@ -329,6 +410,7 @@ export class Filesystem {
       // Whatever is still uncommitted could not be committed (its error went to the caller): let it go,
       // with its write-back memory.
       f.discard();
+      if (this.shared) await this.releaseUse(this.session, f.ino);
       if (f.unlinked) await this.reapOrphan(f.ino);
     }
     if (failed) throw failed;
@@ -341,7 +423,8 @@ export class Filesystem {
     await transact(this.store, async (tx) => {
       tx.del(K.orphan(ino));
       const raw = await tx.get(K.inode(ino));
-      if (raw && decodeInode(ino, raw).nlink === 0) {
+      // on a shared store, another mount that holds it open removes it at its release (releaseUse)
+      if (raw && decodeInode(ino, raw).nlink === 0 && !(this.shared && (await this.usersOf(tx, ino)) > 0)) {
         tx.del(K.inode(ino));
         tx.set(K.purge(ino), Buffer.alloc(0));
       }
@@ -501,7 +584,7 @@ export class Filesystem {
       node.nlink--;
       node.ctime = t;
       if (node.nlink > 0) this.put(tx, node);
-      else this.dropInode(tx, node);
+      else await this.dropInode(tx, node);
     }));
   }
 
@@ -597,7 +680,7 @@ export class Filesystem {
           victim.nlink--;
           victim.ctime = t;
           if (victim.nlink > 0) this.put(tx, victim);
-          else this.dropInode(tx, victim);
+          else await this.dropInode(tx, victim);
         }
         dstDir.children--;
       }

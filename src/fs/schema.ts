@@ -15,6 +15,8 @@
  *   p/<ino>                purge queue: an inode already removed whose chunks and xattrs remain  collection p/
  *   o/<ino>                orphan: nlink 0 but in use on a mount; value: the mount's session id collection o/
  *   s/<session>            a live mount: value: the time (ms) its heartbeat expires          collection s/
+ *   u/<ino>                shared stores: how many mounts hold the file open (decimal; absent is 0)
+ *   w/<session>/<ino>      shared stores: this mount holds the file open (empty value)   collection w/<session>/
  *
  * Invariants:
  *  - every metadata change is one `commit` (src/fs/txn.ts); blobs are `put` before a commit references them.
@@ -23,6 +25,8 @@
  *  - while an inode's `truncFrom` is non-zero, chunk entries at or above it are stale and are deleted before
  *    any write may extend the file (pending truncate).
  *  - directories keep `children` (entry count) and `parent`, so emptiness and cycles are checked without scans.
+ *  - shared stores: u/<ino> equals the number of w/<session>/<ino> records; an inode with nlink 0 stays while
+ *    u/<ino> > 0, and the mount whose release (or whose reaping of a dead session) brings it to 0 purges it.
  */
 import { StoreError } from '../backend/errors.js';
 import type { Attr, Ino, Timespec } from './types.js';
@@ -51,6 +55,9 @@ export const K = {
   orphan: (ino: Ino) => `o/${ino}`,
   sessionPrefix: 's/',
   session: (id: string) => `s/${id}`,
+  users: (ino: Ino) => `u/${ino}`,
+  usePrefix: (session: string) => `w/${session}/`,
+  use: (session: string, ino: Ino) => `w/${session}/${ino}`,
 } as const;
 
 /** the chunk index encoded in a chunk key */

@@ -20,9 +20,8 @@ import { PYTHON, run, describe, type RunOptions } from './run.js';
 export type PyOp = [string, ...unknown[]];
 export type PyResult = { ok: true; value: unknown } | { ok: false; errno: string; message: string };
 
-const SCRIPT = String.raw`
-import errno, json, os, sys
-
+/** python helpers shared by the scripts of test/helpers (fl: open flags by name; st: a stat as a dict) */
+export const PY_HELPERS = String.raw`
 def fl(names):
     f = 0
     for n in names:
@@ -32,7 +31,12 @@ def fl(names):
 def st(s):
     return {'ino': s.st_ino, 'mode': s.st_mode, 'nlink': s.st_nlink, 'uid': s.st_uid, 'gid': s.st_gid,
             'size': s.st_size, 'mtime_ns': s.st_mtime_ns, 'atime_ns': s.st_atime_ns}
+`;
 
+const SCRIPT = String.raw`
+import errno, json, os, sys
+
+${PY_HELPERS}
 def do(op):
     k, a = op[0], op[1:]
     if k == 'open':

@@ -8,7 +8,7 @@
 import t, { type Test } from 'tap';
 import {
   DirentPacker, DirentPlusPacker, FOPEN, INIT_FLAGS, InitRefused, OUT_HEADER_SIZE, REPLY, encodeReply,
-  negotiateInit, outHeader, parseRequest, replyBytes, replyError, replyOk, wireErrno, writeError, writeReply,
+  negotiateInit, notifyInvalInode, outHeader, parseRequest, replyBytes, replyError, replyOk, wireErrno, writeError, writeReply,
   type EntryOut, type FuseAttr, type ReplyBody,
 } from '../../../src/fs/fuse/wire/index.js';
 import { u16, u32, u64, utf8, zero } from '../../helpers/bytes.js';
@@ -90,6 +90,17 @@ t.test('headers, errors, empty and raw replies', async (t) => {
   const buf = Buffer.alloc(20, 0xaa);
   t.equal(writeError(buf, 2, 7n, 13), 16);
   t.strictSame([...buf], [0xaa, 0xaa, ...u32(16), ...u32(-13), ...u64(7n), 0xaa, 0xaa]);
+});
+
+t.test('FUSE_NOTIFY_INVAL_INODE: an unsolicited message, attributes only', async (t) => {
+  t.strictSame([...notifyInvalInode(0x0102030405n)], [
+    ...u32(16 + 24), // fuse_out_header.len
+    ...u32(2), //       .error: the notify code FUSE_NOTIFY_INVAL_INODE, positive
+    ...u64(0), //       .unique: 0 for a notification
+    ...u64(0x0102030405), // fuse_notify_inval_inode_out.ino
+    ...u64(-1), //      .off: -1 drops the cached attributes and no pages
+    ...u64(0), //       .len
+  ]);
 });
 
 t.test('entry_out (LOOKUP, MKDIR, MKNOD, SYMLINK, LINK)', async (t) => {

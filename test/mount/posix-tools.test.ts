@@ -143,7 +143,7 @@ for (const [driver, kind] of configs) {
       sameLines(t, await listing(t, `${mnt}/tar`, meta, metaDir), want, 'modes, owners, link counts, mtimes as in the archive',
         lim('tar sets mtime with atime UTIME_OMIT, a change libfuse 2.9 drops'));
 
-      const out = join(local, `tar-out-${driver}`);
+      const out = join(local, `tar-out-${driver}-${kind.replace(/\W/g, '')}`);
       mkdirSync(out);
       const back = await bash('tar -C "$1" -cf - . | tar -C "$2" -xf -', [`${mnt}/tar`, out], { timeout: 120_000 });
       expectExit(t, back, 'tar c (mount) | tar x (local)');
@@ -477,7 +477,7 @@ print(json.dumps(out))`,
 
       // concurrent reader: every read sees one whole version, never a mix, an empty file or ENOENT
       await put(t, doc, 'A'.repeat(5000) + 'endA\n');
-      const marker = join(local, 'editor-done');
+      const marker = join(local, `editor-done-${driver}-${kind.replace(/\W/g, '')}`);
       const reader = start(PYTHON, [
         '-c',
         `import json, os, sys, time

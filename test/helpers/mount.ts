@@ -17,7 +17,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmdirSync, rmSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { baseEnv, killAllTools, run, type RunOptions, type RunResult } from './run.js';
+import { atProcessEnd, baseEnv, killAllTools, run, startWatchdog, type RunOptions, type RunResult } from './run.js';
 
 export { bash, describe, ensureUser, isInstalled, PYTHON, run, runAs, start, TEST_USER } from './run.js';
 export type { RunOptions, RunResult, Started } from './run.js';
@@ -209,7 +209,6 @@ interface Live {
 
 /** every mount the harness owns, for the synchronous exit hook */
 const registry = new Set<{ mnt: string; live?: Live; dataDirToRemove?: string; mntToRemove?: string }>();
-let hooksInstalled = false;
 
 function emergencyCleanup(): void {
   killAllTools();
@@ -243,40 +242,15 @@ function emergencyCleanup(): void {
   registry.clear();
 }
 
-function installHooks(): void {
-  if (hooksInstalled) return;
-  hooksInstalled = true;
-  process.on('exit', emergencyCleanup);
-  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGALRM'] as const) {
-    const onSignal = () => {
-      emergencyCleanup();
-      process.removeListener(sig, onSignal);
-      // Re-raise: the remaining listeners (tap's signal-exit) or the default action take it from here.
-      process.kill(process.pid, sig);
-    };
-    process.on(sig, onSignal);
-  }
-}
-
-/** a detached shell that cleans up if the test process dies without running its hooks (SIGKILL) */
-function startWatchdog(daemonPid: number, mnt: string, dataDir: string): ChildProcess {
-  const script = `
-    tp=$1; dp=$2; m=$3; dd=$4
-    while kill -0 "$tp" 2>/dev/null; do sleep 1; done
+/** a watchdog (run.ts) that unmounts, stops the daemon and removes the data dir if the test process is SIGKILLed */
+function mountWatchdog(daemonPid: number, mnt: string, dataDir: string): ChildProcess {
+  return startWatchdog('kvfs-test-watchdog', `
+    dp=$1; m=$2; dd=$3
     umount -l "$m" 2>/dev/null || fusermount3 -uz "$m" 2>/dev/null || fusermount -uz "$m" 2>/dev/null
     if tr '\\0' ' ' < /proc/"$dp"/cmdline 2>/dev/null | grep -q kvfs; then kill -9 "$dp"; fi
     rmdir "$m" 2>/dev/null
-    case "$dd" in /tmp/kvfs-test-data-?*) grep -q " $dd" /proc/self/mountinfo || rm -rf "$dd" ;; esac
-    exit 0`;
-  const w = spawn('sh', ['-c', script, 'kvfs-test-watchdog', String(process.pid), String(daemonPid), mnt, dataDir], {
-    detached: true,
-    stdio: 'ignore',
-  });
-  w.on('error', () => {
-    /* no watchdog: the exit hooks still apply */
-  });
-  w.unref();
-  return w;
+    case "$dd" in /tmp/kvfs-test-data-?*) grep -q " $dd" /proc/self/mountinfo || rm -rf "$dd" ;; esac`,
+  [String(daemonPid), mnt, dataDir]);
 }
 
 function killWatchdog(l: Live | undefined): void {
@@ -303,7 +277,7 @@ function tail(bufs: Buffer[], max = 8000): string {
 }
 
 export async function mountKvfs(t: TestLike, opts: MountOptions = {}): Promise<Mounted> {
-  installHooks();
+  atProcessEnd(emergencyCleanup);
   const bin = kvfsBin();
   const store = opts.store === undefined ? 'memory:' : opts.store;
   const driver = opts.driver ?? testDriver();
@@ -354,7 +328,7 @@ export async function mountKvfs(t: TestLike, opts: MountOptions = {}): Promise<M
     child.stdout!.on('data', cap(l.stdout));
     child.stderr!.on('data', cap(l.stderr));
     entry.live = l;
-    if (child.pid !== undefined) l.watchdog = startWatchdog(child.pid, mnt, ownDataDir ? dataDir : '');
+    if (child.pid !== undefined) l.watchdog = mountWatchdog(child.pid, mnt, ownDataDir ? dataDir : '');
 
     const deadline = Date.now() + readyTimeout;
     for (;;) {
@@ -479,7 +453,7 @@ export async function mountKvfs(t: TestLike, opts: MountOptions = {}): Promise<M
  * kill pid (if given and still a kvfs process) and lazily unmount mnt.
  */
 export function guardMount(t: TestLike, mnt: string, pid?: () => number | undefined): void {
-  installHooks();
+  atProcessEnd(emergencyCleanup);
   const entry = { mnt };
   registry.add(entry);
   const killPid = () => {

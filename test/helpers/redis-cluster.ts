@@ -36,7 +36,7 @@ import { connect, createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { TestLike } from './mount.js';
-import { baseEnv, describe, run } from './run.js';
+import { atProcessEnd, baseEnv, describe, run, startWatchdog } from './run.js';
 
 export interface RedisOptions {
   /** requirepass, and masterauth so replicas can sync */
@@ -423,47 +423,21 @@ class Node implements RedisNodeHandle {
 
 /** every start not yet stopped, for the synchronous exit hook */
 const registry = new Set<Fleet>();
-let hooksInstalled = false;
 
 function emergencyCleanup(): void {
   for (const f of registry) f.killSync();
   registry.clear();
 }
 
-function installHooks(): void {
-  if (hooksInstalled) return;
-  hooksInstalled = true;
-  process.on('exit', emergencyCleanup);
-  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGALRM'] as const) {
-    const onSignal = () => {
-      emergencyCleanup();
-      process.removeListener(sig, onSignal);
-      // Re-raise: the remaining listeners (tap's signal-exit) or the default action take it from here.
-      process.kill(process.pid, sig);
-    };
-    process.on(sig, onSignal);
-  }
-}
-
-/** a detached shell that kills the servers and removes ROOT if the test process dies without its hooks (SIGKILL) */
-function startWatchdog(root: string, pids: number[]): ChildProcess {
-  const script = `
-    tp=$1; root=$2; shift 2
-    while kill -0 "$tp" 2>/dev/null; do sleep 1; done
+/** a watchdog (run.ts) that kills the servers and removes ROOT if the test process is SIGKILLed */
+function redisWatchdog(root: string, pids: number[]): ChildProcess {
+  return startWatchdog('kvfs-redis-watchdog', `
+    root=$1; shift
     for p in "$@"; do
       if tr '\\0' ' ' < /proc/"$p"/cmdline 2>/dev/null | grep -q redis-server; then kill -9 "$p"; fi
     done
-    case "$root" in */kvfs-redis-?*) rm -rf "$root" ;; esac
-    exit 0`;
-  const w = spawn('sh', ['-c', script, 'kvfs-redis-watchdog', String(process.pid), root, ...pids.map(String)], {
-    detached: true,
-    stdio: 'ignore',
-  });
-  w.on('error', () => {
-    /* no watchdog: the exit hooks still apply */
-  });
-  w.unref();
-  return w;
+    case "$root" in */kvfs-redis-?*) rm -rf "$root" ;; esac`,
+  [root, ...pids.map(String)]);
 }
 
 class StartError extends Error {
@@ -485,7 +459,7 @@ class Fleet {
   private stopping: Promise<void> | undefined;
 
   constructor(readonly password: string | undefined) {
-    installHooks();
+    atProcessEnd(emergencyCleanup);
     this.root = mkdtempSync(join(tmpdir(), 'kvfs-redis-'));
     registry.add(this);
   }
@@ -532,7 +506,7 @@ class Fleet {
       );
       this.nodes.push(new Node(port, dir, child));
     }
-    this.watchdog = startWatchdog(this.root, this.nodes.filter((n) => n.pid > 0).map((n) => n.pid));
+    this.watchdog = redisWatchdog(this.root, this.nodes.filter((n) => n.pid > 0).map((n) => n.pid));
   }
 
   /** resolves once every node answers PING; rejects (StartError) when one exits first or the time is up */

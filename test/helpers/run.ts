@@ -283,3 +283,40 @@ export function killAllTools(): void {
 export function isInstalled(tool: string): boolean {
   return spawnSync('sh', ['-c', `command -v ${quote(tool)}`], { env: baseEnv() }).status === 0;
 }
+
+const endHooks = new Set<() => void>();
+
+/**
+ * Runs fn synchronously when this test process exits or is ended by SIGINT, SIGTERM, SIGHUP or SIGALRM (the
+ * signal is raised again afterwards, for tap's own handlers or the default action). Adding fn twice is one hook.
+ */
+export function atProcessEnd(fn: () => void): void {
+  if (endHooks.size === 0) {
+    const runAll = () => { for (const f of endHooks) f(); };
+    process.on('exit', runAll);
+    for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGALRM'] as const) {
+      const onSignal = () => {
+        runAll();
+        process.removeListener(sig, onSignal);
+        process.kill(process.pid, sig);
+      };
+      process.on(sig, onSignal);
+    }
+  }
+  endHooks.add(fn);
+}
+
+/**
+ * A detached shell that waits until this test process is gone, then runs `body` with `args` as $1...: the
+ * cleanup of last resort when the process dies without its hooks (SIGKILL). Kill it (process group) once
+ * the cleanup is no longer needed.
+ */
+export function startWatchdog(name: string, body: string, args: readonly string[]): ChildProcess {
+  const script = `tp=$1; shift\nwhile kill -0 "$tp" 2>/dev/null; do sleep 1; done\n${body}\nexit 0`;
+  const w = spawn('sh', ['-c', script, name, String(process.pid), ...args], { detached: true, stdio: 'ignore' });
+  w.on('error', () => {
+    /* no watchdog: the exit hooks still apply */
+  });
+  w.unref();
+  return w;
+}

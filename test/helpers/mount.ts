@@ -14,7 +14,7 @@
  *    `testDrivers()` lists the drivers a suite should loop over (env KVFS_TEST_DRIVERS=default,libfuse).
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmdirSync, rmSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { atProcessEnd, baseEnv, killAllTools, run, startWatchdog, type RunOptions, type RunResult } from './run.js';
@@ -452,6 +452,16 @@ export async function mountKvfs(t: TestLike, opts: MountOptions = {}): Promise<M
  * Guards a mount the harness did not start (e.g. `kvfs mount --background`): on teardown and on abnormal exit,
  * kill pid (if given and still a kvfs process) and lazily unmount mnt.
  */
+/** a fresh KVFS_DATA_DIR, a scratch dir and an empty mountpoint (guarded: a mount that should not happen is cleaned) */
+export function cliScene(t: TestLike): { dataDir: string; base: string; mnt: string } {
+  const dataDir = tempDir(t, 'kvfs-test-data-');
+  const base = tempDir(t, 'kvfs-test-base-');
+  const mnt = join(base, 'mnt');
+  mkdirSync(mnt);
+  guardMount(t, mnt);
+  return { dataDir, base, mnt };
+}
+
 export function guardMount(t: TestLike, mnt: string, pid?: () => number | undefined): void {
   atProcessEnd(emergencyCleanup);
   const entry = { mnt };

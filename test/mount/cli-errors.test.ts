@@ -9,7 +9,7 @@ import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { expectCliError, expectExit } from '../helpers/assert.js';
 import {
-  guardMount,
+  cliScene,
   isMounted,
   kvfs,
   mountKvfs,
@@ -17,7 +17,6 @@ import {
   processesMentioning,
   REPO,
   run,
-  tempDir,
   testDriver,
 } from '../helpers/mount.js';
 import { bumpFormatVersion, createEmptyStore, readVolumeRecord } from '../helpers/store.js';
@@ -27,16 +26,6 @@ t.setTimeout(170_000);
 
 const driver = testDriver();
 const driverArgs = driver === 'default' ? [] : ['--driver', driver];
-
-/** a fresh KVFS_DATA_DIR, a scratch dir and an empty mountpoint (guarded: a mount that should not happen is cleaned) */
-function scene(t: Test) {
-  const dataDir = tempDir(t, 'kvfs-test-data-');
-  const base = tempDir(t, 'kvfs-test-base-');
-  const mnt = join(base, 'mnt');
-  mkdirSync(mnt);
-  guardMount(t, mnt);
-  return { dataDir, base, mnt };
-}
 
 /** runs a mount that must fail; a short timeout, since a wrongly successful foreground mount never returns */
 function badMount(args: string[], dataDir: string) {
@@ -51,7 +40,7 @@ function expectUntouchedMountpoint(t: Test, mnt: string, before: string, what: s
 }
 
 t.test('format: a bad chunk size is refused and nothing is created', async (t) => {
-  const { dataDir, base } = scene(t);
+  const { dataDir, base } = cliScene(t);
   const dataBefore = snapshotDir(dataDir);
   const bad = ['1000', '2048', '4097', '8191', '0', '3M', '128M', '134217728', 'abc', '1.5M', '256X', ''];
   for (const [i, cs] of bad.entries()) {
@@ -66,7 +55,7 @@ t.test('format: a bad chunk size is refused and nothing is created', async (t) =
 });
 
 t.test('format: a store that already holds a volume is refused and left intact', async (t) => {
-  const { dataDir, base } = scene(t);
+  const { dataDir, base } = cliScene(t);
   const url = `local:${join(base, 'vol')}`;
   expectExit(t, await kvfs(['format', url, '--name', 'first'], { dataDir }), 'first format');
   const before = await readVolumeRecord(url);
@@ -79,7 +68,7 @@ t.test('format: a store that already holds a volume is refused and left intact',
 });
 
 t.test('unknown store URL scheme: format, mount and status refuse it', async (t) => {
-  const { dataDir, mnt } = scene(t);
+  const { dataDir, mnt } = cliScene(t);
   for (const url of ['bogus://somewhere', 'nosuch:abc']) {
     const dataBefore = snapshotDir(dataDir);
     const mntBefore = snapshotDir(mnt);
@@ -95,7 +84,7 @@ t.test('unknown store URL scheme: format, mount and status refuse it', async (t)
 });
 
 t.test('mount: the mountpoint does not exist', async (t) => {
-  const { dataDir, base } = scene(t);
+  const { dataDir, base } = cliScene(t);
   const missing = join(base, 'no', 'such', 'dir');
   expectCliError(t, await badMount(['memory:', missing], dataDir), 'mount memory: on a missing directory', /exist|no such/i);
   t.notOk(existsSync(join(base, 'no')), 'the missing mountpoint was not created');
@@ -113,7 +102,7 @@ t.test('mount: the mountpoint does not exist', async (t) => {
 });
 
 t.test('mount: no mountpoint given', async (t) => {
-  const { dataDir } = scene(t);
+  const { dataDir } = cliScene(t);
   const dataBefore = snapshotDir(dataDir);
   expectCliError(t, await kvfs(['mount'], { dataDir, timeout: 15_000 }), 'mount without arguments');
   expectCliError(t, await badMount(['memory:'], dataDir), 'mount memory: without a mountpoint');
@@ -122,7 +111,7 @@ t.test('mount: no mountpoint given', async (t) => {
 });
 
 t.test('mount: the mountpoint is already mounted', async (t) => {
-  const { dataDir } = scene(t);
+  const { dataDir } = cliScene(t);
   const m = await mountKvfs(t);
   expectExit(t, await run('sh', ['-c', 'printf first > "$1"/f', 'sh', m.mnt]), 'write into the first mount');
   const r = await badMount(['memory:', m.mnt], dataDir);
@@ -134,7 +123,7 @@ t.test('mount: the mountpoint is already mounted', async (t) => {
 });
 
 t.test('mount: a non-empty mountpoint is refused unless --nonempty', async (t) => {
-  const { dataDir, mnt } = scene(t);
+  const { dataDir, mnt } = cliScene(t);
   writeFileSync(join(mnt, 'keep.txt'), 'underneath');
   const before = snapshotDir(mnt);
   expectCliError(t, await badMount(['memory:', mnt], dataDir), 'mount on a non-empty directory', /empty/i);
@@ -147,7 +136,7 @@ t.test('mount: a non-empty mountpoint is refused unless --nonempty', async (t) =
 });
 
 t.test('mount and status: a local: store that was never formatted', async (t) => {
-  const { dataDir, base, mnt } = scene(t);
+  const { dataDir, base, mnt } = cliScene(t);
   const mntBefore = snapshotDir(mnt);
 
   const never = join(base, 'never');
@@ -178,7 +167,7 @@ t.test('mount and status: a local: store that was never formatted', async (t) =>
 });
 
 t.test('mount: a volume of a newer format version', async (t) => {
-  const { dataDir, base, mnt } = scene(t);
+  const { dataDir, base, mnt } = cliScene(t);
   const url = `local:${join(base, 'vol')}`;
   expectExit(t, await kvfs(['format', url, '--name', 'future'], { dataDir }), 'format');
   const bump = await bumpFormatVersion(url);
@@ -194,7 +183,7 @@ t.test('mount: a volume of a newer format version', async (t) => {
 });
 
 t.test('umount: a path that is not mounted', async (t) => {
-  const { dataDir, mnt } = scene(t);
+  const { dataDir, mnt } = cliScene(t);
   const before = snapshotDir(mnt);
   expectCliError(t, await kvfs(['umount', mnt], { dataDir }), 'umount of a plain directory', /not mounted/i);
   expectCliError(t, await kvfs(['umount', join(mnt, 'missing')], { dataDir }), 'umount of a missing path');
@@ -202,7 +191,7 @@ t.test('umount: a path that is not mounted', async (t) => {
 });
 
 t.test('unknown commands and options', async (t) => {
-  const { dataDir, mnt } = scene(t);
+  const { dataDir, mnt } = cliScene(t);
   const before = snapshotDir(mnt);
   expectCliError(t, await kvfs(['frobnicate'], { dataDir }), 'an unknown command');
   expectCliError(t, await kvfs([], { dataDir }), 'no command at all');
@@ -212,7 +201,7 @@ t.test('unknown commands and options', async (t) => {
 });
 
 t.test('mount: option values out of range are refused before anything is mounted', async (t) => {
-  const { dataDir, mnt } = scene(t);
+  const { dataDir, mnt } = cliScene(t);
   const before = snapshotDir(mnt);
   const dataBefore = snapshotDir(dataDir);
   const cases: [string[], RegExp][] = [

@@ -13,14 +13,14 @@
  *     free space.
  */
 import { createHash } from 'node:crypto';
-import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { readdirSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { expectCliError, expectExit } from '../helpers/assert.js';
 import {
   describe,
-  guardMount,
+  cliScene,
   isMounted,
   kvfs,
   mountKvfs,
@@ -64,16 +64,6 @@ function closedPort(): Promise<number> {
       s.close(() => resolve(port));
     });
   });
-}
-
-/** a KVFS_DATA_DIR and an empty mountpoint (guarded: a mount that should not happen is cleaned up) */
-function scene(t: Test) {
-  const dataDir = tempDir(t, 'kvfs-test-data-');
-  const base = tempDir(t, 'kvfs-test-base-');
-  const mnt = join(base, 'mnt');
-  mkdirSync(mnt);
-  guardMount(t, mnt);
-  return { dataDir, base, mnt };
 }
 
 interface Timed {
@@ -342,7 +332,7 @@ t.test('A. a full Redis Cluster: ENOSPC at once, one log line, earlier files int
 // ------------------------------------------------------------------------------------------ B. bad input
 
 t.test('B. bad input on plain Redis servers: one line, quick, no password shown, nothing mounted', { skip }, async (t) => {
-  const { dataDir, base, mnt } = scene(t);
+  const { dataDir, base, mnt } = cliScene(t);
   const [locked, plain, lru] = await Promise.all([
     RedisServer.start(t, { password: REAL_PW }),
     RedisServer.start(t),
@@ -423,7 +413,7 @@ t.test('B. bad input on plain Redis servers: one line, quick, no password shown,
 });
 
 t.test('B. bad input on a Redis Cluster: one line, quick, no password shown, nothing mounted', { skip }, async (t) => {
-  const { dataDir, mnt } = scene(t);
+  const { dataDir, mnt } = cliScene(t);
   // cluster-node-timeout 1 s: a 3 s deadline outlasts a failover (1 s + 2 s), so kvfs has nothing to warn about
   const cluster = await RedisCluster.start(t, { masters: 3, password: REAL_PW, nodeTimeoutMs: 1000 });
   const ports = (await cluster.masters()).map((m) => m.port);

@@ -43,7 +43,7 @@ import { Cluster, Redis, type RedisOptions } from 'ioredis';
 import { checkScan } from './kv-rules.js';
 import { StoreError } from './errors.js';
 import type { KvCheck, KvEngineInfo, KvStore, KvWrite, ScanOptions } from './kv.js';
-import { DEFAULT_RETRY, classify, errorText, withRetry, type RetryPolicy } from './redis-retry.js';
+import { DEFAULT_RETRY, classify, errorText, withRetry, type RetryHooks, type RetryPolicy } from './redis-retry.js';
 import {
   parseRedisUrl, redisPassword, redisTls, type RedisAuthOptions, type RedisNodeAddr, type RedisTarget,
 } from './redis-url.js';
@@ -69,15 +69,23 @@ interface Scripts {
   kvfsIncr(...args: (string | Buffer | number)[]): Promise<string>;
 }
 
-// KEYS: 3 transaction buckets (record into the first, look up all), then nc check keys, nw write keys, nw
-// index keys. ARGV: txid, ttl ms, nc, nw, then per check (present '0'|'1', value), per write (op 'S'|'D',
-// member, value).
-const COMMIT_BODY = `
+// Every script starts with its transaction id's lookup (KEYS[1..3]: the buckets; ARGV[1]: the id) and ends by
+// recording its result in the newest bucket (ARGV[2]: the bucket's lifetime, ms): see "Idempotence" above.
+const TX_LOOKUP = `
 local txid = ARGV[1]
 for b = 1, 3 do
   local done = redis.call('HGET', KEYS[b], txid)
   if done then return done end
-end
+end`;
+const txRecord = (result: string) => `
+redis.call('HSET', KEYS[1], txid, ${result})
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return ${result}`;
+
+// KEYS: 3 transaction buckets (record into the first, look up all), then nc check keys, nw write keys, nw
+// index keys. ARGV: txid, ttl ms, nc, nw, then per check (present '0'|'1', value), per write (op 'S'|'D',
+// member, value).
+const COMMIT_BODY = `${TX_LOOKUP}
 local nc, nw = tonumber(ARGV[3]), tonumber(ARGV[4])
 local a = 5
 for i = 1, nc do
@@ -98,20 +106,12 @@ for i = 1, nw do
     redis.call('ZREM', idx, ARGV[a + 1])
   end
   a = a + 3
-end
-redis.call('HSET', KEYS[1], txid, '1')
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return '1'
+end${txRecord("'1'")}
 `;
 
 // KEYS: 3 transaction buckets, the counter, its index. ARGV: txid, ttl ms, delta, member.
 // Counters are decimal ASCII within +-(2^53-1), as kv-rules.ts keeps them.
-const INCR_BODY = `
-local txid = ARGV[1]
-for b = 1, 3 do
-  local done = redis.call('HGET', KEYS[b], txid)
-  if done then return done end
-end
+const INCR_BODY = `${TX_LOOKUP}
 local cur = redis.call('GET', KEYS[4])
 local n = 0
 if cur then
@@ -126,10 +126,7 @@ if nx > 9007199254740991 or nx < -9007199254740991 then
 end
 local s = string.format('%.0f', nx)
 redis.call('SET', KEYS[4], s)
-redis.call('ZADD', KEYS[5], 0, ARGV[4])
-redis.call('HSET', KEYS[1], txid, s)
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return s
+redis.call('ZADD', KEYS[5], 0, ARGV[4])${txRecord('s')}
 `;
 
 const isBlob = (key: string) => key.startsWith('b/');
@@ -243,7 +240,7 @@ export class RedisStore implements KvStore {
     if (client instanceof Cluster) client.on('node error', (e) => { lastError = e; });
     const store = new RedisStore(client, target, policy, kvrocks);
     try {
-      await withRetry(`connecting to ${target.label}`, { ...policy, deadlineMs: Math.max(1, deadline - Date.now()), reportMs: policy.deadlineMs }, store.#hooks(), async () => {
+      await withRetry(`connecting to ${target.label}`, { ...policy, deadlineMs: Math.max(1, deadline - Date.now()), reportMs: policy.deadlineMs }, store.#retryHooks, async () => {
         if (client.status === 'ready') return;
         if (client.status === 'wait' || client.status === 'end' || client.status === 'close') await client.connect();
         else await new Promise<void>((resolve, reject) => {
@@ -260,15 +257,14 @@ export class RedisStore implements KvStore {
     return store;
   }
 
-  #hooks() {
-    return {
-      closed: () => this.#closed,
-      nospace: (e: unknown) => this.#nospaceMessage(e),
-      auth: (e: unknown) => `the Redis store ${this.#target.label} refused our credentials (${errorText(e)}); check KVFS_REDIS_PASSWORD or the password file`,
-      known: scriptError,
-      onRetry: (cls: string) => { if (cls === 'throttled') this.retries.throttled++; else this.retries.transient++; },
-    };
-  }
+  /** the retry layer's hooks for this store (built once: every call uses them) */
+  readonly #retryHooks: RetryHooks = {
+    closed: () => this.#closed,
+    nospace: (e: unknown) => this.#nospaceMessage(e),
+    auth: (e: unknown) => `the Redis store ${this.#target.label} refused our credentials (${errorText(e)}); check KVFS_REDIS_PASSWORD or the password file`,
+    known: scriptError,
+    onRetry: (cls: string) => { if (cls === 'throttled') this.retries.throttled++; else this.retries.transient++; },
+  };
 
   #nospaceMessage(e: unknown): string {
     const limits = [...new Set(this.#maxmemory.values())].filter((n) => n > 0);
@@ -281,7 +277,7 @@ export class RedisStore implements KvStore {
   }
 
   async #retry<T>(what: string, attempt: () => Promise<T>): Promise<T> {
-    return withRetry(what, this.#policy, this.#hooks(), attempt);
+    return withRetry(what, this.#policy, this.#retryHooks, attempt);
   }
 
   #masters(): Redis[] {

@@ -368,15 +368,13 @@ export class Filesystem {
         continue;
       }
       const p = (async () => {
-        const n = await this.inode(this.store, ino);
-        if (this.shared) {
-          // other mounts keep the inode while this one holds it open (see releaseUse)
-          await transact(this.store, async (tx) => {
-            if ((await tx.get(K.inode(ino))) === undefined) throw fsErr('ENOENT', `no inode ${ino}`);
-            tx.set(K.users(ino), Buffer.from(String((await this.usersOf(tx, ino)) + 1)));
-            tx.set(K.use(this.session, ino), Buffer.alloc(0));
-          });
-        }
+        // Shared stores: other mounts keep the inode while this one holds it open (see releaseUse).
+        const n = !this.shared ? await this.inode(this.store, ino) : await transact(this.store, async (tx) => {
+          const inode = await this.inode(tx, ino);
+          tx.set(K.users(ino), Buffer.from(String((await this.usersOf(tx, ino)) + 1)));
+          tx.set(K.use(this.session, ino), Buffer.alloc(0));
+          return inode;
+        });
         const fd = new FileData(ino, n, this.cx);
         try {
           await fd.recover();

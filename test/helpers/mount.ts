@@ -140,7 +140,8 @@ export function testDrivers(): string[] {
   return process.env.KVFS_TEST_DRIVER ? [testDriver()] : ['default', 'libfuse'];
 }
 
-function driverArgs(driver: string): string[] {
+/** the `kvfs mount` arguments that select a test driver (none for the default) */
+export function driverArgs(driver: string): string[] {
   return driver === 'default' ? [] : ['--driver', driver];
 }
 

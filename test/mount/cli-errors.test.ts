@@ -17,6 +17,7 @@ import {
   processesMentioning,
   REPO,
   run,
+  driverArgs as driverArgsFor,
   testDriver,
 } from '../helpers/mount.js';
 import { bumpFormatVersion, createEmptyStore, readVolumeRecord } from '../helpers/store.js';
@@ -25,7 +26,7 @@ import { snapshotDir } from '../helpers/tree.js';
 t.setTimeout(170_000);
 
 const driver = testDriver();
-const driverArgs = driver === 'default' ? [] : ['--driver', driver];
+const driverArgs = driverArgsFor(driver);
 
 /** runs a mount that must fail; a short timeout, since a wrongly successful foreground mount never returns */
 function badMount(args: string[], dataDir: string) {

@@ -19,6 +19,7 @@ import {
   mountsAt,
   run,
   tempDir,
+  driverArgs as driverArgsFor,
   testDriver,
 } from '../helpers/mount.js';
 import { bytes } from '../helpers/tree.js';
@@ -26,7 +27,7 @@ import { bytes } from '../helpers/tree.js';
 t.setTimeout(170_000);
 
 const driver = testDriver();
-const driverArgs = driver === 'default' ? [] : ['--driver', driver];
+const driverArgs = driverArgsFor(driver);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** the status figure on the line whose label matches re ("inodes: 12" -> 12) */

@@ -29,6 +29,7 @@ import {
   processesMentioning,
   run,
   tempDir,
+  driverArgs as driverArgsFor,
   testDriver,
   type RunResult,
 } from '../helpers/mount.js';
@@ -39,7 +40,7 @@ t.setTimeout(170_000);
 
 const skip = redisAvailable() ?? false;
 const driver = testDriver();
-const driverArgs = driver === 'default' ? [] : ['--driver', driver];
+const driverArgs = driverArgsFor(driver);
 const MiB = 1 << 20;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 /** passwords unlike anything else in a message, so a leak is unambiguous */

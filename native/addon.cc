@@ -1,6 +1,7 @@
 // kvfs's native addon. Loaded by exactly one TypeScript file (src/native.ts). Every function returns a number:
 // a result, or -errno, which the TypeScript side turns into an error. Nothing here throws on a system error.
 #include <napi.h>
+#include <cerrno>
 #include <sys/uio.h>
 
 #include <memory>
@@ -45,7 +46,11 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap> {
                         InstanceMethod("stock", &ChannelWrap::Stock), InstanceMethod("unstock", &ChannelWrap::Unstock),
                         InstanceMethod("unstockOne", &ChannelWrap::UnstockOne),
                         InstanceMethod("reply", &ChannelWrap::Reply), InstanceMethod("stop", &ChannelWrap::Stop),
-                        InstanceMethod("stats", &ChannelWrap::Stats)});
+                        InstanceMethod("stats", &ChannelWrap::Stats),
+                        InstanceMethod("enableFastReads", &ChannelWrap::EnableFastReads),
+                        InstanceMethod("publish", &ChannelWrap::Publish),
+                        InstanceMethod("setSize", &ChannelWrap::SetSize),
+                        InstanceMethod("retract", &ChannelWrap::Retract)});
   }
 
   explicit ChannelWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ChannelWrap>(info) {
@@ -130,6 +135,42 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap> {
     return Num(info.Env(), static_cast<double>(channel_->Reply(reader, iov, n)));
   }
 
+  Napi::Value EnableFastReads(const Napi::CallbackInfo& info) {
+    channel_->EnableFastReads(info[0].ToBoolean().Value());
+    return info.Env().Undefined();
+  }
+
+  // publish(ino, size, chunkSize, idx, data: Uint8Array | null): the caller keeps data alive until retract
+  Napi::Value Publish(const Napi::CallbackInfo& info) {
+    uint64_t ino = static_cast<uint64_t>(info[0].As<Napi::Number>().Int64Value());
+    uint64_t size = static_cast<uint64_t>(info[1].As<Napi::Number>().Int64Value());
+    uint32_t chunk = info[2].As<Napi::Number>().Uint32Value();
+    uint64_t idx = static_cast<uint64_t>(info[3].As<Napi::Number>().Int64Value());
+    const uint8_t* data = nullptr;
+    uint32_t len = 0;
+    if (info[4].IsTypedArray()) {
+      auto a = info[4].As<Napi::Uint8Array>();
+      data = a.Data();
+      len = static_cast<uint32_t>(a.ByteLength());
+    }
+    if (chunk == 0 || len > chunk) return Num(info.Env(), -EINVAL);
+    channel_->read_index().Publish(ino, size, chunk, idx, data, len);
+    return Num(info.Env(), 0);
+  }
+
+  Napi::Value SetSize(const Napi::CallbackInfo& info) {
+    channel_->read_index().SetSize(static_cast<uint64_t>(info[0].As<Napi::Number>().Int64Value()),
+                                   static_cast<uint64_t>(info[1].As<Napi::Number>().Int64Value()));
+    return info.Env().Undefined();
+  }
+
+  // retract(ino, idx = -1): returns once no reader uses what was taken back
+  Napi::Value Retract(const Napi::CallbackInfo& info) {
+    int64_t idx = info.Length() > 1 && info[1].IsNumber() ? info[1].As<Napi::Number>().Int64Value() : -1;
+    channel_->read_index().Retract(static_cast<uint64_t>(info[0].As<Napi::Number>().Int64Value()), idx);
+    return info.Env().Undefined();
+  }
+
   Napi::Value Stop(const Napi::CallbackInfo& info) {
     channel_->Stop();
     tsfn_.Unref(info.Env());
@@ -144,6 +185,11 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap> {
     o.Set("poolWaits", Num(info.Env(), static_cast<double>(s.pool_waits)));
     o.Set("wakes", Num(info.Env(), static_cast<double>(s.wakes)));
     o.Set("maxQueue", Num(info.Env(), static_cast<double>(s.max_queue)));
+    auto r = channel_->read_index().GetStats();
+    o.Set("fastReads", Num(info.Env(), static_cast<double>(r.served)));
+    o.Set("fastReadMisses", Num(info.Env(), static_cast<double>(r.missed)));
+    o.Set("publishedFiles", Num(info.Env(), static_cast<double>(r.files)));
+    o.Set("publishedChunks", Num(info.Env(), static_cast<double>(r.chunks)));
     return o;
   }
 

@@ -13,6 +13,8 @@
 //  - Replies. Reply(reader, iovecs) writes one reply with one writev on the fd of the reader that read the
 //    request (a cloned /dev/fuse fd answers only the requests read from it). ENOENT (the request was
 //    interrupted) is not an error.
+//  - Fast reads. A READ whose data the core published in the read index (read-index.h) is answered by the
+//    reader thread itself and never reaches JS; the rest go to JS as usual.
 //  - End. ENODEV from the device means unmounted: readers stop, and JS is woken with the closed flag set.
 //
 // Transport: each reader moves one whole request into its own pipe with splice, reads the header from the
@@ -30,6 +32,8 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "read-index.h"
 
 namespace kvfs {
 
@@ -83,6 +87,9 @@ class Channel {
   // Asks readers to stop (they end at the next request or at unmount) and joins them.
   void Stop();
   ChannelStats Stats();
+  // The published file data readers answer READ requests from (read-index.h). Off until EnableFastReads.
+  ReadIndex& read_index() { return read_index_; }
+  void EnableFastReads(bool on) { fast_reads_.store(on); }
   size_t max_body() const { return max_body_; }
 
  private:
@@ -112,6 +119,8 @@ class Channel {
   ChannelStats stats_;
   std::vector<std::thread> threads_;
   std::vector<int> pipes_;  // read end, write end per reader
+  ReadIndex read_index_;
+  std::atomic<bool> fast_reads_{false};
 };
 
 }  // namespace kvfs

@@ -20,7 +20,17 @@ export interface NativeChannelHandle {
   unstock(): number[];
   reply(reader: number, a: Uint8Array, b?: Uint8Array, c?: Uint8Array): number;
   stop(): void;
-  stats(): { requests: number; inlineRequests: number; poolWaits: number; wakes: number; maxQueue: number };
+  stats(): {
+    requests: number; inlineRequests: number; poolWaits: number; wakes: number; maxQueue: number;
+    fastReads: number; fastReadMisses: number; publishedFiles: number; publishedChunks: number;
+  };
+  /** readers answer READs of published data themselves (native/read-index.h) */
+  enableFastReads(on: boolean): void;
+  /** chunk idx of ino holds data (null: a hole), the file is size bytes; 0 or -EINVAL */
+  publish(ino: number, size: number, chunkSize: number, idx: number, data: Uint8Array | null): number;
+  setSize(ino: number, size: number): void;
+  /** returns once no reader uses what was taken back (idx -1 or absent: the whole file) */
+  retract(ino: number, idx?: number): void;
 }
 
 interface Addon {

@@ -5,11 +5,15 @@
  * touch fresh pages (dear on these machines); slots reuse memory that is already warm.
  *
  * A released slot is reused only after QUARANTINE_MS, so a reader that took the value's bytes just before
- * the key was deleted still copies what it read. Callers must not keep values of a memory store beyond the
- * operation that read them (the filesystem runs no blob cache over a memory store, src/fs/filesystem.ts).
+ * the key was deleted still copies what it read (readers copy within microtasks of the get). Callers must
+ * not keep values of a memory store beyond the operation that read them (the filesystem runs no blob cache
+ * over a memory store, src/fs/filesystem.ts), except what the filesystem publishes to its driver's read
+ * index: that is taken back before any commit can make the blob garbage (src/fs/published.ts).
+ * The quarantine is short on purpose: a file rewritten at speed frees its old blobs as fast as it takes new
+ * ones, and slots back in use within 100 ms stay warm (a whole second of fresh slabs cost more than the copy).
  */
 const SLAB_BYTES = 32 << 20;
-const QUARANTINE_MS = 1000;
+const QUARANTINE_MS = 100;
 /** values this size or larger live in slots (power-of-two classes up to the slab size) */
 export const SLOT_MIN = 64 << 10;
 

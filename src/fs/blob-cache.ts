@@ -12,10 +12,19 @@ export class BlobCache {
   private readonly pending = new Map<string, Promise<Uint8Array | undefined>>();
   hits = 0;
   misses = 0;
+  /** called when a blob leaves the cache (evicted for room, or deleted) */
+  onDrop: ((id: string) => void) | undefined;
 
-  constructor(private readonly store: KvStore, readonly maxBytes: number) {
+  /**
+   * storeKeeps: the store's values are its own memory and stay unchanged while their blob exists (an
+   * in-process store; the cache is then off).
+   */
+  constructor(private readonly store: KvStore, readonly maxBytes: number, private readonly storeKeeps = false) {
     this.lru = maxBytes > 0
-      ? new LRUCache<string, Uint8Array>({ maxSize: maxBytes, sizeCalculation: (v) => Math.max(1, v.byteLength) })
+      ? new LRUCache<string, Uint8Array>({
+        maxSize: maxBytes, sizeCalculation: (v) => Math.max(1, v.byteLength),
+        dispose: (_v, id) => this.onDrop?.(id),
+      })
       : undefined;
   }
 
@@ -43,6 +52,14 @@ export class BlobCache {
     const hit = this.lru?.get(id);
     if (hit) this.hits++;
     return hit;
+  }
+
+  /**
+   * Whether these bytes of the blob stay as they are until `onDrop` names it: the cache holds exactly them,
+   * or the store keeps its own values. Bytes that are neither may be garbage-collected once dropped.
+   */
+  keeps(id: string, data: Uint8Array): boolean {
+    return this.lru ? this.lru.peek(id) === data : this.storeKeeps;
   }
 
   /** forgets a blob that was deleted */

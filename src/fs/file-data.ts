@@ -24,6 +24,7 @@ import { transact } from './txn.js';
 import type { Ino, Timespec } from './types.js';
 import type { BlobCache } from './blob-cache.js';
 import type { Counters } from './counters.js';
+import type { Published } from './published.js';
 
 /** How many stale chunk entries one truncate/purge commit deletes. */
 export const DELETE_BATCH = 512;
@@ -35,6 +36,8 @@ export interface DataContext {
   store: KvStore;
   chunkSize: number;
   blobs: BlobCache;
+  /** the driver's read index: clean chunks this mount read, which the driver may serve itself */
+  published: Published;
   buffers: ChunkBuffers;
   budget: WriteBudget;
   newBlobId(): string;
@@ -84,6 +87,9 @@ export class WriteBudget {
   }
 }
 
+/** How far ahead a sequential reader's chunks are fetched and published (published.ts). */
+const READ_AHEAD = 4 << 20;
+
 /** Most chunks one file keeps dirty before a write commits them. */
 const MAX_DIRTY_CHUNKS = 16;
 
@@ -107,6 +113,11 @@ export class FileData {
   private activeWrites = 0;
   private truncating: Promise<void> | undefined;
   private writesDrained: (() => void) | undefined;
+  /** where the last read through the core ended, and where the read-ahead window ends (-1: none) */
+  private seqNext = 0;
+  private aheadTo = -1;
+  /** a commit started by a write that did not wait for it */
+  private behind: Promise<void> | undefined;
 
   constructor(readonly ino: Ino, inode: Inode, private readonly cx: DataContext) {
     this.size = inode.size;
@@ -123,6 +134,7 @@ export class FileData {
    */
   refresh(inode: Inode): boolean {
     if (this.dirty.size || this.flushing.size || this.loading.size || this.activeWrites || this.truncating || this.mtime !== undefined) return false;
+    this.cx.published.retractFile(this.ino);
     this.size = inode.size;
     this.truncFrom = inode.truncFrom;
     this.entries.clear();
@@ -160,7 +172,26 @@ export class FileData {
       }
     }
     if (jobs) await Promise.all(jobs);
+    if (this.cx.published.active && (offset === this.seqNext || offset === this.aheadTo)) this.readAhead(end);
+    this.seqNext = end;
     return out;
+  }
+
+  /**
+   * Sequential reading: the chunks after `from` (READ_AHEAD bytes' worth) are fetched and published, so that
+   * the driver serves the next READs itself. The READ that reaches the end of that window comes here again
+   * and moves it on.
+   */
+  private readAhead(from: number): void {
+    const cs = this.cx.chunkSize;
+    const first = Math.ceil(from / cs);
+    const last = Math.min(first + Math.max(2, Math.floor(READ_AHEAD / cs)), Math.ceil(this.size / cs));
+    const gen = this.truncations;
+    for (let idx = first; idx < last; idx++) {
+      if (this.dirty.has(idx) || this.flushing.has(idx) || this.cx.published.has(this.ino, idx)) continue;
+      this.storedChunk(idx).then(({ data, blobId }) => this.publish(idx, gen, blobId, data), () => undefined);
+    }
+    this.aheadTo = last * cs;
   }
 
   /** copies chunk idx's bytes [from, to) to out at `at` if they are in memory now; false when they are not */
@@ -178,7 +209,23 @@ export class FileData {
     const have = data ? Math.max(0, Math.min(to, data.length) - from) : 0;
     if (have > 0) out.set(data!.subarray(from, from + have), at);
     if (have < to - from) out.fill(0, at + have, at + (to - from));
+    this.publish(idx, this.truncations, e?.blobId ?? null, data);
     return true;
+  }
+
+  /**
+   * Offers chunk idx's committed bytes to the driver's read index (published.ts), if they are still what the
+   * chunk holds now: no write-back copy, no truncate since the read began (gen), the same chunk map entry,
+   * and bytes the blob cache (or an in-process store) keeps.
+   */
+  private publish(idx: number, gen: number, blobId: string | null, data: Uint8Array | undefined): void {
+    const pub = this.cx.published;
+    if (!pub.active || gen !== this.truncations || this.dirty.has(idx) || this.flushing.has(idx)) return;
+    if ((this.truncFrom && idx >= this.truncFrom) || idx * this.cx.chunkSize >= this.size) return;
+    const e = this.entries.get(idx);
+    if (e === undefined || (e === null ? blobId !== null : e.blobId !== blobId)) return;
+    if (blobId !== null && (!data || !this.cx.blobs.keeps(blobId, data))) return;
+    pub.publish(this.ino, this.size, this.cx.chunkSize, idx, blobId, blobId === null ? null : data!);
   }
 
   private async readChunkInto(idx: number, from: number, to: number, out: Buffer, at: number): Promise<void> {
@@ -187,7 +234,8 @@ export class FileData {
       mem.copy(out, at, from, to);
       return;
     }
-    const data = await this.storedChunk(idx);
+    const gen = this.truncations;
+    const { data, blobId } = await this.storedChunk(idx);
     // A concurrent write may have made the chunk dirty while we fetched: the dirty copy is newer.
     const newer = this.dirty.get(idx) ?? this.flushing.get(idx);
     if (newer) {
@@ -197,15 +245,16 @@ export class FileData {
     const have = data ? Math.max(0, Math.min(to, data.length) - from) : 0;
     if (have > 0) out.set(data!.subarray(from, from + have), at);
     if (have < to - from) out.fill(0, at + have, at + (to - from));
+    this.publish(idx, gen, blobId, data);
   }
 
-  /** The committed bytes of chunk idx (possibly shorter than a chunk), or undefined for a hole. */
-  private async storedChunk(idx: number): Promise<Uint8Array | undefined> {
+  /** The committed bytes of chunk idx (possibly shorter than a chunk) and their blob; a hole has neither. */
+  private async storedChunk(idx: number): Promise<{ data?: Uint8Array; blobId: string | null }> {
     for (let attempt = 0; attempt < 3; attempt++) {
       const e = await this.entry(idx, attempt > 0);
-      if (!e) return undefined;
+      if (!e) return { blobId: null };
       const data = await this.cx.blobs.get(e.blobId);
-      if (data) return data;
+      if (data) return { data, blobId: e.blobId };
       // The blob was replaced and collected after we read the chunk map: read the map again.
     }
     throw new StoreError('CORRUPT', `file ${this.ino} chunk ${idx}: its blob is missing from the store`);
@@ -237,8 +286,21 @@ export class FileData {
       if (--this.activeWrites === 0) this.writesDrained?.();
     }
     this.mtime = nowTs();
-    if (this.dirty.size >= MAX_DIRTY_CHUNKS || this.cx.budget.spent) await this.flush();
+    if (this.cx.budget.spent) await this.flush();
+    else if (this.dirty.size >= MAX_DIRTY_CHUNKS) this.flushBehind();
     return data.length;
+  }
+
+  /**
+   * Starts committing the dirty chunks without making the write wait (one such commit at a time). A failure
+   * loses nothing: the chunks go back to dirty, and the next flush, fsync or close commits them or reports
+   * the error. Writes wait only when the mount's write-back budget is spent.
+   */
+  private flushBehind(): void {
+    if (this.behind) return;
+    this.behind = this.flush().catch(() => undefined).finally(() => {
+      this.behind = undefined;
+    });
   }
 
   private async writeChunks(offset: number, data: Uint8Array): Promise<void> {
@@ -251,7 +313,10 @@ export class FileData {
       const to = Math.min(end, base + cs);
       await this.writable(idx, from === base && to === base + cs, (buf) => {
         src.copy(buf, from - base, from - offset, to - offset);
-        if (to > this.size) this.size = to;
+        if (to > this.size) {
+          this.size = to;
+          this.cx.published.setSize(this.ino, to);
+        }
       });
     }
   }
@@ -298,7 +363,7 @@ export class FileData {
 
   /** the committed bytes of chunk idx in a chunk buffer, zeros past them */
   private async load(idx: number): Promise<Buffer> {
-    const data = await this.storedChunk(idx);
+    const { data } = await this.storedChunk(idx);
     const b = this.cx.buffers.take(false);
     const n = data ? Math.min(data.length, b.length) : 0;
     if (n) Buffer.from(data!.buffer, data!.byteOffset, n).copy(b, 0, 0, n);
@@ -307,6 +372,7 @@ export class FileData {
   }
 
   private adopt(idx: number, b: Buffer): void {
+    this.cx.published.retractChunk(this.ino, idx);
     this.dirty.set(idx, b);
     this.cx.budget.add(b.length);
   }
@@ -321,6 +387,7 @@ export class FileData {
 
   /** Drops all write-back state without committing (the file is gone). */
   discard(): void {
+    this.cx.published.retractFile(this.ino);
     for (const idx of [...this.dirty.keys()]) this.drop(this.dirty, idx);
     this.mtime = undefined;
   }
@@ -430,6 +497,7 @@ export class FileData {
       const cs = this.cx.chunkSize;
       if (newSize < this.size) {
         this.truncations++;
+        this.cx.published.retractFile(this.ino);
         const keep = Math.ceil(newSize / cs);
         for (const idx of [...this.dirty.keys()]) if (idx >= keep) this.drop(this.dirty, idx);
         for (const idx of [...this.entries.keys()]) if (idx >= keep) this.entries.delete(idx);
@@ -439,11 +507,13 @@ export class FileData {
         }
         this.size = newSize;
         this.truncFrom = keep;
+        this.cx.published.retractFile(this.ino);
         this.mtime = stamp;
         await this.commitDirty({ truncFrom: keep, force: true });
         await this.deleteStaleChunks();
       } else {
         this.size = newSize;
+        this.cx.published.retractFile(this.ino);
         this.mtime = stamp;
         await this.commitDirty({ force: true });
       }

@@ -21,6 +21,7 @@ import { LRUCache } from 'lru-cache';
 import { constants } from 'node:fs';
 import type { KvStore } from '../backend/kv.js';
 import { BlobCache } from './blob-cache.js';
+import { Published } from './published.js';
 import { fsErr } from './errors.js';
 import { ChunkBuffers, FileData, WriteBudget, type DataContext } from './file-data.js';
 import { Janitor } from './janitor.js';
@@ -33,7 +34,7 @@ import {
 import { transact, type Txn } from './txn.js';
 import {
   RENAME_EXCHANGE, RENAME_NOREPLACE, ROOT_INO, XATTR_CREATE, XATTR_REPLACE,
-  type Attr, type Ctx, type DirEntry, type Fh, type Ino, type SetAttr, type StatFs, type Timespec,
+  type Attr, type Ctx, type DirEntry, type Fh, type Ino, type ReadIndex, type SetAttr, type StatFs, type Timespec,
 } from './types.js';
 import { readVolume } from './volume.js';
 
@@ -65,6 +66,8 @@ export interface FsStats {
   blobCacheHits: number;
   blobCacheMisses: number;
   idleChunkBuffers: number;
+  /** chunks the driver may serve READs from by itself (published.ts) */
+  publishedChunks: number;
   purged: number;
   collected: number;
 }
@@ -114,19 +117,28 @@ export class Filesystem {
    * driver drops what the kernel caches of the inode's attributes (the page cache is dropped by the open).
    */
   onInodeChanged: ((ino: Ino) => void) | undefined;
+  /** what this mount's driver may answer READs from by itself (published.ts) */
+  private readonly published = new Published();
 
-  private constructor(readonly store: KvStore, volume: VolumeRecord, opts: FsOptions, shared: boolean) {
+  /** the driver's read index (the native channel has one); undefined: every READ comes to the core */
+  setReadIndex(index: ReadIndex | undefined): void {
+    this.published.attach(index);
+  }
+
+  private constructor(readonly store: KvStore, volume: VolumeRecord, opts: FsOptions, shared: boolean, inProcess: boolean) {
     this.volume = volume;
     this.shared = shared;
     this.session = randomBytes(6).toString('base64url');
-    this.blobs = new BlobCache(store, opts.blobCacheBytes ?? 64 << 20);
+    this.blobs = new BlobCache(store, inProcess ? 0 : opts.blobCacheBytes ?? 64 << 20, inProcess);
+    this.blobs.onDrop = (id) => this.published.blobDropped(id);
     this.budget = new WriteBudget(opts.writeBufferBytes ?? 64 << 20);
     this.buffers = new ChunkBuffers(volume.chunkSize, this.budget);
     this.counters = new Counters(store);
     this.janitor = new Janitor(store, this.blobs, this.counters);
     this.cx = {
       counters: this.counters,
-      store, chunkSize: volume.chunkSize, blobs: this.blobs, buffers: this.buffers, budget: this.budget,
+      store, chunkSize: volume.chunkSize, blobs: this.blobs, published: this.published, buffers: this.buffers,
+      budget: this.budget,
       newBlobId: () => `${this.session}.${(this.blobSeq++).toString(36)}`,
       kickJanitor: () => this.janitor.kick(),
     };
@@ -139,10 +151,11 @@ export class Filesystem {
   static async open(store: KvStore, opts: FsOptions = {}): Promise<Filesystem> {
     const vol = await readVolume(store);
     // A store in this process's memory is its own cache, and reuses a deleted blob's memory (slab-store.ts):
-    // nothing may keep its values beyond one operation.
+    // nothing may keep its values beyond one operation, except the read index (published.ts), which lets a
+    // blob go before any commit can make it garbage.
     const info = await store.info();
     const inProcess = info.engine === 'memory';
-    const fs = new Filesystem(store, vol, inProcess ? { ...opts, blobCacheBytes: 0 } : opts, !!info.shared);
+    const fs = new Filesystem(store, vol, opts, !!info.shared, inProcess);
     await fs.heartbeat();
     fs.beat = setInterval(() => void fs.heartbeat().catch(() => undefined), SESSION_TTL_MS / 3);
     fs.beat.unref?.();
@@ -177,7 +190,7 @@ export class Filesystem {
     return {
       openFiles: this.files.size, writeBackBytes: this.budget.used, writeBackHighWater: this.budget.highWater,
       blobCacheBytes: this.blobs.bytes, blobCacheHits: this.blobs.hits, blobCacheMisses: this.blobs.misses,
-      idleChunkBuffers: this.buffers.idle, purged: this.janitor.purged, collected: this.janitor.collected,
+      idleChunkBuffers: this.buffers.idle, publishedChunks: this.published.chunks, purged: this.janitor.purged, collected: this.janitor.collected,
     };
   }
 

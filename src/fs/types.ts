@@ -77,3 +77,17 @@ export const RENAME_EXCHANGE = 2;
 /** setxattr flags */
 export const XATTR_CREATE = 1;
 export const XATTR_REPLACE = 2;
+
+/**
+ * An index of file data the FUSE driver may answer READ requests from without asking the core (the native
+ * channel's reader threads do: native/read-index.h). The core publishes the committed, immutable bytes of a
+ * chunk it has just read, and takes them back (synchronously, before the change is visible) whenever the
+ * chunk or the file's size changes. `data` stays alive and unchanged until it is retracted; null is a hole.
+ * `retract` returns only when the driver no longer reads the bytes it took back.
+ */
+export interface ReadIndex {
+  publish(ino: Ino, size: number, chunkSize: number, idx: number, data: Uint8Array | null): void;
+  setSize(ino: Ino, size: number): void;
+  /** one chunk, or the whole file when idx is absent */
+  retract(ino: Ino, idx?: number): void;
+}

@@ -15,6 +15,7 @@
  */
 import { BufferPool } from '../../bufferpool/buffer-pool.js';
 import { check, native, type NativeChannelHandle } from '../../native.js';
+import type { ReadIndex } from '../types.js';
 
 export interface RawRequest {
   /** the reader (device fd) that must carry the reply */
@@ -35,13 +36,18 @@ export interface ChannelStats {
   maxQueue: number;
   batches: number;
   stocked: number;
+  /** READs the reader threads answered from the read index, and READs they had to pass on */
+  fastReads: number;
+  fastReadMisses: number;
+  publishedFiles: number;
+  publishedChunks: number;
 }
 
 const BATCH = 256;
 /** requests JS takes on before it stops polling; the rest wait in the readers' queue, then in the kernel */
 const MAX_IN_FLIGHT = 1024;
 
-export class NativeChannel {
+export class NativeChannel implements ReadIndex {
   private readonly ch: NativeChannelHandle;
   private readonly recordSize: number;
   private readonly batchArea: Buffer;
@@ -83,6 +89,27 @@ export class NativeChannel {
   start(): void {
     check(this.ch.start(), 'starting the FUSE reader threads');
     this.classSizes.forEach((_, i) => this.topUp(i));
+  }
+
+  /**
+   * The read index (native/read-index.h): READs of published chunks are answered by the reader threads.
+   * The caller keeps published bytes alive and unchanged until it retracts them; retract returns once no
+   * reader still uses them.
+   */
+  enableFastReads(on: boolean): void {
+    this.ch.enableFastReads(on);
+  }
+
+  publish(ino: number, size: number, chunkSize: number, idx: number, data: Uint8Array | null): void {
+    check(this.ch.publish(ino, size, chunkSize, idx, data), 'publishing file data to the FUSE readers');
+  }
+
+  setSize(ino: number, size: number): void {
+    this.ch.setSize(ino, size);
+  }
+
+  retract(ino: number, idx?: number): void {
+    this.ch.retract(ino, idx ?? -1);
   }
 
   /** one reply, written at once (header, then up to two body parts); false when the kernel refused it */

@@ -26,6 +26,8 @@ export interface NativeMountOptions {
   debugPool?: boolean;
   /** seconds after which an unanswered request is answered EIO */
   requestTimeout?: number;
+  /** reader threads answer READs of data the core published (default true; KVFS_FAST_READS=0 turns it off) */
+  fastReads?: boolean;
 }
 
 export interface NativeMount {
@@ -98,6 +100,7 @@ export async function mountNative(fs: Filesystem, mnt: string, opts: NativeMount
     onInit: () => initDone(),
   });
   const channel = new NativeChannel(fds, pool, (raw) => session.handle(raw), () => {
+    fs.setReadIndex(undefined);
     session.close();
     channel.stop();
     if (opts.debugPool) {
@@ -113,6 +116,10 @@ export async function mountNative(fs: Filesystem, mnt: string, opts: NativeMount
     requestTimeout: opts.requestTimeout,
   });
   fs.onInodeChanged = (ino) => session.notifyInvalInode(ino);
+  if (opts.fastReads ?? process.env.KVFS_FAST_READS !== '0') {
+    fs.setReadIndex(channel);
+    channel.enableFastReads(true);
+  }
   try {
     channel.start();
   } catch (e) {

@@ -1,0 +1,126 @@
+#include "read-index.h"
+
+#include <cstring>
+
+namespace kvfs {
+
+namespace {
+
+// Zeros for holes and for the bytes past a short chunk (never written: the pages stay the kernel's zero page).
+constexpr size_t kZeroBytes = (1u << 20) + 4096;
+uint8_t zeros[kZeroBytes];
+
+}  // namespace
+
+ReadIndex::ReadIndex(size_t readers) {
+  for (size_t i = 0; i < readers; i++) busy_.push_back(std::make_unique<std::mutex>());
+}
+
+void ReadIndex::Publish(uint64_t ino, uint64_t size, uint32_t chunk_size, uint64_t idx, const uint8_t* data,
+                        uint32_t len) {
+  std::lock_guard<std::mutex> lock(mu_);
+  File& f = files_[ino];
+  if (f.chunk_size != chunk_size) {
+    chunks_ -= f.chunks.size();
+    f.chunks.clear();
+    f.chunk_size = chunk_size;
+  }
+  f.size = size;
+  if (f.chunks.insert_or_assign(idx, Span{data, len}).second) chunks_++;
+}
+
+void ReadIndex::SetSize(uint64_t ino, uint64_t size) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = files_.find(ino);
+  if (it != files_.end()) it->second.size = size;
+}
+
+void ReadIndex::Retract(uint64_t ino, int64_t idx) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = files_.find(ino);
+    if (it == files_.end()) return;
+    if (idx < 0) {
+      chunks_ -= it->second.chunks.size();
+      files_.erase(it);
+    } else if (it->second.chunks.erase(static_cast<uint64_t>(idx))) {
+      chunks_--;
+    } else {
+      return;  // nothing of it was published: no reader can be using it
+    }
+  }
+  // The grace period: a reader that found the data holds its busy lock until its reply is written.
+  for (auto& m : busy_) {
+    m->lock();
+    m->unlock();
+  }
+}
+
+int ReadIndex::Serve(uint32_t reader, uint64_t ino, uint64_t unique, uint64_t offset, uint32_t size,
+                     uint8_t* header, struct iovec* iov, int max_iov) {
+  if (reader >= busy_.size() || max_iov < 2) return 0;
+  std::unique_lock<std::mutex> lock(mu_);
+  auto it = files_.find(ino);
+  if (it == files_.end()) {
+    missed_++;
+    return 0;
+  }
+  const File& f = it->second;
+  uint64_t end = offset + size;
+  if (end > f.size) end = f.size;
+  int n = 1;
+  uint64_t total = 0;
+  for (uint64_t pos = offset; pos < end;) {
+    uint64_t idx = pos / f.chunk_size;
+    uint64_t base = idx * f.chunk_size;
+    uint64_t to = base + f.chunk_size < end ? base + f.chunk_size : end;
+    auto c = f.chunks.find(idx);
+    if (c == f.chunks.end() || n + 2 > max_iov) {
+      missed_++;
+      return 0;
+    }
+    uint64_t from = pos - base, upto = to - base;
+    uint64_t have = c->second.len > from ? (c->second.len < upto ? c->second.len : upto) - from : 0;
+    if (have) {
+      iov[n].iov_base = const_cast<uint8_t*>(c->second.data + from);
+      iov[n].iov_len = have;
+      n++;
+    }
+    if (have < upto - from) {
+      if (upto - from - have > kZeroBytes) {
+        missed_++;
+        return 0;
+      }
+      // zeros past the chunk's bytes (a hole, or the tail of a short chunk); a READ is at most kZeroBytes
+      iov[n].iov_base = zeros;
+      iov[n].iov_len = upto - from - have;
+      n++;
+    }
+    total += upto - from;
+    pos = to;
+  }
+  uint32_t len = static_cast<uint32_t>(16 + total);
+  int32_t error = 0;
+  memcpy(header, &len, 4);
+  memcpy(header + 4, &error, 4);
+  memcpy(header + 8, &unique, 8);
+  iov[0].iov_base = header;
+  iov[0].iov_len = 16;
+  served_++;
+  busy_[reader]->lock();
+  return n;
+}
+
+void ReadIndex::Done(uint32_t reader) { busy_[reader]->unlock(); }
+
+ReadIndex::Stats ReadIndex::GetStats() {
+  std::lock_guard<std::mutex> lock(mu_);
+  Stats s;
+  s.files = files_.size();
+  s.chunks = chunks_;
+  s.served = served_;
+  s.missed = missed_;
+  return s;
+}
+
+}  // namespace kvfs

@@ -1,0 +1,70 @@
+// The read index: file data the filesystem core has published, from which reader threads answer READ
+// requests themselves, without waking JavaScript (the hop that bounds small-read IOPS).
+//
+// Contract with the JavaScript side (src/fs/fuse/native-channel.ts, src/fs/published.ts):
+//  - Publish(ino, size, chunk_size, idx, data, len) says: chunk idx of inode ino holds `len` bytes at `data`,
+//    then zeros up to the chunk's end, and the file is `size` bytes long. data == nullptr, len 0 is a hole.
+//    The bytes are immutable and JavaScript keeps them alive until it retracts them.
+//  - SetSize changes the published size of a file (a write that grew it); Retract(ino, idx) takes one chunk
+//    back, Retract(ino, -1) the whole file. Retract returns only when no reader still copies from what it
+//    took back, so JavaScript may then drop or reuse that memory.
+//  - Serve answers a READ when every chunk it covers (up to the file's size) is published; otherwise it
+//    returns false and the request goes to JavaScript as usual. A READ at or past the end gets 0 bytes.
+//
+// Grace period: a reader looks a file up under the table's lock and takes its own busy lock before it lets
+// go of the table; it holds the busy lock while it writes the reply. Retract removes under the table's lock,
+// then takes and releases every reader's busy lock once: any reader that found the old data has finished.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <sys/uio.h>
+#include <unordered_map>
+#include <vector>
+
+namespace kvfs {
+
+class ReadIndex {
+ public:
+  explicit ReadIndex(size_t readers);
+
+  void Publish(uint64_t ino, uint64_t size, uint32_t chunk_size, uint64_t idx, const uint8_t* data, uint32_t len);
+  void SetSize(uint64_t ino, uint64_t size);
+  void Retract(uint64_t ino, int64_t idx);
+
+  // Builds the reply to READ(offset, size) of ino in iov (header first, in `header`, 16 bytes), up to max_iov
+  // entries. Returns the number of entries, holding `reader`'s busy lock (call Done after the writev), or 0
+  // when the data is not all published (nothing is held).
+  int Serve(uint32_t reader, uint64_t ino, uint64_t unique, uint64_t offset, uint32_t size, uint8_t* header,
+            struct iovec* iov, int max_iov);
+  void Done(uint32_t reader);
+
+  struct Stats {
+    uint64_t files = 0;
+    uint64_t chunks = 0;
+    uint64_t served = 0;
+    uint64_t missed = 0;
+  };
+  Stats GetStats();
+
+ private:
+  struct Span {
+    const uint8_t* data;
+    uint32_t len;
+  };
+  struct File {
+    uint64_t size = 0;
+    uint32_t chunk_size = 0;
+    std::unordered_map<uint64_t, Span> chunks;
+  };
+
+  std::mutex mu_;
+  std::unordered_map<uint64_t, File> files_;
+  uint64_t chunks_ = 0;
+  uint64_t served_ = 0;
+  uint64_t missed_ = 0;
+  std::vector<std::unique_ptr<std::mutex>> busy_;
+};
+
+}  // namespace kvfs

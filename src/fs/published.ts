@@ -1,0 +1,91 @@
+/**
+ * The core's side of the driver's read index (types.ts ReadIndex): which chunks of which files are published,
+ * and the bytes each one pins.
+ *
+ * Rules:
+ *  - Only committed blob bytes (or holes) are published, never write-back buffers; FileData publishes after a
+ *    read found a chunk clean and retracts before it makes the chunk dirty, truncates, or takes another
+ *    mount's version, synchronously with that change.
+ *  - Published bytes are pinned here (the driver reads them from other threads) until retracted. Bytes that
+ *    came from the blob cache are retracted when the cache drops them, so what is pinned never exceeds the
+ *    cache's size; a memory store's values live in slabs that are never freed while mounted.
+ *  - A file's entries go when its FileData goes (the last handle closed).
+ */
+import type { Ino, ReadIndex } from './types.js';
+
+interface Entry {
+  data: Uint8Array | null;
+  blobId: string | null;
+}
+
+export class Published {
+  private index: ReadIndex | undefined;
+  private readonly files = new Map<Ino, Map<number, Entry>>();
+  private readonly byBlob = new Map<string, { ino: Ino; idx: number }>();
+
+  /** the driver's index (none: nothing is published) */
+  attach(index: ReadIndex | undefined): void {
+    for (const ino of [...this.files.keys()]) this.retractFile(ino);
+    this.index = index;
+  }
+
+  get active(): boolean {
+    return this.index !== undefined;
+  }
+
+  /** chunks published now */
+  get chunks(): number {
+    let n = 0;
+    for (const m of this.files.values()) n += m.size;
+    return n;
+  }
+
+  publish(ino: Ino, size: number, chunkSize: number, idx: number, blobId: string | null, data: Uint8Array | null): void {
+    if (!this.index) return;
+    let m = this.files.get(ino);
+    if (!m) this.files.set(ino, (m = new Map()));
+    const old = m.get(idx);
+    if (old && old.blobId === blobId && old.data === data) {
+      this.index.setSize(ino, size);
+      return;
+    }
+    if (old?.blobId) this.byBlob.delete(old.blobId);
+    m.set(idx, { data, blobId });
+    if (blobId) this.byBlob.set(blobId, { ino, idx });
+    this.index.publish(ino, size, chunkSize, idx, data);
+  }
+
+  has(ino: Ino, idx: number): boolean {
+    return this.files.get(ino)?.has(idx) ?? false;
+  }
+
+  /** the file's size changed (a write grew it) */
+  setSize(ino: Ino, size: number): void {
+    if (this.files.has(ino)) this.index?.setSize(ino, size);
+  }
+
+  retractChunk(ino: Ino, idx: number): void {
+    const m = this.files.get(ino);
+    const e = m?.get(idx);
+    if (!m || !e) return;
+    // The last chunk takes the file with it, so the driver never keeps a size nobody updates.
+    if (m.size === 1) return this.retractFile(ino);
+    this.index?.retract(ino, idx);
+    m.delete(idx);
+    if (e.blobId) this.byBlob.delete(e.blobId);
+  }
+
+  retractFile(ino: Ino): void {
+    const m = this.files.get(ino);
+    if (!m) return;
+    this.index?.retract(ino);
+    for (const e of m.values()) if (e.blobId) this.byBlob.delete(e.blobId);
+    this.files.delete(ino);
+  }
+
+  /** the blob cache dropped a blob: whatever published it is taken back */
+  blobDropped(blobId: string): void {
+    const at = this.byBlob.get(blobId);
+    if (at) this.retractChunk(at.ino, at.idx);
+  }
+}

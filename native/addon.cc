@@ -140,7 +140,7 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap> {
     return info.Env().Undefined();
   }
 
-  // publish(ino, size, chunkSize, idx, data: Uint8Array | null): the caller keeps data alive until retract
+  // publish(ino, size, chunkSize, idx, data: Uint8Array | null, mark?): the caller keeps data alive until retract
   Napi::Value Publish(const Napi::CallbackInfo& info) {
     uint64_t ino = static_cast<uint64_t>(info[0].As<Napi::Number>().Int64Value());
     uint64_t size = static_cast<uint64_t>(info[1].As<Napi::Number>().Int64Value());
@@ -153,8 +153,9 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap> {
       data = a.Data();
       len = static_cast<uint32_t>(a.ByteLength());
     }
+    bool mark = info.Length() > 5 && info[5].ToBoolean().Value();
     if (chunk == 0 || len > chunk) return Num(info.Env(), -EINVAL);
-    channel_->read_index().Publish(ino, size, chunk, idx, data, len);
+    channel_->read_index().Publish(ino, size, chunk, idx, data, len, mark);
     return Num(info.Env(), 0);
   }
 
@@ -190,6 +191,7 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap> {
     o.Set("fastReadMisses", Num(info.Env(), static_cast<double>(r.missed)));
     o.Set("publishedFiles", Num(info.Env(), static_cast<double>(r.files)));
     o.Set("publishedChunks", Num(info.Env(), static_cast<double>(r.chunks)));
+    o.Set("readAheadMarks", Num(info.Env(), static_cast<double>(r.marks)));
     return o;
   }
 
@@ -208,6 +210,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("NativeChannel", ChannelWrap::Define(env));
   exports.Set("recordSize", Num(env, kvfs::kRecordSize));
   exports.Set("inlineBody", Num(env, kvfs::kInlineBody));
+  exports.Set("hintOpcode", Num(env, kvfs::kHintOpcode));
   return exports;
 }
 

@@ -119,7 +119,8 @@ class Reader {
     memcpy(&nodeid, b + 16, 8);
     memcpy(&offset, b + 56 + 8, 8);  // fuse_read_in: fh, offset, size, ...
     memcpy(&size, b + 56 + 16, 4);
-    int n = ch_->read_index_.Serve(index_, nodeid, unique, offset, size, reply_header_, iov_, kMaxIov);
+    int64_t marked;
+    int n = ch_->read_index_.Serve(index_, nodeid, unique, offset, size, reply_header_, iov_, kMaxIov, &marked);
     if (n == 0) return false;
     ssize_t w;
     do {
@@ -127,6 +128,21 @@ class Reader {
     } while (w < 0 && errno == EINTR);
     ch_->read_index_.Done(index_);
     // ENOENT: interrupted meanwhile; other errors (ENODEV at unmount) show at the next splice.
+    if (marked >= 0) {
+      // A sequential reader reached a marked chunk: tell JS (a hint record, no reply wanted).
+      Record hint;
+      uint8_t* h = hint.bytes;
+      memset(h, 0, 64);
+      PutU32(h, kHeaderSize);
+      PutU32(h + 4, kHintOpcode);
+      memcpy(h + 16, &nodeid, 8);
+      PutU32(h + 40, index_);
+      PutU32(h + 44, 8);
+      PutU32(h + 48, kInline);
+      PutU32(h + 52, kInline);
+      memcpy(h + 56, &marked, 8);
+      ch_->Push(hint);
+    }
     return true;
   }
 

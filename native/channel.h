@@ -14,7 +14,8 @@
 //    request (a cloned /dev/fuse fd answers only the requests read from it). ENOENT (the request was
 //    interrupted) is not an error.
 //  - Fast reads. A READ whose data the core published in the read index (read-index.h) is answered by the
-//    reader thread itself and never reaches JS; the rest go to JS as usual.
+//    reader thread itself and never reaches JS; the rest go to JS as usual. When such a READ used a marked
+//    chunk, the reader queues a hint record (opcode kHintOpcode) so that JS publishes what comes next.
 //  - End. ENODEV from the device means unmounted: readers stop, and JS is woken with the closed flag set.
 //
 // Transport: each reader moves one whole request into its own pipe with splice, reads the header from the
@@ -43,6 +44,9 @@ constexpr int kInlineBody = kRecordSize - 56;  // 200 bytes
 constexpr uint32_t kInline = 0xffffffffu;
 constexpr int kMaxClasses = 8;
 constexpr size_t kMaxQueue = 1024;
+// The opcode of a hint record (not a request: no reply): a fast read used a marked chunk (read-index.h).
+// Its header carries the inode in nodeid, its 8-byte body the chunk index.
+constexpr uint32_t kHintOpcode = 0xffffff01u;
 
 // The layout of one record (little-endian), as JS reads it:
 //   [0, 40)    fuse_in_header as the kernel sent it

@@ -17,7 +17,7 @@ ReadIndex::ReadIndex(size_t readers) {
 }
 
 void ReadIndex::Publish(uint64_t ino, uint64_t size, uint32_t chunk_size, uint64_t idx, const uint8_t* data,
-                        uint32_t len) {
+                        uint32_t len, bool mark) {
   std::lock_guard<std::mutex> lock(mu_);
   File& f = files_[ino];
   if (f.chunk_size != chunk_size) {
@@ -26,7 +26,7 @@ void ReadIndex::Publish(uint64_t ino, uint64_t size, uint32_t chunk_size, uint64
     f.chunk_size = chunk_size;
   }
   f.size = size;
-  if (f.chunks.insert_or_assign(idx, Span{data, len}).second) chunks_++;
+  if (f.chunks.insert_or_assign(idx, Span{data, len, mark}).second) chunks_++;
 }
 
 void ReadIndex::SetSize(uint64_t ino, uint64_t size) {
@@ -57,7 +57,8 @@ void ReadIndex::Retract(uint64_t ino, int64_t idx) {
 }
 
 int ReadIndex::Serve(uint32_t reader, uint64_t ino, uint64_t unique, uint64_t offset, uint32_t size,
-                     uint8_t* header, struct iovec* iov, int max_iov) {
+                     uint8_t* header, struct iovec* iov, int max_iov, int64_t* marked) {
+  *marked = -1;
   if (reader >= busy_.size() || max_iov < 2) return 0;
   std::unique_lock<std::mutex> lock(mu_);
   auto it = files_.find(ino);
@@ -65,7 +66,9 @@ int ReadIndex::Serve(uint32_t reader, uint64_t ino, uint64_t unique, uint64_t of
     missed_++;
     return 0;
   }
-  const File& f = it->second;
+  File& f = it->second;
+  Span* mark = nullptr;
+  uint64_t mark_idx = 0;
   uint64_t end = offset + size;
   if (end > f.size) end = f.size;
   int n = 1;
@@ -78,6 +81,10 @@ int ReadIndex::Serve(uint32_t reader, uint64_t ino, uint64_t unique, uint64_t of
     if (c == f.chunks.end() || n + 2 > max_iov) {
       missed_++;
       return 0;
+    }
+    if (c->second.mark) {
+      mark = &c->second;
+      mark_idx = idx;
     }
     uint64_t from = pos - base, upto = to - base;
     uint64_t have = c->second.len > from ? (c->second.len < upto ? c->second.len : upto) - from : 0;
@@ -107,6 +114,11 @@ int ReadIndex::Serve(uint32_t reader, uint64_t ino, uint64_t unique, uint64_t of
   iov[0].iov_base = header;
   iov[0].iov_len = 16;
   served_++;
+  if (mark) {
+    mark->mark = false;
+    marks_++;
+    *marked = static_cast<int64_t>(mark_idx);
+  }
   busy_[reader]->lock();
   return n;
 }
@@ -120,6 +132,7 @@ ReadIndex::Stats ReadIndex::GetStats() {
   s.chunks = chunks_;
   s.served = served_;
   s.missed = missed_;
+  s.marks = marks_;
   return s;
 }
 

@@ -5,6 +5,8 @@
 //  - Publish(ino, size, chunk_size, idx, data, len) says: chunk idx of inode ino holds `len` bytes at `data`,
 //    then zeros up to the chunk's end, and the file is `size` bytes long. data == nullptr, len 0 is a hole.
 //    The bytes are immutable and JavaScript keeps them alive until it retracts them.
+//    A chunk published with `mark` set reports itself once when a READ is served from it (Serve's *marked):
+//    the sign that a sequential reader reached it, so that JavaScript publishes what comes next in time.
 //  - SetSize changes the published size of a file (a write that grew it); Retract(ino, idx) takes one chunk
 //    back, Retract(ino, -1) the whole file. Retract returns only when no reader still copies from what it
 //    took back, so JavaScript may then drop or reuse that memory.
@@ -29,15 +31,17 @@ class ReadIndex {
  public:
   explicit ReadIndex(size_t readers);
 
-  void Publish(uint64_t ino, uint64_t size, uint32_t chunk_size, uint64_t idx, const uint8_t* data, uint32_t len);
+  void Publish(uint64_t ino, uint64_t size, uint32_t chunk_size, uint64_t idx, const uint8_t* data, uint32_t len,
+               bool mark);
   void SetSize(uint64_t ino, uint64_t size);
   void Retract(uint64_t ino, int64_t idx);
 
   // Builds the reply to READ(offset, size) of ino in iov (header first, in `header`, 16 bytes), up to max_iov
   // entries. Returns the number of entries, holding `reader`'s busy lock (call Done after the writev), or 0
-  // when the data is not all published (nothing is held).
+  // when the data is not all published (nothing is held). *marked is set to the index of a marked chunk the
+  // reply uses (its mark is cleared), or -1.
   int Serve(uint32_t reader, uint64_t ino, uint64_t unique, uint64_t offset, uint32_t size, uint8_t* header,
-            struct iovec* iov, int max_iov);
+            struct iovec* iov, int max_iov, int64_t* marked);
   void Done(uint32_t reader);
 
   struct Stats {
@@ -45,6 +49,7 @@ class ReadIndex {
     uint64_t chunks = 0;
     uint64_t served = 0;
     uint64_t missed = 0;
+    uint64_t marks = 0;
   };
   Stats GetStats();
 
@@ -52,6 +57,7 @@ class ReadIndex {
   struct Span {
     const uint8_t* data;
     uint32_t len;
+    bool mark;
   };
   struct File {
     uint64_t size = 0;
@@ -64,6 +70,7 @@ class ReadIndex {
   uint64_t chunks_ = 0;
   uint64_t served_ = 0;
   uint64_t missed_ = 0;
+  uint64_t marks_ = 0;
   std::vector<std::unique_ptr<std::mutex>> busy_;
 };
 

@@ -22,12 +22,12 @@ export interface NativeChannelHandle {
   stop(): void;
   stats(): {
     requests: number; inlineRequests: number; poolWaits: number; wakes: number; maxQueue: number;
-    fastReads: number; fastReadMisses: number; publishedFiles: number; publishedChunks: number;
+    fastReads: number; fastReadMisses: number; publishedFiles: number; publishedChunks: number; readAheadMarks: number;
   };
   /** readers answer READs of published data themselves (native/read-index.h) */
   enableFastReads(on: boolean): void;
-  /** chunk idx of ino holds data (null: a hole), the file is size bytes; 0 or -EINVAL */
-  publish(ino: number, size: number, chunkSize: number, idx: number, data: Uint8Array | null): number;
+  /** chunk idx of ino holds data (null: a hole), the file is size bytes; mark: report its first use; 0 or -EINVAL */
+  publish(ino: number, size: number, chunkSize: number, idx: number, data: Uint8Array | null, mark: boolean): number;
   setSize(ino: number, size: number): void;
   /** returns once no reader uses what was taken back (idx -1 or absent: the whole file) */
   retract(ino: number, idx?: number): void;
@@ -44,6 +44,8 @@ interface Addon {
     onWake: () => void) => NativeChannelHandle;
   recordSize: number;
   inlineBody: number;
+  /** the opcode of hint records (a fast read used a marked chunk): not requests */
+  hintOpcode: number;
 }
 
 /** the package root: the nearest folder above this file (src/ or dist/src/) that has binding.gyp */

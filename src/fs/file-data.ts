@@ -116,6 +116,8 @@ export class FileData {
   /** where the last read through the core ended, and where the read-ahead window ends (-1: none) */
   private seqNext = 0;
   private aheadTo = -1;
+  /** the first chunk of the read-ahead window (published with a mark) */
+  private aheadFrom = -1;
   /** a commit started by a write that did not wait for it */
   private behind: Promise<void> | undefined;
 
@@ -178,9 +180,10 @@ export class FileData {
   }
 
   /**
-   * Sequential reading: the chunks after `from` (READ_AHEAD bytes' worth) are fetched and published, so that
-   * the driver serves the next READs itself. The READ that reaches the end of that window comes here again
-   * and moves it on.
+   * Sequential reading: the chunks after `from` (READ_AHEAD bytes' worth, a window) are fetched and published,
+   * so that the driver serves the next READs itself. The window's first chunk is published with a mark: when
+   * the driver serves a READ from it, readAheadHint publishes the next window, a whole window before the
+   * reader needs it. A READ that still reaches the core at the window's end moves it on too.
    */
   private readAhead(from: number): void {
     const cs = this.cx.chunkSize;
@@ -188,10 +191,16 @@ export class FileData {
     const last = Math.min(first + Math.max(2, Math.floor(READ_AHEAD / cs)), Math.ceil(this.size / cs));
     const gen = this.truncations;
     for (let idx = first; idx < last; idx++) {
-      if (this.dirty.has(idx) || this.flushing.has(idx) || this.cx.published.has(this.ino, idx)) continue;
-      this.storedChunk(idx).then(({ data, blobId }) => this.publish(idx, gen, blobId, data), () => undefined);
+      if (this.dirty.has(idx) || this.flushing.has(idx) || (idx !== first && this.cx.published.has(this.ino, idx))) continue;
+      this.storedChunk(idx).then(({ data, blobId }) => this.publish(idx, gen, blobId, data, idx === first), () => undefined);
     }
+    this.aheadFrom = first;
     this.aheadTo = last * cs;
+  }
+
+  /** the driver served a READ from the marked first chunk of the read-ahead window: publish the next one */
+  readAheadHint(idx: number): void {
+    if (idx === this.aheadFrom && this.aheadTo > 0 && this.aheadTo < this.size) this.readAhead(this.aheadTo);
   }
 
   /** copies chunk idx's bytes [from, to) to out at `at` if they are in memory now; false when they are not */
@@ -218,14 +227,14 @@ export class FileData {
    * chunk holds now: no write-back copy, no truncate since the read began (gen), the same chunk map entry,
    * and bytes the blob cache (or an in-process store) keeps.
    */
-  private publish(idx: number, gen: number, blobId: string | null, data: Uint8Array | undefined): void {
+  private publish(idx: number, gen: number, blobId: string | null, data: Uint8Array | undefined, mark = false): void {
     const pub = this.cx.published;
     if (!pub.active || gen !== this.truncations || this.dirty.has(idx) || this.flushing.has(idx)) return;
     if ((this.truncFrom && idx >= this.truncFrom) || idx * this.cx.chunkSize >= this.size) return;
     const e = this.entries.get(idx);
     if (e === undefined || (e === null ? blobId !== null : e.blobId !== blobId)) return;
     if (blobId !== null && (!data || !this.cx.blobs.keeps(blobId, data))) return;
-    pub.publish(this.ino, this.size, this.cx.chunkSize, idx, blobId, blobId === null ? null : data!);
+    pub.publish(this.ino, this.size, this.cx.chunkSize, idx, blobId, blobId === null ? null : data!, mark);
   }
 
   private async readChunkInto(idx: number, from: number, to: number, out: Buffer, at: number): Promise<void> {
@@ -298,7 +307,8 @@ export class FileData {
    */
   private flushBehind(): void {
     if (this.behind) return;
-    this.behind = this.flush().catch(() => undefined).finally(() => {
+    // Started on the next turn of the event loop, so the write's reply goes out first.
+    this.behind = new Promise<void>((r) => setImmediate(r)).then(() => this.flush()).catch(() => undefined).finally(() => {
       this.behind = undefined;
     });
   }

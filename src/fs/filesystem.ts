@@ -125,6 +125,11 @@ export class Filesystem {
     this.published.attach(index);
   }
 
+  /** the driver served a READ from a chunk published with a mark: a sequential reader got there */
+  readAheadHint(ino: Ino, idx: number): void {
+    this.files.get(ino)?.readAheadHint(idx);
+  }
+
   private constructor(readonly store: KvStore, volume: VolumeRecord, opts: FsOptions, shared: boolean, inProcess: boolean) {
     this.volume = volume;
     this.shared = shared;

@@ -40,19 +40,19 @@ export class Published {
     return n;
   }
 
-  publish(ino: Ino, size: number, chunkSize: number, idx: number, blobId: string | null, data: Uint8Array | null): void {
+  publish(ino: Ino, size: number, chunkSize: number, idx: number, blobId: string | null, data: Uint8Array | null, mark = false): void {
     if (!this.index) return;
     let m = this.files.get(ino);
     if (!m) this.files.set(ino, (m = new Map()));
     const old = m.get(idx);
-    if (old && old.blobId === blobId && old.data === data) {
+    if (old && old.blobId === blobId && old.data === data && !mark) {
       this.index.setSize(ino, size);
       return;
     }
     if (old?.blobId) this.byBlob.delete(old.blobId);
     m.set(idx, { data, blobId });
     if (blobId) this.byBlob.set(blobId, { ino, idx });
-    this.index.publish(ino, size, chunkSize, idx, data);
+    this.index.publish(ino, size, chunkSize, idx, data, mark);
   }
 
   has(ino: Ino, idx: number): boolean {

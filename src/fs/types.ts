@@ -86,7 +86,8 @@ export const XATTR_REPLACE = 2;
  * `retract` returns only when the driver no longer reads the bytes it took back.
  */
 export interface ReadIndex {
-  publish(ino: Ino, size: number, chunkSize: number, idx: number, data: Uint8Array | null): void;
+  /** mark: the driver reports (through the core's readAheadHint) the first READ it serves from this chunk */
+  publish(ino: Ino, size: number, chunkSize: number, idx: number, data: Uint8Array | null, mark?: boolean): void;
   setSize(ino: Ino, size: number): void;
   /** one chunk, or the whole file when idx is absent */
   retract(ino: Ino, idx?: number): void;

@@ -41,6 +41,8 @@ export interface ChannelStats {
   fastReadMisses: number;
   publishedFiles: number;
   publishedChunks: number;
+  /** hints of sequential readers reaching a read-ahead mark */
+  readAheadMarks: number;
 }
 
 const BATCH = 256;
@@ -50,6 +52,8 @@ const MAX_IN_FLIGHT = 1024;
 export class NativeChannel implements ReadIndex {
   private readonly ch: NativeChannelHandle;
   private readonly recordSize: number;
+  private readonly hintOpcode: number;
+  private readonly onReadHint: ((ino: number, idx: number) => void) | undefined;
   private readonly batchArea: Buffer;
   private readonly status = new Uint32Array(2);
   private readonly classSizes: number[];
@@ -70,10 +74,12 @@ export class NativeChannel implements ReadIndex {
     private readonly onRequest: (req: RawRequest) => void,
     private readonly onClosed: () => void,
     arena: ArrayBuffer,
-    opts: { pipeSize: number; stockTargets?: number[] },
+    opts: { pipeSize: number; stockTargets?: number[]; onReadHint?: (ino: number, idx: number) => void },
   ) {
     const n = native();
     this.recordSize = n.recordSize;
+    this.hintOpcode = n.hintOpcode;
+    this.onReadHint = opts.onReadHint;
     this.batchArea = Buffer.alloc(BATCH * this.recordSize);
     this.classSizes = pool.stats().classes.map((c) => c.size);
     this.stocked = this.classSizes.map(() => new Map());
@@ -100,8 +106,8 @@ export class NativeChannel implements ReadIndex {
     this.ch.enableFastReads(on);
   }
 
-  publish(ino: number, size: number, chunkSize: number, idx: number, data: Uint8Array | null): void {
-    check(this.ch.publish(ino, size, chunkSize, idx, data), 'publishing file data to the FUSE readers');
+  publish(ino: number, size: number, chunkSize: number, idx: number, data: Uint8Array | null, mark = false): void {
+    check(this.ch.publish(ino, size, chunkSize, idx, data, mark), 'publishing file data to the FUSE readers');
   }
 
   setSize(ino: number, size: number): void {
@@ -185,6 +191,12 @@ export class NativeChannel implements ReadIndex {
   private deliver(i: number): void {
     const at = i * this.recordSize;
     const rec = this.batchArea;
+    if (rec.readUInt32LE(at + 4) === this.hintOpcode) {
+      // not a request: a fast read used a marked chunk (native/read-index.h)
+      this.inFlight--;
+      this.onReadHint?.(Number(rec.readBigUInt64LE(at + 16)), Number(rec.readBigUInt64LE(at + 56)));
+      return;
+    }
     const reader = rec.readUInt32LE(at + 40);
     const bodyLen = rec.readUInt32LE(at + 44);
     const where = rec.readUInt32LE(at + 48);

@@ -110,7 +110,7 @@ export async function mountNative(fs: Filesystem, mnt: string, opts: NativeMount
     pool.close();
     initFailed(new Error('the kernel ended the session before INIT'));
     closedResolve();
-  }, pool.arena, { pipeSize: plan.pipeSize });
+  }, pool.arena, { pipeSize: plan.pipeSize, onReadHint: (ino, idx) => fs.readAheadHint(ino, idx) });
   session = new Session(channel, ops, {
     entryTimeout: opts.entryTimeout ?? 1, attrTimeout: opts.attrTimeout ?? 1, parseOptions,
     requestTimeout: opts.requestTimeout,

@@ -58,6 +58,9 @@ export interface FsOptions {
   writeBufferBytes?: number;
 }
 
+/** The most one copy_file_range call copies (the caller loops on a short count). */
+const COPY_MAX = 16 << 20;
+
 export interface FsStats {
   openFiles: number;
   writeBackBytes: number;
@@ -823,6 +826,37 @@ export class Filesystem {
     if ((h.flags & 3) === constants.O_WRONLY) throw fsErr('EBADF');
     if (offset < 0 || length < 0 || (into && into.length < length)) throw fsErr('EINVAL');
     return h.data.read(offset, length, into);
+  }
+
+  /**
+   * copy_file_range: copies up to `len` bytes (at most COPY_MAX per call; callers loop on short counts) from
+   * one open file to another inside the daemon, one chunk-sized piece at a time, through the write-back path
+   * like any write. Returns the bytes copied (0 at the source's end). Overlapping ranges of one file: EINVAL.
+   */
+  async copyFileRange(fhIn: Fh, offIn: number, fhOut: Fh, offOut: number, len: number): Promise<number> {
+    const src = this.fileHandle(fhIn);
+    const dst = this.fileHandle(fhOut);
+    if ((src.flags & 3) === constants.O_WRONLY || (dst.flags & 3) === constants.O_RDONLY) throw fsErr('EBADF');
+    if (dst.flags & constants.O_APPEND) throw fsErr('EBADF');
+    if (offIn < 0 || offOut < 0 || len < 0) throw fsErr('EINVAL');
+    const total = Math.min(len, COPY_MAX);
+    if (src.ino === dst.ino && offIn < offOut + total && offOut < offIn + total) throw fsErr('EINVAL');
+    if (offOut + total > Number.MAX_SAFE_INTEGER) throw fsErr('EFBIG');
+    const buf = this.buffers.take(false);
+    try {
+      let done = 0;
+      while (done < total) {
+        const want = Math.min(buf.length, total - done);
+        const data = await src.data.read(offIn + done, want, buf);
+        if (data.length === 0) break;
+        await dst.data.write(offOut + done, data);
+        done += data.length;
+        if (data.length < want) break;
+      }
+      return done;
+    } finally {
+      this.buffers.give(buf);
+    }
   }
 
   async write(fh: Fh, offset: number, data: Uint8Array): Promise<number> {

@@ -1,7 +1,7 @@
 /**
  * POSIX behaviour that only the native driver can carry through FUSE (the libfuse 2 driver cannot pass rename
  * flags or the caller's credentials): renameat2 flags, setgid directories and owners of new files, locks
- * between processes, fallocate, SEEK_DATA/SEEK_HOLE, O_DIRECT. Every call runs in a separate python3 process.
+ * between processes, fallocate, SEEK_DATA/SEEK_HOLE, O_DIRECT, copy_file_range. Every call runs in a separate python3 process.
  */
 import t from 'tap';
 import type { Test } from 'tap';
@@ -148,6 +148,48 @@ print(json.dumps(res))`, [M]);
     t.same(out, {
       'size after fallocate': 100000, 'reads zeros': true, 'seek data at 10': 10, 'seek hole at 10': 100000,
       'seek data past the end': 'ENXIO', 'direct round trip': true,
+    });
+  });
+
+  t.test('copy_file_range is done inside the daemon, 16 MiB per call', async (t) => {
+    const out = await pyJson(t, `
+import hashlib, tempfile
+M = sys.argv[1]
+def err(f):
+    try: return f()
+    except OSError as e: return errno.errorcode[e.errno]
+data = os.urandom((20 << 20) + 12345)
+open(M + '/cfr-src', 'wb').write(data)
+fi = os.open(M + '/cfr-src', os.O_RDONLY)
+fo = os.open(M + '/cfr-dst', os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+res = {'calls': []}
+n = 0
+while True:
+    c = os.copy_file_range(fi, fo, 1 << 30, n, n)
+    res['calls'].append(c)
+    if c == 0: break
+    n += c
+res['copy equals the source'] = open(M + '/cfr-dst', 'rb').read() == data
+# into the middle of the destination, and past its end (a hole before it)
+os.copy_file_range(fi, fo, 1000, 5, 100)
+end = len(data) + 4096
+os.copy_file_range(fi, fo, 10, 0, end)
+back = open(M + '/cfr-dst', 'rb').read()
+want = bytearray(data); want[100:1100] = data[5:1005]; want.extend(bytes(4096)); want.extend(data[:10])
+res['middle and past the end'] = back == bytes(want)
+res['from the end of the source'] = os.copy_file_range(fi, fo, 100, len(data), 0)
+res['overlapping ranges of one file'] = err(lambda: os.copy_file_range(fo, fo, 1000, 0, 500))
+ro = os.open(M + '/cfr-src', os.O_RDONLY)
+res['into a read-only descriptor'] = err(lambda: os.copy_file_range(fi, ro, 10, 0, 0))
+# between filesystems of different types the kernel answers EXDEV itself (tools such as cp then copy by hand)
+with tempfile.TemporaryFile() as tf:
+    res['to another filesystem'] = err(lambda: os.copy_file_range(fi, tf.fileno(), 1 << 20, 0, 0))
+print(json.dumps(res))`, [M]);
+    const o = out as { calls: number[] };
+    t.same(o.calls, [16 << 20, (4 << 20) + 12345, 0], 'the daemon copies 16 MiB per call (the kernel fallback would copy all at once)');
+    t.same({ ...(out as object), calls: undefined }, {
+      calls: undefined, 'copy equals the source': true, 'middle and past the end': true, 'from the end of the source': 0,
+      'overlapping ranges of one file': 'EINVAL', 'into a read-only descriptor': 'EBADF', 'to another filesystem': 'EXDEV',
     });
   });
 });

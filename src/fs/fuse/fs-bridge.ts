@@ -208,6 +208,10 @@ export function fsBridge(fs: Filesystem, pool: BufferPool, opts: BridgeOptions):
       if (!(req.mode & FALLOC_FL_KEEP_SIZE) && end > attr.size) await fs.setattr(req.header.nodeid, { size: end });
       return { t: 'empty' };
     },
+    COPY_FILE_RANGE: async (req) => {
+      if (req.flags !== 0) throw fsErr('EINVAL');
+      return { t: 'write', size: await fs.copyFileRange(req.fh_in, req.off_in, req.fh_out, req.off_out, req.len) };
+    },
     LSEEK: async (req) => {
       const attr = await fs.getattr(req.header.nodeid);
       // The whole file counts as data and its end as the only hole, which POSIX allows.

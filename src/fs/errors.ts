@@ -13,7 +13,11 @@ export type Errno = keyof typeof constants.errno;
 export class FsError extends Error {
   readonly code: Errno;
   constructor(code: Errno, message?: string) {
+    // An FsError is an answer (ENOENT for every lookup of a new name), never logged: no stack to capture.
+    const limit = Error.stackTraceLimit;
+    Error.stackTraceLimit = 0;
     super(message ?? code);
+    Error.stackTraceLimit = limit;
     this.name = 'FsError';
     this.code = code;
   }

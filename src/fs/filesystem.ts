@@ -23,7 +23,7 @@ import type { KvStore } from '../backend/kv.js';
 import { BlobCache } from './blob-cache.js';
 import { Published } from './published.js';
 import { fsErr } from './errors.js';
-import { ChunkBuffers, FileData, WriteBudget, type DataContext } from './file-data.js';
+import { ChunkBuffers, DELETE_BATCH, FileData, WriteBudget, type DataContext } from './file-data.js';
 import { Janitor } from './janitor.js';
 import { Counters } from './counters.js';
 import { KeyedMutex } from './keyed-mutex.js';
@@ -120,6 +120,8 @@ export class Filesystem {
    * driver drops what the kernel caches of the inode's attributes (the page cache is dropped by the open).
    */
   onInodeChanged: ((ino: Ino) => void) | undefined;
+  /** orphans the kernel forgot, waiting for queueReap's batch */
+  private readonly reapQueue: Ino[] = [];
   /** what this mount's driver may answer READs from by itself (published.ts) */
   private readonly published = new Published();
 
@@ -181,6 +183,7 @@ export class Filesystem {
     clearInterval(this.beat);
     clearInterval(this.reaper);
     await Promise.all([...this.files.values()].map((f) => f.flush().catch(() => undefined)));
+    await this.reapOrphanBatch(this.reapQueue.splice(0)).catch(() => undefined);
     // Shared stores: files still open here are released (the last user of an unlinked one removes it).
     if (this.shared) await this.releaseSession(this.session).catch(() => undefined);
     await this.janitor.run().catch(() => undefined);
@@ -437,17 +440,46 @@ export class Filesystem {
 
   /** removes an orphan of this mount once nothing uses it any more */
   private async reapOrphan(ino: Ino): Promise<void> {
-    if (!this.orphans.has(ino) || this.inUse(ino)) return;
-    this.orphans.delete(ino);
+    await this.reapOrphanBatch([ino]);
+  }
+
+  /** removes the orphans among inos that nothing uses any more, in one commit */
+  private async reapOrphanBatch(inos: Ino[]): Promise<void> {
+    const gone = inos.filter((ino) => this.orphans.has(ino) && !this.inUse(ino));
+    if (!gone.length) return;
+    for (const ino of gone) this.orphans.delete(ino);
     await transact(this.store, async (tx) => {
-      tx.del(K.orphan(ino));
-      const raw = await tx.get(K.inode(ino));
-      // on a shared store, another mount that holds it open removes it at its release (releaseUse)
-      if (raw && decodeInode(ino, raw).nlink === 0 && !(this.shared && (await this.usersOf(tx, ino)) > 0)) {
-        tx.del(K.inode(ino));
-        tx.set(K.purge(ino), Buffer.alloc(0));
+      for (const ino of gone) {
+        tx.del(K.orphan(ino));
+        const raw = await tx.get(K.inode(ino));
+        // on a shared store, another mount that holds it open removes it at its release (releaseUse)
+        if (raw && decodeInode(ino, raw).nlink === 0 && !(this.shared && (await this.usersOf(tx, ino)) > 0)) {
+          tx.del(K.inode(ino));
+          tx.set(K.purge(ino), Buffer.alloc(0));
+        }
       }
       tx.after.push(() => this.janitor.kick());
+    });
+  }
+
+  /**
+   * Orphans the kernel forgot, removed together on the next turn of the event loop: a FORGET storm after
+   * `rm -r` costs one commit per batch, not one per file.
+   */
+  private queueReap(ino: Ino): void {
+    if (!this.orphans.has(ino)) return;
+    this.reapQueue.push(ino);
+    if (this.reapQueue.length > 1) return;
+    setImmediate(() => {
+      const batch = this.reapQueue.splice(0, this.reapQueue.length);
+      for (let i = 0; i < batch.length; i += DELETE_BATCH) {
+        const part = batch.slice(i, i + DELETE_BATCH);
+        this.reapOrphanBatch(part).catch((e) => {
+          // put back, so that a later reap (or the next mount) removes them
+          for (const ino of part) this.orphans.add(ino);
+          console.error(`kvfs: removing ${part.length} unlinked inode(s) failed (it is retried at the next mount):`, e);
+        });
+      }
     });
   }
 
@@ -464,7 +496,7 @@ export class Filesystem {
       return;
     }
     this.kernelRefs.delete(ino);
-    this.reapOrphan(ino).catch((e) => console.error(`kvfs: removing unlinked inode ${ino} failed (it is retried at the next mount):`, e));
+    this.queueReap(ino);
   }
 
   /** inodes the kernel currently holds */

@@ -50,7 +50,8 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap> {
                         InstanceMethod("enableFastReads", &ChannelWrap::EnableFastReads),
                         InstanceMethod("publish", &ChannelWrap::Publish),
                         InstanceMethod("setSize", &ChannelWrap::SetSize),
-                        InstanceMethod("retract", &ChannelWrap::Retract)});
+                        InstanceMethod("retract", &ChannelWrap::Retract),
+                        InstanceMethod("setClean", &ChannelWrap::SetClean)});
   }
 
   explicit ChannelWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ChannelWrap>(info) {
@@ -165,6 +166,13 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap> {
     return info.Env().Undefined();
   }
 
+  // setClean(ino, clean): whether a FLUSH of ino may be answered at once
+  Napi::Value SetClean(const Napi::CallbackInfo& info) {
+    channel_->read_index().SetClean(static_cast<uint64_t>(info[0].As<Napi::Number>().Int64Value()),
+                                    info[1].ToBoolean().Value());
+    return info.Env().Undefined();
+  }
+
   // retract(ino, idx = -1): returns once no reader uses what was taken back
   Napi::Value Retract(const Napi::CallbackInfo& info) {
     int64_t idx = info.Length() > 1 && info[1].IsNumber() ? info[1].As<Napi::Number>().Int64Value() : -1;
@@ -192,6 +200,7 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap> {
     o.Set("publishedFiles", Num(info.Env(), static_cast<double>(r.files)));
     o.Set("publishedChunks", Num(info.Env(), static_cast<double>(r.chunks)));
     o.Set("readAheadMarks", Num(info.Env(), static_cast<double>(r.marks)));
+    o.Set("fastFlushes", Num(info.Env(), static_cast<double>(r.flushes)));
     return o;
   }
 

@@ -125,6 +125,22 @@ int ReadIndex::Serve(uint32_t reader, uint64_t ino, uint64_t unique, uint64_t of
 
 void ReadIndex::Done(uint32_t reader) { busy_[reader]->unlock(); }
 
+void ReadIndex::SetClean(uint64_t ino, bool clean) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (clean) {
+    clean_.insert(ino);
+  } else {
+    clean_.erase(ino);
+  }
+}
+
+bool ReadIndex::ServeFlush(uint64_t ino) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!clean_.count(ino)) return false;
+  flushes_++;
+  return true;
+}
+
 ReadIndex::Stats ReadIndex::GetStats() {
   std::lock_guard<std::mutex> lock(mu_);
   Stats s;
@@ -133,6 +149,7 @@ ReadIndex::Stats ReadIndex::GetStats() {
   s.served = served_;
   s.missed = missed_;
   s.marks = marks_;
+  s.flushes = flushes_;
   return s;
 }
 

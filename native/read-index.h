@@ -10,6 +10,8 @@
 //  - SetSize changes the published size of a file (a write that grew it); Retract(ino, idx) takes one chunk
 //    back, Retract(ino, -1) the whole file. Retract returns only when no reader still copies from what it
 //    took back, so JavaScript may then drop or reuse that memory.
+//  - SetClean(ino, true) says the file has nothing uncommitted: a FLUSH of it (close) is answered at once
+//    (ServeFlush). JavaScript sets it false, synchronously, before it acknowledges any change to the file.
 //  - Serve answers a READ when every chunk it covers (up to the file's size) is published; otherwise it
 //    returns false and the request goes to JavaScript as usual. A READ at or past the end gets 0 bytes.
 //
@@ -28,6 +30,7 @@
 #include <mutex>
 #include <sys/uio.h>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 namespace kvfs {
@@ -49,12 +52,17 @@ class ReadIndex {
             struct iovec* iov, int max_iov, int64_t* marked);
   void Done(uint32_t reader);
 
+  void SetClean(uint64_t ino, bool clean);
+  // true when a FLUSH of ino may be answered with success now (nothing of it is uncommitted)
+  bool ServeFlush(uint64_t ino);
+
   struct Stats {
     uint64_t files = 0;
     uint64_t chunks = 0;
     uint64_t served = 0;
     uint64_t missed = 0;
     uint64_t marks = 0;
+    uint64_t flushes = 0;
   };
   Stats GetStats();
 
@@ -76,6 +84,8 @@ class ReadIndex {
   uint64_t served_ = 0;
   uint64_t missed_ = 0;
   uint64_t marks_ = 0;
+  uint64_t flushes_ = 0;
+  std::unordered_set<uint64_t> clean_;
   std::vector<std::unique_ptr<std::mutex>> busy_;
 };
 

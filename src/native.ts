@@ -23,12 +23,15 @@ export interface NativeChannelHandle {
   stats(): {
     requests: number; inlineRequests: number; poolWaits: number; wakes: number; maxQueue: number;
     fastReads: number; fastReadMisses: number; publishedFiles: number; publishedChunks: number; readAheadMarks: number;
+    fastFlushes: number;
   };
   /** readers answer READs of published data themselves (native/read-index.h) */
   enableFastReads(on: boolean): void;
   /** chunk idx of ino holds data (null: a hole), the file is size bytes; mark: report its first use; 0 or -EINVAL */
   publish(ino: number, size: number, chunkSize: number, idx: number, data: Uint8Array | null, mark: boolean): number;
   setSize(ino: number, size: number): void;
+  /** whether a FLUSH of ino may be answered at once (nothing of it uncommitted) */
+  setClean(ino: number, clean: boolean): void;
   /** returns once no reader uses what was taken back (idx -1 or absent: the whole file) */
   retract(ino: number, idx?: number): void;
 }

@@ -289,6 +289,7 @@ export class FileData {
     if (data.length === 0) return 0;
     while (this.truncating) await this.truncating;
     this.activeWrites++;
+    this.cx.published.setClean(this.ino, false);
     try {
       await this.writeChunks(offset, data);
     } finally {
@@ -398,6 +399,7 @@ export class FileData {
   /** Drops all write-back state without committing (the file is gone). */
   discard(): void {
     this.cx.published.retractFile(this.ino);
+    this.cx.published.setClean(this.ino, false);
     for (const idx of [...this.dirty.keys()]) this.drop(this.dirty, idx);
     this.mtime = undefined;
   }
@@ -406,7 +408,13 @@ export class FileData {
 
   /** Commits every dirty chunk and the size and times: the store then holds what this mount wrote. */
   flush(): Promise<void> {
-    return this.serial(() => this.commitDirty({}));
+    return this.serial(() => this.commitDirty({})).then(() => this.markIfClean());
+  }
+
+  /** tells the driver it may answer a FLUSH by itself, when nothing of this file is uncommitted */
+  markIfClean(): void {
+    if (this.dirty.size || this.flushing.size || this.mtime !== undefined || this.activeWrites || this.truncating || this.truncFrom) return;
+    this.cx.published.setClean(this.ino, true);
   }
 
   get hasChanges(): boolean {
@@ -492,6 +500,7 @@ export class FileData {
     while (this.truncating) await this.truncating;
     let open!: () => void;
     this.truncating = new Promise<void>((r) => { open = r; });
+    this.cx.published.setClean(this.ino, false);
     try {
       if (this.activeWrites > 0) await new Promise<void>((r) => { this.writesDrained = r; });
       this.writesDrained = undefined;
@@ -500,6 +509,7 @@ export class FileData {
       this.truncating = undefined;
       open();
     }
+    this.markIfClean();
   }
 
   private truncateNow(newSize: number, stamp: Timespec): Promise<void> {

@@ -402,6 +402,7 @@ export class Filesystem {
         const fd = new FileData(ino, n, this.cx);
         try {
           await fd.recover();
+          fd.markIfClean();
         } catch (e) {
           if (this.shared) await this.releaseUse(this.session, ino).catch(() => undefined);
           throw e;

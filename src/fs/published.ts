@@ -10,6 +10,8 @@
  *    came from the blob cache are retracted when the cache drops them, so what is pinned never exceeds the
  *    cache's size; a memory store's values live in slabs that are never freed while mounted.
  *  - A file's entries go when its FileData goes (the last handle closed).
+ *  - A file is marked clean (the driver answers its FLUSH, a close, at once) only when nothing of it is
+ *    uncommitted; FileData marks it not clean before it acknowledges any write or truncate.
  */
 import type { Ino, ReadIndex } from './types.js';
 
@@ -23,10 +25,22 @@ export class Published {
   private readonly files = new Map<Ino, Map<number, Entry>>();
   private readonly byBlob = new Map<string, { ino: Ino; idx: number }>();
 
+  /** files the driver may answer FLUSH for by itself */
+  private readonly clean = new Set<Ino>();
+
   /** the driver's index (none: nothing is published) */
   attach(index: ReadIndex | undefined): void {
     for (const ino of [...this.files.keys()]) this.retractFile(ino);
+    for (const ino of [...this.clean]) this.setClean(ino, false);
     this.index = index;
+  }
+
+  /** whether the file has nothing uncommitted (false: before any change is acknowledged) */
+  setClean(ino: Ino, clean: boolean): void {
+    if (!this.index || this.clean.has(ino) === clean) return;
+    if (clean) this.clean.add(ino);
+    else this.clean.delete(ino);
+    this.index.setClean(ino, clean);
   }
 
   get active(): boolean {

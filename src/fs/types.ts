@@ -79,7 +79,7 @@ export const XATTR_CREATE = 1;
 export const XATTR_REPLACE = 2;
 
 /**
- * An index of file data the FUSE driver may answer READ requests from without asking the core (the native
+ * An index of file data the FUSE driver may answer READ (and FLUSH) requests from without asking the core (the native
  * channel's reader threads do: native/read-index.h). The core publishes the committed, immutable bytes of a
  * chunk it has just read, and takes them back (synchronously, before the change is visible) whenever the
  * chunk or the file's size changes. `data` stays alive and unchanged until it is retracted; null is a hole.
@@ -89,6 +89,11 @@ export interface ReadIndex {
   /** mark: the driver reports (through the core's readAheadHint) the first READ it serves from this chunk */
   publish(ino: Ino, size: number, chunkSize: number, idx: number, data: Uint8Array | null, mark?: boolean): void;
   setSize(ino: Ino, size: number): void;
+  /**
+   * Whether the file has nothing uncommitted, so that the driver may answer a FLUSH (close) by itself. Set
+   * false synchronously before any change to the file is acknowledged.
+   */
+  setClean(ino: Ino, clean: boolean): void;
   /** one chunk, or the whole file when idx is absent */
   retract(ino: Ino, idx?: number): void;
 }

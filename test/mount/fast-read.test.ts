@@ -12,6 +12,8 @@
  * A second, concurrent reader process reads the same files through O_DIRECT while the first one changes them,
  * checking only what can be checked without ordering: every read returns whole bytes that one of the model's
  * versions could hold (length within bounds; no error).
+ * Closes: a FLUSH of a file with nothing uncommitted is answered by the readers too; a close after a write must
+ * still commit before it returns (checked by kill -9 of the daemon after the closes, on an LMDB volume).
  * Cases: memory volumes of 64 KiB and 256 KiB chunks, and an LMDB volume whose blob cache holds four chunks (so
  * published chunks are taken back on eviction all the time). The daemon's stats (KVFS_STATS_FILE) must show reads
  * answered by the readers (fastReads) and reads passed to the core (misses), so both paths were exercised.
@@ -187,5 +189,59 @@ t.test('with KVFS_FAST_READS=0 every read goes to the core', async (t) => {
   await new Promise((r) => setTimeout(r, 300));
   const st = JSON.parse(readFileSync(statsFile, 'utf8')) as Stats;
   t.equal(st.channel.fastReads, 0, 'no read was answered by the reader threads');
+  await m.unmount();
+});
+
+// A close (FLUSH) of a file with nothing uncommitted is answered by the reader threads; one after a write must
+// still commit first. Each file: written and closed, read and closed (a clean close), written again and
+// closed; then kill -9 of the daemon: every file must hold its second version.
+const CLOSES = String.raw`
+import os, random, sys
+mnt, n = sys.argv[1], int(sys.argv[2])
+rng = random.Random(5)
+want = {}
+for i in range(n):
+    p = f"{mnt}/c{i}"
+    v1 = rng.randbytes(rng.choice([10, 5000, 300000]))
+    with open(p, "wb") as f: f.write(v1)
+    with open(p, "rb") as f:
+        if f.read() != v1: sys.exit(f"{p}: first version reads back wrong")
+    with open(p, "r+b") as f:
+        off = rng.randrange(0, len(v1) + 100)
+        patch = rng.randbytes(rng.choice([1, 4096, 70000]))
+        f.seek(off); f.write(patch)
+    v2 = bytearray(v1)
+    if off > len(v2): v2.extend(bytes(off - len(v2)))
+    v2[off:off + len(patch)] = patch
+    want[p] = bytes(v2)
+import hashlib, json
+print(json.dumps({p: hashlib.sha256(v).hexdigest() for p, v in want.items()}))
+`;
+
+t.test('a close after a write commits before it returns, also when earlier closes were answered by the readers', async (t) => {
+  const dir = tempDir(t, 'kvfs-test-fastread-');
+  const statsFile = join(dir, 'stats.json');
+  const url = `local:${join(dir, 'volume')}`;
+  expectExit(t, await kvfs(['format', url], { dataDir: dir }), 'format');
+  const m = await mountKvfs(t, { driver: 'default', store: url, dataDir: dir, env: { KVFS_STATS_FILE: statsFile } });
+  const closesPy = join(scripts, 'closes.py');
+  writeFileSync(closesPy, CLOSES);
+  const r = await run(PYTHON, [closesPy, m.mnt, '60'], { timeout: 60_000 });
+  expectExit(t, r, 'write, read, write again, closing each time');
+  const want = JSON.parse(r.stdout) as Record<string, string>;
+  await new Promise((res) => setTimeout(res, 300));
+  const st = JSON.parse(readFileSync(statsFile, 'utf8')) as { channel: { fastFlushes: number } };
+  // exactly the 60 closes after reading: the 120 after writing had something to commit
+  t.equal(st.channel.fastFlushes, 60, 'the reader threads answered the closes after reading, none after writing');
+  await m.kill9();
+  expectExit(t, await kvfs(['umount', m.mnt], { dataDir: dir }), 'kvfs umount of the dead mount');
+  await m.remount();
+  const check = await run(PYTHON, ['-c', `
+import hashlib, json, sys
+want = json.loads(sys.argv[1])
+bad = [p for p, h in want.items() if hashlib.sha256(open(p, "rb").read()).hexdigest() != h]
+print(json.dumps(bad))`, JSON.stringify(want)], { timeout: 30_000 });
+  expectExit(t, check, 'read back after kill -9 and remount');
+  t.same(JSON.parse(check.stdout || '["?"]'), [], 'every file holds its second version');
   await m.unmount();
 });

@@ -1,11 +1,13 @@
 /**
  * POSIX behaviour that only the native driver can carry through FUSE (the libfuse 2 driver cannot pass rename
- * flags or the caller's credentials): renameat2 flags, setgid directories and owners of new files, locks
+ * flags or the caller's credentials): negative entries, renameat2 flags, setgid directories and owners of new files, locks
  * between processes, fallocate, SEEK_DATA/SEEK_HOLE, O_DIRECT, copy_file_range. Every call runs in a separate python3 process.
  */
 import t from 'tap';
 import type { Test } from 'tap';
-import { mountKvfs, TEST_USER, ensureUser } from '../helpers/mount.js';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { mountKvfs, TEST_USER, ensureUser, tempDir } from '../helpers/mount.js';
 import { py } from '../helpers/pyops.js';
 
 t.setTimeout(120_000);
@@ -26,7 +28,12 @@ def renameat2(a, b, flags):
 `;
 
 t.test('native driver: POSIX details the libfuse driver cannot carry', async (t) => {
-  const m = await mountKvfs(t, { store: 'memory:', args: ['--allow-other'] });
+  const statsFile = join(tempDir(t, 'kvfs-test-posix-'), 'stats.json');
+  const m = await mountKvfs(t, { store: 'memory:', args: ['--allow-other'], env: { KVFS_STATS_FILE: statsFile } });
+  const lookups = async () => {
+    await new Promise((r) => setTimeout(r, 300)); // the stats file is rewritten every 100 ms
+    return (JSON.parse(readFileSync(statsFile, 'utf8')) as { session: { byOp: Record<string, number> } }).session.byOp.LOOKUP ?? 0;
+  };
   const M = m.mnt;
 
   t.test('renameat2: RENAME_NOREPLACE and RENAME_EXCHANGE', async (t) => {
@@ -149,6 +156,38 @@ print(json.dumps(res))`, [M]);
       'size after fallocate': 100000, 'reads zeros': true, 'seek data at 10': 10, 'seek hole at 10': 100000,
       'seek data past the end': 'ENXIO', 'direct round trip': true,
     });
+  });
+
+  t.test('a missing name is remembered by the kernel, and every way of making it shows at once', async (t) => {
+    const out = await pyJson(t, `
+M = sys.argv[1]
+def exists(p):
+    try: os.lstat(p); return True
+    except FileNotFoundError: return False
+res = {}
+os.mkdir(M + '/neg')
+for name, make in [
+    ('open O_CREAT', lambda p: os.close(os.open(p, os.O_CREAT | os.O_WRONLY, 0o644))),
+    ('mkdir', lambda p: os.mkdir(p)),
+    ('rename onto it', lambda p: (open(M + '/neg/src', 'w').close(), os.rename(M + '/neg/src', p))),
+    ('link', lambda p: (open(M + '/neg/orig', 'w').close(), os.link(M + '/neg/orig', p))),
+    ('symlink', lambda p: os.symlink('target', p)),
+]:
+    p = M + '/neg/' + name.replace(' ', '_')
+    before = [exists(p) for _ in range(3)]
+    make(p)
+    res[name] = [before, exists(p)]
+print(json.dumps(res))`, [M]);
+    const all = { 'open O_CREAT': 0, mkdir: 0, 'rename onto it': 0, link: 0, symlink: 0 };
+    t.same(out, Object.fromEntries(Object.keys(all).map((k) => [k, [[false, false, false], true]])),
+      'missing three times, then there at once');
+    const before = await lookups();
+    await pyJson(t, `
+for _ in range(3):
+    try: os.lstat(sys.argv[1] + '/neg/never')
+    except FileNotFoundError: pass
+print(1)`, [M]);
+    t.equal(await lookups() - before, 1, 'three stats of a missing name: one LOOKUP reached the daemon');
   });
 
   t.test('copy_file_range is done inside the daemon, 16 MiB per call', async (t) => {

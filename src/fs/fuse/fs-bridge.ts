@@ -5,7 +5,7 @@
  * (fs.forget); the core keeps an unlinked inode until the kernel has forgotten it.
  */
 import type { BufferPool } from '../../bufferpool/buffer-pool.js';
-import { fsErr } from '../errors.js';
+import { FsError, fsErr } from '../errors.js';
 import type { Filesystem } from '../filesystem.js';
 import type { Attr, Ctx, SetAttr } from '../types.js';
 import type { OpTable, Reply } from './session.js';
@@ -64,7 +64,16 @@ export function fsBridge(fs: Filesystem, pool: BufferPool, opts: BridgeOptions):
       for (const it of req.items) fs.forget(it.nodeid, it.nlookup);
       return { t: 'none' };
     },
-    LOOKUP: async (req) => entry(await fs.lookup(req.header.nodeid, req.name)),
+    LOOKUP: async (req) => {
+      try {
+        return entry(await fs.lookup(req.header.nodeid, req.name));
+      } catch (e) {
+        // One mount per volume: the kernel may cache "no such name" like any entry (every change to the name
+        // goes through it). Several mounts: it may not, or a file another mount creates would stay hidden.
+        if (!fs.shared && e instanceof FsError && e.code === 'ENOENT') return { t: 'noEntry' };
+        throw e;
+      }
+    },
     GETATTR: async (req) => ({ t: 'attr', attr: await fs.getattr(req.header.nodeid) }),
     SETATTR: async (req) => {
       const v = req.valid;

@@ -43,6 +43,8 @@ export interface ChannelStats {
   publishedChunks: number;
   /** hints of sequential readers reaching a read-ahead mark */
   readAheadMarks: number;
+  /** FLUSHes (closes) of files with nothing uncommitted, answered by the reader threads */
+  fastFlushes: number;
 }
 
 const BATCH = 256;
@@ -112,6 +114,10 @@ export class NativeChannel implements ReadIndex {
 
   setSize(ino: number, size: number): void {
     this.ch.setSize(ino, size);
+  }
+
+  setClean(ino: number, clean: boolean): void {
+    this.ch.setClean(ino, clean);
   }
 
   retract(ino: number, idx?: number): void {

@@ -26,6 +26,8 @@ import type { RawRequest } from './native-channel.js';
 export type Reply =
   | { t: 'empty' }
   | { t: 'entry'; attr: Attr }
+  /** LOOKUP found nothing: a negative entry (nodeid 0) the kernel caches for the entry timeout */
+  | { t: 'noEntry' }
   | { t: 'attr'; attr: Attr }
   | { t: 'open'; fh: number; flags?: number }
   | { t: 'create'; attr: Attr; fh: number; flags?: number }
@@ -62,6 +64,8 @@ export interface SessionOptions {
 
 export interface SessionStats {
   requests: number;
+  /** requests taken, by opcode name (what the native readers answered themselves is not counted here) */
+  byOp: Record<string, number>;
   inFlight: number;
   errors: number;
   parseErrors: number;
@@ -91,6 +95,11 @@ class InFlight implements OpContext {
 
 const NO_REQUEST = new InFlight(0, 'none', undefined as unknown as RawRequest);
 
+const ZERO_TIME = { sec: 0, nsec: 0 };
+const NO_ATTR: Attr = {
+  ino: 0, mode: 0, nlink: 0, uid: 0, gid: 0, rdev: 0, size: 0, blocks: 0, atime: ZERO_TIME, mtime: ZERO_TIME, ctime: ZERO_TIME,
+};
+
 const S_IFMT = 0o170000;
 const S_IFREG = 0o100000;
 
@@ -105,7 +114,8 @@ export class Session {
   private readonly entryValid: [number, number];
   private readonly attrValid: [number, number];
   readonly parseOptions: ParseOptions;
-  private readonly stat: SessionStats = { requests: 0, inFlight: 0, errors: 0, parseErrors: 0, replyFailures: 0 };
+  private readonly stat: Omit<SessionStats, 'byOp'> = { requests: 0, inFlight: 0, errors: 0, parseErrors: 0, replyFailures: 0 };
+  private readonly byOp = new Map<string, number>();
   private readonly log: (msg: string) => void;
 
   constructor(private readonly transport: Transport, private readonly ops: OpTable, opts: SessionOptions) {
@@ -148,7 +158,7 @@ export class Session {
   }
 
   stats(): SessionStats {
-    return { ...this.stat, inFlight: this.inflight.size };
+    return { ...this.stat, byOp: Object.fromEntries(this.byOp), inFlight: this.inflight.size };
   }
 
   /** takes one raw request (called synchronously by the channel for each request of a batch) */
@@ -169,6 +179,7 @@ export class Session {
       return;
     }
     if (!raw.poolBuffer) this.ownInlineData(req);
+    this.byOp.set(req.op, (this.byOp.get(req.op) ?? 0) + 1);
     const info = opcodeInfo(req.header.opcode)!;
     const unique = req.header.unique;
     if (req.op === 'INTERRUPT') {
@@ -250,6 +261,8 @@ export class Session {
         }
       case 'entry':
         return this.fixed(raw, unique, REPLY.entry, this.entryOut(r.attr));
+      case 'noEntry':
+        return this.fixed(raw, unique, REPLY.entry, { ...this.entryOut(NO_ATTR), nodeid: 0 });
       case 'attr':
         return this.fixed(raw, unique, REPLY.attr, {
           attr_valid: this.attrValid[0], attr_valid_nsec: this.attrValid[1], attr: r.attr,

@@ -16,7 +16,7 @@ import { openStore } from '../../src/backend/open-store.js';
 import { classify, withRetry, type RetryHooks } from '../../src/backend/redis-retry.js';
 import { mask, parseRedisUrl, redisPassword, redisTls } from '../../src/backend/redis-url.js';
 import { RedisStore, uncoveredSlots } from '../../src/backend/redis.js';
-import { RedisCluster, RedisServer, redisAvailable } from '../helpers/redis-cluster.js';
+import { RedisCluster, RedisServer, pickPorts, redisAvailable } from '../helpers/redis-cluster.js';
 import { conformance } from './conformance.js';
 
 const enc = (s: string): Uint8Array => new TextEncoder().encode(s);
@@ -326,7 +326,7 @@ t.test('real Redis servers', { skip: redisAvailable() }, async (t) => {
     ssl('req', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'srv.key', '-out', 'srv.csr', '-subj', '/CN=127.0.0.1');
     writeFileSync(join(dir, 'ext'), 'subjectAltName=IP:127.0.0.1\n');
     ssl('x509', '-req', '-in', 'srv.csr', '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'srv.crt', '-days', '2', '-extfile', 'ext');
-    const tlsPort = 30000 + Math.floor(Math.random() * 5000);
+    const [tlsPort] = await pickPorts(1, false);
     const server = await RedisServer.start(t, {
       extra: ['--tls-port', String(tlsPort), '--tls-cert-file', join(dir, 'srv.crt'), '--tls-key-file', join(dir, 'srv.key'),
         '--tls-ca-cert-file', join(dir, 'ca.crt'), '--tls-auth-clients', 'no'],

@@ -327,8 +327,11 @@ function portFree(port: number): Promise<boolean> {
   });
 }
 
-/** n consecutive ports from a random base, each (and, for a cluster, its bus port) free right now */
-async function pickPorts(n: number, bus: boolean): Promise<number[]> {
+/**
+ * n consecutive ports from a random base, each (and, for a cluster, its bus port) free right now. Tests that
+ * give a server another port of its own (--tls-port) take it here too, so it never meets a bus port.
+ */
+export async function pickPorts(n: number, bus: boolean): Promise<number[]> {
   for (let attempt = 0; attempt < 100; attempt++) {
     const base = PORT_MIN + Math.floor(Math.random() * (PORT_SPAN - n));
     const ports = Array.from({ length: n }, (_, i) => base + i);

@@ -157,11 +157,7 @@ class Reader {
     memcpy(&nodeid, b + 16, 8);
     if (!ch_->read_index_.ServeFlush(nodeid)) return false;
     uint8_t out[16];
-    uint32_t len = 16;
-    int32_t error = 0;
-    memcpy(out, &len, 4);
-    memcpy(out + 4, &error, 4);
-    memcpy(out + 8, &unique, 8);
+    PutOutHeader(out, sizeof out, unique);
     ssize_t w;
     do {
       w = write(fd_, out, sizeof out);

@@ -106,11 +106,7 @@ int ReadIndex::Serve(uint32_t reader, uint64_t ino, uint64_t unique, uint64_t of
     total += upto - from;
     pos = to;
   }
-  uint32_t len = static_cast<uint32_t>(16 + total);
-  int32_t error = 0;
-  memcpy(header, &len, 4);
-  memcpy(header + 4, &error, 4);
-  memcpy(header + 8, &unique, 8);
+  PutOutHeader(header, static_cast<uint32_t>(16 + total), unique);
   iov[0].iov_base = header;
   iov[0].iov_len = 16;
   served_++;

@@ -26,6 +26,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <sys/uio.h>
@@ -34,6 +35,14 @@
 #include <vector>
 
 namespace kvfs {
+
+// A success fuse_out_header (16 bytes: len, error 0, unique) for a reply of len bytes in all.
+inline void PutOutHeader(uint8_t* out, uint32_t len, uint64_t unique) {
+  int32_t error = 0;
+  memcpy(out, &len, 4);
+  memcpy(out + 4, &error, 4);
+  memcpy(out + 8, &unique, 8);
+}
 
 class ReadIndex {
  public:

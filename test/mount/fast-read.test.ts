@@ -14,7 +14,7 @@
  * versions could hold (length within bounds; no error).
  * Closes: a FLUSH of a file with nothing uncommitted is answered by the readers too; a close after a write must
  * still commit before it returns (checked by kill -9 of the daemon after the closes, on an LMDB volume).
- * Cases: memory volumes of 64 KiB and 256 KiB chunks, and an LMDB volume whose blob cache holds four chunks (so
+ * Cases: memory volumes of 64 KiB and 256 KiB chunks (and 256 KiB with the kernel's writeback cache), and an LMDB volume whose blob cache holds four chunks (so
  * published chunks are taken back on eviction all the time). The daemon's stats (KVFS_STATS_FILE) must show reads
  * answered by the readers (fastReads) and reads passed to the core (misses), so both paths were exercised.
  */
@@ -150,6 +150,8 @@ writeFileSync(readerPy, READER);
 const cases = [
   { store: 'memory:', chunk: 64 << 10, args: [] as string[] },
   { store: 'memory:', chunk: 256 << 10, args: [] },
+  // the kernel's writeback cache: writes reach the daemon late, reads only for pages the kernel does not hold
+  { store: 'memory:', chunk: 256 << 10, args: ['--writeback-cache'] },
   // LMDB through the blob cache, kept so small (1 MiB: four chunks) that published chunks are evicted all the time
   { store: 'local', chunk: 256 << 10, args: ['--cache-mb', '1'] },
 ];

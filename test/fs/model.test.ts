@@ -1484,42 +1484,38 @@ if (engines.includes('memory')) {
   });
 }
 
+/**
+ * The model on a store opened by URL and formatted, reopened by URL when the run asks (a remount). The store is
+ * closed at teardown, then `cleanup` runs.
+ */
+async function runModelAt(t: Test, engine: string, url: string, cleanup?: () => Promise<unknown>): Promise<void> {
+  let store = await openStore(url);
+  t.teardown(async () => {
+    await store.close().catch(() => undefined);
+    await cleanup?.();
+  });
+  await formatVolume(store, { chunkSize: CHUNK, uid: 0, gid: 0 });
+  await runModel(t, engine, {
+    seed, ops: Math.max(1, Math.round(opsMemory * 0.3)), store,
+    reopenStore: async (s) => {
+      await s.close();
+      store = await openStore(url);
+      return store;
+    },
+  });
+}
+
 if (engines.includes('lmdb')) {
   t.test('model: LMDB engine', async (t) => {
     const dir = await mkdtemp(join(tmpdir(), 'kvfs-model-'));
-    const url = `local:${dir}`;
-    let store = await openStore(url);
-    t.teardown(async () => {
-      await store.close().catch(() => undefined);
-      await rm(dir, { recursive: true, force: true });
-    });
-    await formatVolume(store, { chunkSize: CHUNK, uid: 0, gid: 0 });
-    await runModel(t, 'lmdb', {
-      seed, ops: Math.max(1, Math.round(opsMemory * 0.3)), store,
-      reopenStore: async (s) => {
-        await s.close();
-        store = await openStore(url);
-        return store;
-      },
-    });
+    await runModelAt(t, 'lmdb', `local:${dir}`, () => rm(dir, { recursive: true, force: true }));
   });
 }
 
 if (engines.includes('redis')) {
   t.test('model: Redis Cluster engine', { skip: redisAvailable() }, async (t) => {
     const cluster = process.env.KVFS_TEST_REDIS_URL ? undefined : await RedisCluster.start(t);
-    const url = process.env.KVFS_TEST_REDIS_URL ?? cluster!.url(`model${seed}`);
-    let store = await openStore(url);
-    t.teardown(() => store.close().catch(() => undefined));
-    await formatVolume(store, { chunkSize: CHUNK, uid: 0, gid: 0 });
-    await runModel(t, 'redis', {
-      seed, ops: Math.max(1, Math.round(opsMemory * 0.3)), store,
-      reopenStore: async (s) => {
-        await s.close();
-        store = await openStore(url);
-        return store;
-      },
-    });
+    await runModelAt(t, 'redis', process.env.KVFS_TEST_REDIS_URL ?? cluster!.url(`model${seed}`));
   });
 }
 

@@ -126,12 +126,9 @@ class Reader {
     int64_t marked;
     int n = ch_->read_index_.Serve(index_, nodeid, unique, offset, size, reply_header_, iov_, kMaxIov, &marked);
     if (n == 0) return false;
-    ssize_t w;
-    do {
-      w = writev(fd_, iov_, n);
-    } while (w < 0 && errno == EINTR);
+    // Errors other than an interrupted request (ENODEV at unmount) show at the next splice.
+    ch_->Reply(index_, iov_, n);
     ch_->read_index_.Done(index_);
-    // ENOENT: interrupted meanwhile; other errors (ENODEV at unmount) show at the next splice.
     if (marked >= 0) {
       // A sequential reader reached a marked chunk: tell JS (a hint record, no reply wanted).
       Record hint;
@@ -158,10 +155,8 @@ class Reader {
     if (!ch_->read_index_.ServeFlush(nodeid)) return false;
     uint8_t out[16];
     PutOutHeader(out, sizeof out, unique);
-    ssize_t w;
-    do {
-      w = write(fd_, out, sizeof out);
-    } while (w < 0 && errno == EINTR);
+    struct iovec iov = {out, sizeof out};
+    ch_->Reply(index_, &iov, 1);
     return true;
   }
 

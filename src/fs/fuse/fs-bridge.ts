@@ -8,7 +8,7 @@ import type { BufferPool } from '../../bufferpool/buffer-pool.js';
 import { FsError, fsErr } from '../errors.js';
 import type { Filesystem } from '../filesystem.js';
 import type { Attr, Ctx, SetAttr } from '../types.js';
-import type { OpTable, Reply } from './session.js';
+import { placeholderAttr, type OpTable, type Reply } from './session.js';
 import {
   DirentPacker, DirentPlusPacker, FATTR, INIT_FLAGS, REQUEST_FLAGS, negotiateInit, type InHeader,
 } from './wire/index.js';
@@ -191,7 +191,7 @@ export function fsBridge(fs: Filesystem, pool: BufferPool, opts: BridgeOptions):
       for (const e of list) {
         const dot = e.name === '.' || e.name === '..';
         // "." and ".." carry no entry (nodeid 0): the kernel does not count them as lookups.
-        const out = dot || !e.attr ? { ...opts.entryOut(e.attr ?? fakeAttr(e.ino, e.type)), nodeid: 0 } : opts.entryOut(e.attr);
+        const out = dot || !e.attr ? { ...opts.entryOut(e.attr ?? placeholderAttr(e.ino, e.type, 1)), nodeid: 0 } : opts.entryOut(e.attr);
         if (!p.add({ ino: e.ino, off: e.next, type: e.type, name: e.name }, out)) break;
         if (!dot && e.attr) fs.remember(e.ino);
       }
@@ -239,10 +239,5 @@ export function fsBridge(fs: Filesystem, pool: BufferPool, opts: BridgeOptions):
       return { t: 'empty' };
     },
   };
-}
-
-function fakeAttr(ino: number, type: number): Attr {
-  const t = { sec: 0, nsec: 0 };
-  return { ino, mode: type, nlink: 1, uid: 0, gid: 0, rdev: 0, size: 0, blocks: 0, atime: t, mtime: t, ctime: t };
 }
 

@@ -95,10 +95,12 @@ class InFlight implements OpContext {
 
 const NO_REQUEST = new InFlight(0, 'none', undefined as unknown as RawRequest);
 
-const ZERO_TIME = { sec: 0, nsec: 0 };
-const NO_ATTR: Attr = {
-  ino: 0, mode: 0, nlink: 0, uid: 0, gid: 0, rdev: 0, size: 0, blocks: 0, atime: ZERO_TIME, mtime: ZERO_TIME, ctime: ZERO_TIME,
-};
+/** attributes for an entry the kernel does not take as a lookup (nodeid 0): only ino and type say anything */
+export function placeholderAttr(ino: number, mode: number, nlink: number): Attr {
+  const t = { sec: 0, nsec: 0 };
+  return { ino, mode, nlink, uid: 0, gid: 0, rdev: 0, size: 0, blocks: 0, atime: t, mtime: t, ctime: t };
+}
+const NO_ATTR = placeholderAttr(0, 0, 0);
 
 const S_IFMT = 0o170000;
 const S_IFREG = 0o100000;

@@ -270,11 +270,11 @@ export class Filesystem {
 
   /**
    * Removes an inode whose last link went away: now, or, while it is in use here (open, or still known to
-   * the kernel, which may yet open it through a dentry it holds), when the last use ends (`reapOrphan`).
+   * the kernel, which may yet open it through a dentry it holds), when the last use ends (`reapOrphanBatch`).
    */
   private async dropInode(tx: Txn, n: Inode): Promise<void> {
     // Another mount of a shared store holds it open: it stays (nlink 0) until the last of them releases it.
-    if (!this.inUse(n.ino) && this.shared && (await this.usersOf(tx, n.ino)) > 0) {
+    if (!this.inUse(n.ino) && (await this.openElsewhere(tx, n.ino))) {
       this.put(tx, n);
       return;
     }
@@ -291,6 +291,11 @@ export class Filesystem {
       tx.set(K.purge(n.ino), Buffer.alloc(0));
       tx.after.push(() => this.janitor.kick());
     }
+  }
+
+  /** whether another mount of a shared store holds ino open (its u/<ino> count), as read inside tx */
+  private async openElsewhere(tx: Txn, ino: Ino): Promise<boolean> {
+    return this.shared && (await this.usersOf(tx, ino)) > 0;
   }
 
   /** shared stores: how many mounts hold ino open (u/<ino>), as read inside tx */
@@ -339,7 +344,7 @@ export class Filesystem {
           tx.del(key);
           const raw = await tx.get(K.inode(ino));
           // on a shared store, a mount that still holds it open removes it at its release
-          if (raw && decodeInode(ino, raw).nlink === 0 && !(this.shared && (await this.usersOf(tx, ino)) > 0)) {
+          if (raw && decodeInode(ino, raw).nlink === 0 && !(await this.openElsewhere(tx, ino))) {
             tx.del(K.inode(ino));
             tx.set(K.purge(ino), Buffer.alloc(0));
             tx.after.push(() => this.janitor.kick());
@@ -434,17 +439,12 @@ export class Filesystem {
       // with its write-back memory.
       f.discard();
       if (this.shared) await this.releaseUse(this.session, f.ino);
-      if (f.unlinked) await this.reapOrphan(f.ino);
+      if (f.unlinked) await this.reapOrphanBatch([f.ino]);
     }
     if (failed) throw failed;
   }
 
-  /** removes an orphan of this mount once nothing uses it any more */
-  private async reapOrphan(ino: Ino): Promise<void> {
-    await this.reapOrphanBatch([ino]);
-  }
-
-  /** removes the orphans among inos that nothing uses any more, in one commit */
+  /** removes the orphans of this mount among inos that nothing uses any more, in one commit */
   private async reapOrphanBatch(inos: Ino[]): Promise<void> {
     const gone = inos.filter((ino) => this.orphans.has(ino) && !this.inUse(ino));
     if (!gone.length) return;
@@ -454,7 +454,7 @@ export class Filesystem {
         tx.del(K.orphan(ino));
         const raw = await tx.get(K.inode(ino));
         // on a shared store, another mount that holds it open removes it at its release (releaseUse)
-        if (raw && decodeInode(ino, raw).nlink === 0 && !(this.shared && (await this.usersOf(tx, ino)) > 0)) {
+        if (raw && decodeInode(ino, raw).nlink === 0 && !(await this.openElsewhere(tx, ino))) {
           tx.del(K.inode(ino));
           tx.set(K.purge(ino), Buffer.alloc(0));
         }

@@ -59,10 +59,9 @@ export class Published {
     let m = this.files.get(ino);
     if (!m) this.files.set(ino, (m = new Map()));
     const old = m.get(idx);
-    if (old && old.blobId === blobId && old.data === data && !mark) {
-      this.index.setSize(ino, size);
-      return;
-    }
+    // Already published as it is: the driver's size is current (every size change goes through setSize or
+    // a retract), so nothing to say again.
+    if (old && old.blobId === blobId && old.data === data && !mark) return;
     if (old?.blobId) this.byBlob.delete(old.blobId);
     m.set(idx, { data, blobId });
     if (blobId) this.byBlob.set(blobId, { ino, idx });

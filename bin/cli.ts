@@ -3,22 +3,30 @@
  * Every failure is one line on stderr starting with `kvfs: ` and a non-zero exit (1; 2 for usage errors).
  */
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
+import {
+  existsSync, fstatSync, mkdirSync, openSync, readdirSync, readFileSync, realpathSync, renameSync, rmSync, statSync, writeFileSync,
+} from 'node:fs';
+import inspector from 'node:inspector';
 import { homedir } from 'node:os';
-import { join, resolve } from 'node:path';
-import yargs, { type Argv } from 'yargs';
+import { basename, dirname, join, resolve } from 'node:path';
+import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { StoreError } from '../src/backend/errors.js';
 import type { KvStore } from '../src/backend/kv.js';
-import { describeStore, openStore, type OpenStoreOptions } from '../src/backend/open-store.js';
+import { canonicalStoreUrl, describeStore, localStoreDir, openStore, type OpenStoreOptions } from '../src/backend/open-store.js';
 import { isRedisUrl, parseRedisUrl } from '../src/backend/redis-url.js';
 import { Filesystem } from '../src/fs/filesystem.js';
 import { mountLibfuse } from '../src/fs/fuse/libfuse-driver.js';
 import { mountNative, type NativeMount } from '../src/fs/fuse/native-driver.js';
-import { isDeadMount, mountAt, unmount } from '../src/fs/fuse/mount-table.js';
+import { isKvfsMount, mountAt, mountHolding, unmount, UnmountError, type MountEntry } from '../src/fs/fuse/mount-table.js';
 import { K } from '../src/fs/schema.js';
 import { chunkSizeProblem, formatVolume, readVolume } from '../src/fs/volume.js';
-import { fuseDeviceProblem } from '../src/native.js';
+import { errnoName, fuseDeviceProblem, native } from '../src/native.js';
+import {
+  daemonOf, describeUsers, isAlive, isStopped, lockStoreDir, processState, readRecord, removeRecord, usersOf, writeRecord,
+  type DaemonRecord,
+} from './daemons.js';
+import { Lifecycle } from './lifecycle.js';
 
 class CliError extends Error {}
 const fail = (msg: string): never => { throw new CliError(msg); };
@@ -82,12 +90,14 @@ function storeOptions(a: StoreArgs): OpenStoreOptions {
 /** the one-line error for a store that holds no volume */
 const noVolume = (url: string) => `${describeStore(url)} holds no kvfs volume; create one with: kvfs format ${url}`;
 
-const withStoreOptions = <T>(y: Argv<T>) => y
-  .option('store-timeout', { type: 'number', default: 10, describe: 'seconds a store call may take, retries included, before it fails (EIO)' })
-  .option('password-file', { type: 'string', describe: 'file whose first line is the Redis password (or set KVFS_REDIS_PASSWORD)' })
-  .option('tls-ca', { type: 'string', describe: 'CA certificate file for rediss:// URLs' })
-  .option('tls-cert', { type: 'string', describe: 'client certificate file for rediss:// URLs' })
-  .option('tls-key', { type: 'string', describe: 'client key file for rediss:// URLs' });
+/** the options of every command that opens a store (Redis: deadline, password file, TLS files) */
+const STORE_OPTIONS = {
+  'store-timeout': { type: 'number', default: 10, describe: 'seconds a store call may take, retries included, before it fails (EIO)' },
+  'password-file': { type: 'string', describe: 'file whose first line is the Redis password (or set KVFS_REDIS_PASSWORD)' },
+  'tls-ca': { type: 'string', describe: 'CA certificate file for rediss:// URLs' },
+  'tls-cert': { type: 'string', describe: 'client certificate file for rediss:// URLs' },
+  'tls-key': { type: 'string', describe: 'client key file for rediss:// URLs' },
+} as const;
 
 async function withStore<T>(url: string, args: StoreArgs, fn: (s: KvStore) => Promise<T>): Promise<T> {
   const store = await openStore(url, storeOptions(args));
@@ -108,11 +118,38 @@ async function format(argv: { store?: string; name?: string; chunkSize?: string 
   if (argv.name !== undefined && !/^[A-Za-z0-9_-]{1,64}$/.test(argv.name)) {
     fail(`bad volume name '${argv.name}': use 1 to 64 of A-Z a-z 0-9 _ -`);
   }
+  if (url.startsWith('memory:')) {
+    fail('a memory: volume lives in the memory of the daemon that mounts it and ends with it, so there is nothing to ' +
+      'format: `kvfs mount memory: MOUNTPOINT` makes a new one');
+  }
+  const dir = localStoreDir(url);
+  if (dir) {
+    storeDirProblem(dir);
+    if (existsSync(dir) && !existsSync(join(dir, 'data.mdb')) && readdirSync(dir).some((f) => f !== 'kvfs-daemon.lock')) {
+      fail(`${dir} is not empty and holds no kvfs store: format into an empty or new directory`);
+    }
+    mkdirSync(dir, { recursive: true });
+    try {
+      lockStoreDir(dir, { what: 'format' });
+    } catch (e) {
+      fail((e as Error).message);
+    }
+  }
   await withStore(url, argv, async (store) => {
     const vol = await formatVolume(store, { name, chunkSize });
     console.log(`kvfs: formatted ${describeStore(url)}: volume '${vol.name}', chunk size ${vol.chunkSize}`);
     printWarnings();
   });
+}
+
+/**
+ * Refuses a local store inside a kvfs mount (its daemon would serve its own store, or lean on another daemon
+ * for every page LMDB maps) and a mountpoint inside the store. Reads the mount table only.
+ */
+function storeDirProblem(dir: string, mountpoint?: string): void {
+  const m = mountHolding(dir);
+  if (isKvfsMount(m)) fail(`local:${dir} is inside the kvfs mount at ${m!.mountPoint}: keep a store on a local disk, not in a kvfs volume`);
+  if (mountpoint && (mountpoint === dir || mountpoint.startsWith(dir + '/'))) fail(`the mountpoint ${mountpoint} is inside the store local:${dir}`);
 }
 
 // ------------------------------------------------------------------ mount
@@ -136,10 +173,44 @@ interface MountArgs extends StoreArgs {
   writebackCache?: boolean;
   debugBuffers?: boolean;
   requestTimeout: number;
+  logFile?: string;
 }
 
+/**
+ * The mount command's options, for yargs and for mount(8)'s `-o name=value` (mount.kvfs): each is reachable as
+ * `-o name` (a boolean) or `-o name=value`, with `_` for `-`.
+ */
+const MOUNT_OPTIONS = {
+  'background': { type: 'boolean', describe: 'return once mounted; the daemon keeps running (log: --log-file, else <data dir>/logs/)' },
+  'log-file': { type: 'string', describe: 'append the daemon\'s log to this file (created 0600) instead of the terminal' },
+  'allow-other': { type: 'boolean', describe: 'let other users in (modes and owners then decide)' },
+  'nonempty': { type: 'boolean', describe: 'mount over a non-empty directory' },
+  'mkdir': { type: 'boolean', describe: 'create the mountpoint when it does not exist' },
+  'driver': { type: 'string', default: 'native', choices: ['native', 'libfuse'], describe: 'FUSE driver: kvfs\'s own channel to /dev/fuse, or libfuse 2 through fuse-native' },
+  'buffer-pool-mb': { type: 'number', default: 64, describe: 'MiB of request and reply buffers (native driver); requests wait when they are in use' },
+  'readers': { type: 'number', default: 2, describe: 'reader threads on /dev/fuse (native driver)' },
+  'debug-buffers': { type: 'boolean', describe: 'keep the stack of every buffer taken; report those never released at unmount' },
+  'request-timeout': { type: 'number', default: 300, describe: 'seconds before an unanswered request is answered EIO (0: never)' },
+  'writeback-cache': { type: 'boolean', describe: 'let the kernel cache writes (native driver)' },
+  'chunk-size': { type: 'string', describe: 'chunk size when this mount formats a new volume' },
+  'cache-mb': { type: 'number', default: 64, describe: 'MiB of file data cached in memory' },
+  'write-buffer-mb': { type: 'number', default: 64, describe: 'MiB of write-back buffers before writes commit early' },
+  'attr-timeout': { type: 'number', describe: 'seconds the kernel caches attributes (default 1; 0 with --driver libfuse)' },
+  'entry-timeout': { type: 'number', default: 1, describe: 'seconds the kernel caches names' },
+  'debug': { type: 'boolean', describe: 'log every FUSE request' },
+  ...STORE_OPTIONS,
+} as const;
+
+/**
+ * Refuses a mountpoint kvfs cannot use. Reads the mount table first and makes no call on a path that is a
+ * mount already: a FUSE mount whose daemon is stopped would not answer a stat.
+ */
 function checkMountpoint(mnt: string, nonempty: boolean): void {
-  if (isDeadMount(mnt)) fail(`${mnt} is a mount whose daemon is gone; clean it up with: kvfs umount ${mnt}`);
+  const m = mountAt(mnt);
+  if (m) {
+    if (isKvfsMount(m) && !daemonOf(m)) fail(`${mnt} is a kvfs mount whose daemon is gone; clean it up with: kvfs umount ${mnt}`);
+    fail(`${mnt} is already mounted (${m.fsType} from ${m.source})`);
+  }
   let st;
   try {
     st = statSync(mnt);
@@ -148,8 +219,6 @@ function checkMountpoint(mnt: string, nonempty: boolean): void {
     fail(code === 'ENOENT' ? `mountpoint ${mnt} does not exist (create it with: mkdir -p ${mnt})` : `cannot use mountpoint ${mnt}: ${code}`);
   }
   if (!st!.isDirectory()) fail(`mountpoint ${mnt} is not a directory`);
-  const m = mountAt(mnt);
-  if (m) fail(`${mnt} is already mounted (${m.fsType} from ${m.source})`);
   if (!nonempty && readdirSync(mnt).length > 0) fail(`mountpoint ${mnt} is not empty (use --nonempty to mount over its contents)`);
 }
 
@@ -159,6 +228,9 @@ function inRange(name: string, v: number | undefined, min: number, max: number):
   if (Number.isNaN(v)) fail(`bad --${name}: not a number (give a number from ${min} to ${max})`);
   if (!Number.isFinite(v) || v < min || v > max) fail(`bad --${name} ${v}: give a number from ${min} to ${max}`);
 }
+
+/** the line the daemon's log gets for each event; a terminal that went away (SIGHUP) never kills the daemon */
+const log = (line: string) => console.error(`kvfs: ${line}`);
 
 async function mount(argv: MountArgs): Promise<void> {
   inRange('buffer-pool-mb', argv.bufferPoolMb, 4, 65536);
@@ -173,13 +245,30 @@ async function mount(argv: MountArgs): Promise<void> {
   const autoFormat = argv.store === undefined || url.startsWith('memory:');
   const mnt = resolve(argv.mountpoint);
   const chunkSize = chunkSizeArg(argv.chunkSize);
-  if (argv.mkdir && !existsSync(mnt)) mkdirSync(mnt, { recursive: true });
+  const source = canonicalStoreUrl(url);
+  const storeDir = localStoreDir(url);
+  if (storeDir) storeDirProblem(storeDir, mnt);
+  if (argv.mkdir && !mountAt(mnt) && !existsSync(mnt)) mkdirSync(mnt, { recursive: true });
   checkMountpoint(mnt, !!argv.nonempty);
   const dev = fuseDeviceProblem();
   if (dev) fail(dev);
   if (!autoFormat) mustExist(url);
-  if (argv.background) return background(mnt);
+  if (argv.background) return background(mnt, cliArgs.filter((a) => a !== '--background' && a !== '--background=true'), argv.logFile);
+  if (argv.logFile) {
+    const r = native().redirectOutput(resolve(argv.logFile));
+    if (r < 0) fail(`cannot write the log file ${argv.logFile}: ${errnoName(-r)}`);
+  }
+  for (const s of [process.stdout, process.stderr]) s.on('error', () => undefined);
 
+  // One daemon per local store: held until this process ends (the kernel drops it if it dies).
+  if (storeDir) {
+    mkdirSync(storeDir, { recursive: true });
+    try {
+      lockStoreDir(storeDir, { mountpoint: mnt, what: 'mount' });
+    } catch (e) {
+      fail((e as Error).message);
+    }
+  }
   const store = await openStore(url, storeOptions(argv));
   let fs: Filesystem;
   try {
@@ -193,7 +282,7 @@ async function mount(argv: MountArgs): Promise<void> {
       if (!(e instanceof StoreError && e.code === 'NOVOLUME')) throw e;
       if (!autoFormat) fail(noVolume(url));
       await formatVolume(store, { chunkSize });
-      console.error(`kvfs: formatted a new volume in ${describeStore(url)}`);
+      log(`formatted a new volume in ${describeStore(url)}`);
     }
     fs = await Filesystem.open(store, { blobCacheBytes: argv.cacheMb << 20, writeBufferBytes: argv.writeBufferMb << 20 });
   } catch (e) {
@@ -202,18 +291,25 @@ async function mount(argv: MountArgs): Promise<void> {
   }
   const mounting = argv.driver === 'libfuse'
     ? mountLibfuse(fs, mnt, {
-      allowOther: argv.allowOther, debug: argv.debug, attrTimeout: argv.attrTimeout, entryTimeout: argv.entryTimeout,
+      allowOther: argv.allowOther, debug: argv.debug, attrTimeout: argv.attrTimeout, entryTimeout: argv.entryTimeout, source,
     })
     : mountNative(fs, mnt, {
       allowOther: argv.allowOther, attrTimeout: argv.attrTimeout, entryTimeout: argv.entryTimeout,
       poolBytes: argv.bufferPoolMb << 20, readers: argv.readers, writebackCache: argv.writebackCache,
-      debugPool: argv.debugBuffers, requestTimeout: argv.requestTimeout,
+      debugPool: argv.debugBuffers, requestTimeout: argv.requestTimeout, source,
     });
   const handle = await mounting.catch(async (e) => {
     await fs.close().catch(() => undefined);
     await store.close().catch(() => undefined);
     return fail(`cannot mount ${mnt}: ${(e as Error).message}`);
   });
+  const entry = mountAt(mnt);
+  if (!entry) fail(`${mnt} left the mount table as soon as it was mounted`);
+  // A SIGUSR1 that raced bin/kvfs.js's listener may have opened the inspector: close it before serving.
+  if (inspector.url()) {
+    inspector.close();
+    log('closed the inspector that a SIGUSR1 opened while kvfs was starting');
+  }
 
   // Opt-in, for the benches until `kvfs status MNT` exists: KVFS_STATS_FILE gets the native driver's
   // stats() as JSON every 100 ms (written to FILE.tmp, then renamed over FILE).
@@ -226,42 +322,63 @@ async function mount(argv: MountArgs): Promise<void> {
     } catch { /* a stale file tells the reader */ }
   }, 100) : undefined;
 
-  let stopping = false;
-  const stop = async (why: string) => {
-    if (stopping) return;
-    stopping = true;
-    clearInterval(watch);
-    clearInterval(statsTimer);
-    console.error(`kvfs: ${why}: unmounting ${mnt}`);
-    if (mountAt(mnt)) await handle.unmount().catch((e) => console.error(`kvfs: ${(e as Error).message}`));
-    await fs.close().catch((e) => console.error(`kvfs: ${(e as Error).message}`));
-    await store.close().catch(() => undefined);
-    process.exit(0);
+  const record: DaemonRecord = {
+    pid: process.pid, mountpoint: mnt, store: source, dev: entry!.dev, driver: argv.driver,
+    started: new Date().toISOString(), ...(argv.logFile ? { log: resolve(argv.logFile) } : {}),
   };
-  // Unmounted from outside (kvfs umount, fusermount -u, umount): shut down cleanly.
-  const watch = setInterval(() => { if (!mountAt(mnt)) void stop('unmounted'); }, 500);
-  process.on('SIGINT', () => void stop('SIGINT'));
-  process.on('SIGTERM', () => void stop('SIGTERM'));
+  const recordPath = writeRecord(record);
+  new Lifecycle({
+    mountpoint: mnt, entry: entry!, closed: (handle as Partial<NativeMount>).closed,
+    sync: () => fs.sync(),
+    close: async () => {
+      clearInterval(statsTimer);
+      let failed: unknown;
+      await fs.sync().catch((e: unknown) => { failed = e; });
+      await fs.close().catch((e: unknown) => { failed ??= e; });
+      await store.close().catch((e: unknown) => { failed ??= e; });
+      if (failed) throw failed;
+    },
+    log,
+    exit: (code) => {
+      if (code === 0) removeRecord(recordPath);
+      else writeRecord({ ...record, failed: true });
+      process.exit(code);
+    },
+  });
   console.log(`kvfs: mounted ${describeStore(url)} at ${mnt}`);
   printWarnings();
   process.send?.({ mounted: mnt, pid: process.pid });
 }
 
-/** --background: the same command without it, detached, logging to a file; returns once it is mounted */
-async function background(mnt: string): Promise<void> {
-  const logDir = join(dataDir(), 'logs');
-  mkdirSync(logDir, { recursive: true });
-  const log = join(logDir, `mount-${Date.now()}.log`);
-  const fd = openSync(log, 'a');
-  const args = process.argv.slice(1).filter((a) => a !== '--background' && a !== '--background=true');
-  const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', fd, fd, 'ipc'] });
+/**
+ * --background: the daemon is this CLI run again with `args` (a foreground mount), detached, logging to
+ * logFile (else a new file under <data dir>/logs/, 0600); returns once it is mounted, or fails with the
+ * daemon's own reason.
+ */
+async function background(mnt: string, args: string[], logFile?: string): Promise<void> {
+  let log = logFile ? resolve(logFile) : undefined;
+  if (!log) {
+    const logDir = join(dataDir(), 'logs');
+    mkdirSync(logDir, { recursive: true, mode: 0o700 });
+    log = join(logDir, `mount-${Date.now()}.log`);
+  }
+  let fd: number;
+  try {
+    fd = openSync(log, 'a', 0o600);
+  } catch (e) {
+    return fail(`cannot write the log file ${log}: ${(e as NodeJS.ErrnoException).code}`);
+  }
+  const logStart = fstatSync(fd).size;
+  const child = spawn(process.execPath, [process.argv[1]!, ...args.filter((a) => !a.startsWith('--log-file'))],
+    { detached: true, stdio: ['ignore', fd, fd, 'ipc'] });
   await new Promise<void>((res, rej) => {
     const timer = setTimeout(() => rej(new CliError(`the daemon did not mount ${mnt} within 30 s (log: ${log})`)), 30_000);
     child.on('message', () => { clearTimeout(timer); res(); });
     child.on('exit', (code) => {
       clearTimeout(timer);
       // the daemon's own one-line reason, when it gave one, is the answer
-      const why = readFileSync(log, 'utf8').split('\n').filter((l) => l.startsWith('kvfs: ') && !l.startsWith('kvfs: warning: ')).pop();
+      const why = readFileSync(log!, 'utf8').slice(logStart).split('\n')
+        .filter((l) => l.startsWith('kvfs: ') && !l.startsWith('kvfs: warning: ')).pop();
       rej(new CliError(why ? `${why.slice('kvfs: '.length)} (log: ${log})` : `the daemon exited with code ${code} before mounting (log: ${log})`));
     });
   });
@@ -273,19 +390,96 @@ async function background(mnt: string): Promise<void> {
 
 // ------------------------------------------------------------------ umount, status
 
-async function umount(argv: { mountpoint: string; lazy?: boolean }): Promise<void> {
-  const mnt = resolve(argv.mountpoint);
-  if (!mountAt(mnt)) fail(`${mnt} is not mounted`);
+/** the mount table's entry for a path given by a user (also through a symlinked parent); never stats it */
+function findMount(path: string): MountEntry | undefined {
+  const p = resolve(path);
+  const m = mountAt(p);
+  if (m) return m;
   try {
-    await unmount(mnt, { lazy: argv.lazy });
-  } catch (e) {
-    fail((e as Error).message.replace(/\n/g, ' '));
+    return mountAt(join(realpathSync(dirname(p)), basename(p)));
+  } catch {
+    return undefined;
   }
-  console.log(`kvfs: unmounted ${mnt}`);
 }
 
+/** the kvfs mount at a path, or a one-line refusal */
+function kvfsMountAt(path: string): MountEntry {
+  const m = findMount(path);
+  if (!m) fail(`${resolve(path)} is not mounted`);
+  if (!isKvfsMount(m)) fail(`${m!.mountPoint} is not a kvfs mount (it is ${m!.fsType} from ${m!.source}); unmount it with umount(8)`);
+  return m!;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Unmounts a kvfs mount without ever touching it: the daemon is found from its record, a stopped or gone
+ * daemon means a lazy unmount (said), a busy mount is refused with who holds it. After a clean unmount it
+ * waits (--wait seconds) for the daemon's last commit and says how it ended.
+ */
+async function umount(argv: { mountpoint: string; lazy?: boolean; wait: number }): Promise<void> {
+  inRange('wait', argv.wait, 0, 86400);
+  const m = kvfsMountAt(argv.mountpoint);
+  const mnt = m.mountPoint;
+  const d = daemonOf(m);
+  let lazy = !!argv.lazy;
+  let why: string | undefined;
+  if (!d) [lazy, why] = [true, 'its daemon is gone (killed or crashed): what it had not committed is lost, the rest is in the store'];
+  else if (isStopped(processState(d.pid))) {
+    [lazy, why] = [true, `its daemon (pid ${d.pid}) is stopped (SIGSTOP): it serves the processes still inside once it continues (kill -CONT ${d.pid}), then commits and exits`];
+  }
+  try {
+    await unmount(mnt, { lazy, timeoutMs: 10_000 });
+  } catch (e) {
+    if (!(e instanceof UnmountError)) throw e;
+    if (e.busy) {
+      const who = usersOf(mnt);
+      fail(`${mnt} is busy${who.length ? ` (used by ${describeUsers(who)})` : ''}: close what uses it and try again, ` +
+        `or detach it now with: kvfs umount --lazy ${mnt}`);
+    }
+    if (lazy || !e.timedOut) fail(e.message);
+    [lazy, why] = [true, `the unmount did not return within 10 s (daemon pid ${d!.pid} stuck?)`];
+    await unmount(mnt, { lazy: true, timeoutMs: 10_000 }).catch((e2: Error) => fail(e2.message));
+  }
+  if (lazy) {
+    console.log(`kvfs: detached ${mnt} (lazy unmount)${why ? `: ${why}` : d ? `: daemon pid ${d.pid} serves the processes still inside, then commits and exits` : ''}`);
+    return;
+  }
+  // The daemon sees the session end, commits what it still holds, and exits.
+  const until = Date.now() + argv.wait * 1000;
+  while (isAlive(processState(d!.pid)) && Date.now() < until) await sleep(50);
+  if (isAlive(processState(d!.pid))) {
+    console.log(`kvfs: unmounted ${mnt}; daemon pid ${d!.pid} is still committing${d!.log ? ` (log: ${d!.log})` : ''}`);
+  } else if (readRecord(m)?.failed) {
+    fail(`unmounted ${mnt}, but daemon pid ${d!.pid} could not commit everything${d!.log ? ` (log: ${d!.log})` : ''}`);
+  } else {
+    console.log(`kvfs: unmounted ${mnt}`);
+  }
+}
+
+const isStoreUrl = (s: string) => /^[A-Za-z][A-Za-z0-9+.-]*:/.test(s) && !s.startsWith('/');
+
 async function status(argv: { store?: string } & StoreArgs): Promise<void> {
-  const url = argv.store ?? defaultStore();
+  let url = argv.store ?? defaultStore();
+  const lines: string[] = [];
+  if (argv.store !== undefined && !isStoreUrl(argv.store)) {
+    // a mountpoint: what is mounted there, then the volume when its store can be read from here
+    const m = findMount(argv.store);
+    if (!m) fail(`${resolve(argv.store)} is neither a store URL (local:PATH, memory:, redis://...) nor a mounted kvfs volume`);
+    if (!isKvfsMount(m)) fail(`${m!.mountPoint} is not a kvfs mount (it is ${m!.fsType} from ${m!.source})`);
+    const d = daemonOf(m!);
+    url = d?.store ?? m!.source;
+    lines.push(
+      `mountpoint:     ${m!.mountPoint}`,
+      `daemon:         ${d ? `pid ${d.pid} (${d.driver} driver, since ${d.started})${isStopped(processState(d.pid)) ? ', STOPPED' : ''}` : 'gone (clean up with: kvfs umount ' + m!.mountPoint + ')'}`,
+      ...(d?.log ? [`log:            ${d.log}`] : []),
+    );
+    if (url.startsWith('memory:')) {
+      lines.push(`store:          ${describeStore(url)}: its volume lives in the daemon's memory only`);
+      console.log(lines.join('\n'));
+      return;
+    }
+  }
   mustExist(url);
   await withStore(url, argv, async (store) => {
     const vol = await readVolume(store).catch((e: unknown) => (e instanceof StoreError && e.code === 'NOVOLUME' ? fail(noVolume(url)) : Promise.reject(e)));
@@ -293,6 +487,7 @@ async function status(argv: { store?: string } & StoreArgs): Promise<void> {
     const bytes = await store.incr(K.byteCount, 0);
     const info = await store.info();
     console.log([
+      ...lines,
       `store:          ${describeStore(url)}`,
       `volume:         ${vol.name}`,
       `format version: ${vol.formatVersion}`,
@@ -306,16 +501,117 @@ async function status(argv: { store?: string } & StoreArgs): Promise<void> {
   });
 }
 
+// ------------------------------------------------------------------ mount(8) and fstab
+
+/** what `kvfs install-helper` writes, and how it knows a file is its own */
+const HELPER_MARK = '# kvfs mount helper';
+const HELPER_NAMES = ['mount.kvfs', 'mount.fuse.kvfs'];
+
+function helperScript(): string {
+  const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
+  return [
+    '#!/bin/sh',
+    `${HELPER_MARK}, written by \`kvfs install-helper\` (\`kvfs install-helper --uninstall\` removes it).`,
+    '# mount(8) runs it for `mount -t kvfs STORE DIR -o OPTIONS` and fstab lines of type kvfs.',
+    `exec ${q(process.execPath)} ${q(resolve(process.argv[1]!))} mount-helper "$@"`,
+    '',
+  ].join('\n');
+}
+
+function installHelper(argv: { uninstall?: boolean; dir: string }): void {
+  if (process.getuid?.() !== 0) fail('install-helper writes into ' + argv.dir + ': run it as root');
+  const ours = (p: string) => { try { return readFileSync(p, 'utf8').includes(HELPER_MARK); } catch { return false; } };
+  for (const name of HELPER_NAMES) {
+    const p = join(argv.dir, name);
+    if (existsSync(p) && !ours(p)) fail(`${p} exists and is not kvfs's helper: remove it first, or pass --dir`);
+  }
+  for (const name of HELPER_NAMES) {
+    const p = join(argv.dir, name);
+    if (argv.uninstall) {
+      rmSync(p, { force: true });
+    } else {
+      writeFileSync(`${p}.tmp`, helperScript(), { mode: 0o755 });
+      renameSync(`${p}.tmp`, p);
+    }
+  }
+  console.log(argv.uninstall
+    ? `kvfs: removed ${HELPER_NAMES.map((n) => join(argv.dir, n)).join(' and ')}`
+    : `kvfs: installed ${HELPER_NAMES.map((n) => join(argv.dir, n)).join(' and ')}: mount -t kvfs STORE DIR -o allow_other,cache_mb=256 works, and fstab lines of type kvfs`);
+}
+
+/** mount(8)'s own options, which the helper takes and does nothing with (they are mount(8)'s or fstab's business) */
+const MOUNT8_OPTIONS = new Set(['defaults', 'rw', 'auto', 'noauto', 'user', 'nouser', 'users', 'owner', 'group', '_netdev',
+  'nofail', 'suid', 'nosuid', 'dev', 'nodev', 'exec', 'noexec', 'async', 'atime', 'noatime', 'relatime', 'norelatime',
+  'strictatime', 'nodiratime', 'diratime', 'loud', 'silent']);
+
+/**
+ * `-o` options of mount(8) as mount command arguments: `name` -> --name, `name=value` -> --name value
+ * (`_` for `-`); mount(8)'s own options are dropped; anything else is a one-line error naming it.
+ */
+export function helperArgs(options: string, sloppy = false): string[] {
+  const args: string[] = [];
+  for (const opt of options.split(',').filter(Boolean)) {
+    const eq = opt.indexOf('=');
+    const name = (eq < 0 ? opt : opt.slice(0, eq)).replace(/_/g, '-');
+    const value = eq < 0 ? undefined : opt.slice(eq + 1);
+    if (MOUNT8_OPTIONS.has(opt) || opt.startsWith('x-') || opt.startsWith('comment=')) continue;
+    if (opt === 'ro') fail('kvfs cannot mount read-only yet: remove ro from the options');
+    const spec = (MOUNT_OPTIONS as Record<string, { type: string }>)[name];
+    if (!spec || name === 'background') {
+      if (sloppy) continue;
+      fail(`unknown mount option '${opt}' (kvfs takes: ${Object.keys(MOUNT_OPTIONS).filter((n) => n !== 'background').map((n) => n.replace(/-/g, '_')).join(', ')})`);
+    }
+    if (spec!.type === 'boolean') {
+      if (value === undefined || value === 'true' || value === '1') args.push(`--${name}`);
+      else if (value === 'false' || value === '0') args.push(`--no-${name}`);
+      else fail(`mount option ${opt}: give ${name.replace(/-/g, '_')} alone, or =true / =false`);
+    } else {
+      if (value === undefined || value === '') fail(`mount option ${opt} needs a value: ${opt}=VALUE`);
+      args.push(`--${name}`, value!);
+    }
+  }
+  return args;
+}
+
+/** mount(8)'s call: mount.kvfs STORE DIR [-sfnv] [-N NS] [-o OPTIONS] [-t TYPE]; mounts in the background */
+async function mountHelper(argv: string[]): Promise<void> {
+  const pos: string[] = [];
+  let options = '';
+  let sloppy = false;
+  let fake = false;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === '-o') options += ',' + (argv[++i] ?? '');
+    else if (a.startsWith('-o')) options += ',' + a.slice(2);
+    else if (a === '-t') i++;
+    else if (a === '-N') fail('mount.kvfs does not mount into another namespace (-N)');
+    else if (/^-[sfnvr]+$/.test(a)) { sloppy ||= a.includes('s'); fake ||= a.includes('f'); if (a.includes('r')) fail('kvfs cannot mount read-only yet'); }
+    else if (a.startsWith('-')) fail(`mount.kvfs: unknown flag ${a}`);
+    else pos.push(a);
+  }
+  if (pos.length !== 2) fail('usage: mount.kvfs STORE MOUNTPOINT [-o OPTIONS] (STORE "default" is the default store)');
+  const [spec, dir] = pos as [string, string];
+  if (fake) return;
+  // `kvfs mount` itself, with its checks, in the background: mount(8) returns once the volume is mounted
+  await main(['mount', ...(spec === 'default' ? [] : [spec]), resolve(dir), ...helperArgs(options, sloppy), '--background']);
+}
+
 // ------------------------------------------------------------------ the parser
 
-async function main(): Promise<void> {
-  await yargs(hideBin(process.argv))
+/** the arguments of this run (after the node and script paths), which --background passes on to the daemon */
+let cliArgs: string[] = [];
+
+async function main(args: string[]): Promise<void> {
+  cliArgs = args;
+  // mount(8)'s helper call has its own argument shape (mount.kvfs SPEC DIR -o a,b=c)
+  if (args[0] === 'mount-helper') return mountHelper(args.slice(1));
+  await yargs(args)
     .scriptName('kvfs')
     .usage('$0 <command> [options]\n\nA FUSE filesystem that keeps every file as key-value objects in a store.\n' +
       'STORE is a URL: local:PATH (embedded LMDB in a directory), memory: (in the daemon\'s memory, for tests),\n' +
       'redis://HOST:PORT/VOLUME (one Redis server) or redis-cluster://HOST:PORT,.../VOLUME (a Redis Cluster or Kvrocks cluster;\n' +
       'rediss:// for TLS). The Redis password comes from KVFS_REDIS_PASSWORD or --password-file, never from the URL.')
-    .command('format [store]', 'write a new, empty volume into a store', (y) => withStoreOptions(y)
+    .command('format [store]', 'write a new, empty volume into a store', (y) => y.options(STORE_OPTIONS)
       .positional('store', { type: 'string', describe: 'store URL (default: the per-user default store)' })
       .option('name', { type: 'string', describe: 'volume name ([A-Za-z0-9_-])' })
       .option('chunk-size', { type: 'string', describe: 'chunk size, a power of two from 4K to 64M (default 256K)' })
@@ -323,41 +619,31 @@ async function main(): Promise<void> {
       .example('$0 format local:./data --chunk-size 1M', 'with 1 MiB chunks')
       .example('$0 format redis-cluster://10.0.0.1:7000/vol1', 'a volume named vol1 on a Redis Cluster'),
     (a) => format(a as never))
-    .command('mount <first> [second]', 'mount a volume: kvfs mount [STORE] MOUNTPOINT (a bare mountpoint mounts the default store, formatting it on first use)', (y) => withStoreOptions(y)
+    .command('mount <first> [second]', 'mount a volume: kvfs mount [STORE] MOUNTPOINT (a bare mountpoint mounts the default store, formatting it on first use)', (y) => y.options(MOUNT_OPTIONS)
       .positional('first', { type: 'string', describe: 'STORE URL, or the MOUNTPOINT when it is the only argument' })
       .positional('second', { type: 'string', describe: 'MOUNTPOINT' })
-      .option('background', { type: 'boolean', describe: 'return once mounted; the daemon keeps running' })
-      .option('allow-other', { type: 'boolean', describe: 'let other users in (modes and owners then decide)' })
-      .option('nonempty', { type: 'boolean', describe: 'mount over a non-empty directory' })
-      .option('mkdir', { type: 'boolean', describe: 'create the mountpoint when it does not exist' })
-      .option('driver', { type: 'string', default: 'native', choices: ['native', 'libfuse'], describe: 'FUSE driver: kvfs\'s own channel to /dev/fuse, or libfuse 2 through fuse-native' })
-      .option('buffer-pool-mb', { type: 'number', default: 64, describe: 'MiB of request and reply buffers (native driver); requests wait when they are in use' })
-      .option('readers', { type: 'number', default: 2, describe: 'reader threads on /dev/fuse (native driver)' })
-      .option('debug-buffers', { type: 'boolean', describe: 'keep the stack of every buffer taken; report those never released at unmount' })
-      .option('request-timeout', { type: 'number', default: 300, describe: 'seconds before an unanswered request is answered EIO (0: never)' })
-      .option('writeback-cache', { type: 'boolean', describe: 'let the kernel cache writes (native driver)' })
-      .option('chunk-size', { type: 'string', describe: 'chunk size when this mount formats a new volume' })
-      .option('cache-mb', { type: 'number', default: 64, describe: 'MiB of file data cached in memory' })
-      .option('write-buffer-mb', { type: 'number', default: 64, describe: 'MiB of write-back buffers before writes commit early' })
-      .option('attr-timeout', { type: 'number', describe: 'seconds the kernel caches attributes (default 1; 0 with --driver libfuse)' })
-      .option('entry-timeout', { type: 'number', default: 1, describe: 'seconds the kernel caches names' })
-      .option('debug', { type: 'boolean', describe: 'log every FUSE request' })
       .example('$0 mount ./mnt --mkdir', 'mount the default volume at ./mnt, creating ./mnt')
       .example('$0 mount local:/srv/kvfs /mnt/kvfs --background', 'mount an LMDB volume and return')
       .example('$0 mount memory: /tmp/scratch', 'a throw-away volume in memory')
       .example('KVFS_REDIS_PASSWORD=... $0 mount redis-cluster://10.0.0.1:7000/vol1 /mnt/vol1', 'a volume on a Redis Cluster, shared with other mounts'),
     (a) => mount({ ...(a as never as MountArgs), ...(a.second === undefined
       ? { store: undefined, mountpoint: a.first as string } : { store: a.first as string, mountpoint: a.second }) }))
-    .command(['umount <mountpoint>', 'unmount <mountpoint>'], 'unmount (also a mount whose daemon died)', (y) => y
+    .command(['umount <mountpoint>', 'unmount <mountpoint>'], 'unmount a kvfs mount: the daemon commits and exits (a mount whose daemon is stopped or gone is detached lazily)', (y) => y
       .positional('mountpoint', { type: 'string', demandOption: true })
-      .option('lazy', { type: 'boolean', describe: 'detach now even if busy' })
+      .option('lazy', { type: 'boolean', describe: 'detach now even if busy: the daemon serves the processes inside until the last leaves' })
+      .option('wait', { type: 'number', default: 60, describe: 'seconds to wait for the daemon\'s last commit' })
       .example('$0 umount ./mnt', 'unmount ./mnt'),
     (a) => umount(a as never))
-    .command('status [store]', 'show a volume\'s record and usage', (y) => withStoreOptions(y)
-      .positional('store', { type: 'string', describe: 'store URL (default: the per-user default store)' })
-      .example('$0 status local:/srv/kvfs', 'show that volume'),
+    .command('status [store]', 'show a volume\'s record and usage; given a mountpoint, what is mounted there', (y) => y.options(STORE_OPTIONS)
+      .positional('store', { type: 'string', describe: 'store URL or mountpoint (default: the per-user default store)' })
+      .example('$0 status local:/srv/kvfs', 'show that volume')
+      .example('$0 status /mnt/kvfs', 'show the volume mounted there and its daemon'),
     (a) => status(a as never))
-    .demandCommand(1, 'name a command: format, mount, umount or status')
+    .command('install-helper', 'put mount.kvfs where mount(8) finds it, for `mount -t kvfs` and /etc/fstab (root)', (y) => y
+      .option('uninstall', { type: 'boolean', describe: 'remove the helper instead' })
+      .option('dir', { type: 'string', default: '/usr/sbin', describe: 'where mount(8) looks for helpers' }),
+    (a) => installHelper(a as never))
+    .demandCommand(1, 'name a command: format, mount, umount, status or install-helper')
     .strict()
     .help()
     .fail((msg, err) => {
@@ -368,9 +654,8 @@ async function main(): Promise<void> {
     .parseAsync();
 }
 
-main().catch((e: unknown) => {
+main(hideBin(process.argv)).catch((e: unknown) => {
   const msg = e instanceof CliError || e instanceof StoreError ? e.message : (e as Error)?.stack ?? String(e);
   console.error(`kvfs: ${msg}`);
   process.exit(1);
 });
-

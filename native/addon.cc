@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "channel.h"
+#include "daemon-files.h"
 #include "fuse-dev.h"
 
 namespace {
@@ -31,6 +32,14 @@ Napi::Value MountFuse(const Napi::CallbackInfo& info) {
 
 Napi::Value FusermountMount(const Napi::CallbackInfo& info) {
   return Num(info.Env(), kvfs::FusermountMount(info[0].As<Napi::String>(), info[1].As<Napi::String>()));
+}
+
+Napi::Value LockFile(const Napi::CallbackInfo& info) {
+  return Num(info.Env(), kvfs::LockFile(info[0].As<Napi::String>()));
+}
+
+Napi::Value RedirectOutput(const Napi::CallbackInfo& info) {
+  return Num(info.Env(), kvfs::RedirectOutput(info[0].As<Napi::String>()));
 }
 
 Napi::Value CloseFd(const Napi::CallbackInfo& info) {
@@ -216,6 +225,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("mountFuse", Napi::Function::New(env, MountFuse));
   exports.Set("fusermountMount", Napi::Function::New(env, FusermountMount));
   exports.Set("closeFd", Napi::Function::New(env, CloseFd));
+  exports.Set("lockFile", Napi::Function::New(env, LockFile));
+  exports.Set("redirectOutput", Napi::Function::New(env, RedirectOutput));
   exports.Set("NativeChannel", ChannelWrap::Define(env));
   exports.Set("recordSize", Num(env, kvfs::kRecordSize));
   exports.Set("inlineBody", Num(env, kvfs::kInlineBody));

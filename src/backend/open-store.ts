@@ -51,6 +51,18 @@ export function describeStore(url: string): string {
   return u.name === '' ? 'in-memory store (not durable)' : `in-memory store '${u.name}' (not durable)`;
 }
 
+/** the directory of a local: store URL (resolved), undefined for other stores; throws INVALID like openStore */
+export function localStoreDir(url: string): string | undefined {
+  const u = parseStoreUrl(url);
+  return u.scheme === 'local' ? u.dir : undefined;
+}
+
+/** the URL as a mount shows it (its source): a local: path made absolute; throws INVALID like openStore */
+export function canonicalStoreUrl(url: string): string {
+  const u = parseStoreUrl(url);
+  return u.scheme === 'local' ? `local:${u.dir}` : url;
+}
+
 function parseStoreUrl(url: string): StoreUrl {
   if (isRedisUrl(url)) {
     parseRedisUrl(url);

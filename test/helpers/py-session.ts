@@ -17,6 +17,8 @@
  *                                                  -> { size, sha256 }: open (O_WRONLY|O_CREAT + the extra
  *                                                     flags, mode 0644), write size bytes of random.Random(seed),
  *                                                     fsync when asked, close
+ *   ['write_fd', fd, size, seed]                   -> { size, sha256 }: write size bytes of random.Random(seed) at the
+ *                                                     descriptor's position (it stays open)
  *   ['poll', path, 'OK' | errno name, timeout_ms]  -> { ms, tries }: stat(path) every 20 ms until its outcome
  *                                                     is the one wanted; fails with errno ETIMEDOUT otherwise
  *   ['listdir', path]                              -> sorted names
@@ -71,6 +73,12 @@ def do(op):
                 os.fsync(fd)
         finally:
             os.close(fd)
+        return {'size': len(data), 'sha256': hashlib.sha256(data).hexdigest()}
+    if k == 'write_fd':
+        data = random.Random(a[2]).randbytes(a[1])
+        v = memoryview(data)
+        while v:
+            v = v[os.write(a[0], v):]
         return {'size': len(data), 'sha256': hashlib.sha256(data).hexdigest()}
     if k == 'poll':
         t0, tries = time.monotonic(), 0

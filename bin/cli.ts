@@ -369,7 +369,7 @@ async function background(mnt: string, args: string[], logFile?: string): Promis
     return fail(`cannot write the log file ${log}: ${(e as NodeJS.ErrnoException).code}`);
   }
   const logStart = fstatSync(fd).size;
-  const child = spawn(process.execPath, [process.argv[1]!, ...args.filter((a) => !a.startsWith('--log-file'))],
+  const child = spawn(process.execPath, [process.argv[1]!, ...args],
     { detached: true, stdio: ['ignore', fd, fd, 'ipc'] });
   await new Promise<void>((res, rej) => {
     const timer = setTimeout(() => rej(new CliError(`the daemon did not mount ${mnt} within 30 s (log: ${log})`)), 30_000);
@@ -555,7 +555,7 @@ export function helperArgs(options: string, sloppy = false): string[] {
     const name = (eq < 0 ? opt : opt.slice(0, eq)).replace(/_/g, '-');
     const value = eq < 0 ? undefined : opt.slice(eq + 1);
     if (MOUNT8_OPTIONS.has(opt) || opt.startsWith('x-') || opt.startsWith('comment=')) continue;
-    if (opt === 'ro') fail('kvfs cannot mount read-only yet: remove ro from the options');
+    if (opt === 'ro') fail('read-only mounts are not supported yet: remove ro from the options');
     const spec = (MOUNT_OPTIONS as Record<string, { type: string }>)[name];
     if (!spec || name === 'background') {
       if (sloppy) continue;
@@ -585,7 +585,7 @@ async function mountHelper(argv: string[]): Promise<void> {
     else if (a.startsWith('-o')) options += ',' + a.slice(2);
     else if (a === '-t') i++;
     else if (a === '-N') fail('mount.kvfs does not mount into another namespace (-N)');
-    else if (/^-[sfnvr]+$/.test(a)) { sloppy ||= a.includes('s'); fake ||= a.includes('f'); if (a.includes('r')) fail('kvfs cannot mount read-only yet'); }
+    else if (/^-[sfnvr]+$/.test(a)) { sloppy ||= a.includes('s'); fake ||= a.includes('f'); if (a.includes('r')) fail('read-only mounts are not supported yet (-r)'); }
     else if (a.startsWith('-')) fail(`mount.kvfs: unknown flag ${a}`);
     else pos.push(a);
   }

@@ -6,7 +6,8 @@ import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
 import { existsSync } from 'node:fs';
-import { constants } from 'node:os';
+import { constants, userInfo } from 'node:os';
+import { describeDevice, isRoot, setuidFusermount } from './fuse-access.js';
 
 /** The native channel (native/channel.h states its contract). Methods return a result or -errno. */
 export interface NativeChannelHandle {
@@ -43,6 +44,10 @@ interface Addon {
   mountFuse(fd: number, mountpoint: string, fstype: string, source: string, options: string, flags: number): number;
   fusermountMount(mountpoint: string, options: string): number;
   closeFd(fd: number): number;
+  /** an exclusive flock(2) on path (created 0600): the fd holding it, -EWOULDBLOCK when held elsewhere, or -errno */
+  lockFile(path: string): number;
+  /** descriptors 1 and 2 to the end of path (created 0600): 0 or -errno */
+  redirectOutput(path: string): number;
   NativeChannel: new (fds: number[], arena: ArrayBuffer, classSizes: number[], pipeSize: number,
     onWake: () => void) => NativeChannelHandle;
   recordSize: number;
@@ -80,14 +85,41 @@ export function errnoName(n: number): string {
   return e ? e[0] : `errno ${n}`;
 }
 
-/** undefined when /dev/fuse can serve a mount, else the reason */
+/**
+ * undefined when this process can mount FUSE, else the reason and what to do. Root needs /dev/fuse; an
+ * ordinary user needs /dev/fuse too (fusermount3 opens it with the user's rights) and a setuid-root
+ * fusermount3 (src/fuse-access.ts).
+ */
 export function fuseDeviceProblem(): string | undefined {
   const r = native().probeFuseDevice();
-  if (r >= 0) return undefined;
-  const name = errnoName(-r);
-  if (name === 'ENOENT') return '/dev/fuse does not exist (load the fuse module: modprobe fuse)';
-  if (name === 'EACCES' || name === 'EPERM') return `/dev/fuse cannot be opened (${name}): run as root or add the user to the fuse group`;
-  return `/dev/fuse cannot be opened (${name})`;
+  const name = r < 0 ? errnoName(-r) : undefined;
+  if (name === 'ENOENT' || name === 'ENODEV' || name === 'ENXIO') {
+    return '/dev/fuse does not exist (the fuse kernel module is not loaded: as root, run modprobe fuse)';
+  }
+  if (isRoot()) return name && `/dev/fuse cannot be opened (${name})`;
+  const device = name === undefined || name === 'EACCES' || name === 'EPERM';
+  if (!device) return `/dev/fuse cannot be opened (${name})`;
+  const helper = setuidFusermount();
+  if (name === undefined && helper) return undefined;
+  let who: string;
+  try {
+    who = userInfo().username;
+  } catch {
+    who = `uid ${process.getuid?.()}`;
+  }
+  const problems: string[] = [];
+  const todo: string[] = [];
+  if (name) {
+    problems.push(`/dev/fuse cannot be opened by ${who} (${name}; it is ${describeDevice()})`);
+    todo.push('/dev/fuse must be readable and writable by users (udev makes it mode 0666; where udev does not run, ' +
+      'as root: chmod 0666 /dev/fuse)');
+  }
+  if (!helper) {
+    problems.push('no setuid-root fusermount3 is installed');
+    todo.push('install fuse3 (as root: apt install fuse3)');
+  }
+  return `${problems.join(', and ')}: an ordinary user mounts through fusermount3, which opens /dev/fuse with ` +
+    `the user's own rights. On Debian 12: ${todo.join('; ')}. Or run kvfs mount as root`;
 }
 
 /** a native result: the value when non-negative, else an Error with the errno's name as code */

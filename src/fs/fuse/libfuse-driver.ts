@@ -8,7 +8,10 @@
  *  - rename flags (RENAME_NOREPLACE / RENAME_EXCHANGE reach the kernel as EINVAL);
  *  - timestamps finer than a millisecond (fuse-native carries milliseconds);
  *  - setting one timestamp alone (utimensat with UTIME_OMIT for the other): libfuse 2.9 drops the change;
- *  - times before 1970 (fuse-native carries times as unsigned milliseconds);
+ *  - an atime and an mtime that differ: fuse-native hands over the atime in the mtime's place, so both get the atime;
+ *  - times outside [1970-01-01, 2^53-1 ms after it] (fuse-native carries times as unsigned milliseconds, and
+ *    JavaScript numbers are exact to 2^53): a time set outside is clamped to the nearest end, as the kernel clamps
+ *    times a filesystem cannot store; a stored time outside (set through the native driver) reads clamped;
  *  - unlink or rename over an open file is libfuse's "hide and remove at last close" (.fuse_hidden files), not
  *    the core's own orphan handling: such a rename is two steps, and the hidden names show in listings;
  *  - hard links: libfuse gives each path its own kernel inode, so cached attributes of one link do not see a
@@ -18,6 +21,7 @@
 import { createRequire } from 'node:module';
 import { constants } from 'node:fs';
 import { constants as osConstants } from 'node:os';
+import { allowOtherProblem, escapeOptionValue, fusermountRefused, isRoot, mountSource, setuidFusermount } from '../../fuse-access.js';
 import type { Filesystem } from '../filesystem.js';
 import { toErrno } from '../errors.js';
 import type { Attr, Ctx, StatFs } from '../types.js';
@@ -27,6 +31,8 @@ const require = createRequire(import.meta.url);
 
 export interface LibfuseMountOptions {
   allowOther?: boolean;
+  /** the mount's source as findmnt and df show it (the store URL, never a secret); default `kvfs` */
+  source?: string;
   debug?: boolean;
   /** seconds the kernel may cache attributes and entries */
   attrTimeout?: number;
@@ -35,9 +41,28 @@ export interface LibfuseMountOptions {
 
 type Cb = (...args: unknown[]) => void;
 
-/** a stat object as fuse-native takes it (times in milliseconds) */
+/** fuse-native copies the -o string into a 1024-byte buffer: 1023 bytes and its NUL */
+const OPTIONS_MAX = 1023;
+
+/** the times fuse-native carries: milliseconds since 1970, unsigned, exact as a JavaScript number */
+export const TIME_MS_MIN = 0;
+export const TIME_MS_MAX = Number.MAX_SAFE_INTEGER;
+
+/** a time in milliseconds clamped to what fuse-native carries */
+export const clampMs = (ms: number): number => Math.min(TIME_MS_MAX, Math.max(TIME_MS_MIN, ms));
+
+/**
+ * fuse-native's utimens arguments (a time as the low and high 32 bits of C's `(uint64_t)(tv_sec * 1000 +
+ * tv_nsec / 1e6)`) as milliseconds: read as signed, so a time before 1970 is negative, then clamped.
+ */
+export function utimensMs(low: number, high: number): number {
+  const ms = BigInt.asIntN(64, (BigInt(high >>> 0) << 32n) | BigInt(low >>> 0));
+  return ms < BigInt(TIME_MS_MIN) ? TIME_MS_MIN : ms > BigInt(TIME_MS_MAX) ? TIME_MS_MAX : Number(ms);
+}
+
+/** a stat object as fuse-native takes it (times in milliseconds, clamped to what it carries) */
 function toStat(a: Attr): object {
-  const ms = (t: { sec: number; nsec: number }) => t.sec * 1000 + Math.floor(t.nsec / 1e6);
+  const ms = (t: { sec: number; nsec: number }) => clampMs(t.sec * 1000 + Math.floor(t.nsec / 1e6));
   return {
     mode: a.mode, uid: a.uid, gid: a.gid, size: a.size, dev: 0, nlink: a.nlink, ino: a.ino, rdev: a.rdev,
     blksize: 4096, blocks: a.blocks, atime: ms(a.atime), mtime: ms(a.mtime), ctime: ms(a.ctime),
@@ -51,6 +76,13 @@ function msToTs(ms: number): { sec: number; nsec: number } {
 
 /** Mounts `fs` at `mnt` through fuse-native; resolves once the kernel has the mount. */
 export async function mountLibfuse(fs: Filesystem, mnt: string, opts: LibfuseMountOptions = {}): Promise<{ unmount(): Promise<void> }> {
+  const refused = opts.allowOther ? allowOtherProblem() : undefined;
+  if (refused) throw new Error(refused);
+  // as an ordinary user, libfuse 2's fuse_mount runs `fusermount` (Debian 12's fuse3 links it to fusermount3)
+  if (!isRoot() && !setuidFusermount(['fusermount'])) {
+    throw new Error('the libfuse driver mounts as an ordinary user through `fusermount`, and no setuid-root one is ' +
+      'installed (on Debian 12, fuse3 provides it: apt install fuse3); or use the native driver, or mount as root');
+  }
   const Fuse = require('fuse-native') as { new (mnt: string, ops: object, opts: object): FuseInstance; prototype: object };
   interface FuseInstance {
     ops: Record<string, Cb>;
@@ -100,7 +132,7 @@ export async function mountLibfuse(fs: Filesystem, mnt: string, opts: LibfuseMou
     },
     flush: (_p: string, fh: number, cb: Cb) => reply(cb, () => fs.flush(fh)),
     fsync: (_p: string, datasync: number, fh: number, cb: Cb) => reply(cb, () => fs.fsync(fh, !!datasync)),
-    fsyncdir: (_p: string, _d: number, _fh: number, cb: Cb) => reply(cb, () => fs.store.sync()),
+    fsyncdir: (_p: string, _d: number, _fh: number, cb: Cb) => reply(cb, () => fs.syncMetadata()),
     release: (_p: string, fh: number, cb: Cb) => reply(cb, () => fs.release(fh)),
     truncate: (path: string, size: number, cb: Cb) => reply(cb, () => setattr(path, { size })),
     ftruncate: (path: string, _fh: number, size: number, cb: Cb) => reply(cb, () => setattr(path, { size })),
@@ -185,21 +217,36 @@ export async function mountLibfuse(fs: Filesystem, mnt: string, opts: LibfuseMou
       });
     }
 
+    // fuse-native's utimens hands over each time as two unsigned 32-bit halves; its own join reads a time
+    // before 1970 as one ~584 million years ahead. Ours reads them as signed and clamps (utimensMs).
+    _op_utimens(signal: (n: number) => void, path: string, aLow: number, aHigh: number, mLow: number, mHigh: number) {
+      ops.utimens(path, utimensMs(aLow, aHigh), utimensMs(mLow, mHigh), (err: unknown) => signal(err as number));
+    }
+
     override _fuseOptions(): string {
       const base = super._fuseOptions();
       const ours = [
         'use_ino', 'readdir_ino', 'big_writes', 'max_write=131072', 'max_read=131072', 'nonempty',
-        'fsname=kvfs', 'subtype=kvfs', 'default_permissions',
+        'subtype=kvfs', 'default_permissions',
         `attr_timeout=${opts.attrTimeout ?? 0}`, `entry_timeout=${opts.entryTimeout ?? 1}`, 'negative_timeout=0',
       ];
-      return base ? `${base},${ours.join(',')}` : `-o${ours.join(',')}`;
+      const head = base ? `${base},${ours.join(',')}` : `-o${ours.join(',')}`;
+      // fuse-native passes at most OPTIONS_MAX bytes of this string on: the source is shortened to fit
+      const room = OPTIONS_MAX - Buffer.byteLength(`${head},fsname=`);
+      let fsname = escapeOptionValue(mountSource(opts.source, room));
+      if (Buffer.byteLength(fsname) > room) fsname = escapeOptionValue(mountSource(opts.source, Math.floor(room / 2)));
+      return `${head},fsname=${fsname}`;
     }
   }
 
   const fuse = new KvfsFuse(mnt, ops, {
     allowOther: !!opts.allowOther, debug: !!opts.debug, timeout: { default: 120_000 }, force: false, mkdir: false,
   });
-  await new Promise<void>((resolve, reject) => fuse.mount((err) => (err ? reject(err) : resolve())));
+  await new Promise<void>((resolve, reject) => fuse.mount((err) => {
+    if (!err) return resolve();
+    // fuse-native says only "fuse failed"; libfuse's own words went to stderr, fusermount's are lost
+    reject(err.message === 'fuse failed' && !isRoot() ? new Error(fusermountRefused('fusermount', mnt)) : err);
+  }));
   return {
     unmount: () => new Promise<void>((resolve, reject) => fuse.unmount((err) => (err ? reject(err) : resolve()))),
   };

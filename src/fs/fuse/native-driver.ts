@@ -6,7 +6,9 @@
  * the kernel ends the session (unmount from anywhere): the readers see ENODEV, `closed` resolves.
  */
 import { readFileSync } from 'node:fs';
+import { constants as osConstants } from 'node:os';
 import { BufferPool, defaultClasses } from '../../bufferpool/buffer-pool.js';
+import { allowOtherProblem, escapeOptionValue, fusermountRefused, mountSource } from '../../fuse-access.js';
 import { check, native } from '../../native.js';
 import type { Filesystem } from '../filesystem.js';
 import { fsBridge } from './fs-bridge.js';
@@ -16,6 +18,8 @@ import { Session } from './session.js';
 
 export interface NativeMountOptions {
   allowOther?: boolean;
+  /** the mount's source as findmnt and df show it (the store URL, never a secret); default `kvfs` */
+  source?: string;
   /** reader threads (default 2) */
   readers?: number;
   /** the buffer pool's capacity in bytes (default 64 MiB) */
@@ -65,6 +69,9 @@ export function pipePlan(): { pipeSize: number; maxWrite: number; note?: string 
 
 export async function mountNative(fs: Filesystem, mnt: string, opts: NativeMountOptions = {}): Promise<NativeMount> {
   const n = native();
+  const refused = opts.allowOther ? allowOtherProblem() : undefined;
+  if (refused) throw new Error(refused);
+  const source = mountSource(opts.source);
   const plan = pipePlan();
   if (plan.note) console.error(`kvfs: ${plan.note}`);
   const pool = new BufferPool({ classes: defaultClasses(opts.poolBytes ?? 64 << 20), debug: opts.debugPool });
@@ -73,13 +80,17 @@ export async function mountNative(fs: Filesystem, mnt: string, opts: NativeMount
   let fd: number;
   if (root) {
     fd = check(n.openFuseDevice(), 'opening /dev/fuse');
-    const r = n.mountFuse(fd, mnt, 'fuse.kvfs', 'kvfs', mountOpts.join(','), MS_NOSUID | MS_NODEV);
+    const r = n.mountFuse(fd, mnt, 'fuse.kvfs', source, mountOpts.join(','), MS_NOSUID | MS_NODEV);
     if (r < 0) {
       n.closeFd(fd);
       check(r, `mounting ${mnt}`);
     }
   } else {
-    fd = check(n.fusermountMount(mnt, [...mountOpts, 'fsname=kvfs', 'subtype=kvfs'].join(',')), `mounting ${mnt} with fusermount3`);
+    const fusermountOpts = [...mountOpts, `fsname=${escapeOptionValue(source)}`, 'subtype=kvfs'].join(',');
+    const r = n.fusermountMount(mnt, fusermountOpts);
+    // -EPERM: fusermount3 exited with an error (its own words do not reach us)
+    if (r === -osConstants.errno.EPERM) throw new Error(fusermountRefused('fusermount3', mnt));
+    fd = check(r, `mounting ${mnt} with fusermount3`);
   }
   const fds = [fd];
   for (let i = 1; i < (opts.readers ?? 2); i++) {
@@ -123,7 +134,7 @@ export async function mountNative(fs: Filesystem, mnt: string, opts: NativeMount
   try {
     channel.start();
   } catch (e) {
-    await unmount(mnt, { lazy: true, fromDaemon: true }).catch(() => undefined);
+    await unmount(mnt, { lazy: true }).catch(() => undefined);
     throw e;
   }
   await init;
@@ -131,7 +142,7 @@ export async function mountNative(fs: Filesystem, mnt: string, opts: NativeMount
     closed,
     pool,
     unmount: async () => {
-      await unmount(mnt, { fromDaemon: true });
+      await unmount(mnt);
       await closed;
     },
     stats: () => ({ channel: channel.stats(), session: session.stats(), pool: pool.stats(), kernelInodes: fs.kernelInodes, fs: fs.stats() }),

@@ -66,8 +66,14 @@ int FusermountMount(const std::string& mountpoint, const std::string& options) {
   envp.push_back(nullptr);
   std::string o = options;
   const char* argv[] = {"fusermount3", "-o", o.c_str(), "--", mountpoint.c_str(), nullptr};
+  // Node opens 0-2 close-on-exec: give the helper our stderr (dup2 onto itself clears the flag in the child),
+  // so its own words on a refusal reach the daemon's terminal or log.
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, 2, 2);
   pid_t pid;
-  int err = posix_spawnp(&pid, "fusermount3", nullptr, nullptr, const_cast<char* const*>(argv), envp.data());
+  int err = posix_spawnp(&pid, "fusermount3", &actions, nullptr, const_cast<char* const*>(argv), envp.data());
+  posix_spawn_file_actions_destroy(&actions);
   close(sv[0]);
   if (err != 0) {
     close(sv[1]);

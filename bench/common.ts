@@ -350,7 +350,8 @@ export function unexpectedLogLines(log: string): string[] {
     return [`(cannot read ${log})`];
   }
   const ordinary = [
-    /^kvfs: mounted /, /^kvfs: (unmounted|SIGTERM|SIGINT): unmounting /, /^kvfs: formatted a new volume/,
+    /^kvfs: mounted /, /^kvfs: (SIGTERM|SIGINT|SIGHUP): committing and unmounting /, /^kvfs: \S+ was unmounted$/,
+    /^kvfs: unmounted \S+: everything committed; stopped$/, /^kvfs: formatted a new volume/,
     /^kvfs: fs\.pipe-max-size is /,
   ];
   return text.split('\n').filter((l) => l.trim() && !ordinary.some((re) => re.test(l)));

@@ -379,6 +379,7 @@ class Model {
   }
 
   getxattr(ino: Ino, name: string): Buffer {
+    if (!/^(user|trusted|security)\./.test(name)) err('EOPNOTSUPP');
     return this.node(ino).xattrs.get(name) ?? err('ENODATA');
   }
 

@@ -179,14 +179,17 @@ export function fsBridge(fs: Filesystem, pool: BufferPool, opts: BridgeOptions):
       return { t: 'empty' };
     },
     OPENDIR: async (req) => ({ t: 'open', fh: await fs.opendir(req.header.nodeid) }),
+    // Each reply asks the core for no more entries than req.size holds records of the smallest size (a name of
+    // 1 to 8 bytes): READDIRPLUS reads the inodes of one reply's worth of entries (2.6 times what fits at worst,
+    // names of 255 bytes), never those of the rest of the directory, so a listing costs linear time.
     READDIR: async (req) => {
-      const list = await fs.readdir(req.fh, req.offset, false);
+      const list = await fs.readdir(req.fh, req.offset, false, Math.floor(req.size / DirentPacker.recordSize(1)));
       const p = new DirentPacker(req.size);
       for (const e of list) if (!p.add({ ino: e.ino, off: e.next, type: e.type, name: e.name })) break;
       return { t: 'bytes', data: p.bytes() };
     },
     READDIRPLUS: async (req) => {
-      const list = await fs.readdir(req.fh, req.offset, true);
+      const list = await fs.readdir(req.fh, req.offset, true, Math.floor(req.size / DirentPlusPacker.recordSize(1)));
       const p = new DirentPlusPacker(req.size);
       for (const e of list) {
         const dot = e.name === '.' || e.name === '..';
@@ -202,7 +205,7 @@ export function fsBridge(fs: Filesystem, pool: BufferPool, opts: BridgeOptions):
       return { t: 'empty' };
     },
     FSYNCDIR: async () => {
-      await fs.store.sync();
+      await fs.syncMetadata();
       return { t: 'empty' };
     },
     ACCESS: async (req) => {
@@ -235,7 +238,7 @@ export function fsBridge(fs: Filesystem, pool: BufferPool, opts: BridgeOptions):
       throw fsErr('EINVAL');
     },
     SYNCFS: async () => {
-      await fs.store.sync();
+      await fs.sync();
       return { t: 'empty' };
     },
   };

@@ -298,7 +298,7 @@ async function mount(argv: MountArgs): Promise<void> {
       poolBytes: argv.bufferPoolMb << 20, readers: argv.readers, writebackCache: argv.writebackCache,
       debugPool: argv.debugBuffers, requestTimeout: argv.requestTimeout, source,
     });
-  const handle = await mounting.catch(async (e) => {
+  const handle: NativeMount | void = await mounting.catch(async (e) => {
     await fs.close().catch(() => undefined);
     await store.close().catch(() => undefined);
     return fail(`cannot mount ${mnt}: ${(e as Error).message}`);
@@ -314,7 +314,7 @@ async function mount(argv: MountArgs): Promise<void> {
   // Opt-in, for the benches until `kvfs status MNT` exists: KVFS_STATS_FILE gets the native driver's
   // stats() as JSON every 100 ms (written to FILE.tmp, then renamed over FILE).
   const statsFile = process.env.KVFS_STATS_FILE;
-  const stats = (handle as Partial<NativeMount>).stats;
+  const stats = handle?.stats;
   const statsTimer = statsFile && stats ? setInterval(() => {
     try {
       writeFileSync(`${statsFile}.tmp`, JSON.stringify(stats.call(handle)));
@@ -328,7 +328,7 @@ async function mount(argv: MountArgs): Promise<void> {
   };
   const recordPath = writeRecord(record);
   new Lifecycle({
-    mountpoint: mnt, entry: entry!, closed: (handle as Partial<NativeMount>).closed,
+    mountpoint: mnt, entry: entry!, closed: handle?.closed,
     sync: () => fs.sync(),
     close: async () => {
       clearInterval(statsTimer);

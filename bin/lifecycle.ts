@@ -131,7 +131,7 @@ export class Lifecycle {
     if (this.state === 'closing') return;
     if (this.state !== 'detached') {
       if (mountAt(this.p.mountpoint)?.dev === this.p.entry.dev) return;
-      this.p.log(`${this.p.mountpoint} was unmounted`);
+      if (this.state !== 'stopping') this.p.log(`${this.p.mountpoint} was unmounted`);
       this.detached();
       return;
     }

@@ -74,8 +74,11 @@ function msToTs(ms: number): { sec: number; nsec: number } {
   return { sec, nsec: Math.round((ms - sec * 1000) * 1e6) };
 }
 
-/** Mounts `fs` at `mnt` through fuse-native; resolves once the kernel has the mount. */
-export async function mountLibfuse(fs: Filesystem, mnt: string, opts: LibfuseMountOptions = {}): Promise<{ unmount(): Promise<void> }> {
+/**
+ * Mounts `fs` at `mnt` through fuse-native; resolves once the kernel has the mount. The session ends when the
+ * kernel ends it (an unmount from anywhere); libfuse's loop then closes its /dev/fuse descriptor.
+ */
+export async function mountLibfuse(fs: Filesystem, mnt: string, opts: LibfuseMountOptions = {}): Promise<void> {
   const refused = opts.allowOther ? allowOtherProblem() : undefined;
   if (refused) throw new Error(refused);
   // as an ordinary user, libfuse 2's fuse_mount runs `fusermount` (Debian 12's fuse3 links it to fusermount3)
@@ -247,7 +250,4 @@ export async function mountLibfuse(fs: Filesystem, mnt: string, opts: LibfuseMou
     // fuse-native says only "fuse failed"; libfuse's own words went to stderr, fusermount's are lost
     reject(err.message === 'fuse failed' && !isRoot() ? new Error(fusermountRefused('fusermount', mnt)) : err);
   }));
-  return {
-    unmount: () => new Promise<void>((resolve, reject) => fuse.unmount((err) => (err ? reject(err) : resolve()))),
-  };
 }

@@ -37,7 +37,6 @@ export interface NativeMountOptions {
 export interface NativeMount {
   /** resolves when the kernel ended the session */
   closed: Promise<void>;
-  unmount(): Promise<void>;
   stats(): object;
   pool: BufferPool;
 }
@@ -141,10 +140,6 @@ export async function mountNative(fs: Filesystem, mnt: string, opts: NativeMount
   return {
     closed,
     pool,
-    unmount: async () => {
-      await unmount(mnt);
-      await closed;
-    },
     stats: () => ({ channel: channel.stats(), session: session.stats(), pool: pool.stats(), kernelInodes: fs.kernelInodes, fs: fs.stats() }),
   };
 }

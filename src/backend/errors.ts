@@ -16,10 +16,48 @@ export type StoreErrorCode =
 
 export class StoreError extends Error {
   readonly code: StoreErrorCode;
+  /**
+   * NOSPACE only, from engines that track it (FullEpisodes): the number of the episode of a full store this error
+   * belongs to, unique in the process. The one place that logs store errors writes one line per episode.
+   */
+  episode?: number;
   constructor(code: StoreErrorCode, message: string, options?: { cause?: unknown }) {
     super(message, options);
     this.name = 'StoreError';
     this.code = code;
+  }
+}
+
+let episodes = 0;
+
+/**
+ * The episodes of one store being full. An episode is a run of NOSPACE errors: it opens with the first one, and
+ * ends when a write that grows the store, at least as large as the largest one refused in it, succeeds (space was
+ * freed and such writes work again); the next NOSPACE opens a new one. Smaller writes that still fit (a heartbeat,
+ * a new empty file) do not end it.
+ */
+export class FullEpisodes {
+  #current: number | undefined;
+  #largest = 0;
+
+  /** a write of `need` bytes was refused for space: the number of its episode */
+  refused(need: number): number {
+    if (this.#current === undefined) {
+      this.#current = ++episodes;
+      this.#largest = 0;
+    }
+    this.#largest = Math.max(this.#largest, need);
+    return this.#current;
+  }
+
+  /** a write that grows the store, of `need` bytes, succeeded */
+  succeeded(need: number): void {
+    if (this.#current !== undefined && need >= this.#largest) this.#current = undefined;
+  }
+
+  /** whether an episode is open */
+  get full(): boolean {
+    return this.#current !== undefined;
   }
 }
 

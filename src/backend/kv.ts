@@ -46,9 +46,12 @@ export interface ScanOptions {
 export interface KvEngineInfo {
   /** engine name: memory, lmdb, redis, redis-cluster */
   engine: string;
-  /** bytes the store may hold, when it has a limit it can tell; undefined when unknown */
+  /**
+   * bytes the store may hold in all (every volume in it, and its own bookkeeping), when it has a limit it can
+   * tell; undefined when unknown. statfs reports it as a volume's total (src/fs/volume-space.ts).
+   */
   capacityBytes?: number;
-  /** bytes free, when known */
+  /** bytes the store can still take (at most capacityBytes), when known; statfs's available space is no more */
   freeBytes?: number;
   /** true when other processes or machines may open the same volume at once (a server-based store) */
   shared?: boolean;

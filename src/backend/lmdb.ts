@@ -1,14 +1,15 @@
-import { mkdir, statfs } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { open, type RootDatabase } from 'lmdb';
 import { addCounter, checkScan } from './kv-rules.js';
-import { StoreError, isStoreError } from './errors.js';
+import { FullEpisodes, StoreError, isStoreError } from './errors.js';
 import type { KvCheck, KvEngineInfo, KvStore, KvWrite, ScanOptions } from './kv.js';
+import { available, capacity, kindOf, LmdbSpace, needOf, reusable, type LmdbFigures, type WriteKind } from './lmdb-space.js';
 
 /**
  * Initial size of the memory map: 1 GiB of virtual address space. It is not disk: without MDB_WRITEMAP the data
  * file grows only as pages are written. lmdb-js doubles the map on demand with no upper bound, so the store's
- * real limit is the filesystem holding it; a larger initial map only saves remaps (lmdb-js keeps each old map
- * mapped for lingering readers, so fewer remaps means less address space held).
+ * real limit is the filesystem holding it (lmdb-space.ts); a larger initial map only saves remaps (lmdb-js keeps
+ * each old map mapped for lingering readers, so fewer remaps means less address space held).
  */
 export const DEFAULT_MAP_SIZE = 2 ** 30;
 
@@ -33,15 +34,23 @@ export interface LmdbStoreOptions {
  * a machine crash, writes since the last fsync may be lost, and the file keeps its integrity only where the
  * filesystem preserves write order. doc/SEMANTICS.md says so to users.
  *
- * Errors: a full disk (ENOSPC, EDQUOT, EFBIG) or map (MDB_MAP_FULL) is NOSPACE naming the limit; use after close
- * is CLOSED; a damaged file is CORRUPT; EIO is UNAVAILABLE, or NOSPACE when the filesystem is nearly full (LMDB
- * reports a short write as EIO); an over-long key (over ~1978 bytes) is INVALID. LMDB can reuse pages freed
- * by a delete once a few later transactions have committed.
+ * Space: a gate (lmdb-space.ts) admits each write only when the store has room for it, so LMDB never runs out of
+ * disk mid-transaction (which makes lmdb-js print to stderr, and can abort the process). A write the gate refuses
+ * is NOSPACE at once, naming the filesystem, its free bytes, and what frees space; it keeps room for deletes, so
+ * a full store can always delete, and LMDB reuses freed pages for later writes. `info()` reports the store's
+ * capacity (the disk's free space plus the store's file) and what it can still take.
+ *
+ * Errors: NOSPACE as above, and when LMDB or the filesystem refuses a write all the same (ENOSPC, EDQUOT, EFBIG,
+ * MDB_MAP_FULL, or EIO, LMDB's word for a short write, with the disk nearly full), naming the limit; each NOSPACE
+ * carries its episode (FullEpisodes) for the log. Use after close is CLOSED; a damaged file is CORRUPT; any other
+ * EIO is UNAVAILABLE; an over-long key (over ~1978 bytes) is INVALID.
  */
 export class LmdbStore implements KvStore {
   /** the absolute directory holding the store */
   readonly dir: string;
   readonly #db: RootDatabase<Buffer, string>;
+  readonly #space: LmdbSpace;
+  readonly #episodes = new FullEpisodes();
   #closed = false;
   /** writes since the last fsync, and the timer that fsyncs them within SYNC_INTERVAL_MS */
   #unsynced = false;
@@ -50,6 +59,7 @@ export class LmdbStore implements KvStore {
   private constructor(dir: string, db: RootDatabase<Buffer, string>) {
     this.dir = dir;
     this.#db = db;
+    this.#space = new LmdbSpace(dir, () => db.getStats() as never);
   }
 
   /** opens (creating if missing) the store in directory `dir` */
@@ -71,7 +81,10 @@ export class LmdbStore implements KvStore {
       });
       return new LmdbStore(dir, db);
     } catch (e) {
-      const err = await translate(e, dir).catch(() => undefined);
+      let err: StoreError | undefined;
+      try {
+        err = translate(e, dir, { write: true });
+      } catch { /* of no known kind */ }
       if (err?.code === 'NOSPACE') throw err;
       throw new StoreError('CONFIG', `cannot open LMDB store at ${dir}: ${messageOf(e)}`, { cause: e });
     }
@@ -90,14 +103,15 @@ export class LmdbStore implements KvStore {
   async put(key: string, value: Uint8Array): Promise<void> {
     const db = this.#live();
     const bytes = Buffer.from(value);
-    await this.#write(() => db.transactionSync(() => void db.putSync(key, bytes)));
+    await this.#write([{ key, value: bytes }], 'grow', () => db.transactionSync(() => void db.putSync(key, bytes)), true);
   }
 
   async del(keys: readonly string[]): Promise<void> {
     const db = this.#live();
     if (keys.length === 0) return;
     const ks = [...keys];
-    await this.#write(() => db.transactionSync(() => ks.forEach((k) => db.removeSync(k))));
+    await this.#write(ks.map((key) => ({ key, value: null })), 'free',
+      () => db.transactionSync(() => ks.forEach((k) => db.removeSync(k))));
   }
 
   async scan(prefix: string, opts: ScanOptions = {}): Promise<[string, Uint8Array][]> {
@@ -133,7 +147,9 @@ export class LmdbStore implements KvStore {
 
   async incr(key: string, delta: number): Promise<number> {
     const db = this.#live();
-    return this.#write(() =>
+    // a read (statfs, status) writes nothing, so it works on a full store
+    if (delta === 0) return this.#read(() => addCounter(key, db.get(key), 0));
+    return this.#write([{ key, value: COUNTER }], 'free', () =>
       db.transactionSync(() => {
         const next = addCounter(key, db.get(key), delta);
         db.putSync(key, Buffer.from(String(next)));
@@ -147,7 +163,7 @@ export class LmdbStore implements KvStore {
     // LMDB commits are local and never retried, so txid needs no record
     const cs = checks.map((c) => ({ key: c.key, value: c.value && Buffer.from(c.value) }));
     const ws = writes.map((w) => ({ key: w.key, value: w.value && Buffer.from(w.value) }));
-    return this.#write(() =>
+    return this.#write(ws, kindOf(ws), () =>
       db.transactionSync(() => {
         for (const c of cs) {
           const cur = db.get(c.key);
@@ -164,17 +180,14 @@ export class LmdbStore implements KvStore {
 
   async sync(): Promise<void> {
     const db = this.#live();
-    await this.#write(() => envSync(db));
+    await this.#flush(() => envSync(db));
   }
 
+  /** capacity: the disk's free space plus the store's file; free: what writes that grow the store can still take */
   async info(): Promise<KvEngineInfo> {
     this.#live();
-    try {
-      const s = await statfs(this.dir);
-      return { engine: 'lmdb', capacityBytes: s.blocks * s.bsize, freeBytes: s.bavail * s.bsize };
-    } catch (e) {
-      throw await translate(e, this.dir);
-    }
+    const f = this.#read(() => this.#space.measure());
+    return { engine: 'lmdb', capacityBytes: capacity(f), freeBytes: available(f, this.#space.keep) };
   }
 
   /** waits for every write already called, makes them durable, and closes; later calls fail with CLOSED */
@@ -184,7 +197,7 @@ export class LmdbStore implements KvStore {
     this.#closed = true;
     const db = this.#db;
     try {
-      await this.#write(() => envSync(db));
+      await this.#flush(() => envSync(db));
     } finally {
       await db.close();
     }
@@ -200,7 +213,7 @@ export class LmdbStore implements KvStore {
     try {
       return fn();
     } catch (e) {
-      throw translateSync(e, this.dir);
+      throw translate(e, this.dir, {});
     }
   }
 
@@ -217,12 +230,53 @@ export class LmdbStore implements KvStore {
     this.#syncTimer.unref?.();
   }
 
-  async #write<T>(fn: () => T | Promise<T>): Promise<T> {
+  /**
+   * One write transaction `fn`, if the gate admits it (lmdb-space.ts): `writes` are what it writes (values, or null
+   * for a delete), `kind` whether it grows the store or frees, `named` whether a commit will name what it writes.
+   */
+  async #write<T>(
+    writes: readonly { key: string; value: Uint8Array | null }[], kind: WriteKind, fn: () => T, named = false,
+  ): Promise<T> {
+    const space = this.#space;
+    let need: number;
+    let refusedBy: LmdbFigures | undefined;
+    try {
+      need = needOf(space.pageSize, writes, named);
+      refusedBy = space.admit(need, kind);
+    } catch (e) {
+      throw translate(e, this.dir, {});
+    }
+    if (refusedBy) {
+      const err = new StoreError('NOSPACE', fullMessage(this.dir, space.mountPoint, refusedBy, need, space.keep));
+      err.episode = this.#episodes.refused(need);
+      throw err;
+    }
     this.#scheduleSync();
     try {
-      return await fn();
+      const out = fn();
+      // a commit whose checks failed wrote nothing
+      if (out !== false) {
+        space.succeeded(need, kind);
+        if (kind === 'grow') this.#episodes.succeeded(need);
+      }
+      return out;
     } catch (e) {
-      throw await translate(e, this.dir);
+      const f = isStoreError(e) ? undefined : space.tryMeasure();
+      const err = translate(e, this.dir, { write: true, figures: f, need, mountPoint: space.mountPoint });
+      if (err.code === 'NOSPACE') {
+        space.refused(need, f);
+        err.episode = this.#episodes.refused(need);
+      }
+      throw err;
+    }
+  }
+
+  /** an fsync of earlier writes */
+  async #flush(fn: () => Promise<void>): Promise<void> {
+    try {
+      await fn();
+    } catch (e) {
+      throw translate(e, this.dir, { write: true });
     }
   }
 }
@@ -236,62 +290,78 @@ function envSync(db: RootDatabase<Buffer, string>): Promise<void> {
   return new Promise((resolve, reject) => env.sync((err) => (err ? reject(err) : resolve())));
 }
 
+/** a counter's value, for the gate: 20 digits at most */
+const COUNTER = new Uint8Array(20);
+
 /** MDB_* codes from lmdb.h that lmdb-js reports as error.code */
 const MDB_MAP_FULL = -30792;
 const MDB_CORRUPT = new Set([-30796 /* CORRUPTED */, -30797 /* PAGE_NOTFOUND */, -30793 /* INVALID */, -30794 /* VERSION_MISMATCH */]);
-/** errnos: ENOSPC, EDQUOT, EFBIG; EIO */
-const NOSPACE_ERRNO = new Set<unknown>([28, 122, 27, 'ENOSPC', 'EDQUOT', 'EFBIG']);
+const ENOSPC = new Set<unknown>([28, 'ENOSPC']);
+const EDQUOT = new Set<unknown>([122, 'EDQUOT']);
+const EFBIG = new Set<unknown>([27, 'EFBIG']);
 const EIO = new Set<unknown>([5, 'EIO']);
 
-/** below this many free bytes, an EIO from LMDB is taken for a short write on a full filesystem */
+/** below this much room, an EIO from a write is taken for a short write on a full filesystem */
 const NEARLY_FULL = 64 * 2 ** 20;
 
+/** the filesystem holding a store, for messages */
+const where = (mountPoint: string | undefined): string =>
+  mountPoint ? `the filesystem mounted at ${mountPoint}` : 'the filesystem holding it';
+
+/** what frees space and what raises the limit, the same for every way a store fills up */
+const REMEDY = 'free space by deleting files on this volume (the store reuses their space; its file never shrinks) ' +
+  'or other files on that filesystem, or move the store\'s directory to a larger filesystem while it is unmounted';
+
+/** the NOSPACE message of a write the gate refused: the limit, the figures, and what frees space */
+export function fullMessage(dir: string, mountPoint: string | undefined, f: LmdbFigures, need: number, keep: number): string {
+  return `LMDB store at ${dir} is full: the limit is ${where(mountPoint)} (${f.diskTotal} bytes); it has ` +
+    `${f.diskFree} bytes free and the store's file ${reusable(f)} bytes of free pages, of which kvfs keeps up to ` +
+    `${keep} for deletes: too little for a write of ${need} bytes; ${REMEDY}`;
+}
+
+interface TranslateContext {
+  /** the error came from a write (EIO there may be a short write) */
+  write?: boolean;
+  /** figures measured after the error */
+  figures?: LmdbFigures;
+  /** the failed write's need */
+  need?: number;
+  mountPoint?: string;
+}
+
 /**
- * The StoreError for an error raised by lmdb-js or the filesystem; NOSPACE says how much space is left.
- * A failed batch commit rejects every write in it with a generic error whose `commitError` holds the cause.
- * LMDB reports a short write (the filesystem filled up mid-write) as EIO, so EIO with the filesystem nearly full
- * is NOSPACE. Errors of no known kind are rethrown unchanged: they are bugs, and become EIO, logged with their stack.
+ * The StoreError for an error raised by lmdb-js or the filesystem (every write here is a transactionSync, whose
+ * commit throws its own error). LMDB reports a short write (the filesystem filled up mid-write) as EIO: EIO from a
+ * write with the disk nearly full is NOSPACE. Errors of no known kind are rethrown unchanged: they are bugs, and
+ * become EIO, logged with their stack.
  */
-async function translate(e: unknown, dir: string): Promise<StoreError> {
-  const commitError = (e as { commitError?: Promise<unknown> } | null)?.commitError;
-  if (commitError) e = await commitError.then(() => e, (cause: unknown) => cause);
-  let err = translateSync(e, dir);
-  const eio = EIO.has((e as { code?: unknown } | null)?.code) || /Input\/output error/.test(messageOf(e));
-  if (!(err.code === 'NOSPACE' || eio) || err.message.includes('MDB_MAP_FULL')) return err;
-  const s = await statfs(dir).catch(() => undefined);
-  if (!s) return err;
-  const free = s.bavail * s.bsize;
-  if (eio && free < NEARLY_FULL) err = diskFull(`${messageOf(e)} (a short write)`, dir, e);
-  if (err.code === 'NOSPACE') err.message += ` (now ${free} of ${s.blocks * s.bsize} bytes free)`;
-  return err;
-}
-
-function diskFull(what: string, dir: string, cause: unknown): StoreError {
-  return new StoreError(
-    'NOSPACE',
-    `LMDB store at ${dir} is full: ${what}; the limit is the free space (or quota, or \`ulimit -f\`) of the ` +
-      `filesystem holding it: free space there (delete files, run kvfs gc) or move the store to a larger filesystem`,
-    { cause },
-  );
-}
-
-/** the StoreError for e, without the free-space numbers; rethrows e when it is of no known kind */
-function translateSync(e: unknown, dir: string): StoreError {
+function translate(e: unknown, dir: string, cx: TranslateContext): StoreError {
   if (isStoreError(e)) return e;
   const code = (e as { code?: unknown } | null)?.code;
   const msg = messageOf(e);
+  const f = cx.figures;
+  const free = f ? ` (${f.diskFree} of ${f.diskTotal} bytes free there)` : '';
+  const full = (limit: string) => new StoreError('NOSPACE', `LMDB store at ${dir} is full: ${limit}; ${REMEDY}`, { cause: e });
   if (code === MDB_MAP_FULL || msg.includes('MDB_MAP_FULL')) {
-    return new StoreError(
-      'NOSPACE',
-      `LMDB store at ${dir} is full: MDB_MAP_FULL, its memory map could not grow further (the limit is the ` +
-        `process's virtual address space); raise \`ulimit -v\` or open it with a larger mapSize`,
-      { cause: e },
-    );
+    return new StoreError('NOSPACE', `LMDB store at ${dir} is full: its memory map${f ? ` (${f.mapSize} bytes)` : ''} could ` +
+      'not grow (MDB_MAP_FULL): the limit is the daemon\'s virtual address space; raise `ulimit -v` for it, or ' +
+      'delete files on this volume', { cause: e });
   }
-  if (NOSPACE_ERRNO.has(code) || /No space left|Disk quota|File too large/i.test(msg)) return diskFull(msg, dir, e);
+  if (ENOSPC.has(code) || /No space left/i.test(msg)) return full(`the limit is ${where(cx.mountPoint)}, out of space${free}`);
+  if (EDQUOT.has(code) || /Disk quota/i.test(msg)) {
+    return full(`the limit is the disk quota of the daemon's user on ${where(cx.mountPoint)}${free}: raise it (setquota)`);
+  }
+  if (EFBIG.has(code) || /File too large/i.test(msg)) {
+    return full(`the limit is the largest file size allowed for the store's file (the daemon's \`ulimit -f\`, or ${where(cx.mountPoint)}'s own limit)`);
+  }
   if (/database is closed|has been closed/i.test(msg)) return new StoreError('CLOSED', `LMDB store at ${dir} is closed`, { cause: e });
   if (MDB_CORRUPT.has(code as number)) return new StoreError('CORRUPT', `LMDB store at ${dir}: ${msg}`, { cause: e });
-  if (EIO.has(code) || /Input\/output error/.test(msg)) return new StoreError('UNAVAILABLE', `LMDB store at ${dir}: ${msg}`, { cause: e });
+  if (EIO.has(code) || /Input\/output error/.test(msg)) {
+    if (cx.write && f && cx.need !== undefined && f.diskFree + Math.max(0, f.allocated - f.fileEnd) < cx.need + NEARLY_FULL) {
+      return full(`the limit is ${where(cx.mountPoint)}, which refused a write part-way${free}`);
+    }
+    return new StoreError('UNAVAILABLE', `LMDB store at ${dir}: ${msg}`, { cause: e });
+  }
   if (/key size is larger/i.test(msg)) return new StoreError('INVALID', `LMDB store at ${dir}: ${msg}`, { cause: e });
   throw e;
 }

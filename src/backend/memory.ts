@@ -1,3 +1,4 @@
+import { freemem } from 'node:os';
 import { addCounter, checkScan } from './kv-rules.js';
 import { StoreError } from './errors.js';
 import { SlabStore } from './slab-store.js';
@@ -101,9 +102,10 @@ export class MemoryStore implements KvStore {
     void this.#db; // CLOSED once closed; otherwise nothing to do
   }
 
+  /** no capacity of its own: it holds what the machine's memory can (free: the memory available now) */
   async info(): Promise<KvEngineInfo> {
     void this.#db; // CLOSED once closed
-    return { engine: 'memory' };
+    return { engine: 'memory', freeBytes: freemem() };
   }
 
   async close(): Promise<void> {

@@ -41,7 +41,32 @@ export function setUnknownErrorLogger(fn: (e: unknown) => void): void {
   logUnknown = fn;
 }
 
-let storeFullLogged = 0;
+/**
+ * Which NOSPACE errors are logged: the first of each episode of a full store (StoreError.episode; episodes are
+ * numbered in the order they open, and an error of an episode older than the last one logged is not logged), and
+ * again at most once every `repeatMs` while the episode lasts. Errors of engines that track no episodes (no
+ * `episode`): a line at most every `repeatMs`.
+ */
+export class FullLog {
+  #episode = 0;
+  #at = -Infinity;
+  #untrackedAt = -Infinity;
+  constructor(private readonly repeatMs = 60_000) {}
+
+  shouldLog(episode: number | undefined, now: number): boolean {
+    if (episode === undefined) {
+      if (now - this.#untrackedAt < this.repeatMs) return false;
+      this.#untrackedAt = now;
+      return true;
+    }
+    if (episode < this.#episode || (episode === this.#episode && now - this.#at < this.repeatMs)) return false;
+    this.#episode = episode;
+    this.#at = now;
+    return true;
+  }
+}
+
+const fullLog = new FullLog();
 
 /** Every error a caller can see passes through here: a positive errno. */
 export function toErrno(e: unknown): number {
@@ -49,11 +74,9 @@ export function toErrno(e: unknown): number {
   if (e instanceof StoreError) {
     switch (e.code) {
       case 'NOSPACE':
-        // A full store is ENOSPC to the caller; the log line names the limit (once a minute at most).
-        if (Date.now() - storeFullLogged > 60_000) {
-          storeFullLogged = Date.now();
-          console.error(`kvfs: store full: ${e.message}`);
-        }
+        // A full store is ENOSPC to the caller; the log line names the limit and what frees space: one line per
+        // episode (StoreError.episode), repeated at most once a minute while it lasts.
+        if (fullLog.shouldLog(e.episode, Date.now())) console.error(`kvfs: store full: ${e.message}`);
         return constants.errno.ENOSPC;
       case 'UNAVAILABLE':
       case 'THROTTLED':

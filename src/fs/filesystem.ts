@@ -37,6 +37,7 @@ import {
   type Attr, type Ctx, type DirEntry, type Fh, type Ino, type ReadIndex, type SetAttr, type StatFs, type Timespec,
 } from './types.js';
 import { readVolume } from './volume.js';
+import { STATFS_BLOCK, volumeSpace } from './volume-space.js';
 
 const S_IFMT = 0o170000;
 const S_IFDIR = 0o040000;
@@ -914,6 +915,17 @@ export class Filesystem {
     await this.store.sync();
   }
 
+  /** commits every open file's buffered writes, then has the store put all of it on stable storage (syncfs(2)) */
+  async sync(): Promise<void> {
+    await Promise.all([...this.files.values()].map((f) => f.flush()));
+    await this.store.sync();
+  }
+
+  /** has the store put what is committed on stable storage (fsync(2) of a directory) */
+  async syncMetadata(): Promise<void> {
+    await this.store.sync();
+  }
+
   async release(fh: Fh): Promise<void> {
     const h = this.handle(fh);
     this.handles.delete(fh);
@@ -928,8 +940,10 @@ export class Filesystem {
   }
 
   /**
-   * Entries from cookie `offset` on ("." and ".." first). The listing is taken at offset 0 and kept by the
-   * handle, so cookies stay valid while the directory changes; `plus` adds attributes.
+   * At most `max` entries from cookie `offset` on ("." and ".." first). The listing is taken at offset 0 and
+   * kept by the handle, so cookies stay valid while the directory changes; `plus` adds attributes, reading the
+   * inodes of the entries returned and no others. Drivers pass as `max` what their reply can hold, so a listing
+   * costs one scan of the directory and, with `plus`, an inode read or a few per entry, however it is paged.
    */
   async readdir(fh: Fh, offset: number, plus = false, max = Infinity): Promise<DirEntry[]> {
     const h = this.handle(fh);
@@ -953,12 +967,11 @@ export class Filesystem {
       }
       h.entries = list;
     }
-    const out = h.entries.slice(offset, offset + Math.min(max, h.entries.length));
-    if (plus) {
-      const raws = await this.store.getMany(out.map((e) => K.inode(e.ino)));
-      out.forEach((e, i) => { const r = raws[i]; if (r) e.attr = this.view(decodeInode(e.ino, r)); });
-    }
-    return out;
+    const out = h.entries.slice(offset, offset + Math.max(0, Math.min(max, h.entries.length)));
+    if (!plus || !out.length) return out;
+    // copies: the handle's listing keeps names, never attributes
+    const raws = await this.store.getMany(out.map((e) => K.inode(e.ino)));
+    return out.map((e, i) => { const r = raws[i]; return r ? { ...e, attr: this.view(decodeInode(e.ino, r)) } : e; });
   }
 
   async releasedir(fh: Fh): Promise<void> {
@@ -968,17 +981,15 @@ export class Filesystem {
 
   // ------------------------------------------------------------------ the volume
 
+  /** space: the volume's bytes against what its store can hold (volume-space.ts); files: the volume's inodes */
   async statfs(): Promise<StatFs> {
     const info = await this.store.info();
-    const used = Math.max(0, await this.counters.read(K.byteCount));
+    const used = await this.counters.read(K.byteCount);
     const inodes = Math.max(0, await this.counters.read(K.inodeCount));
-    const bsize = 4096;
-    const free = info.freeBytes ?? 2 ** 40;
-    const total = info.capacityBytes ?? used + free;
     const maxFiles = 2 ** 30;
     return {
-      bsize, frsize: bsize, blocks: Math.floor(total / bsize), bfree: Math.floor(free / bsize),
-      bavail: Math.floor(free / bsize), files: maxFiles, ffree: Math.max(0, maxFiles - inodes), namemax: NAME_MAX,
+      bsize: STATFS_BLOCK, frsize: STATFS_BLOCK, ...volumeSpace(used, info),
+      files: maxFiles, ffree: Math.max(0, maxFiles - inodes), namemax: NAME_MAX,
     };
   }
 
@@ -1000,6 +1011,9 @@ export class Filesystem {
   }
 
   async getxattr(ino: Ino, name: string): Promise<Buffer> {
+    // Another namespace (system.posix_acl_access …) is unsupported, as for setxattr, not merely unset: tools
+    // such as `ls -l` then stop asking for the whole device instead of asking once per file.
+    if (!/^(user|trusted|security)\./.test(name)) throw fsErr('EOPNOTSUPP');
     await this.inode(this.store, ino);
     const v = await this.store.get(K.xattr(ino, name));
     if (!v) throw fsErr('ENODATA');

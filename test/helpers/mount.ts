@@ -19,7 +19,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { atProcessEnd, baseEnv, killAllTools, run, startWatchdog, type RunOptions, type RunResult } from './run.js';
 
-export { bash, describe, ensureUser, isInstalled, PYTHON, run, runAs, start, TEST_USER } from './run.js';
+export { bash, describe, ensureUser, isInstalled, PYTHON, run, runAs, start, TEST_USER, waitFor } from './run.js';
 export type { RunOptions, RunResult, Started } from './run.js';
 
 /** the repository root (test/helpers/../..) */

@@ -320,3 +320,13 @@ export function startWatchdog(name: string, body: string, args: readonly string[
   w.unref();
   return w;
 }
+
+/** polls cond every 50 ms: true once it holds, false when ms passed first */
+export async function waitFor(cond: () => boolean, ms: number): Promise<boolean> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) return false;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return true;
+}

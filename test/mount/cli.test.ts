@@ -21,6 +21,7 @@ import {
   tempDir,
   driverArgs as driverArgsFor,
   testDriver,
+  waitFor,
 } from '../helpers/mount.js';
 import { bytes } from '../helpers/tree.js';
 
@@ -35,15 +36,6 @@ function figure(status: string, re: RegExp): number | undefined {
   const line = status.split('\n').find((l) => re.test(l));
   const m = line?.match(/:\s*(-?\d+)/);
   return m ? Number(m[1]) : undefined;
-}
-
-async function waitFor(cond: () => boolean, ms: number): Promise<boolean> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) return false;
-    await sleep(50);
-  }
-  return true;
 }
 
 t.test('foreground: prints the ready line; SIGINT unmounts and exits 0', async (t) => {

@@ -9,22 +9,13 @@ import type { Test } from 'tap';
 import { mkdirSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { expectCliError, expectExit } from '../helpers/assert.js';
-import { bash, isMounted, kvfs, mountKvfs, run, tempDir, testDrivers, type Mounted } from '../helpers/mount.js';
+import { bash, isMounted, kvfs, mountKvfs, run, tempDir, testDrivers, waitFor, type Mounted } from '../helpers/mount.js';
 import { pySession } from '../helpers/py-session.js';
 
 t.setTimeout(300_000);
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const MiB = 1 << 20;
-
-async function waitFor(cond: () => boolean, ms: number): Promise<boolean> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) return false;
-    await sleep(50);
-  }
-  return true;
-}
 
 /** a formatted local: store in a fresh directory */
 async function localStore(t: Test): Promise<{ url: string; dataDir: string }> {

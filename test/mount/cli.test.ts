@@ -29,7 +29,6 @@ t.setTimeout(170_000);
 
 const driver = testDriver();
 const driverArgs = driverArgsFor(driver);
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** the status figure on the line whose label matches re ("inodes: 12" -> 12) */
 function figure(status: string, re: RegExp): number | undefined {

@@ -10,11 +10,12 @@
  *
  * Needs root (to mount the tmpfs); the default driver only (the space rules are the store's).
  */
-import { statfsSync, writeFileSync } from 'node:fs';
+import { statfsSync } from 'node:fs';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { expectExit } from '../helpers/assert.js';
-import { describe, kvfs, mountKvfs, PYTHON, run, tempDir, type Mounted } from '../helpers/mount.js';
+import { df, fillFiles, sha256sums, type Filled } from '../helpers/fill.js';
+import { describe, kvfs, mountKvfs, run, tempDir, type Mounted } from '../helpers/mount.js';
 
 t.setTimeout(170_000);
 
@@ -22,66 +23,10 @@ const MiB = 1 << 20;
 const ENOSPC = 28;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** `df -B1` of the mount, from a child process */
-async function df(t: Test, mnt: string): Promise<{ size: number; used: number; avail: number }> {
-  const r = await run('df', ['-B1', '--output=size,used,avail', mnt], { timeout: 15_000 });
-  expectExit(t, r, 'df on the mount');
-  const [size, used, avail] = (r.stdout.trim().split('\n')[1] ?? '').trim().split(/\s+/).map(Number);
-  return { size: size!, used: used!, avail: avail! };
-}
-
-// Writes files of SIZE random bytes (1 MiB write calls), fsync and close each, until a call fails or MOST files
-// are done; prints a JSON list: each file's path, sha256, and the errno of each call that failed.
-const FILL = String.raw`
-import hashlib, json, os, sys
-d, prefix, size, most = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-files = []
-for i in range(most):
-    path = os.path.join(d, '%s%03d' % (prefix, i))
-    data = os.urandom(size)
-    errs = {}
-    def call(name, fn, *a):
-        try:
-            return fn(*a)
-        except OSError as e:
-            errs.setdefault(name, e.errno)
-            return None
-    fd = call('open', os.open, path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    if fd is not None:
-        off = 0
-        while off < size and 'write' not in errs:
-            n = call('write', os.write, fd, data[off:off + 1048576])
-            off += n or 0
-        call('fsync', os.fsync, fd)
-        call('close', os.close, fd)
-    files.append({'path': path, 'sha': hashlib.sha256(data).hexdigest(), 'errs': errs})
-    if errs:
-        break
-print(json.dumps(files))
-`;
-
-interface Filled {
-  path: string;
-  sha: string;
-  errs: Record<string, number>;
-}
-
-async function fill(t: Test, script: string, dir: string, prefix: string, size: number, most: number): Promise<Filled[]> {
-  const r = await run(PYTHON, [script, dir, prefix, String(size), String(most)], { timeout: 120_000 });
-  if (!expectExit(t, r, `write ${prefix}* files with fsync`) || r.timedOut) return [];
-  return JSON.parse(r.stdout) as Filled[];
-}
-
 /** asserts each file reads back with its sha256 (sha256sum in a child process) */
 async function intact(t: Test, files: { path: string; sha: string }[], what: string): Promise<void> {
-  if (!files.length) return;
-  const r = await run('sha256sum', files.map((f) => f.path), { timeout: 60_000 });
-  const got = new Map<string, string>();
-  for (const line of r.stdout.split('\n')) {
-    const m = /^([0-9a-f]{64})\s+\*?(.*)$/.exec(line);
-    if (m) got.set(m[2]!, m[1]!);
-  }
-  for (const f of files) t.equal(got.get(f.path), f.sha, `${f.path} intact ${what}`, { command: describe(r) });
+  const got = await sha256sums(t, files.map((f) => f.path));
+  for (const f of files) t.equal(got.get(f.path), f.sha, `${f.path} intact ${what}`);
 }
 
 t.test('A. statfs on LMDB: used is the volume\'s bytes, total what the store can hold, used drops after rm', async (t) => {
@@ -101,9 +46,7 @@ t.test('A. statfs on LMDB: used is the volume\'s bytes, total what the store can
   t.ok(df0.avail <= df0.size - df0.used, `available ${df0.avail} <= total - used`);
 
   const N = 3 * MiB + 5;
-  const script = join(tempDir(t, 'kvfs-test-src-'), 'fill.py');
-  writeFileSync(script, FILL);
-  const [file] = await fill(t, script, m.mnt, 'n', N, 1);
+  const [file] = await fillFiles(t, m.mnt, 'n', N, 1);
   t.same(file?.errs, {}, `a file of ${N} bytes written with fsync`);
   const df1 = await df(t, m.mnt);
   t.equal(df1.used, Math.ceil(N / 4096) * 4096, `df used is the file's ${N} bytes, in 4 KiB blocks (${df1.used})`);
@@ -130,20 +73,18 @@ t.test('B. a full LMDB store: ENOSPC, one clear log line per episode, nothing of
   const url = `local:${small}/store`;
   expectExit(t, await kvfs(['format', url], { dataDir }), 'kvfs format');
   const m: Mounted = await mountKvfs(t, { store: url, dataDir, driver: 'default' });
-  const script = join(tempDir(t, 'kvfs-test-src-'), 'fill.py');
-  writeFileSync(script, FILL);
   const log = () => m.output().stderr;
   const fullLines = () => log().split('\n').filter((l) => /store full/.test(l));
   const lmdbLines = () => log().split('\n').filter((l) => /mdb_|Write error|double free|corruption/.test(l));
   const started = Date.now();
 
   // files written before the store fills up
-  const before = await fill(t, script, m.mnt, 'keep', 512 * 1024, 3);
+  const before = await fillFiles(t, m.mnt, 'keep', 512 * 1024, 3);
   t.equal(before.filter((f) => !Object.keys(f.errs).length).length, 3, 'three files written before');
 
   // 1. fill until a call fails: ENOSPC, and one line naming the limit and what frees space
   const SIZE = MiB;
-  const first = await fill(t, script, m.mnt, 'f', SIZE, 40);
+  const first = await fillFiles(t, m.mnt, 'f', SIZE, 40);
   const ok1 = first.filter((f) => !Object.keys(f.errs).length);
   const bad1 = first.find((f) => Object.keys(f.errs).length);
   t.ok(bad1, `a write failed after ${ok1.length} files of 1 MiB`);
@@ -170,7 +111,7 @@ t.test('B. a full LMDB store: ENOSPC, one clear log line per episode, nothing of
   expectExit(t, await run('rm', ['-f', ...gone.map((f) => f.path), bad1?.path ?? '', `${m.mnt}/dd-full`]), 'rm on the full store');
   let back: Filled | undefined;
   for (let i = 0; i < 100 && !back; i++) {
-    const p = (await fill(t, script, m.mnt, `probe${i}-`, SIZE, 1))[0];
+    const p = (await fillFiles(t, m.mnt, `probe${i}-`, SIZE, 1))[0];
     if (p && !Object.keys(p.errs).length) back = p;
     else await sleep(300);
   }
@@ -178,7 +119,7 @@ t.test('B. a full LMDB store: ENOSPC, one clear log line per episode, nothing of
   t.equal(fullLines().length, 1, 'still one store-full line', { stderr: log() });
 
   // 3. fill again: a second episode, a second line
-  const second = await fill(t, script, m.mnt, 'g', SIZE, 40);
+  const second = await fillFiles(t, m.mnt, 'g', SIZE, 40);
   const ok2 = second.filter((f) => !Object.keys(f.errs).length);
   const bad2 = second.find((f) => Object.keys(f.errs).length);
   t.ok(bad2 && Object.values(bad2.errs).every((e) => e === ENOSPC), `full again after ${ok2.length} files: ENOSPC`, { errs: bad2?.errs });

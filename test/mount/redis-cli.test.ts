@@ -33,6 +33,7 @@ import {
   testDriver,
   type RunResult,
 } from '../helpers/mount.js';
+import { df, fillFiles, sha256sums, type Filled } from '../helpers/fill.js';
 import { RedisCluster, RedisServer, redisAvailable } from '../helpers/redis-cluster.js';
 import { bytes } from '../helpers/tree.js';
 
@@ -126,81 +127,6 @@ async function memory(cluster: RedisCluster, ports: number[]): Promise<{ used: n
   return { used, max };
 }
 
-/** `df -B1` of the mount, from a child process */
-async function df(t: Test, mnt: string): Promise<{ size: number; used: number; avail: number }> {
-  const r = await run('df', ['-B1', '--output=size,used,avail', mnt], { timeout: 15_000 });
-  expectExit(t, r, 'df on the mount');
-  const [size, used, avail] = (r.stdout.trim().split('\n')[1] ?? '').trim().split(/\s+/).map(Number);
-  return { size: size!, used: used!, avail: avail! };
-}
-
-/** sha256 of each file, through sha256sum in a child process; undefined for a file it could not read */
-async function sha256sums(t: Test, files: string[]): Promise<Map<string, string | undefined>> {
-  const out = new Map<string, string | undefined>();
-  if (!files.length) return out;
-  const r = await run('sha256sum', files, { timeout: 60_000 });
-  t.notOk(r.timedOut, 'sha256sum finished', { command: describe(r) });
-  for (const f of files) out.set(f, undefined);
-  for (const line of r.stdout.split('\n')) {
-    const m = /^([0-9a-f]{64})\s+\*?(.*)$/.exec(line);
-    if (m) out.set(m[2]!, m[1]!);
-  }
-  return out;
-}
-
-// Writes files of SIZE random bytes with O_TRUNC, write (1 MiB calls), fsync and close, until a call fails or
-// MAX files are done; prints one JSON object. Each file: its sha256, the errno of each failed call, and the
-// slowest call's duration.
-const FILL = String.raw`
-import hashlib, json, os, sys, time
-d, prefix, size, most = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-files = []
-for i in range(most):
-    path = os.path.join(d, '%s%03d' % (prefix, i))
-    data = os.urandom(size)
-    errs, slowest = {}, [0.0, '']
-    def call(name, fn, *a):
-        t0 = time.monotonic()
-        try:
-            return fn(*a)
-        except OSError as e:
-            errs.setdefault(name, e.errno)
-            return None
-        finally:
-            s = time.monotonic() - t0
-            if s > slowest[0]:
-                slowest[0], slowest[1] = s, name
-    fd = call('open', os.open, path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    if fd is not None:
-        off = 0
-        while off < size and 'write' not in errs:
-            n = call('write', os.write, fd, data[off:off + 1048576])
-            off += n or 0
-        call('fsync', os.fsync, fd)
-        call('close', os.close, fd)
-    files.append({'path': path, 'size': size, 'sha': hashlib.sha256(data).hexdigest(), 'errs': errs,
-                  'slowest': round(slowest[0], 3), 'slowestCall': slowest[1]})
-    if errs:
-        break
-print(json.dumps(files))
-`;
-
-interface Filled {
-  path: string;
-  size: number;
-  sha: string;
-  errs: Record<string, number>;
-  slowest: number;
-  slowestCall: string;
-}
-
-/** runs FILL (from the file `script`) in a child process; [] when it did not finish */
-async function fill(t: Test, script: string, dir: string, prefix: string, size: number, most: number): Promise<Filled[]> {
-  const r = await run(PYTHON, [script, dir, prefix, String(size), String(most)], { timeout: 120_000 });
-  if (!expectExit(t, r, `write ${prefix}* files with fsync`) || r.timedOut) return [];
-  return JSON.parse(r.stdout) as Filled[];
-}
-
 const ENOSPC = 28;
 const EIO = 5;
 
@@ -217,8 +143,6 @@ t.test('A. a full Redis Cluster: ENOSPC at once, one log line, earlier files int
   expectExit(t, await kvfs(['format', url], { dataDir, env: NO_PW }), 'kvfs format');
   const m = await mountKvfs(t, { store: url, dataDir, args: ['--store-timeout', String(STORE_TIMEOUT_S)], env: NO_PW });
   const scratch = tempDir(t, 'kvfs-test-src-');
-  const fillPy = join(scratch, 'fill.py');
-  writeFileSync(fillPy, FILL);
   const storeFullLines = () => m.output().stderr.split('\n').filter((l) => /full|maxmemory|no space/i.test(l));
 
   // statfs: the size is the masters' maxmemory summed; the free space what Redis says is left
@@ -232,7 +156,7 @@ t.test('A. a full Redis Cluster: ENOSPC at once, one log line, earlier files int
 
   // fill: 4 MiB files, each fsynced, until a call fails (96 MiB of memory cannot hold 40 of them)
   const SIZE = 4 * MiB;
-  const written = await fill(t, fillPy, m.mnt, 'f', SIZE, 40);
+  const written = await fillFiles(t, m.mnt, 'f', SIZE, 40);
   const ok = written.filter((f) => !Object.keys(f.errs).length);
   const failed = written.filter((f) => Object.keys(f.errs).length);
   t.equal(failed.length, 1, `a write failed after ${ok.length} files (${(ok.length * SIZE) / MiB} MiB)`, { last: written.at(-1) });
@@ -295,7 +219,7 @@ t.test('A. a full Redis Cluster: ENOSPC at once, one log line, earlier files int
   let back: Filled | undefined;
   for (;;) {
     probes++;
-    const p = (await fill(t, fillPy, m.mnt, 'probe', SIZE, 1))[0];
+    const p = (await fillFiles(t, m.mnt, 'probe', SIZE, 1))[0];
     if (p && !Object.keys(p.errs).length) {
       back = p;
       break;

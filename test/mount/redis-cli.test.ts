@@ -25,7 +25,6 @@ import {
   kvfs,
   mountKvfs,
   mountsAt,
-  PYTHON,
   processesMentioning,
   run,
   tempDir,

@@ -39,6 +39,13 @@ import {
 import { readVolume } from './volume.js';
 import { STATFS_BLOCK, volumeSpace } from './volume-space.js';
 
+/**
+ * The extended attributes a volume stores: the user., trusted. and security. namespaces, but security.selinux.
+ * Others (system.posix_acl_*: no ACLs) and SELinux labels (the kernel labels a FUSE mount itself, never through
+ * the filesystem's xattrs) are EOPNOTSUPP to set, get and remove.
+ */
+export const xattrStored = (name: string) => /^(user|trusted|security)\./.test(name) && name !== 'security.selinux';
+
 const S_IFMT = 0o170000;
 const S_IFDIR = 0o040000;
 const S_IFREG = 0o100000;
@@ -998,7 +1005,7 @@ export class Filesystem {
   async setxattr(ino: Ino, name: string, value: Uint8Array, flags = 0): Promise<void> {
     if (!name.length || Buffer.byteLength(name) > XATTR_NAME_MAX) throw fsErr('ERANGE');
     if (value.length > XATTR_SIZE_MAX) throw fsErr('E2BIG');
-    if (!/^(user|trusted|security)\./.test(name)) throw fsErr('EOPNOTSUPP');
+    if (!xattrStored(name)) throw fsErr('EOPNOTSUPP');
     await this.locks.with([ino], () => transact(this.store, async (tx) => {
       const node = await this.inode(tx, ino);
       const exists = (await tx.get(K.xattr(ino, name))) !== undefined;
@@ -1011,9 +1018,9 @@ export class Filesystem {
   }
 
   async getxattr(ino: Ino, name: string): Promise<Buffer> {
-    // Another namespace (system.posix_acl_access …) is unsupported, as for setxattr, not merely unset: tools
-    // such as `ls -l` then stop asking for the whole device instead of asking once per file.
-    if (!/^(user|trusted|security)\./.test(name)) throw fsErr('EOPNOTSUPP');
+    // What is not stored is unsupported, as for setxattr, not merely unset: tools such as `ls -l` then stop
+    // asking for the whole device (ACLs, SELinux labels) instead of asking once per file.
+    if (!xattrStored(name)) throw fsErr('EOPNOTSUPP');
     await this.inode(this.store, ino);
     const v = await this.store.get(K.xattr(ino, name));
     if (!v) throw fsErr('ENODATA');
@@ -1034,6 +1041,7 @@ export class Filesystem {
   }
 
   async removexattr(ino: Ino, name: string): Promise<void> {
+    if (!xattrStored(name)) throw fsErr('EOPNOTSUPP');
     await this.locks.with([ino], () => transact(this.store, async (tx) => {
       const node = await this.inode(tx, ino);
       if ((await tx.get(K.xattr(ino, name))) === undefined) throw fsErr('ENODATA');

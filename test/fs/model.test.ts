@@ -370,7 +370,7 @@ class Model {
   setxattr(ino: Ino, name: string, value: Buffer, flags: number): void {
     if (!name.length || Buffer.byteLength(name) > 255) err('ERANGE');
     if (value.length > 65536) err('E2BIG');
-    if (!/^(user|trusted|security)\./.test(name)) err('EOPNOTSUPP');
+    if (!xattrStored(name)) err('EOPNOTSUPP');
     const n = this.node(ino);
     const exists = n.xattrs.has(name);
     if (flags & XATTR_CREATE && exists) err('EEXIST');
@@ -379,11 +379,12 @@ class Model {
   }
 
   getxattr(ino: Ino, name: string): Buffer {
-    if (!/^(user|trusted|security)\./.test(name)) err('EOPNOTSUPP');
+    if (!xattrStored(name)) err('EOPNOTSUPP');
     return this.node(ino).xattrs.get(name) ?? err('ENODATA');
   }
 
   removexattr(ino: Ino, name: string): void {
+    if (!xattrStored(name)) err('EOPNOTSUPP');
     const n = this.node(ino);
     if (!n.xattrs.delete(name)) err('ENODATA');
   }
@@ -669,7 +670,10 @@ const AVOID = new Set((process.env.KVFS_MODEL_AVOID ?? '').split(',').filter((x)
 for (const a of AVOID) if (!(AVOIDABLE as readonly string[]).includes(a)) throw new Error(`KVFS_MODEL_AVOID: unknown ${a}`);
 
 const NAMES = ['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h'];
-const XNAMES = ['user.a', 'user.b', 'user.cc', 'trusted.t', 'security.s'];
+/** the model's own rule: user., trusted. and security. names are stored, but SELinux labels */
+const xattrStored = (name: string) => /^(user|trusted|security)\./.test(name) && name !== 'security.selinux';
+
+const XNAMES = ['user.a', 'user.b', 'user.cc', 'trusted.t', 'security.s', 'security.selinux'];
 
 class Runner {
   readonly m = new Model();

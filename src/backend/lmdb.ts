@@ -1,5 +1,6 @@
 import { mkdir } from 'node:fs/promises';
 import { open, type RootDatabase } from 'lmdb';
+import { BLOB_PREFIX, BlobFiles } from './blob-files.js';
 import { addCounter, checkScan } from './kv-rules.js';
 import { FullEpisodes, StoreError, isStoreError } from './errors.js';
 import type { KvCheck, KvEngineInfo, KvStore, KvWrite, ScanOptions } from './kv.js';
@@ -19,18 +20,22 @@ export interface LmdbStoreOptions {
 }
 
 /**
- * A KvStore on LMDB (lmdb-js) in one directory: data.mdb and lock.mdb. Keys are strings (lmdb-js's
- * ordered-binary encoding keeps printable ASCII as its bytes, so key order is byte order); values are raw bytes.
+ * A KvStore on LMDB (lmdb-js) in one directory: data.mdb and lock.mdb hold the metadata; blob keys (`b/<id>`)
+ * are files under blobs/ (blob-files.ts: allocation left to the filesystem, I/O off the event loop). Keys are
+ * strings (lmdb-js's ordered-binary encoding keeps printable ASCII as its bytes, so key order is byte order);
+ * values are raw bytes. Blob keys are written with put and deleted with del only (kv.ts): a commit that names one
+ * is INVALID. A store written before blobs had files keeps its old blobs in LMDB: they are read and deleted there.
  *
  * Order and atomicity: every write (put, del, incr, commit) is one synchronous LMDB write transaction on the
  * main thread (transactionSync), so writes apply in call order, and a commit's checks and writes see no other
  * writer in between; an error half-way through a commit aborts its transaction, so nothing of it applies.
  * Values are copied when a write is called, so the caller may reuse its buffers at once.
  *
- * Durability: commits write their pages without fsync (noSync). A write that resolved is in the data file
- * (the OS page cache), so it survives a kill -9 of the process. `sync()` fsyncs (mdb_env_sync), so every
- * write before it survives a machine crash too; the store also fsyncs on its own within a second of any
- * write. (An fsync per commit costs ~0.4 ms here; without, ~15 us.) LMDB's own caveat for MDB_NOSYNC: after
+ * Durability: commits write their pages without fsync (noSync), blob files are written without fsync. A write
+ * that resolved is in the data file or its blob file (the OS page cache), so it survives a kill -9 of the process.
+ * `sync()` fdatasyncs the blob files written since the last sync, then fsyncs LMDB (mdb_env_sync), so every write
+ * before it survives a machine crash too, and metadata on disk never names a blob that is not; the store also
+ * syncs on its own (the same way) within a second of any write. (An fsync per commit costs ~0.4 ms here; without, ~15 us.) LMDB's own caveat for MDB_NOSYNC: after
  * a machine crash, writes since the last fsync may be lost, and the file keeps its integrity only where the
  * filesystem preserves write order. doc/SEMANTICS.md says so to users.
  *
@@ -49,6 +54,9 @@ export class LmdbStore implements KvStore {
   /** the absolute directory holding the store */
   readonly dir: string;
   readonly #db: RootDatabase<Buffer, string>;
+  readonly #blobs: BlobFiles;
+  /** whether LMDB itself still holds blobs (a store written before blob files) */
+  #legacyBlobs: boolean;
   readonly #space: LmdbSpace;
   readonly #episodes = new FullEpisodes();
   #closed = false;
@@ -59,6 +67,9 @@ export class LmdbStore implements KvStore {
   private constructor(dir: string, db: RootDatabase<Buffer, string>) {
     this.dir = dir;
     this.#db = db;
+    this.#blobs = new BlobFiles(dir);
+    this.#legacyBlobs = false;
+    for (const key of db.getKeys({ start: BLOB_PREFIX, limit: 1 })) this.#legacyBlobs = key.startsWith(BLOB_PREFIX);
     this.#space = new LmdbSpace(dir, () => db.getStats() as never);
   }
 
@@ -92,16 +103,23 @@ export class LmdbStore implements KvStore {
 
   async get(key: string): Promise<Uint8Array | undefined> {
     const db = this.#live();
+    if (isBlob(key)) return this.#getBlob(key);
     return this.#read(() => db.get(key));
   }
 
   async getMany(keys: readonly string[]): Promise<(Uint8Array | undefined)[]> {
     const db = this.#live();
-    return this.#read(() => keys.map((k) => db.get(k)));
+    if (!keys.some(isBlob)) return this.#read(() => keys.map((k) => db.get(k)));
+    return Promise.all(keys.map((k) => (isBlob(k) ? this.#getBlob(k) : this.#read(() => db.get(k)))));
   }
 
   async put(key: string, value: Uint8Array): Promise<void> {
     const db = this.#live();
+    if (isBlob(key)) {
+      // the gate still admits it: blob files and LMDB share the disk, and LMDB must keep room for deletes
+      await this.#write([{ key, value }], 'grow', () => this.#blobs.put(key, value), true);
+      return;
+    }
     const bytes = Buffer.from(value);
     await this.#write([{ key, value: bytes }], 'grow', () => db.transactionSync(() => void db.putSync(key, bytes)), true);
   }
@@ -109,15 +127,35 @@ export class LmdbStore implements KvStore {
   async del(keys: readonly string[]): Promise<void> {
     const db = this.#live();
     if (keys.length === 0) return;
-    const ks = [...keys];
+    const blobs = keys.filter(isBlob);
+    const ks = this.#legacyBlobs ? [...keys] : keys.filter((k) => !isBlob(k));
+    if (blobs.length) await this.#blobs.del(blobs).catch((e: unknown) => { throw translate(e, this.dir, {}); });
+    if (!ks.length) return;
     await this.#write(ks.map((key) => ({ key, value: null })), 'free',
       () => db.transactionSync(() => ks.forEach((k) => db.removeSync(k))));
+  }
+
+  /** a blob from its file, else (a store written before blob files) from LMDB */
+  async #getBlob(key: string): Promise<Uint8Array | undefined> {
+    let v: Uint8Array | undefined;
+    try {
+      v = await this.#blobs.get(key);
+    } catch (e) {
+      throw translate(e, this.dir, {});
+    }
+    if (v === undefined && this.#legacyBlobs) v = this.#read(() => this.#db.get(key));
+    return v;
   }
 
   async scan(prefix: string, opts: ScanOptions = {}): Promise<[string, Uint8Array][]> {
     const db = this.#live();
     checkScan(prefix, opts);
     const { after, limit = Infinity } = opts;
+    if (prefix === BLOB_PREFIX) {
+      const keys = (await this.keys(BLOB_PREFIX)).filter((k) => after === undefined || k > after).slice(0, limit);
+      const values = await this.getMany(keys);
+      return keys.flatMap((k, i) => (values[i] ? [[k, values[i]!] as [string, Uint8Array]] : []));
+    }
     // the collection is the key range [prefix, end): prefix with its final '/' raised to '0'
     const end = prefix.slice(0, -1) + '0';
     const start = after !== undefined && after > prefix ? after : prefix;
@@ -135,7 +173,7 @@ export class LmdbStore implements KvStore {
 
   async keys(prefix: string): Promise<string[]> {
     const db = this.#live();
-    return this.#read(() => {
+    const inDb = this.#read(() => {
       const out: string[] = [];
       for (const key of db.getKeys({ start: prefix })) {
         if (!key.startsWith(prefix)) break;
@@ -143,6 +181,9 @@ export class LmdbStore implements KvStore {
       }
       return out;
     });
+    if (!BLOB_PREFIX.startsWith(prefix) && !prefix.startsWith(BLOB_PREFIX)) return inDb;
+    const files = await this.#blobs.keys(prefix).catch((e: unknown) => { throw translate(e, this.dir, {}); });
+    return [...new Set([...inDb, ...files])].sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
   }
 
   async incr(key: string, delta: number): Promise<number> {
@@ -160,6 +201,8 @@ export class LmdbStore implements KvStore {
 
   async commit(checks: readonly KvCheck[], writes: readonly KvWrite[], _txid?: string): Promise<boolean> {
     const db = this.#live();
+    const blob = [...checks, ...writes].find((c) => isBlob(c.key));
+    if (blob) throw new StoreError('INVALID', `a commit cannot name the blob key '${blob.key}': blobs are written with put and deleted with del`);
     // LMDB commits are local and never retried, so txid needs no record
     const cs = checks.map((c) => ({ key: c.key, value: c.value && Buffer.from(c.value) }));
     const ws = writes.map((w) => ({ key: w.key, value: w.value && Buffer.from(w.value) }));
@@ -180,14 +223,21 @@ export class LmdbStore implements KvStore {
 
   async sync(): Promise<void> {
     const db = this.#live();
-    await this.#flush(() => envSync(db));
+    await this.#flush(() => this.#syncAll(db));
+  }
+
+  /** blob files first, then LMDB: metadata on disk never names a blob that is not (blob-files.ts rule 2) */
+  async #syncAll(db: RootDatabase<Buffer, string>): Promise<void> {
+    await this.#blobs.sync();
+    await envSync(db);
   }
 
   /** capacity: the disk's free space plus the store's file; free: what writes that grow the store can still take */
   async info(): Promise<KvEngineInfo> {
     this.#live();
     const f = this.#read(() => this.#space.measure());
-    return { engine: 'lmdb', capacityBytes: capacity(f), freeBytes: available(f, this.#space.keep) };
+    // the blob files are the store's too: what it could hold is the disk's free space plus all it holds
+    return { engine: 'lmdb', capacityBytes: capacity(f) + this.#blobs.bytes, freeBytes: available(f, this.#space.keep) };
   }
 
   /** waits for every write already called, makes them durable, and closes; later calls fail with CLOSED */
@@ -197,7 +247,7 @@ export class LmdbStore implements KvStore {
     this.#closed = true;
     const db = this.#db;
     try {
-      await this.#flush(() => envSync(db));
+      await this.#flush(() => this.#syncAll(db));
     } finally {
       await db.close();
     }
@@ -225,7 +275,7 @@ export class LmdbStore implements KvStore {
       this.#syncTimer = undefined;
       if (!this.#unsynced || this.#closed) return;
       this.#unsynced = false;
-      envSync(this.#db).catch(() => { this.#unsynced = true; });
+      this.#syncAll(this.#db).catch(() => { this.#unsynced = true; });
     }, SYNC_INTERVAL_MS);
     this.#syncTimer.unref?.();
   }
@@ -235,7 +285,7 @@ export class LmdbStore implements KvStore {
    * for a delete), `kind` whether it grows the store or frees, `named` whether a commit will name what it writes.
    */
   async #write<T>(
-    writes: readonly { key: string; value: Uint8Array | null }[], kind: WriteKind, fn: () => T, named = false,
+    writes: readonly { key: string; value: Uint8Array | null }[], kind: WriteKind, fn: () => T | Promise<T>, named = false,
   ): Promise<T> {
     const space = this.#space;
     let need: number;
@@ -253,7 +303,7 @@ export class LmdbStore implements KvStore {
     }
     this.#scheduleSync();
     try {
-      const out = fn();
+      const out = await fn();
       // a commit whose checks failed wrote nothing
       if (out !== false) {
         space.succeeded(need, kind);
@@ -280,6 +330,8 @@ export class LmdbStore implements KvStore {
     }
   }
 }
+
+const isBlob = (key: string) => key.startsWith(BLOB_PREFIX);
 
 /** how soon after a write the store fsyncs on its own */
 const SYNC_INTERVAL_MS = 1000;

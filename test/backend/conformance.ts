@@ -46,6 +46,30 @@ export function conformance(t: Test, name: string, factory: () => Promise<KvStor
       t.equal(dec(await s.get('k/b')), 'bee', 'deleting nothing or a missing key is fine');
     });
 
+    t.test('blob keys: put, get, getMany beside metadata, keys, del; values are copies', async (t) => {
+      const s = await open(t);
+      const big = Uint8Array.from({ length: 300_000 }, (_, i) => (i * 31 + 7) % 256);
+      const given = Uint8Array.from(big);
+      await s.put('b/sess.1', given);
+      given.fill(0); // the caller reuses its buffer at once
+      await s.put('b/sess.2', enc('small'));
+      await s.put('b/sess.3', new Uint8Array(0));
+      await s.put('i/1', enc('meta'));
+      t.same(bytes(await s.get('b/sess.1')), [...big], 'a large blob reads back as it was put');
+      t.equal((await s.get('b/sess.3'))?.length, 0, 'an empty blob is there, empty');
+      t.equal(await s.get('b/none'), undefined, 'a missing blob is undefined');
+      const many = await s.getMany(['b/sess.2', 'i/1', 'b/none', 'b/sess.3']);
+      t.same([dec(many[0]), dec(many[1]), many[2], many[3]?.length], ['small', 'meta', undefined, 0], 'getMany mixes blobs and metadata, in order');
+      t.same(await s.keys('b/'), ['b/sess.1', 'b/sess.2', 'b/sess.3'], 'keys lists the blobs in byte order');
+      t.same(await s.keys('b/sess.2'), ['b/sess.2'], 'keys by a longer prefix');
+      await s.del(['b/sess.1', 'b/none', 'i/1']);
+      t.equal(await s.get('b/sess.1'), undefined, 'a deleted blob is gone');
+      t.equal(await s.get('i/1'), undefined, 'and the metadata deleted with it');
+      t.same(await s.keys('b/'), ['b/sess.2', 'b/sess.3'], 'keys no longer lists it');
+      await s.sync();
+      t.equal(dec(await s.get('b/sess.2')), 'small', 'sync keeps it');
+    });
+
     t.test('getMany keeps order and gives undefined for missing keys', async (t) => {
       const s = await open(t);
       await s.put('m/a', enc('A'));

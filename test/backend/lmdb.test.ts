@@ -1,8 +1,9 @@
 import { execFileSync, spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { open as lmdbOpen } from 'lmdb';
 import t from 'tap';
 import { isStoreError } from '../../src/backend/errors.js';
 import { LmdbStore } from '../../src/backend/lmdb.js';
@@ -100,6 +101,67 @@ t.test('a commit or put that resolved survives kill -9', async (t) => {
   t.ok([...got].every(([k, v]) => k === `k/${v!.slice(1)}`), 'with its value');
   const blob = await s.get('b/blob');
   t.ok(blob !== undefined && blob.length === KILL9_BLOB && blob.every((x) => x === 0xab), 'the resolved put is there');
+});
+
+t.test('blobs are files beside LMDB: the data file holds only metadata', async (t) => {
+  const dir = freshDir();
+  const s = await LmdbStore.open(dir);
+  t.teardown(() => s.close());
+  const blob = new Uint8Array(1 << 20).fill(0x5a);
+  await s.put('b/one', blob);
+  await s.commit([], [{ key: 'c/1/00000000', value: enc('1048576:one') }]);
+  await s.sync();
+  const files = readdirSync(join(dir, 'blobs'), { recursive: true, withFileTypes: true }).filter((d) => d.isFile());
+  t.same(files.map((f) => f.name), ['one'], 'one file under blobs/, named by the id');
+  const path = join(files[0]!.parentPath ?? (files[0] as unknown as { path: string }).path, 'one');
+  t.ok(readFileSync(path).equals(Buffer.from(blob)), 'holding the blob\'s bytes');
+  t.ok(statSync(join(dir, 'data.mdb')).size < 1 << 20, `data.mdb (${statSync(join(dir, 'data.mdb')).size} bytes) does not hold the 1 MiB blob`);
+  await t.rejects(s.commit([], [{ key: 'b/two', value: enc('x') }]), { code: 'INVALID' }, 'a commit naming a blob key is INVALID');
+  await t.rejects(s.commit([{ key: 'b/one', value: blob }], []), { code: 'INVALID' }, 'so is a check of one');
+  await t.rejects(s.put('b/..', enc('x')), { code: 'INVALID' }, 'a blob id that cannot be a file name is INVALID');
+});
+
+t.test('a store written before blob files: its blobs in LMDB are read, listed and deleted', async (t) => {
+  const dir = freshDir();
+  mkdirSync(dir);
+  const old = lmdbOpen<Buffer, string>({ path: dir, noSubdir: false, encoding: 'binary' });
+  await old.put('b/legacy', Buffer.from('old bytes'));
+  await old.put('i/1', Buffer.from('meta'));
+  await old.close();
+  const s = await LmdbStore.open(dir);
+  t.teardown(() => s.close());
+  t.equal(dec(await s.get('b/legacy')), 'old bytes', 'an old blob reads from LMDB');
+  await s.put('b/new', enc('new bytes'));
+  t.same((await s.getMany(['b/new', 'b/legacy'])).map(dec), ['new bytes', 'old bytes'], 'beside a new one');
+  t.same(await s.keys('b/'), ['b/legacy', 'b/new'], 'both listed');
+  await s.del(['b/legacy', 'b/new']);
+  t.same(await s.keys('b/'), [], 'both deleted');
+  t.equal(dec(await s.get('i/1')), 'meta', 'metadata untouched');
+});
+
+t.test('churn: blobs rewritten and deleted over and over leave neither the data file nor the blob files growing', async (t) => {
+  const dir = freshDir();
+  const s = await LmdbStore.open(dir);
+  t.teardown(() => s.close());
+  const blob = new Uint8Array(256 * 1024).fill(3);
+  const round = async (r: number) => {
+    for (let i = 0; i < 64; i++) {
+      await s.put(`b/r${r}.${i}`, blob);
+      await s.commit([], [{ key: `c/9/${i.toString(16).padStart(8, '0')}`, value: enc(`262144:r${r}.${i}`) }]);
+      if (r > 0) await s.del([`b/r${r - 1}.${i}`]);
+    }
+    await s.sync();
+  };
+  await round(0);
+  const mdb0 = statSync(join(dir, 'data.mdb')).size;
+  for (let r = 1; r <= 16; r++) await round(r);
+  const mdb1 = statSync(join(dir, 'data.mdb')).size;
+  const blobs = (await s.keys('b/')).length;
+  t.comment(`data.mdb ${mdb0} -> ${mdb1} bytes after 16 rewrites of 16 MiB; ${blobs} blob files`);
+  t.equal(blobs, 64, 'only the live blobs have files');
+  t.ok(mdb1 <= mdb0 + (1 << 20), 'the data file stays flat');
+  const info = await s.info();
+  t.ok(info.capacityBytes! >= info.freeBytes! + 64 * blob.length, 'capacity counts the blob files the store holds');
 });
 
 /** mounts a small tmpfs and returns its directory, or undefined where this process may not mount */

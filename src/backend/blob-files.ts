@@ -1,0 +1,198 @@
+/**
+ * Blob files: the embedded engine keeps blob values (keys `b/<id>`, kv.ts) as one file each, beside LMDB, which
+ * keeps only metadata. LMDB stores a large value in a run of contiguous overflow pages and looks for such runs in
+ * its free list, which degrades as large values are rewritten and freed (the write rate of a rewritten 1 GiB fell
+ * to a fifth); a file per blob leaves allocation to the filesystem, and its I/O runs on libuv's threads, never on
+ * the event loop.
+ *
+ * Layout: DIR/blobs/<ff>/<id>, where <ff> is two hex digits of a hash of the id (256 directories). An id is any
+ * text without '/' and NUL of 1..255 bytes but `.` and `..` (the kv.ts rule for the part after a collection).
+ *
+ * Rules:
+ *  1. put writes the whole file (O_TRUNC; a blob is written once, before any commit names it) and resolves once
+ *     it is in the page cache: it then survives a kill -9 of the process. A put that did not resolve may leave a
+ *     partial file that nothing names (a leak for a collector, never a dangling name).
+ *  2. sync makes every file written since the last sync durable (fdatasync each, then fsync the directories that
+ *     gained entries) before it returns; the engine syncs blob files before its metadata, so metadata durable on
+ *     disk never names a blob that is not.
+ *  3. del unlinks; a missing file is not an error. Deletes need not be durable (a file back after a crash is
+ *     named by nothing: a leak, never wrong data).
+ *  4. Reads of a blob that has no file fall back to `legacy` (blobs that an older layout kept inside LMDB).
+ */
+import { mkdirSync } from 'node:fs';
+import { open, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { StoreError } from './errors.js';
+
+export const BLOB_PREFIX = 'b/';
+
+/** at most this many files are fsynced at once */
+const SYNC_PARALLEL = 16;
+
+export class BlobFiles {
+  readonly root: string;
+  /** files written since the last sync began, and the directories they went into */
+  #unsynced = new Set<string>();
+  #dirsUnsynced = new Set<string>();
+  /** puts under way (close and sync wait for them) */
+  readonly #writing = new Set<Promise<unknown>>();
+  #dirsMade = new Set<string>();
+  /** bytes of the blob files: those found at open (counted in the background) and those written since */
+  #bytes = 0;
+  /** paths put or deleted while the files found at open are being counted (the count skips them) */
+  #touched: Set<string> | undefined = new Set();
+
+  constructor(dir: string) {
+    this.root = join(dir, 'blobs');
+    mkdirSync(this.root, { recursive: true });
+    void this.#countExisting();
+  }
+
+  /** adds up the files there at open, off the event loop's critical path */
+  async #countExisting(): Promise<void> {
+    try {
+      for (const ff of await readdir(this.root)) {
+        for (const id of await readdir(join(this.root, ff)).catch(() => [] as string[])) {
+          const path = join(this.root, ff, id);
+          if (this.#touched?.has(path)) continue;
+          const size = await stat(path).then((s) => s.size, () => 0);
+          if (!this.#touched?.has(path)) this.#bytes += size;
+        }
+      }
+    } catch { /* an unreadable directory counts as empty */ }
+    this.#touched = undefined;
+  }
+
+  /** the file of a blob key */
+  path(key: string): string {
+    const id = key.slice(BLOB_PREFIX.length);
+    if (!id || id === '.' || id === '..' || id.includes('/') || id.includes('\0') || Buffer.byteLength(id) > 255) {
+      throw new StoreError('INVALID', `blob key '${key}' cannot name a file (1..255 bytes, no '/' or NUL, not . or ..)`);
+    }
+    return join(this.root, fanOut(id), id);
+  }
+
+  async put(key: string, value: Uint8Array): Promise<void> {
+    const path = this.path(key);
+    const dir = path.slice(0, path.lastIndexOf('/'));
+    if (!this.#dirsMade.has(dir)) {
+      mkdirSync(dir, { recursive: true });
+      this.#dirsMade.add(dir);
+      this.#dirsUnsynced.add(dir);
+      this.#dirsUnsynced.add(this.root);
+    }
+    // a copy: the caller may reuse its buffer as soon as put returns (kv.ts)
+    const bytes = Buffer.from(value);
+    this.#touched?.add(path);
+    const p = writeFile(path, bytes);
+    this.#writing.add(p);
+    try {
+      await p;
+    } finally {
+      this.#writing.delete(p);
+    }
+    this.#unsynced.add(path);
+    this.#dirsUnsynced.add(dir);
+    this.#bytes += bytes.length;
+  }
+
+  /** the bytes of a blob, or undefined when it has no file */
+  async get(key: string): Promise<Buffer | undefined> {
+    try {
+      return await readFile(this.path(key));
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw e;
+    }
+  }
+
+  async del(keys: readonly string[]): Promise<void> {
+    await Promise.all(keys.map(async (key) => {
+      const path = this.path(key);
+      this.#touched?.add(path);
+      let size = 0;
+      try {
+        size = (await stat(path)).size;
+        await rm(path);
+        this.#bytes -= size;
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      }
+      this.#unsynced.delete(path);
+    }));
+  }
+
+  /** every blob key with a file, in byte order (maintenance: collectors, tests) */
+  async keys(prefix: string): Promise<string[]> {
+    const out: string[] = [];
+    for (const ff of await readdir(this.root).catch(() => [] as string[])) {
+      for (const id of await readdir(join(this.root, ff)).catch(() => [] as string[])) {
+        const key = BLOB_PREFIX + id;
+        if (key.startsWith(prefix)) out.push(key);
+      }
+    }
+    return out.sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
+  }
+
+  /** waits for the puts under way, then makes every file written so far durable (rule 2) */
+  async sync(): Promise<void> {
+    await Promise.allSettled([...this.#writing]);
+    const files = [...this.#unsynced];
+    const dirs = [...this.#dirsUnsynced];
+    this.#unsynced = new Set();
+    this.#dirsUnsynced = new Set();
+    try {
+      for (let i = 0; i < files.length; i += SYNC_PARALLEL) {
+        await Promise.all(files.slice(i, i + SYNC_PARALLEL).map((f) => fsyncPath(f, true)));
+      }
+      await Promise.all(dirs.map((d) => fsyncPath(d, false)));
+    } catch (e) {
+      // what was not made durable stays to be synced
+      for (const f of files) this.#unsynced.add(f);
+      for (const d of dirs) this.#dirsUnsynced.add(d);
+      throw e;
+    }
+  }
+
+  /** waits for the puts under way */
+  async drain(): Promise<void> {
+    await Promise.allSettled([...this.#writing]);
+  }
+
+  /** whether puts were made since the last sync */
+  get dirty(): boolean {
+    return this.#unsynced.size > 0 || this.#dirsUnsynced.size > 0 || this.#writing.size > 0;
+  }
+
+  /** bytes the blob files hold (those found at open join the figure as they are counted, in the background) */
+  get bytes(): number {
+    return this.#bytes;
+  }
+}
+
+/** fdatasync (a file) or fsync (a directory) of a path; a file deleted meanwhile needs nothing */
+async function fsyncPath(path: string, file: boolean): Promise<void> {
+  let fh;
+  try {
+    fh = await open(path, 'r');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw e;
+  }
+  try {
+    if (file) await fh.datasync();
+    else await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/** two hex digits of FNV-1a over the id's UTF-16 code units */
+function fanOut(id: string): string {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < id.length; i++) {
+    h ^= id.charCodeAt(i);
+    h = Math.imul(h, 0x01000193);
+  }
+  return ((h >>> 24) & 0xff).toString(16).padStart(2, '0');
+}

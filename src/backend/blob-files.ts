@@ -106,6 +106,29 @@ export class BlobFiles {
     }
   }
 
+  /** bytes [offset, offset + length) of a blob (fewer at its end), or undefined when it has no file */
+  async getRange(key: string, offset: number, length: number): Promise<Buffer | undefined> {
+    let fh;
+    try {
+      fh = await open(this.path(key), 'r');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw e;
+    }
+    try {
+      const out = Buffer.allocUnsafe(length);
+      let got = 0;
+      while (got < length) {
+        const { bytesRead } = await fh.read(out, got, length - got, offset + got);
+        if (bytesRead === 0) break;
+        got += bytesRead;
+      }
+      return out.subarray(0, got);
+    } finally {
+      await fh.close();
+    }
+  }
+
   async del(keys: readonly string[]): Promise<void> {
     await Promise.all(keys.map(async (key) => {
       const path = this.path(key);

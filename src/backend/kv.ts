@@ -62,6 +62,12 @@ export interface KvStore {
   get(key: string): Promise<Uint8Array | undefined>;
   /** the values of many keys, in order; blob keys may be fetched from several nodes in parallel */
   getMany(keys: readonly string[]): Promise<(Uint8Array | undefined)[]>;
+  /**
+   * Bytes [offset, offset + length) of a blob, fewer where the blob ends before; undefined when the key is absent.
+   * Optional: engines that can read part of a value without the rest (a file's pread) offer it, so a small read
+   * of a large blob moves only what it needs; callers fall back to `get` without it.
+   */
+  getRange?(key: string, offset: number, length: number): Promise<Uint8Array | undefined>;
   /** writes one key (blobs, and metadata that needs no check) */
   put(key: string, value: Uint8Array): Promise<void>;
   /** deletes keys; missing keys are not an error */

@@ -135,6 +135,19 @@ export class LmdbStore implements KvStore {
       () => db.transactionSync(() => ks.forEach((k) => db.removeSync(k))));
   }
 
+  async getRange(key: string, offset: number, length: number): Promise<Uint8Array | undefined> {
+    this.#live();
+    if (!isBlob(key)) return (await this.get(key))?.subarray(offset, offset + length);
+    let v: Uint8Array | undefined;
+    try {
+      v = await this.#blobs.getRange(key, offset, length);
+    } catch (e) {
+      throw translate(e, this.dir, {});
+    }
+    if (v === undefined && this.#legacyBlobs) v = this.#read(() => this.#db.get(key))?.subarray(offset, offset + length);
+    return v;
+  }
+
   /** a blob from its file, else (a store written before blob files) from LMDB */
   async #getBlob(key: string): Promise<Uint8Array | undefined> {
     let v: Uint8Array | undefined;

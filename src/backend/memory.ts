@@ -48,6 +48,10 @@ export class MemoryStore implements KvStore {
     return keys.map((k) => values.get(k));
   }
 
+  async getRange(key: string, offset: number, length: number): Promise<Uint8Array | undefined> {
+    return this.#db.values.get(key)?.subarray(offset, offset + length);
+  }
+
   async put(key: string, value: Uint8Array): Promise<void> {
     set(this.#db, key, own(this.#db, value));
   }

@@ -12,6 +12,8 @@ export class BlobCache {
   private readonly pending = new Map<string, Promise<Uint8Array | undefined>>();
   hits = 0;
   misses = 0;
+  /** bytes fetched from the store on misses */
+  fetched = 0;
   /** called when a blob leaves the cache (evicted for room, or deleted) */
   onDrop: ((id: string) => void) | undefined;
 
@@ -39,6 +41,7 @@ export class BlobCache {
     if (!p) {
       this.misses++;
       p = this.store.get(K.blob(id)).then((v) => {
+        this.fetched += v?.byteLength ?? 0;
         if (v && this.lru && v.byteLength <= this.maxBytes / 4) this.lru.set(id, v);
         return v;
       }).finally(() => this.pending.delete(id));

@@ -31,8 +31,24 @@ export const DELETE_BATCH = 512;
 
 export interface ChunkEntry { length: number; blobId: string }
 
+/** Bytes that moved, for `kvfs status` and the benches: what the store costs per byte a caller read or wrote. */
+export interface IoStats {
+  /** bytes callers wrote through the core, and bytes of blobs sent to the store for them */
+  written: number;
+  sent: number;
+  /** bytes the core returned to readers, and bytes it fetched from the store for them */
+  returned: number;
+  fetched: number;
+}
+
 /** Shared by all files of a mount: the chunk size, the store, caches, buffer recycling, the write budget. */
 export interface DataContext {
+  /**
+   * a cold chunk's small random reads fetch only their bytes (KvStore.getRange) instead of the whole blob; off
+   * for an in-process store, whose whole blobs cost no copy and feed the driver's read index
+   */
+  rangeReads: boolean;
+  io: IoStats;
   store: KvStore;
   chunkSize: number;
   blobs: BlobCache;
@@ -89,6 +105,9 @@ export class WriteBudget {
 
 /** How far ahead a sequential reader's chunks are fetched and published (published.ts). */
 const READ_AHEAD = 4 << 20;
+
+/** The unit of a range read: whole pages around the bytes asked for. */
+const PAGE = 4096;
 
 /** Most chunks one file keeps dirty before a write commits them. */
 const MAX_DIRTY_CHUNKS = 16;
@@ -162,6 +181,8 @@ export class FileData {
     if (offset >= end) return Buffer.alloc(0);
     const out = into ? into.subarray(0, end - offset) : Buffer.allocUnsafe(end - offset);
     const cs = this.cx.chunkSize;
+    // a small read away from where the last one ended: a cold chunk gives only the bytes asked for
+    const ranged = this.cx.rangeReads && offset !== this.seqNext && offset !== this.aheadTo && end - offset <= cs / 4;
     let jobs: Promise<void>[] | undefined;
     for (let idx = Math.floor(offset / cs); idx * cs < end; idx++) {
       const base = idx * cs;
@@ -170,10 +191,11 @@ export class FileData {
       // Chunks in memory (write-back, or a cached blob of a known entry) are copied at once; the rest are
       // fetched in parallel.
       if (!this.readCached(idx, from - base, to - base, out, from - offset)) {
-        (jobs ??= []).push(this.readChunkInto(idx, from - base, to - base, out, from - offset));
+        (jobs ??= []).push(this.readChunkInto(idx, from - base, to - base, out, from - offset, ranged));
       }
     }
     if (jobs) await Promise.all(jobs);
+    this.cx.io.returned += out.length;
     if (this.cx.published.active && (offset === this.seqNext || offset === this.aheadTo)) this.readAhead(end);
     this.seqNext = end;
     return out;
@@ -237,12 +259,13 @@ export class FileData {
     pub.publish(this.ino, this.size, this.cx.chunkSize, idx, blobId, blobId === null ? null : data!, mark);
   }
 
-  private async readChunkInto(idx: number, from: number, to: number, out: Buffer, at: number): Promise<void> {
+  private async readChunkInto(idx: number, from: number, to: number, out: Buffer, at: number, ranged = false): Promise<void> {
     const mem = this.dirty.get(idx) ?? this.flushing.get(idx);
     if (mem) {
       mem.copy(out, at, from, to);
       return;
     }
+    if (ranged) return this.readRangeInto(idx, from, to, out, at);
     const gen = this.truncations;
     const { data, blobId } = await this.storedChunk(idx);
     // A concurrent write may have made the chunk dirty while we fetched: the dirty copy is newer.
@@ -255,6 +278,33 @@ export class FileData {
     if (have > 0) out.set(data!.subarray(from, from + have), at);
     if (have < to - from) out.fill(0, at + have, at + (to - from));
     this.publish(idx, gen, blobId, data);
+  }
+
+  /**
+   * Bytes [from, to) of chunk idx's committed blob, fetched alone (the 4 KiB pages around them): nothing else of
+   * the chunk is read, cached or published. A write that made the chunk dirty meanwhile wins, as in readChunkInto.
+   */
+  private async readRangeInto(idx: number, from: number, to: number, out: Buffer, at: number): Promise<void> {
+    const lo = from - (from % PAGE);
+    const hi = Math.min(this.cx.chunkSize, Math.ceil(to / PAGE) * PAGE);
+    let got: Uint8Array | undefined;
+    for (let attempt = 0; ; attempt++) {
+      const e = await this.entry(idx, attempt > 0);
+      if (!e) break;
+      got = await this.cx.store.getRange!(K.blob(e.blobId), lo, hi - lo);
+      if (got) break;
+      // The blob was replaced and collected after we read the chunk map: read the map again.
+      if (attempt === 2) throw new StoreError('CORRUPT', `file ${this.ino} chunk ${idx}: its blob is missing from the store`);
+    }
+    this.cx.io.fetched += got?.length ?? 0;
+    const newer = this.dirty.get(idx) ?? this.flushing.get(idx);
+    if (newer) {
+      newer.copy(out, at, from, to);
+      return;
+    }
+    const have = got ? Math.max(0, Math.min(to - lo, got.length) - (from - lo)) : 0;
+    if (have > 0) out.set(got!.subarray(from - lo, from - lo + have), at);
+    if (have < to - from) out.fill(0, at + have, at + (to - from));
   }
 
   /** The committed bytes of chunk idx (possibly shorter than a chunk) and their blob; a hole has neither. */
@@ -292,6 +342,7 @@ export class FileData {
     this.cx.published.setClean(this.ino, false);
     try {
       await this.writeChunks(offset, data);
+      this.cx.io.written += data.length;
     } finally {
       if (--this.activeWrites === 0) this.writesDrained?.();
     }
@@ -438,8 +489,10 @@ export class FileData {
     const mtime = this.mtime;
     const size = this.size;
     try {
-      await Promise.all(batch.filter((c) => c.length).map((c) =>
-        this.cx.store.put(K.blob(c.blobId), c.buf.subarray(0, c.length))));
+      await Promise.all(batch.filter((c) => c.length).map((c) => {
+        this.cx.io.sent += c.length;
+        return this.cx.store.put(K.blob(c.blobId), c.buf.subarray(0, c.length));
+      }));
       let added = 0;
       await transact(this.cx.store, async (tx) => {
         added = 0;

@@ -79,6 +79,11 @@ export interface FsStats {
   idleChunkBuffers: number;
   /** chunks the driver may serve READs from by itself (published.ts) */
   publishedChunks: number;
+  /** bytes callers wrote and read through the core, and what the store was sent and asked for them (IoStats) */
+  bytesWritten: number;
+  bytesSent: number;
+  bytesReturned: number;
+  bytesFetched: number;
   purged: number;
   collected: number;
 }
@@ -154,6 +159,8 @@ export class Filesystem {
     this.counters = new Counters(store);
     this.janitor = new Janitor(store, this.blobs, this.counters);
     this.cx = {
+      rangeReads: !inProcess && typeof store.getRange === 'function',
+      io: { written: 0, sent: 0, returned: 0, fetched: 0 },
       counters: this.counters,
       store, chunkSize: volume.chunkSize, blobs: this.blobs, published: this.published, buffers: this.buffers,
       budget: this.budget,
@@ -210,6 +217,8 @@ export class Filesystem {
       openFiles: this.files.size, writeBackBytes: this.budget.used, writeBackHighWater: this.budget.highWater,
       blobCacheBytes: this.blobs.bytes, blobCacheHits: this.blobs.hits, blobCacheMisses: this.blobs.misses,
       idleChunkBuffers: this.buffers.idle, publishedChunks: this.published.chunks, purged: this.janitor.purged, collected: this.janitor.collected,
+      bytesWritten: this.cx.io.written, bytesSent: this.cx.io.sent, bytesReturned: this.cx.io.returned,
+      bytesFetched: this.cx.io.fetched + this.blobs.fetched,
     };
   }
 

@@ -70,6 +70,18 @@ export function conformance(t: Test, name: string, factory: () => Promise<KvStor
       t.equal(dec(await s.get('b/sess.2')), 'small', 'sync keeps it');
     });
 
+    t.test('getRange (where an engine offers it): part of a blob, fewer bytes at its end, undefined when absent', async (t) => {
+      const s = await open(t);
+      if (!s.getRange) return t.skip(`${name} reads whole values only`);
+      const blob = Uint8Array.from({ length: 70_000 }, (_, i) => (i * 13) % 251);
+      await s.put('b/r.1', blob);
+      t.same(bytes(await s.getRange('b/r.1', 0, 10)), [...blob.subarray(0, 10)], 'the first bytes');
+      t.same(bytes(await s.getRange('b/r.1', 65_536, 4096)), [...blob.subarray(65_536, 69_632)], 'bytes in the middle');
+      t.same(bytes(await s.getRange('b/r.1', 69_000, 4096)), [...blob.subarray(69_000)], 'fewer at the end');
+      t.equal((await s.getRange('b/r.1', 80_000, 10))?.length, 0, 'none past the end');
+      t.equal(await s.getRange('b/none', 0, 10), undefined, 'an absent blob is undefined');
+    });
+
     t.test('getMany keeps order and gives undefined for missing keys', async (t) => {
       const s = await open(t);
       await s.put('m/a', enc('A'));

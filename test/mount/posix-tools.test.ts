@@ -5,7 +5,8 @@
  * Runs once per driver: env KVFS_TEST_DRIVERS=default,libfuse (or KVFS_TEST_DRIVER=libfuse); default: the
  * default driver. Store: env KVFS_TEST_STORE ("memory:"; "local" means a fresh local: store in a temp dir;
  * "redis-cluster" a fresh volume on a 3-master Redis Cluster the file starts). Without KVFS_TEST_STORE: every
- * driver on memory:, and the default driver once more on a Redis Cluster (skipped when redis-server is missing).
+ * driver on memory:, and the default driver once more on the default store (local:, LMDB) and on a Redis Cluster
+ * (skipped when redis-server is missing).
  */
 import t from 'tap';
 import type { Test } from 'tap';
@@ -37,7 +38,7 @@ import { bytes, makeTree } from '../helpers/tree.js';
 const drivers = testDrivers();
 const configs: [driver: string, store: string][] = process.env.KVFS_TEST_STORE
   ? drivers.map((d) => [d, process.env.KVFS_TEST_STORE!])
-  : [...drivers.map((d): [string, string] => [d, 'memory:']), [drivers[0]!, 'redis-cluster']];
+  : [...drivers.map((d): [string, string] => [d, 'memory:']), [drivers[0]!, 'local'], [drivers[0]!, 'redis-cluster']];
 t.setTimeout(170_000 * configs.length);
 
 const KiB = 1024;

@@ -113,21 +113,32 @@ export interface RunResult {
 
 /**
  * Runs a command to completion, stdout and stderr captured (stderr also echoed with `echo`). With
- * `timeoutMs`, the command's process group is killed (SIGKILL) when it runs longer, and `timedOut` is set.
+ * `timeoutMs`, the command's process group is stopped when it runs longer, and `timedOut` is set; when `signal`
+ * aborts, it is stopped the same way: SIGTERM, then SIGKILL 3 s later. SIGTERM first because fio runs its jobs
+ * in processes of their own sessions, which a SIGKILL of fio's group leaves running; fio ends them on SIGTERM.
  */
 export function run(
-  cmd: string, args: string[], opts: { timeoutMs?: number; echo?: boolean; env?: NodeJS.ProcessEnv } = {},
+  cmd: string, args: string[],
+  opts: { timeoutMs?: number; echo?: boolean; env?: NodeJS.ProcessEnv; signal?: AbortSignal } = {},
 ): Promise<RunResult> {
   return new Promise((resolve) => {
     const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: opts.env ?? process.env, detached: true });
     let stdout = '';
     let stderr = '';
     let timedOut = false;
+    let hardKill: NodeJS.Timeout | undefined;
+    const stop = (): void => {
+      killGroup(child.pid, 'SIGTERM');
+      hardKill ??= setTimeout(() => killGroup(child.pid, 'SIGKILL'), 3000);
+    };
     const unregister = atExit(() => killGroup(child.pid, 'SIGKILL'));
+    const onAbort = stop;
+    opts.signal?.addEventListener('abort', onAbort);
+    if (opts.signal?.aborted) onAbort();
     const timer = opts.timeoutMs
       ? setTimeout(() => {
         timedOut = true;
-        killGroup(child.pid, 'SIGKILL');
+        stop();
       }, opts.timeoutMs)
       : undefined;
     child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
@@ -137,7 +148,9 @@ export function run(
     });
     const end = (code: number | null, signal: NodeJS.Signals | null): void => {
       clearTimeout(timer);
+      clearTimeout(hardKill);
       unregister();
+      opts.signal?.removeEventListener('abort', onAbort);
       resolve({ code, signal, stdout, stderr, timedOut });
     };
     child.on('error', (err) => {
@@ -227,16 +240,44 @@ export function atExit(fn: () => void): () => void {
 // ---------------------------------------------------------------------------------------------------------
 // mounts
 
+/** a field of /proc/self/mounts with its octal escapes (\040 for a space) undone */
+const unescapeMountField = (f: string): string => f.replace(/\\([0-7]{3})/g, (_, oct: string) => String.fromCharCode(parseInt(oct, 8)));
+
 export function mountPoints(): Set<string> {
   const out = new Set<string>();
   for (const line of readFileSync('/proc/self/mounts', 'utf8').split('\n')) {
     const field = line.split(' ')[1];
-    if (field) out.add(field.replace(/\\([0-7]{3})/g, (_, oct: string) => String.fromCharCode(parseInt(oct, 8))));
+    if (field) out.add(unescapeMountField(field));
   }
   return out;
 }
 
 export const isMounted = (dir: string): boolean => mountPoints().has(dir);
+
+/** the mount at exactly `dir` (source and filesystem type, the last one mounted there), or undefined */
+export function mountAt(dir: string): { source: string; fstype: string } | undefined {
+  let found: { source: string; fstype: string } | undefined;
+  for (const line of readFileSync('/proc/self/mounts', 'utf8').split('\n')) {
+    const [source, target, fstype] = line.split(' ');
+    if (target && unescapeMountField(target) === dir) found = { source: unescapeMountField(source!), fstype: fstype! };
+  }
+  return found;
+}
+
+/** The filesystem that holds `p` (findmnt -T): its device, type and mount point. */
+export function filesystemOf(p: string): { source: string; fstype: string; target: string } {
+  const r = spawnSync('findmnt', ['-n', '-o', 'SOURCE,FSTYPE,TARGET', '-T', p], { encoding: 'utf8' });
+  const [source, fstype, target] = r.stdout.trim().split(/\s+/);
+  if (r.status !== 0 || !target) throw new Error(`findmnt -T ${p} failed: ${r.stderr.trim() || r.status}`);
+  return { source: source!, fstype: fstype!, target };
+}
+
+/** bytes allocated on disk under `p` (du -sk), or undefined when du fails */
+export function diskUsage(p: string): number | undefined {
+  const r = spawnSync('du', ['-sk', p], { encoding: 'utf8' });
+  const kb = Number(r.stdout.split(/\s/)[0]);
+  return r.status === 0 && Number.isFinite(kb) ? kb * 1024 : undefined;
+}
 
 /** waits until dir is a mount point; gives up early when `alive` says the mounting process is gone */
 export async function waitMounted(dir: string, ms: number, alive: () => boolean = () => true): Promise<boolean> {
@@ -379,6 +420,37 @@ export function procMemory(pid: number): ProcMemory | undefined {
   }
   const kb = (name: string): number => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(text)?.[1] ?? NaN) * 1024;
   return { rss: kb('VmRSS'), hwm: kb('VmHWM'), rssAnon: kb('RssAnon'), rssFile: kb('RssFile') };
+}
+
+/** CPU time the process has used (user + system), in ms, or undefined when it is gone */
+export function cpuMs(pid: number): number | undefined {
+  try {
+    const st = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = st.slice(st.lastIndexOf(')') + 2).split(' ');
+    return ((Number(f[11]) + Number(f[12])) * 1000) / CLOCK_TICKS; // utime, stime (fields 14, 15)
+  } catch {
+    return undefined;
+  }
+}
+const CLOCK_TICKS = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100;
+
+/**
+ * Waits until the process has used less than `pct`% of one CPU over a whole `windowMs` (its background work,
+ * such as a store purging a deleted file, is done), for at most `timeoutMs`. Returns the ms waited, or
+ * undefined on timeout, when the process is gone or when `signal` aborts.
+ */
+export async function waitIdle(
+  pid: number, pct: number, windowMs: number, timeoutMs: number, signal?: AbortSignal,
+): Promise<number | undefined> {
+  const t0 = Date.now();
+  for (let before = cpuMs(pid); Date.now() - t0 < timeoutMs && !signal?.aborted;) {
+    await sleep(windowMs);
+    const after = cpuMs(pid);
+    if (before === undefined || after === undefined) return undefined;
+    if (after - before < (windowMs * pct) / 100) return Date.now() - t0;
+    before = after;
+  }
+  return undefined;
 }
 
 /** resets VmHWM to the current VmRSS (Linux >= 4.0, `5` to /proc/PID/clear_refs); false when not allowed */

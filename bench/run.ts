@@ -1,79 +1,66 @@
 /**
  * The fio bench: the reference jobs of ../shared/bench (run-fio.sh) against each target, one target after the
- * other in one run, and one table of MB/s and IOPS per target with kvfs-native's ratio to each other target.
- * Saved to bench/out/RESULT-<date>.md, with fio's JSON (fio-<date>/) and the daemons' logs (logs-<date>/).
+ * other in one run: one table of figures (MB/s, IOPS or ops/s per target and job), one of ratios between named
+ * pairs of targets, and with --compare a table against an earlier run. Saved to bench/out/RESULT-<date>.md,
+ * results-<date>.json (the figures, for a later --compare), fio's JSON (fio-<date>/) and logs (logs-<date>/).
  *
- *   npm run bench -- [--targets a,b] [--jobs a,b] [--quick] [--store URL [--format] | --redis-cluster]
+ *   npm run bench -- [--targets a,b] [--jobs a,b] [--quick] [--data-dir DIR] [--store URL [--format] | --redis-cluster]
+ *                    [--libfuse-store URL] [--churn | --no-churn] [--compare results-<date>.json]
  *                    [--mount-args '...'] [--no-warm] [--warm-gib N] [--pipe-max-size BYTES]
  *
- * Stores: memory: by default (the channel, not the store, is measured); any store URL, such as a volume on a
- * Redis Cluster (`--store redis-cluster://HOST:PORT,.../VOLUME --format`); or `--redis-cluster`, which starts
- * a throw-away 3-master Redis Cluster from Debian's redis-server on loopback ports for the run (on this same
- * machine, so it shares the cores with fio and kvfs) and formats a fresh volume on it.
- *
- * Targets, in the default order:
- *   kvfs-native   kvfs mount STORE --driver native (our /dev/fuse channel; default pool and caches)
- *   kvfs-libfuse  kvfs mount STORE --driver libfuse (fuse-native, libfuse 2)
+ * Targets, in the default order (fio-targets.ts builds them):
+ *   kvfs-local    kvfs mount --driver native on the default store: a local: (embedded) store formatted fresh in a
+ *                 temp dir of --data-dir (default: the OS temp dir, which must be on a disk), churned first.
+ *                 --store URL or --redis-cluster replace its store; it is then named by that store: kvfs-local
+ *                 (local:), kvfs-redis (a Redis URL, --redis-cluster) or kvfs-store (anything else)
+ *   kvfs-memory   kvfs mount memory: --driver native (the channel without a store)
+ *   kvfs-libfuse  kvfs mount --driver libfuse (fuse-native, libfuse 2) on memory: (--libfuse-store URL for
+ *                 another): the baseline of the channel
  *   ceiling       ../shared/bench/ceiling/fuse-ceiling.c (C, libfuse3 low-level, data in a pre-faulted arena),
  *                 built here with cc -O2 and run as its header says: `fuse-ceiling MNT -f`, `fusermount3 -u MNT`
+ *   disk          a plain directory of --data-dir: the disk that holds kvfs-local's store, without FUSE
+ *   rclone        rclone mount :local:DIR MNT --vfs-cache-mode full (Debian's rclone; remote and cache on
+ *                 --data-dir's disk): the tool users pick instead
  *   tmpfs         a tmpfs mount (as root; else a directory in /dev/shm)
- * Like with like: no target asks for the kernel's writeback cache (kvfs-native's --writeback-cache is off by
- * default, libfuse 2 through fuse-native never asks, the ceiling runs without -o writeback). What still
- * differs is written in the report: the kernel's attribute cache (kvfs-native and the ceiling 1 s, kvfs-libfuse
- * 0 s by default; --mount-args '--attr-timeout 1' evens it), and the largest WRITE (kvfs-native splits writes
- * at 512 KiB when fs.pipe-max-size < 2 MiB and it lacks CAP_SYS_RESOURCE; --pipe-max-size 2097152 raises the
- * sysctl for the run and puts the old value back after).
+ * Ratios (each when both sides ran): kvfs-local over rclone, disk, the ceiling, and on seq-write-1m over the lower
+ * of the ceiling and disk; kvfs-memory over the ceiling and kvfs-libfuse.
  *
- * Rules from ../shared/bench/README.md: warm-memory runs right before each target; every write job runs twice
- * per target and the second run is kept. Every mount is unmounted and every daemon stopped in every outcome
- * (errors, a hung job, SIGINT, SIGTERM, an exception): see common.ts's atExit.
+ * Churn (../shared/bench/README.md: an embedded store must be measured after churn, not only fresh): before
+ * kvfs-local's jobs, a file the size of seq-write-1m's is written, rewritten in place and deleted through its
+ * mount, and the daemon is let settle. On by default when kvfs-local's store is local:; --churn / --no-churn.
+ *
+ * Like with like: no target asks for the kernel's writeback cache (kvfs's --writeback-cache is off by default,
+ * libfuse 2 through fuse-native never asks, the ceiling runs without -o writeback, rclone without
+ * --write-back-cache). What still differs is written in the report: the kernel's attribute cache (1 s for the
+ * native kvfs targets, the ceiling and rclone; 0 s for kvfs-libfuse by default; --mount-args '--attr-timeout 1'
+ * evens it), and the largest WRITE (kvfs's native driver splits writes at 512 KiB when fs.pipe-max-size < 2 MiB
+ * and it lacks CAP_SYS_RESOURCE; --pipe-max-size 2097152 raises the sysctl for the run and puts it back after).
+ *
+ * Rules from ../shared/bench/README.md: warm-memory runs right before each target; every write job (the write
+ * that lays out what the read jobs read, the random writes, the creates) runs twice per target and the second
+ * run is kept. Every mount is unmounted and every daemon stopped in every outcome (errors, a hung job, SIGINT,
+ * SIGTERM, an exception): see common.ts's atExit.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { RedisCluster } from '../test/helpers/redis-cluster.js';
 import {
-  atExit, fmt, forceUnmount, gitVersion, isAlive, isMounted, killGroup, kvfsBin, kvfsMount, kvfsUnmount, mib,
-  procMemory, quietness, removeDir, removeWork, repoRoot, run, say, sharedBench, sleep, stamp, stopDaemon,
-  unexpectedLogLines, waitGone, waitMounted, type KvfsMount,
+  atExit, filesystemOf, gitVersion, killGroup, kvfsBin, quietness, removeWork, repoRoot, run, say,
+  sharedBench, sleep, stamp,
 } from './common.js';
+import {
+  compareTable, figuresTable, loadResults, ratioTable, type Cell, type RatioSpec, type Row, type SavedResults,
+} from './fio-report.js';
+import {
+  buildCeiling, ceilingTarget, describeDisk, diskTarget, kvfsTarget, rcloneTarget, tmpfsTarget, type Disk,
+  type KvfsTargetSpec, type Target,
+} from './fio-targets.js';
 
-/** A filesystem under test. `setup` makes `dir` an empty, writable directory on it; `teardown` undoes
- * everything `setup` did, also after a failed or partial setup, is safe to call twice, and returns what went
- * wrong (for the report). `notes` are facts for the report (a daemon's peak memory, a log line). */
-interface Target {
-  readonly name: string;
-  /** the name in ratio columns */
-  readonly short: string;
-  readonly dir: string;
-  readonly notes: string[];
-  setup(): Promise<void>;
-  teardown(): Promise<string[]>;
-}
-
-interface Options {
-  store: string;
-  /** more `kvfs mount` arguments for both kvfs targets */
-  mountArgs: string[];
-  format: boolean;
-  quick: boolean;
-  work: string;
-  logDir: string;
-  ceilingArenaMb: number;
-}
-
-/** Target factories by name, in the order a run uses them by default. */
-const TARGETS: Record<string, (o: Options) => Target> = {
-  'kvfs-native': (o) => kvfsTarget('kvfs-native', 'native', 'native', o),
-  'kvfs-libfuse': (o) => kvfsTarget('kvfs-libfuse', 'libfuse', 'libfuse', o),
-  ceiling: (o) => ceilingTarget(o),
-  tmpfs: (o) => tmpfsTarget(o.work),
-};
-
-/** Ratios are this target's over each other one (or the first target's, when it is not in the run). */
-const SUBJECT = 'kvfs-native';
+/** The target names in their default order (kvfs-local is named by its store: storeTargetName). */
+const TARGET_NAMES = ['kvfs-local', 'kvfs-memory', 'kvfs-libfuse', 'ceiling', 'disk', 'rclone', 'tmpfs'];
 
 /** run-fio.sh's own order: reads follow the write that lays out their file, stat and delete follow create. */
 const JOB_ORDER = [
@@ -81,169 +68,93 @@ const JOB_ORDER = [
   'meta-create', 'meta-stat', 'meta-delete',
 ];
 
-// ---------------------------------------------------------------------------------------------------------
-// targets
+/** kvfs-local's names by its store: local: (the default), Redis (redis://, redis-cluster://, rediss://), other */
+const STORE_TARGETS = ['kvfs-local', 'kvfs-redis', 'kvfs-store'];
+const storeTargetName = (url: string): string =>
+  url.startsWith('local:') ? 'kvfs-local' : /^rediss?(-cluster)?:\/\//.test(url) ? 'kvfs-redis' : 'kvfs-store';
 
-/** tmpfs mounted at a fresh directory (as root); otherwise a directory in /dev/shm, which is tmpfs. */
-function tmpfsTarget(work: string): Target {
-  let dir = path.join(work, 'tmpfs');
-  let mounted = false;
-  let unregister = (): void => {};
-  return {
-    name: 'tmpfs',
-    short: 'tmpfs',
-    notes: [],
-    get dir() {
-      return dir;
-    },
-    async setup() {
-      if (process.getuid?.() === 0) {
-        mkdirSync(dir, { recursive: true });
-        const r = await run('mount', ['-t', 'tmpfs', '-o', 'size=6g,mode=0755', 'kvfs-bench', dir]);
-        if (r.code !== 0) throw new Error(`mount -t tmpfs failed: ${r.stderr.trim()}`);
-        mounted = true;
-        unregister = atExit(() => forceUnmount(dir));
-      } else {
-        dir = mkdtempSync('/dev/shm/kvfs-bench-');
-      }
-    },
-    async teardown() {
-      const problems: string[] = [];
-      if (mounted && isMounted(dir)) {
-        const r = await run('umount', [dir], { timeoutMs: 60_000 });
-        if (r.code !== 0) {
-          problems.push(`umount ${dir}: ${r.stderr.trim()}; detached it lazily`);
-          forceUnmount(dir);
-        }
-      }
-      mounted = false;
-      unregister();
-      removeDir(dir);
-      return problems;
-    },
-  };
+const MEMORY_TEXT = 'the in-memory store (memory:, inside the daemon; not durable)';
+
+/** Filesystems that are not a disk: the disk target and a local: store there would measure memory. */
+const NOT_A_DISK = new Set(['tmpfs', 'ramfs', 'devtmpfs']);
+
+interface Setup {
+  work: string;
+  logDir: string;
+  disk: Disk;
+  /** how `disk` relates to kvfs-local's store, for the legend */
+  diskRelation: string;
+  /** kvfs-local's store URL and name */
+  store: string;
+  storeName: string;
+  /** the directory of the store the bench formats fresh, when it does */
+  freshStoreDir?: string;
+  storeText: string;
+  libfuseStore: string;
+  churnBytes?: number;
+  mountArgs: string[];
+  ceilingArenaMb: number;
 }
 
-/** kvfs mounted in the background by its CLI, with --driver `driver`; a `memory:` store lives in the daemon. */
-function kvfsTarget(name: string, short: string, driver: string, o: Options): Target {
-  const dir = path.join(o.work, name);
-  let m: KvfsMount | undefined;
-  let unregister = (): void => {};
-  const notes: string[] = [];
-  return {
-    name,
-    short,
-    dir,
-    notes,
-    async setup() {
-      mkdirSync(dir, { recursive: true });
-      m = await kvfsMount(o.store, dir, ['--driver', driver, ...o.mountArgs], { KVFS_DATA_DIR: o.logDir });
-      const mount = m;
-      unregister = atExit(() => {
-        forceUnmount(mount.dir);
-        stopDaemon(mount.pid);
-      });
-      notes.push(`daemon pid ${m.pid}, log ${path.relative(process.cwd(), m.log)}`);
-    },
-    async teardown() {
-      if (!m) {
-        forceUnmount(dir);
-        removeDir(dir);
-        return [];
-      }
-      const mount = m;
-      m = undefined;
-      const mem = procMemory(mount.pid);
-      if (mem) notes.push(`daemon peak RSS ${mib(mem.hwm)}, RSS at the end ${mib(mem.rss)}`);
-      const problems = await kvfsUnmount(mount);
-      unregister();
-      const pipeNote = existsSync(mount.log) ? /^kvfs: (fs\.pipe-max-size is .*)$/m.exec(readFileSync(mount.log, 'utf8'))?.[1] : undefined;
-      if (pipeNote) notes.push(pipeNote);
-      const odd = unexpectedLogLines(mount.log);
-      if (odd.length) {
-        problems.push(`daemon log ${mount.log}: ${odd.length} unexpected line(s), first: ${odd.slice(0, 3).join(' | ')}`);
-      }
-      removeDir(dir);
-      return problems;
-    },
-  };
+/** The targets a run may use, by name (kvfs-local under its run name), in the default order. */
+function makeTargets(s: Setup): Map<string, () => Target> {
+  type Spec = Pick<KvfsTargetSpec, 'name' | 'short' | 'driver' | 'store' | 'storeText'> & Partial<KvfsTargetSpec>;
+  const kvfs = (spec: Spec): (() => Target) =>
+    () => kvfsTarget({ mountArgs: s.mountArgs, logDir: s.logDir, work: s.work, ...spec });
+  const libfuseText = s.libfuseStore.startsWith('memory:') ? MEMORY_TEXT : `the store ${s.libfuseStore}`;
+  return new Map<string, () => Target>([
+    [s.storeName, kvfs({
+      name: s.storeName, short: s.storeName.slice(5), driver: 'native', store: s.store, storeText: s.storeText,
+      format: s.freshStoreDir !== undefined,
+      localDir: s.store.startsWith('local:') ? path.resolve(s.store.slice(6)) : undefined,
+      churnBytes: s.churnBytes,
+    })],
+    ['kvfs-memory', kvfs({ name: 'kvfs-memory', short: 'memory', driver: 'native', store: 'memory:', storeText: MEMORY_TEXT })],
+    ['kvfs-libfuse', kvfs({ name: 'kvfs-libfuse', short: 'libfuse', driver: 'libfuse', store: s.libfuseStore, storeText: libfuseText })],
+    ['ceiling', () => ceilingTarget(s.work, s.logDir, s.ceilingArenaMb)],
+    ['disk', () => diskTarget(s.work, s.disk, s.diskRelation)],
+    ['rclone', () => rcloneTarget(s.work, s.logDir, s.disk)],
+    ['tmpfs', () => tmpfsTarget(s.work)],
+  ]);
 }
 
-/** Builds ../shared/bench/ceiling/fuse-ceiling.c into the work dir (once); returns the binary's path. */
-function buildCeiling(work: string): string {
-  const bin = path.join(work, 'fuse-ceiling');
-  if (existsSync(bin)) return bin;
-  const pc = spawnSync('pkg-config', ['fuse3', '--cflags', '--libs'], { encoding: 'utf8' });
-  if (pc.status !== 0) throw new Error(`pkg-config fuse3 failed (libfuse3-dev installed?): ${pc.stderr.trim()}`);
-  const args = ['-O2', '-Wall', path.join(sharedBench, 'ceiling/fuse-ceiling.c'), ...pc.stdout.trim().split(/\s+/), '-lpthread', '-o', bin];
-  const r = spawnSync('cc', args, { stdio: ['ignore', 'inherit', 'inherit'] });
-  if (r.status !== 0) throw new Error(`building fuse-ceiling failed: cc ${args.join(' ')}`);
-  return bin;
+/** The ratio columns whose both sides are in the run; with none of them, the first target over each other. */
+function ratioSpecs(names: string[], store: string): RatioSpec[] {
+  const s = store.slice(5); // kvfs-local -> local
+  const specs: RatioSpec[] = [
+    { head: `${s}/rclone`, num: store, den: ['rclone'] },
+    { head: `${s}/disk`, num: store, den: ['disk'] },
+    { head: `${s}/ceiling`, num: store, den: ['ceiling'] },
+    { head: `${s}/min(ceiling,disk)`, num: store, den: ['ceiling', 'disk'], jobs: ['seq-write-1m'] },
+    { head: 'memory/ceiling', num: 'kvfs-memory', den: ['ceiling'] },
+    { head: 'memory/libfuse', num: 'kvfs-memory', den: ['kvfs-libfuse'] },
+  ].filter((r) => [r.num, ...r.den].every((n) => names.includes(n)));
+  if (specs.length || names.length < 2) return specs;
+  return names.slice(1).map((d) => ({ head: `${names[0]}/${d}`, num: names[0]!, den: [d] }));
 }
 
-/** The C ceiling, run in the foreground (-f) as a child in its own process group; unmounted with fusermount3. */
-function ceilingTarget(o: Options): Target {
-  const dir = path.join(o.work, 'ceiling');
-  const log = path.join(o.logDir, 'fuse-ceiling.log');
-  let child: ChildProcess | undefined;
-  let unregister = (): void => {};
-  const notes: string[] = [];
-  return {
-    name: 'ceiling',
-    short: 'ceiling',
-    dir,
-    notes,
-    async setup() {
-      const bin = buildCeiling(o.work);
-      mkdirSync(dir, { recursive: true });
-      const fd = openSync(log, 'a');
-      const args = [dir, '-f', '-o', `arena=${o.ceilingArenaMb}`];
-      child = spawn(bin, args, { stdio: ['ignore', fd, fd], detached: true });
-      closeSync(fd);
-      const c = child;
-      unregister = atExit(() => {
-        forceUnmount(dir);
-        killGroup(c.pid, 'SIGKILL');
-      });
-      child.on('error', () => undefined);
-      notes.push(`fuse-ceiling ${args.join(' ')} (pid ${child.pid}), log ${path.relative(process.cwd(), log)}`);
-      // it mounts once its arena is faulted in: seconds per GiB on a cold machine
-      if (!(await waitMounted(dir, 180_000, () => isAlive(c.pid)))) {
-        const tail = existsSync(log) ? readFileSync(log, 'utf8').trim().split('\n').slice(-3).join(' | ') : '';
-        throw new Error(`fuse-ceiling did not mount ${dir}${isAlive(c.pid) ? ' within 180 s' : ' (it exited)'}: ${tail}`);
-      }
-    },
-    async teardown() {
-      const problems: string[] = [];
-      const c = child;
-      child = undefined;
-      if (isMounted(dir)) {
-        const r = await run('fusermount3', ['-u', dir], { timeoutMs: 60_000 });
-        if (r.code !== 0 || isMounted(dir)) {
-          problems.push(`fusermount3 -u ${dir}: ${r.stderr.trim() || r.code}; detached it lazily`);
-          forceUnmount(dir);
-        }
-      }
-      if (c && !(await waitGone(c.pid, 10_000))) {
-        problems.push(`fuse-ceiling (pid ${c.pid}) was still running 10 s after the unmount; killed it`);
-        killGroup(c.pid, 'SIGTERM');
-        if (!(await waitGone(c.pid, 3000))) killGroup(c.pid, 'SIGKILL');
-      }
-      unregister();
-      removeDir(dir);
-      return problems;
-    },
-  };
+/** `p` or its closest existing ancestor (findmnt -T needs a path that exists) */
+function firstExisting(p: string): string {
+  while (!existsSync(p) && path.dirname(p) !== p) p = path.dirname(p);
+  return p;
+}
+
+/** bytes from a fio size such as 1G or 64M (fio's suffixes are powers of 1024) */
+function fioBytes(s: string): number {
+  const m = /^(\d+)([kmgt]?)i?b?$/i.exec(s.trim());
+  if (!m) throw new Error(`cannot read fio size '${s}'`);
+  return Number(m[1]) * 1024 ** ' kmgt'.indexOf((m[2] || ' ').toLowerCase());
+}
+
+/** the size= of a job file (the churn writes as much as seq-write-1m) */
+function jobSize(benchDir: string, job: string): number {
+  const m = /^\s*size\s*=\s*(\S+)/m.exec(readFileSync(path.join(benchDir, 'jobs', `${job}.fio`), 'utf8'));
+  if (!m) throw new Error(`${job}.fio has no size=`);
+  return fioBytes(m[1]!);
 }
 
 // ---------------------------------------------------------------------------------------------------------
 // jobs
-
-interface JobResult {
-  mbs: number;
-  iops: number;
-}
-type Row = Map<string, JobResult | string>;
 
 /** The jobs to run, in dependency order; unknown names are an error. */
 function selectJobs(jobsDir: string, wanted: string[] | undefined): string[] {
@@ -358,62 +269,50 @@ function warmMemory(bin: string, gib: string | undefined): void {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// report
-
-/** One markdown table: job, MB/s and IOPS per target, then the subject's IOPS over each other target's
- * (ops/s for meta-*; for the fixed-block jobs the IOPS ratio is the MB/s ratio). */
-function table(jobs: string[], targets: Target[], rows: Map<string, Row>): string {
-  const subject = targets.find((t) => t.name === SUBJECT) ?? targets[0]!;
-  const others = targets.filter((t) => t !== subject);
-  const head = [
-    'job', ...targets.flatMap((t) => [`${t.name} MB/s`, `${t.name} IOPS`]),
-    ...others.map((t) => `${subject.short}/${t.short}`),
-  ];
-  const lines = [`| ${head.join(' | ')} |`, `|${head.map((_, i) => (i ? '---:' : '---')).join('|')}|`];
-  for (const job of jobs) {
-    const cells = [job];
-    for (const t of targets) {
-      const r = rows.get(t.name)?.get(job);
-      if (r === undefined) cells.push('-', '-');
-      else if (typeof r === 'string') cells.push(r, '-');
-      else cells.push(fmt(r.mbs, 1), fmt(r.iops));
-    }
-    const s = rows.get(subject.name)?.get(job);
-    for (const t of others) {
-      const r = rows.get(t.name)?.get(job);
-      cells.push(typeof r === 'object' && typeof s === 'object' && r.iops > 0 ? (s.iops / r.iops).toFixed(2) : '-');
-    }
-    lines.push(`| ${cells.join(' | ')} |`);
-  }
-  return lines.join('\n');
-}
 
 const USAGE = `usage: npm run bench -- [options]
-  --targets a,b    targets in order (default: ${Object.keys(TARGETS).join(',')});
-                   ratios are ${SUBJECT}'s (or the first target's) over each other one
+  --targets a,b    targets in order (default: ${TARGET_NAMES.join(',')})
   --jobs a,b       fio jobs from ../shared/bench/jobs (default: all)
   --quick          smoke run: 64 MiB files, 5 s timed jobs, 500 files per meta job
-  --store URL      the kvfs targets' store (default memory:; e.g. local:DIR); --format: kvfs format URL first
-  --redis-cluster  start a local 3-master Redis Cluster for the run and use a fresh volume on it
-  --mount-args S   more kvfs mount arguments for both kvfs targets, e.g. '--attr-timeout 1'
-  --pipe-max-size N  set the sysctl fs.pipe-max-size to N for the run (2097152 lets kvfs-native take 1 MiB
-                   writes whole); the old value is put back at the end
+  --data-dir DIR   where the fresh local: store, the disk target's directory, rclone's remote and cache and the
+                   mountpoints go (default: ${os.tmpdir()}); it must be on a disk, not tmpfs
+  --store URL      kvfs-local's store instead of a fresh local: one; the target is then kvfs-local (local:),
+                   kvfs-redis (Redis URLs) or kvfs-store; --format: kvfs format it (and --libfuse-store's) first
+  --redis-cluster  kvfs-local's store is a fresh volume on a 3-master Redis Cluster started for the run
+                   (the target is kvfs-redis)
+  --libfuse-store URL  kvfs-libfuse's store (default memory:)
+  --churn, --no-churn  write, rewrite and delete a file the size of seq-write-1m's on kvfs-local before its jobs
+                   (default: on when its store is local:)
+  --compare FILE   also print each target's figures against an earlier run's results-<date>.json
+  --mount-args S   more kvfs mount arguments for every kvfs target, e.g. '--attr-timeout 1'
+  --pipe-max-size N  set the sysctl fs.pipe-max-size to N for the run (2097152 lets kvfs's native driver take
+                   1 MiB writes whole); the old value is put back at the end
   --warm-gib N     GiB for warm-memory to touch (default: 3/4 of MemAvailable; 2 with --quick)
   --no-warm        skip warm-memory (numbers for first-touch memory are not comparable)
   --ceiling-arena-mb N  fuse-ceiling's data arena (default 4096; 1024 with --quick)
   --job-timeout S  a job with no result after S seconds is taken as hung and killed (default 600)`;
 
-// ---------------------------------------------------------------------------------------------------------
-
 async function main(): Promise<number> {
+  // `--mount-args '--attr-timeout 1'`: parseArgs takes a value that starts with a dash only as --mount-args=...
+  const argv = process.argv.slice(2);
+  const args = argv.flatMap((a, i) => {
+    if (argv[i - 1] === '--mount-args') return [];
+    return a === '--mount-args' && i + 1 < argv.length ? [`${a}=${argv[i + 1]}`] : [a];
+  });
   const { values } = parseArgs({
+    args,
     options: {
       targets: { type: 'string' },
       jobs: { type: 'string' },
       quick: { type: 'boolean', default: false },
-      store: { type: 'string', default: 'memory:' },
+      'data-dir': { type: 'string' },
+      store: { type: 'string' },
       format: { type: 'boolean', default: false },
       'redis-cluster': { type: 'boolean', default: false },
+      'libfuse-store': { type: 'string', default: 'memory:' },
+      churn: { type: 'boolean' },
+      'no-churn': { type: 'boolean' },
+      compare: { type: 'string' },
       'no-warm': { type: 'boolean', default: false },
       'warm-gib': { type: 'string' },
       'ceiling-arena-mb': { type: 'string' },
@@ -427,36 +326,86 @@ async function main(): Promise<number> {
     console.log(USAGE);
     return 0;
   }
-  const list = (s: string | undefined): string[] | undefined => s?.split(',').map((x) => x.trim()).filter(Boolean);
-  const names = list(values.targets) ?? Object.keys(TARGETS);
-  const unknown = names.filter((n) => !(n in TARGETS));
-  if (unknown.length) throw new Error(`unknown target(s) ${unknown.join(', ')}; known: ${Object.keys(TARGETS).join(', ')}`);
+  if (values.store !== undefined && values['redis-cluster']) {
+    throw new Error('--store and --redis-cluster both name kvfs-local\'s store: give one');
+  }
+  if (values.churn && values['no-churn']) throw new Error('--churn and --no-churn: give one');
   if (!existsSync(path.join(sharedBench, 'run-fio.sh'))) throw new Error(`${sharedBench}/run-fio.sh does not exist`);
   if (!existsSync(kvfsBin)) throw new Error(`${kvfsBin} does not exist`);
+  const list = (s: string | undefined): string[] | undefined => s?.split(',').map((x) => x.trim()).filter(Boolean);
   const jobs = selectJobs(path.join(sharedBench, 'jobs'), list(values.jobs));
   const jobTimeoutMs = Number(values['job-timeout']) * 1000;
   if (!(jobTimeoutMs > 0)) throw new Error(`bad --job-timeout '${values['job-timeout']}'`);
+  const then: SavedResults | undefined = values.compare ? loadResults(values.compare) : undefined;
+  const dataDir = path.resolve(values['data-dir'] ?? os.tmpdir());
+  if (!existsSync(dataDir)) throw new Error(`--data-dir ${dataDir} does not exist`);
+  const disk = filesystemOf(dataDir);
+  if (NOT_A_DISK.has(disk.fstype)) {
+    throw new Error(`${dataDir} is on ${disk.fstype}, not a disk: the disk target and the local: store need one (--data-dir DIR)`);
+  }
+  const storeUrl = values.store;
+  const storeName = values['redis-cluster'] ? 'kvfs-redis' : storeTargetName(storeUrl ?? 'local:');
+  const wanted = list(values.targets)?.map((n) => (STORE_TARGETS.includes(n) ? storeName : n));
+  const known = TARGET_NAMES.map((n) => (n === 'kvfs-local' ? storeName : n));
+  const names = wanted ?? known;
+  const unknown = names.filter((n) => !known.includes(n));
+  if (unknown.length) throw new Error(`unknown target(s) ${unknown.join(', ')}; known: ${known.join(', ')}`);
 
   const started = new Date();
   const outDir = path.join(repoRoot, 'bench/out');
   const jsonDir = path.join(outDir, `fio-${stamp(started)}`);
   const logDir = path.join(outDir, `logs-${stamp(started)}`);
   mkdirSync(logDir, { recursive: true });
-  const work = mkdtempSync(path.join(os.tmpdir(), 'kvfs-bench-'));
+  const work = mkdtempSync(path.join(dataDir, 'kvfs-bench-'));
   atExit(() => removeWork(work));
-  let store = values.store;
+  const benchDir = values.quick ? quickBench(work) : sharedBench;
+  const writeJobs = jobs.filter((j) => isWriteJob(path.join(benchDir, 'jobs'), j));
+
+  // kvfs-local's store: fresh local: by default, else --store or a volume on a Redis Cluster started here
+  let store: string;
+  let storeText: string;
+  let freshStoreDir: string | undefined;
+  const format = values.format || values['redis-cluster'];
+  let cluster: RedisCluster | undefined;
   if (values['redis-cluster']) {
-    const cluster = await RedisCluster.start(undefined, { masters: 3 });
-    atExit(() => { void cluster.stop(); });
+    cluster = await RedisCluster.start(undefined, { masters: 3 });
+    const c = cluster;
+    atExit(() => { void c.stop(); });
     store = cluster.url(`bench${Date.now()}`);
+    storeText = `a fresh volume on a 3-master Redis Cluster started for the run on loopback (${cluster.seeds()}; ` +
+      'Debian\'s redis-server on this machine\'s cores)';
     say(`started a Redis Cluster for the run: ${cluster.seeds()}`);
+  } else if (storeUrl !== undefined) {
+    store = storeUrl;
+    const dir = storeUrl.startsWith('local:') ? path.resolve(storeUrl.slice(6)) : undefined;
+    storeText = dir
+      ? `the local: store in ${dir}, on ${describeDisk(filesystemOf(firstExisting(dir)))}`
+      : storeUrl.startsWith('memory:') ? MEMORY_TEXT : `the store ${storeUrl}`;
+    if (!storeUrl.startsWith('memory:')) storeText += format ? ', formatted at the start of the run' : ', as it was';
+  } else {
+    freshStoreDir = path.join(work, 'store');
+    store = `local:${freshStoreDir}`;
+    storeText = `a local: store (the default, embedded engine) formatted fresh for this run in ${freshStoreDir}, ` +
+      `on ${describeDisk(disk)}`;
   }
-  const opts: Options = {
-    store, format: values.format || values['redis-cluster'], quick: values.quick, work, logDir,
+  const storeDisk = store.startsWith('local:') ? filesystemOf(firstExisting(path.resolve(store.slice(6)))) : undefined;
+  const diskRelation = storeDisk?.source === disk.source && storeDisk.target === disk.target
+    ? `the filesystem that holds ${storeName}'s store`
+    : `--data-dir's filesystem; ${storeName}'s store is ${storeDisk ? `on ${describeDisk(storeDisk)}` : 'not on a disk'}`;
+  const churn = values.churn ?? (!values['no-churn'] && store.startsWith('local:'));
+  const churnBytes = churn ? jobSize(benchDir, 'seq-write-1m') : undefined;
+  if (churn) storeText += '; churned before its jobs (its notes give the figures)';
+  else if (store.startsWith('local:')) storeText += '; **not churned** (--no-churn): measured as it was';
+
+  const setup: Setup = {
+    work, logDir, disk, diskRelation, store, storeName, freshStoreDir, storeText, churnBytes,
+    libfuseStore: values['libfuse-store'],
     mountArgs: values['mount-args'].split(/\s+/).filter(Boolean),
     ceilingArenaMb: Number(values['ceiling-arena-mb'] ?? (values.quick ? 1024 : 4096)),
   };
-  const benchDir = values.quick ? quickBench(work) : sharedBench;
+  const factories = makeTargets(setup);
+  const targets = names.map((n) => factories.get(n)!());
+
   const pipeMaxFile = '/proc/sys/fs/pipe-max-size';
   const pipeMax0 = readFileSync(pipeMaxFile, 'utf8').trim();
   if (values['pipe-max-size'] !== undefined) {
@@ -469,7 +418,6 @@ async function main(): Promise<number> {
   const quiet0 = await quietness();
   say(`${quiet0.text.replace(/\*/g, '')}${quiet0.busy ? ': the figures will not be comparable' : ''}`);
 
-  const targets = names.map((n) => TARGETS[n]!(opts));
   // Targets set up (or being set up); each is torn down exactly once, by the run or by a signal.
   const setups = new Map<Target, Promise<unknown>>();
   const teardowns = new Map<Target, Promise<string[]>>();
@@ -491,6 +439,7 @@ async function main(): Promise<number> {
     say(`${sig}: stopping fio and tearing down`);
     const c = current;
     killGroup(c?.child.pid, 'SIGTERM');
+    for (const t of setups.keys()) t.abort?.();
     void (async () => {
       await Promise.race([c?.done, sleep(5000)]);
       for (const t of [...setups.keys()].reverse()) await down(t);
@@ -506,10 +455,14 @@ async function main(): Promise<number> {
   const busyBefore: string[] = [];
   try {
     const warm = values['no-warm'] ? undefined : buildWarmMemory(work);
-    if (targets.some((t) => t.name === 'ceiling')) buildCeiling(work); // a build error stops the run before any mount
-    if (opts.format && targets.some((t) => t.name.startsWith('kvfs-'))) {
-      const r = await run(process.execPath, [kvfsBin, 'format', opts.store], { timeoutMs: 120_000, echo: true });
-      if (r.code !== 0) throw new Error(`kvfs format ${opts.store} exited with ${r.code}`);
+    if (names.includes('ceiling')) buildCeiling(work); // a build error stops the run before any mount
+    const toFormat = [...new Set([
+      ...(format && !freshStoreDir && names.includes(storeName) ? [store] : []),
+      ...(values.format && names.includes('kvfs-libfuse') ? [setup.libfuseStore] : []),
+    ])].filter((url) => !url.startsWith('memory:')); // a memory: volume is made by its mount
+    for (const url of toFormat) {
+      const r = await run(process.execPath, [kvfsBin, 'format', url], { timeoutMs: 120_000, echo: true });
+      if (r.code !== 0) throw new Error(`kvfs format ${url} exited with ${r.code}`);
     }
     for (const target of targets) {
       if (stopping) break;
@@ -519,9 +472,9 @@ async function main(): Promise<number> {
       if (warm) warmMemory(warm, values['warm-gib'] ?? (values.quick ? '2' : undefined));
       say(`${target.name}: setting up`);
       try {
-        const setup = target.setup();
-        setups.set(target, setup.catch(() => undefined));
-        await setup;
+        const setupDone = target.setup();
+        setups.set(target, setupDone.catch(() => undefined));
+        await setupDone;
         if (stopping) break;
         say(`${target.name}: ${jobs.length} job(s) on ${target.dir}`);
         const r = await runJobs(benchDir, target, jobs, jsonDir, jobTimeoutMs);
@@ -543,41 +496,78 @@ async function main(): Promise<number> {
     if (!stopping) {
       for (const t of [...setups.keys()].reverse()) await down(t);
       removeWork(work);
+      await cluster?.stop();
     }
   }
 
   if (stopping) return new Promise<number>(() => {}); // the signal handler finishes and exits
 
   const quiet1 = await quietness();
-  const tableText = table(jobs, targets, rows);
+  const figures = figuresTable(jobs, names, rows);
+  const ratios = ratioSpecs(names, storeName);
+  const ratioText = ratios.length ? ratioTable(jobs, ratios, rows) : undefined;
+  const compared = then ? compareTable(jobs, names, rows, then) : undefined;
   const failed = [...rows.values()].some((r) => [...r.values()].some((v) => typeof v === 'string'));
   const host = `${os.hostname()}, Linux ${os.release()}, ${os.cpus().length} CPUs, ${Math.round(os.totalmem() / 2 ** 30)} GiB, Node ${process.version}`;
+  const attr = setup.mountArgs.includes('--attr-timeout')
+    ? `the kvfs targets as --mount-args says; ceiling and rclone 1 s`
+    : `${storeName}, kvfs-memory, ceiling and rclone 1 s, kvfs-libfuse 0 s (the defaults)`;
   const md = [
     `# kvfs bench ${started.toISOString()}`,
     '',
     `${host}. At the start: ${quiet0.text}; at the end: ${quiet1.text}` +
       `${busyBefore.length ? `; busy right before ${busyBefore.join(', ')}` : ''}` +
       `${quiet0.busy || quiet1.busy || busyBefore.length ? '; the figures are not comparable' : ''}.`,
-    `kvfs ${version} (dist/ compiled at the start). ` +
-      `kvfs store \`${opts.store}\`, default pool and caches${opts.mountArgs.length ? `, mount arguments \`${opts.mountArgs.join(' ')}\`` : ''}; ` +
-      `no writeback cache on any target; fs.pipe-max-size ${pipeMax}${pipeMax !== pipeMax0 ? ` (raised from ${pipeMax0} for the run)` : ''}.` +
+    `kvfs ${version} (dist/ compiled at the start), default pool and caches` +
+      `${setup.mountArgs.length ? `, mount arguments \`${setup.mountArgs.join(' ')}\`` : ''}; ` +
+      `no writeback cache on any target; kernel attribute cache: ${attr}; fs.pipe-max-size ${pipeMax}` +
+      `${pipeMax !== pipeMax0 ? ` (raised from ${pipeMax0} for the run)` : ''}.` +
       `${values.quick ? ' **quick** (64 MiB files, 5 s jobs, 500 files per meta job).' : ''}` +
-      `${values['no-warm'] ? ' **no warm-memory**.' : ''} Write jobs ran twice per target; the second run is shown. ` +
-      `Ratios are IOPS (ops/s for meta-*; the MB/s ratio for fixed-size blocks).`,
-    `Kernel attribute cache: kvfs-native 1 s, ceiling 1 s, kvfs-libfuse 0 s` +
-      `${opts.mountArgs.includes('--attr-timeout') ? ' (both kvfs targets as --mount-args says)' : ' (its default)'}.`,
+      `${values['no-warm'] ? ' **no warm-memory**.' : ''} Write jobs (${writeJobs.join(', ')}) ` +
+      'ran twice per target; the second run is shown.',
     '',
-    tableText,
+    '## Targets',
+    '',
+    '| target | what it is |',
+    '|---|---|',
+    ...targets.map((t) => `| ${t.name} | ${t.what.replace(/\|/g, '\\|')} |`),
+    '',
+    '## Figures',
+    '',
+    'MB/s (10^6 bytes/s) for seq-*, IOPS for rand-*, operations per second for meta-*.',
+    '',
+    figures,
+    ...(ratioText ? [
+      '',
+      '## Ratios',
+      '',
+      'One target\'s figure over another\'s, same job, same run. min(ceiling,disk): over the lower of the two (named).',
+      '',
+      ratioText,
+    ] : []),
+    ...(compared ? ['', `## Against ${path.basename(values.compare!)} (${then!.started}${then!.quick ? ', quick' : ''})`, '', compared] : []),
+    '',
+    '## Notes',
     '',
     ...targets.flatMap((t) => t.notes.map((n) => `- ${t.name}: ${n}`)),
-    ...(problems.length ? ['', '**Problems**', '', ...problems.map((e) => `- ${e}`)] : []),
+    ...(problems.length ? ['', '## Problems', '', ...problems.map((e) => `- ${e}`)] : []),
     '',
   ].join('\n');
   const file = path.join(outDir, `RESULT-${stamp(started)}.md`);
   writeFileSync(file, md);
-  console.log(tableText);
+  const saved: SavedResults = {
+    started: started.toISOString(), host, version, quick: values.quick,
+    targets: targets.map((t) => ({ name: t.name, what: t.what })),
+    rows: Object.fromEntries([...rows].map(([n, r]) => [n, Object.fromEntries(r) as Record<string, Cell>])),
+  };
+  const resultsFile = path.join(outDir, `results-${stamp(started)}.json`);
+  writeFileSync(resultsFile, `${JSON.stringify(saved, null, 1)}\n`);
+  console.log(figures);
+  if (ratioText) console.log(`\n${ratioText}`);
+  if (compared) console.log(`\nagainst ${values.compare}:\n${compared}`);
   if (problems.length) console.log(`\nproblems:\n${problems.map((e) => `  - ${e}`).join('\n')}`);
-  console.log(`\nsaved to ${path.relative(process.cwd(), file)}${existsSync(jsonDir) ? `, fio JSON in ${path.relative(process.cwd(), jsonDir)}` : ''}`);
+  console.log(`\nsaved to ${path.relative(process.cwd(), file)} and ${path.relative(process.cwd(), resultsFile)}` +
+    `${existsSync(jsonDir) ? `, fio JSON in ${path.relative(process.cwd(), jsonDir)}` : ''}`);
   return problems.length || failed ? 1 : 0;
 }
 

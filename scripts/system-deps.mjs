@@ -5,7 +5,7 @@
 //            package's `install` script (node-gyp rebuild of native/) needs
 //   test     runtime + fio, redis-server, mount/umount
 //   bench    test + libfuse3-dev, pkg-config, gcc, libc6-dev (warm-memory.c, ceiling/fuse-ceiling.c),
-//            python3 (run-fio.sh)
+//            python3 (run-fio.sh), rclone (the bench's `rclone mount` target)
 // Contract: silent and fast (one dpkg-query) when everything is present. Missing packages as root: one
 // `apt-get install` (after `apt-get update` only when the package lists are absent or the install fails).
 // Missing packages as another user: one message naming the packages and the command, exit 1.
@@ -37,6 +37,7 @@ const TIERS = {
     req('pkg-config for the C ceiling', 'pkg-config'),
     req('C compiler for warm-memory and the ceiling', 'gcc'),
     req('C library headers', 'libc6-dev'),
+    req('rclone for the bench\'s rclone mount target', 'rclone'),
   ],
 };
 const ORDER = ['runtime', 'test', 'bench'];

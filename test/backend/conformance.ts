@@ -72,7 +72,10 @@ export function conformance(t: Test, name: string, factory: () => Promise<KvStor
 
     t.test('getRange (where an engine offers it): part of a blob, fewer bytes at its end, undefined when absent', async (t) => {
       const s = await open(t);
-      if (!s.getRange) return t.skip(`${name} reads whole values only`);
+      if (!s.getRange) {
+        t.pass(`${name} reads whole values only (getRange is optional)`);
+        return;
+      }
       const blob = Uint8Array.from({ length: 70_000 }, (_, i) => (i * 13) % 251);
       await s.put('b/r.1', blob);
       t.same(bytes(await s.getRange('b/r.1', 0, 10)), [...blob.subarray(0, 10)], 'the first bytes');

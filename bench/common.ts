@@ -408,6 +408,8 @@ export interface ProcMemory {
   hwm: number;
   rssAnon: number;
   rssFile: number;
+  /** shared memory pages resident (RssShmem) */
+  rssShmem: number;
 }
 
 /** the process's memory from /proc/PID/status, or undefined when it is gone */
@@ -419,7 +421,7 @@ export function procMemory(pid: number): ProcMemory | undefined {
     return undefined;
   }
   const kb = (name: string): number => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(text)?.[1] ?? NaN) * 1024;
-  return { rss: kb('VmRSS'), hwm: kb('VmHWM'), rssAnon: kb('RssAnon'), rssFile: kb('RssFile') };
+  return { rss: kb('VmRSS'), hwm: kb('VmHWM'), rssAnon: kb('RssAnon'), rssFile: kb('RssFile'), rssShmem: kb('RssShmem') };
 }
 
 /** CPU time the process has used (user + system), in ms, or undefined when it is gone */

@@ -54,7 +54,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import {
-  atExit, fmt, forceUnmount, gitVersion, isAlive, kvfsBin, kvfsMount, MIB, mib, quietness, removeWork, repoRoot, run,
+  atExit, fmt, forceUnmount, gitVersion, isAlive, kvfsBin, kvfsMount, MIB, mib, procMemory, quietness, removeWork, repoRoot, run,
   say, sleep, stamp, stopDaemon, waitGone, type RunResult,
 } from './common.js';
 import {
@@ -100,14 +100,8 @@ interface Sample { t: number; daemon: number; pid: number; rss: number; anon: nu
 
 /** the fields of /proc/PID/status this soak reads (bytes), or undefined when the process is gone */
 function memoryOf(pid: number): { rss: number; anon: number; file: number; shmem: number } | undefined {
-  let text: string;
-  try {
-    text = readFileSync(`/proc/${pid}/status`, 'utf8');
-  } catch {
-    return undefined;
-  }
-  const kb = (name: string): number => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(text)?.[1] ?? NaN) * 1024;
-  return { rss: kb('VmRSS'), anon: kb('RssAnon'), file: kb('RssFile'), shmem: kb('RssShmem') };
+  const m = procMemory(pid);
+  return m && { rss: m.rss, anon: m.rssAnon, file: m.rssFile, shmem: m.rssShmem };
 }
 
 /** the state letter of /proc/PID/stat (R, S, D, T, Z, ...), or undefined when the process is gone */

@@ -108,8 +108,6 @@ const READ_AHEAD = 4 << 20;
 
 /** The unit of a range read: whole pages around the bytes asked for. */
 const PAGE = 4096;
-/** How many chunks read by range a file remembers (a second read of one fetches it whole). */
-const RANGE_MEMORY = 4096;
 
 /** Most chunks one file keeps dirty before a write commits them. */
 const MAX_DIRTY_CHUNKS = 16;
@@ -137,8 +135,6 @@ export class FileData {
   /** where the last read through the core ended, and where the read-ahead window ends (-1: none) */
   private seqNext = 0;
   private aheadTo = -1;
-  /** chunks read by range since the set was last cleared (at RANGE_MEMORY entries) */
-  private readonly rangeRead = new Set<number>();
   /** the first chunk of the read-ahead window (published with a mark) */
   private aheadFrom = -1;
   /** a commit started by a write that did not wait for it */
@@ -195,10 +191,7 @@ export class FileData {
       // Chunks in memory (write-back, or a cached blob of a known entry) are copied at once; the rest are
       // fetched in parallel.
       if (!this.readCached(idx, from - base, to - base, out, from - offset)) {
-        // a chunk read by range before is read whole the second time: cached and published, if it is hot
-        const alone = ranged && !this.rangeRead.has(idx);
-        if (alone) this.noteRangeRead(idx);
-        (jobs ??= []).push(this.readChunkInto(idx, from - base, to - base, out, from - offset, alone));
+        (jobs ??= []).push(this.readChunkInto(idx, from - base, to - base, out, from - offset, ranged));
       }
     }
     if (jobs) await Promise.all(jobs);
@@ -285,11 +278,6 @@ export class FileData {
     if (have > 0) out.set(data!.subarray(from, from + have), at);
     if (have < to - from) out.fill(0, at + have, at + (to - from));
     this.publish(idx, gen, blobId, data);
-  }
-
-  private noteRangeRead(idx: number): void {
-    if (this.rangeRead.size >= RANGE_MEMORY) this.rangeRead.clear();
-    this.rangeRead.add(idx);
   }
 
   /**

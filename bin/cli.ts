@@ -23,7 +23,7 @@ import { K } from '../src/fs/schema.js';
 import { chunkSizeProblem, formatVolume, readVolume } from '../src/fs/volume.js';
 import { errnoName, fuseDeviceProblem, native } from '../src/native.js';
 import {
-  daemonOf, describeUsers, isAlive, isStopped, lockStoreDir, processState, readRecord, removeRecord, usersOf, writeRecord,
+  daemonOf, holdersOf, isAlive, isStopped, lockStoreDir, processState, readRecord, removeRecord, writeRecord,
   type DaemonRecord,
 } from './daemons.js';
 import { Lifecycle } from './lifecycle.js';
@@ -433,8 +433,7 @@ async function umount(argv: { mountpoint: string; lazy?: boolean; wait: number }
   } catch (e) {
     if (!(e instanceof UnmountError)) throw e;
     if (e.busy) {
-      const who = usersOf(mnt);
-      fail(`${mnt} is busy${who.length ? ` (used by ${describeUsers(who)})` : ''}: close what uses it and try again, ` +
+      fail(`${mnt} is busy${holdersOf(mnt)}: close what uses it and try again, ` +
         `or detach it now with: kvfs umount --lazy ${mnt}`);
     }
     if (lazy || !e.timedOut) fail(e.message);

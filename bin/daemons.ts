@@ -96,7 +96,7 @@ export function daemonOf(m: MountEntry): DaemonRecord | undefined {
 }
 
 /** the processes (pid and command name) with their cwd, root or an open file under a path, read from /proc */
-export function usersOf(path: string): { pid: number; comm: string }[] {
+function usersOf(path: string): { pid: number; comm: string }[] {
   const out: { pid: number; comm: string }[] = [];
   const under = (l: string) => l === path || l.startsWith(path + '/');
   for (const name of readdirSync('/proc')) {
@@ -118,9 +118,13 @@ export function usersOf(path: string): { pid: number; comm: string }[] {
   return out;
 }
 
-/** "pid 12 (bash), pid 40 (vim)" */
-export const describeUsers = (users: { pid: number; comm: string }[]) =>
-  users.slice(0, 8).map((u) => `pid ${u.pid} (${u.comm})`).join(', ') + (users.length > 8 ? `, and ${users.length - 8} more` : '');
+/** " (used by pid 12 (bash), pid 40 (vim))" for the processes holding a path, read from /proc; "" for none */
+export function holdersOf(path: string): string {
+  const users = usersOf(path);
+  if (!users.length) return '';
+  return ` (used by ${users.slice(0, 8).map((u) => `pid ${u.pid} (${u.comm})`).join(', ')}` +
+    `${users.length > 8 ? `, and ${users.length - 8} more` : ''})`;
+}
 
 /**
  * One daemon per local store: an exclusive flock on DIR/kvfs-daemon.lock, held until the process ends (the

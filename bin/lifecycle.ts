@@ -13,7 +13,7 @@
  * again detaches anyway. SIGUSR1 never opens Node's inspector (bin/kvfs.js ignores it before anything loads).
  */
 import { fuseDeviceFds, mountAt, unmount, UnmountError, type MountEntry } from '../src/fs/fuse/mount-table.js';
-import { describeUsers, usersOf } from './daemons.js';
+import { holdersOf } from './daemons.js';
 
 const RETRY_MS = 2000;
 const POLL_MS = 250;
@@ -93,9 +93,8 @@ export class Lifecycle {
       if (this.state !== 'stopping' && this.state !== 'busy') return;
       const busy = e instanceof UnmountError && e.busy;
       if (!this.saidBusy || !busy) {
-        const who = busy ? usersOf(this.p.mountpoint) : [];
         this.p.log(busy
-          ? `cannot unmount ${this.p.mountpoint}: it is busy${who.length ? ` (used by ${describeUsers(who)})` : ''}; ` +
+          ? `cannot unmount ${this.p.mountpoint}: it is busy${holdersOf(this.p.mountpoint)}; ` +
             `still serving it and trying again every ${RETRY_MS / 1000} s. To detach it now: send the signal again, ` +
             `or run kvfs umount --lazy ${this.p.mountpoint}`
           : `${(e as Error).message}; still serving, trying again in ${RETRY_MS / 1000} s`);

@@ -177,16 +177,6 @@ export class BlobFiles {
     }
   }
 
-  /** waits for the puts under way */
-  async drain(): Promise<void> {
-    await Promise.allSettled([...this.#writing]);
-  }
-
-  /** whether puts were made since the last sync */
-  get dirty(): boolean {
-    return this.#unsynced.size > 0 || this.#dirsUnsynced.size > 0 || this.#writing.size > 0;
-  }
-
   /** bytes the blob files hold (those found at open join the figure as they are counted, in the background) */
   get bytes(): number {
     return this.#bytes;

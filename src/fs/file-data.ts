@@ -106,6 +106,16 @@ export class WriteBudget {
 /** How far ahead a sequential reader's chunks are fetched and published (published.ts). */
 const READ_AHEAD = 4 << 20;
 
+/**
+ * Copies `count` bytes of committed chunk bytes `data` from `start` to out at `at`; what lies past the end of
+ * `data` (a blob shorter than its chunk, or a hole: no data) reads as zeros.
+ */
+function copyChunkPart(out: Buffer, at: number, data: Uint8Array | undefined, start: number, count: number): void {
+  const have = data ? Math.max(0, Math.min(count, data.length - start)) : 0;
+  if (have > 0) out.set(data!.subarray(start, start + have), at);
+  if (have < count) out.fill(0, at + have, at + count);
+}
+
 /** The unit of a range read: whole pages around the bytes asked for. */
 const PAGE = 4096;
 
@@ -237,9 +247,7 @@ export class FileData {
     if (e === undefined) return false;
     const data = e === null ? undefined : this.cx.blobs.peek(e.blobId);
     if (e !== null && !data) return false;
-    const have = data ? Math.max(0, Math.min(to, data.length) - from) : 0;
-    if (have > 0) out.set(data!.subarray(from, from + have), at);
-    if (have < to - from) out.fill(0, at + have, at + (to - from));
+    copyChunkPart(out, at, data, from, to - from);
     this.publish(idx, this.truncations, e?.blobId ?? null, data);
     return true;
   }
@@ -274,9 +282,7 @@ export class FileData {
       newer.copy(out, at, from, to);
       return;
     }
-    const have = data ? Math.max(0, Math.min(to, data.length) - from) : 0;
-    if (have > 0) out.set(data!.subarray(from, from + have), at);
-    if (have < to - from) out.fill(0, at + have, at + (to - from));
+    copyChunkPart(out, at, data, from, to - from);
     this.publish(idx, gen, blobId, data);
   }
 
@@ -287,34 +293,31 @@ export class FileData {
   private async readRangeInto(idx: number, from: number, to: number, out: Buffer, at: number): Promise<void> {
     const lo = from - (from % PAGE);
     const hi = Math.min(this.cx.chunkSize, Math.ceil(to / PAGE) * PAGE);
-    let got: Uint8Array | undefined;
-    for (let attempt = 0; ; attempt++) {
-      const e = await this.entry(idx, attempt > 0);
-      if (!e) break;
-      got = await this.cx.store.getRange!(K.blob(e.blobId), lo, hi - lo);
-      if (got) break;
-      // The blob was replaced and collected after we read the chunk map: read the map again.
-      if (attempt === 2) throw new StoreError('CORRUPT', `file ${this.ino} chunk ${idx}: its blob is missing from the store`);
-    }
+    const { data: got } = await this.fromBlob(idx, (id) => this.cx.store.getRange!(K.blob(id), lo, hi - lo));
     this.cx.io.fetched += got?.length ?? 0;
     const newer = this.dirty.get(idx) ?? this.flushing.get(idx);
     if (newer) {
       newer.copy(out, at, from, to);
       return;
     }
-    const have = got ? Math.max(0, Math.min(to - lo, got.length) - (from - lo)) : 0;
-    if (have > 0) out.set(got!.subarray(from - lo, from - lo + have), at);
-    if (have < to - from) out.fill(0, at + have, at + (to - from));
+    copyChunkPart(out, at, got, from - lo, to - from);
   }
 
   /** The committed bytes of chunk idx (possibly shorter than a chunk) and their blob; a hole has neither. */
   private async storedChunk(idx: number): Promise<{ data?: Uint8Array; blobId: string | null }> {
+    return this.fromBlob(idx, (id) => this.cx.blobs.get(id));
+  }
+
+  /**
+   * `fetch` applied to chunk idx's committed blob ({ blobId: null } for a hole). A blob replaced and collected
+   * after the chunk map was read is missing: the map is read again, twice at most.
+   */
+  private async fromBlob(idx: number, fetch: (blobId: string) => Promise<Uint8Array | undefined>): Promise<{ data?: Uint8Array; blobId: string | null }> {
     for (let attempt = 0; attempt < 3; attempt++) {
       const e = await this.entry(idx, attempt > 0);
       if (!e) return { blobId: null };
-      const data = await this.cx.blobs.get(e.blobId);
+      const data = await fetch(e.blobId);
       if (data) return { data, blobId: e.blobId };
-      // The blob was replaced and collected after we read the chunk map: read the map again.
     }
     throw new StoreError('CORRUPT', `file ${this.ino} chunk ${idx}: its blob is missing from the store`);
   }

@@ -133,6 +133,8 @@ export class FileData {
   private readonly flushing = new Map<number, Buffer>();
   private readonly loading = new Map<number, Promise<Buffer>>();
   private readonly entries = new Map<number, ChunkEntry | null>();
+  /** bumped whenever this mount changes the chunk map (or forgets it): reads of the map begun before are stale */
+  private mapChanges = 0;
   /** in-memory bound of a pending truncate: entries at or above are stale (0 = none) */
   private truncFrom: number;
   private commitTail: Promise<unknown> = Promise.resolve();
@@ -169,6 +171,7 @@ export class FileData {
     this.size = inode.size;
     this.truncFrom = inode.truncFrom;
     this.entries.clear();
+    this.mapChanges++;
     return true;
   }
 
@@ -322,13 +325,25 @@ export class FileData {
     throw new StoreError('CORRUPT', `file ${this.ino} chunk ${idx}: its blob is missing from the store`);
   }
 
+  /**
+   * Chunk idx's map entry (null: a hole), from the cache unless `fresh`. An answer that arrives after this mount
+   * changed the map (a commit, a truncate) may predate the change: it is neither kept nor used, and the entry is
+   * taken from the cache the change left, or read again.
+   */
   private async entry(idx: number, fresh: boolean): Promise<ChunkEntry | null> {
-    if (this.truncFrom && idx >= this.truncFrom) return null;
-    if (!fresh && this.entries.has(idx)) return this.entries.get(idx)!;
-    const raw = await this.cx.store.get(K.chunk(this.ino, idx));
-    const e = raw ? decodeChunk(raw) : null;
-    this.entries.set(idx, e);
-    return e;
+    for (;;) {
+      if (this.truncFrom && idx >= this.truncFrom) return null;
+      if (!fresh && this.entries.has(idx)) return this.entries.get(idx)!;
+      const changes = this.mapChanges;
+      const raw = await this.cx.store.get(K.chunk(this.ino, idx));
+      if (changes !== this.mapChanges) {
+        fresh = false;
+        continue;
+      }
+      const e = raw ? decodeChunk(raw) : null;
+      this.entries.set(idx, e);
+      return e;
+    }
   }
 
   // ---------------------------------------------------------------- writing
@@ -530,6 +545,7 @@ export class FileData {
       });
       this.cx.counters.add(K.byteCount, added);
       for (const c of batch) this.entries.set(c.idx, c.length ? { length: c.length, blobId: c.blobId } : null);
+      this.mapChanges++;
       if (this.mtime === mtime) this.mtime = undefined;
     } catch (e) {
       // Nothing was committed: the chunks go back to dirty unless a newer write already replaced them.
@@ -576,13 +592,16 @@ export class FileData {
         this.cx.published.retractFile(this.ino);
         const keep = Math.ceil(newSize / cs);
         for (const idx of [...this.dirty.keys()]) if (idx >= keep) this.drop(this.dirty, idx);
-        for (const idx of [...this.entries.keys()]) if (idx >= keep) this.entries.delete(idx);
         if (newSize % cs) {
           const idx = keep - 1;
           await this.writable(idx, false, (b) => b.fill(0, newSize % cs));
         }
         this.size = newSize;
+        // From here the chunks past the end are holes (until deleteStaleChunks removes them from the store):
+        // entries read before, even during the await above, are forgotten, and reads still in flight discarded.
         this.truncFrom = keep;
+        for (const idx of [...this.entries.keys()]) if (idx >= keep) this.entries.delete(idx);
+        this.mapChanges++;
         this.cx.published.retractFile(this.ino);
         this.mtime = stamp;
         await this.commitDirty({ truncFrom: keep, force: true });

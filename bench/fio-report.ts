@@ -8,6 +8,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { fmt } from './common.js';
+import type { IoCounters } from './fio-targets.js';
 
 export interface JobResult {
   mbs: number;
@@ -108,6 +109,18 @@ export function compareTable(jobs: string[], names: string[], rows: Map<string, 
         b === undefined ? '-' : formatFigure(job, b),
         a !== undefined && b !== undefined && b > 0 ? (a / b).toFixed(2) : '-',
       ];
+    }),
+  ]));
+}
+
+/** per job and kvfs target: bytes sent per byte written, bytes fetched per byte returned */
+export function ioTable(jobs: string[], ios: Map<string, Map<string, IoCounters>>): string {
+  const names = [...ios.keys()];
+  const per = (a: number, b: number): string => (b > 0 ? fmt(a / b, 2) : '-');
+  return markdown(['job', ...names.flatMap((n) => [`${n} sent/written`, `${n} fetched/returned`])], jobs.map((job) => [
+    job, ...names.flatMap((n) => {
+      const c = ios.get(n)!.get(job);
+      return c ? [per(c.bytesSent, c.bytesWritten), per(c.bytesFetched, c.bytesReturned)] : ['-', '-'];
     }),
   ]));
 }

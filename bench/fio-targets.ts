@@ -27,9 +27,14 @@ export interface Target {
   readonly notes: string[];
   setup(): Promise<void>;
   teardown(): Promise<string[]>;
+  /** kvfs targets: the daemon's byte counters now (its stats file), for the bytes-moved table */
+  io?(): IoCounters | undefined;
   /** cuts a setup in progress short (an interrupt): it then fails soon, and teardown follows as usual */
   abort?(): void;
 }
+
+/** bytes callers wrote and read, and what kvfs sent to its store and fetched from it for them (FsStats) */
+export interface IoCounters { bytesWritten: number; bytesSent: number; bytesReturned: number; bytesFetched: number }
 
 /** a disk filesystem as findmnt names it */
 export interface Disk {
@@ -140,7 +145,15 @@ export function kvfsTarget(spec: KvfsTargetSpec): Target {
   const sizes: string[] = [];
   const argv = ['--driver', spec.driver, ...spec.mountArgs];
   const aborter = new AbortController();
+  const statsFile = path.join(spec.work, `${spec.name}-stats.json`);
   return {
+    io() {
+      try {
+        return (JSON.parse(readFileSync(statsFile, 'utf8')) as { fs: IoCounters }).fs;
+      } catch {
+        return undefined; // the libfuse driver writes none
+      }
+    },
     name: spec.name,
     short: spec.short,
     dir,
@@ -153,7 +166,7 @@ export function kvfsTarget(spec: KvfsTargetSpec): Target {
       }
       if (storeDir) sizes.push(`${size()} ${spec.format ? 'formatted' : 'at the start'}`);
       mkdirSync(dir, { recursive: true });
-      m = await kvfsMount(spec.store, dir, argv, { KVFS_DATA_DIR: spec.logDir });
+      m = await kvfsMount(spec.store, dir, argv, { KVFS_DATA_DIR: spec.logDir, KVFS_STATS_FILE: statsFile });
       const mount = m;
       unregister = atExit(() => {
         forceUnmount(mount.dir);

@@ -31,9 +31,9 @@
  *
  * Like with like: no target asks for the kernel's writeback cache (kvfs's --writeback-cache is off by default,
  * libfuse 2 through fuse-native never asks, the ceiling runs without -o writeback, rclone without
- * --write-back-cache). What still differs is written in the report: the kernel's attribute cache (1 s for the
- * native kvfs targets, the ceiling and rclone; 0 s for kvfs-libfuse by default; --mount-args '--attr-timeout 1'
- * evens it), and the largest WRITE (kvfs's native driver splits writes at 512 KiB when fs.pipe-max-size < 2 MiB
+ * --write-back-cache). What still differs is written in the report: the kernel's name and attribute cache
+ * (kvfs's defaults: 3600 s on the single-mount local and memory stores, 1 s on Redis; 1 s for the ceiling and
+ * rclone; 0 s for kvfs-libfuse; --mount-args '--attr-timeout 1 --entry-timeout 1' evens it), and the largest WRITE (kvfs's native driver splits writes at 512 KiB when fs.pipe-max-size < 2 MiB
  * and it lacks CAP_SYS_RESOURCE; --pipe-max-size 2097152 raises the sysctl for the run and puts it back after).
  *
  * Rules from ../shared/bench/README.md: warm-memory runs right before each target; every write job (the write
@@ -52,11 +52,11 @@ import {
   sharedBench, sleep, stamp,
 } from './common.js';
 import {
-  compareTable, figuresTable, loadResults, ratioTable, type Cell, type RatioSpec, type Row, type SavedResults,
+  compareTable, figuresTable, ioTable, loadResults, ratioTable, type Cell, type RatioSpec, type Row, type SavedResults,
 } from './fio-report.js';
 import {
   buildCeiling, ceilingTarget, describeDisk, diskTarget, kvfsTarget, rcloneTarget, tmpfsTarget, type Disk,
-  type KvfsTargetSpec, type Target,
+  type IoCounters, type KvfsTargetSpec, type Target,
 } from './fio-targets.js';
 
 /** The target names in their default order (kvfs-local is named by its store: storeTargetName). */
@@ -195,10 +195,13 @@ let current: { child: ChildProcess; done: Promise<void> } | undefined;
  * Runs the jobs on one target through run-fio.sh; returns the last result line per job. A job that gives no
  * result within `jobTimeoutMs` is taken as hung: fio is killed and the jobs left are marked.
  */
-async function runJobs(benchDir: string, target: Target, jobs: string[], jsonDir: string, jobTimeoutMs: number): Promise<{ row: Row; problems: string[] }> {
+async function runJobs(benchDir: string, target: Target, jobs: string[], jsonDir: string, jobTimeoutMs: number): Promise<{ row: Row; io: Map<string, IoCounters>; problems: string[] }> {
   const jobsDir = path.join(benchDir, 'jobs');
   const list = jobs.flatMap((j) => (isWriteJob(jobsDir, j) ? [j, j] : [j]));
   const row: Row = new Map();
+  // per job, what the daemon's byte counters moved while it ran (from the previous job's end to its own)
+  const io = new Map<string, IoCounters>();
+  let ioLast = target.io?.();
   const problems: string[] = [];
   const child = spawn('bash', [path.join(benchDir, 'run-fio.sh'), target.dir, target.name, ...list], {
     stdio: ['ignore', 'pipe', 'inherit'],
@@ -226,6 +229,14 @@ async function runJobs(benchDir: string, target: Target, jobs: string[], jsonDir
     next++;
     arm();
     row.set(job, mbs === 'FAILED' ? 'FAILED' : { mbs: Number(mbs), iops: Number(iops) });
+    const ioNow = target.io?.();
+    if (ioNow && ioLast) {
+      io.set(job, {
+        bytesWritten: ioNow.bytesWritten - ioLast.bytesWritten, bytesSent: ioNow.bytesSent - ioLast.bytesSent,
+        bytesReturned: ioNow.bytesReturned - ioLast.bytesReturned, bytesFetched: ioNow.bytesFetched - ioLast.bytesFetched,
+      });
+    }
+    ioLast = ioNow;
     say(`${target.name} ${job}: ${mbs} MB/s, ${iops} IOPS`);
   };
   child.stdout!.on('data', (d: Buffer) => {
@@ -247,7 +258,7 @@ async function runJobs(benchDir: string, target: Target, jobs: string[], jsonDir
   if (code !== 0 && !hung) problems.push(`${target.name}: run-fio.sh exited with ${code}`);
   for (const j of jobs) if (!row.has(j)) row.set(j, hung ? 'HUNG' : 'FAILED');
   if ([...row.values()].includes('FAILED')) problems.push(`${target.name}: a job failed (its fio error is above, on stderr)`);
-  return { row, problems };
+  return { row, io, problems };
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -451,6 +462,7 @@ async function main(): Promise<number> {
   process.on('SIGTERM', onSignal);
 
   const rows = new Map<string, Row>();
+  const ios = new Map<string, Map<string, IoCounters>>();
   const problems: string[] = [];
   const busyBefore: string[] = [];
   try {
@@ -479,6 +491,7 @@ async function main(): Promise<number> {
         say(`${target.name}: ${jobs.length} job(s) on ${target.dir}`);
         const r = await runJobs(benchDir, target, jobs, jsonDir, jobTimeoutMs);
         rows.set(target.name, r.row);
+        if (r.io.size) ios.set(target.name, r.io);
         problems.push(...r.problems);
       } catch (err) {
         problems.push(`${target.name}: ${(err as Error).message}`);
@@ -507,11 +520,13 @@ async function main(): Promise<number> {
   const ratios = ratioSpecs(names, storeName);
   const ratioText = ratios.length ? ratioTable(jobs, ratios, rows) : undefined;
   const compared = then ? compareTable(jobs, names, rows, then) : undefined;
+  const moved = ios.size ? ioTable(jobs, ios) : undefined;
   const failed = [...rows.values()].some((r) => [...r.values()].some((v) => typeof v === 'string'));
   const host = `${os.hostname()}, Linux ${os.release()}, ${os.cpus().length} CPUs, ${Math.round(os.totalmem() / 2 ** 30)} GiB, Node ${process.version}`;
   const attr = setup.mountArgs.includes('--attr-timeout')
     ? `the kvfs targets as --mount-args says; ceiling and rclone 1 s`
-    : `${storeName}, kvfs-memory, ceiling and rclone 1 s, kvfs-libfuse 0 s (the defaults)`;
+    : `${storeName} ${storeName === 'kvfs-redis' ? '1 s (a shared store)' : '3600 s'}, kvfs-memory 3600 s (kvfs's defaults on ` +
+      'single-mount stores: names and attributes too), ceiling and rclone 1 s, kvfs-libfuse 0 s (the defaults)';
   const md = [
     `# kvfs bench ${started.toISOString()}`,
     '',
@@ -545,6 +560,16 @@ async function main(): Promise<number> {
       '',
       ratioText,
     ] : []),
+    ...(moved ? [
+      '',
+      '## Bytes moved (kvfs targets)',
+      '',
+      'Per job (its second run for write jobs), from the daemon\'s counters: bytes sent to the store per byte written, ' +
+        'and bytes fetched from the store per byte returned to callers (a read served by the reader threads from ' +
+        'published chunks reaches neither counter). `-`: the job wrote or read nothing through the core.',
+      '',
+      moved,
+    ] : []),
     ...(compared ? ['', `## Against ${path.basename(values.compare!)} (${then!.started}${then!.quick ? ', quick' : ''})`, '', compared] : []),
     '',
     '## Notes',
@@ -564,6 +589,7 @@ async function main(): Promise<number> {
   writeFileSync(resultsFile, `${JSON.stringify(saved, null, 1)}\n`);
   console.log(figures);
   if (ratioText) console.log(`\n${ratioText}`);
+  if (moved) console.log(`\nbytes moved:\n${moved}`);
   if (compared) console.log(`\nagainst ${values.compare}:\n${compared}`);
   if (problems.length) console.log(`\nproblems:\n${problems.map((e) => `  - ${e}`).join('\n')}`);
   console.log(`\nsaved to ${path.relative(process.cwd(), file)} and ${path.relative(process.cwd(), resultsFile)}` +

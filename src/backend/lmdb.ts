@@ -21,7 +21,9 @@ export interface LmdbStoreOptions {
 
 /**
  * A KvStore on LMDB (lmdb-js) in one directory: data.mdb and lock.mdb hold the metadata; blob keys (`b/<id>`)
- * are files under blobs/ (blob-files.ts: allocation left to the filesystem, I/O off the event loop). Keys are
+ * are files under blobs/ (blob-files.ts: allocation left to the filesystem, I/O off the event loop), except
+ * small blobs (at most SMALL_BLOB bytes: slices of small writes), which LMDB keeps: a file each would cost a
+ * create, an fdatasync and a directory fsync per 4 KiB write, where LMDB syncs a whole batch at once. Keys are
  * strings (lmdb-js's ordered-binary encoding keeps printable ASCII as its bytes, so key order is byte order);
  * values are raw bytes. Blob keys are written with put and deleted with del only (kv.ts): a commit that names one
  * is INVALID. A store written before blobs had files keeps its old blobs in LMDB: they are read and deleted there.
@@ -55,8 +57,8 @@ export class LmdbStore implements KvStore {
   readonly dir: string;
   readonly #db: RootDatabase<Buffer, string>;
   readonly #blobs: BlobFiles;
-  /** whether LMDB itself still holds blobs (a store written before blob files) */
-  #legacyBlobs: boolean;
+  /** whether LMDB itself holds blobs (small ones, or a store written before blob files): reads look there first */
+  #blobsInDb: boolean;
   readonly #space: LmdbSpace;
   readonly #episodes = new FullEpisodes();
   #closed = false;
@@ -68,8 +70,8 @@ export class LmdbStore implements KvStore {
     this.dir = dir;
     this.#db = db;
     this.#blobs = new BlobFiles(dir);
-    this.#legacyBlobs = false;
-    for (const key of db.getKeys({ start: BLOB_PREFIX, limit: 1 })) this.#legacyBlobs = key.startsWith(BLOB_PREFIX);
+    this.#blobsInDb = false;
+    for (const key of db.getKeys({ start: BLOB_PREFIX, limit: 1 })) this.#blobsInDb = key.startsWith(BLOB_PREFIX);
     this.#space = new LmdbSpace(dir, () => db.getStats() as never);
   }
 
@@ -115,10 +117,14 @@ export class LmdbStore implements KvStore {
 
   async put(key: string, value: Uint8Array): Promise<void> {
     const db = this.#live();
-    if (isBlob(key)) {
+    if (isBlob(key) && value.byteLength > SMALL_BLOB) {
       // the gate still admits it: blob files and LMDB share the disk, and LMDB must keep room for deletes
       await this.#write([{ key, value }], 'grow', () => this.#blobs.put(key, value), true);
       return;
+    }
+    if (isBlob(key)) {
+      this.#blobs.path(key); // the same ids as files take (kv.ts), wherever a blob is kept
+      this.#blobsInDb = true;
     }
     const bytes = Buffer.from(value);
     await this.#write([{ key, value: bytes }], 'grow', () => db.transactionSync(() => void db.putSync(key, bytes)), true);
@@ -128,7 +134,7 @@ export class LmdbStore implements KvStore {
     const db = this.#live();
     if (keys.length === 0) return;
     const blobs = keys.filter(isBlob);
-    const ks = this.#legacyBlobs ? [...keys] : keys.filter((k) => !isBlob(k));
+    const ks = this.#blobsInDb ? [...keys] : keys.filter((k) => !isBlob(k));
     if (blobs.length) await this.#blobs.del(blobs).catch((e: unknown) => { throw translate(e, this.dir, {}); });
     if (!ks.length) return;
     await this.#write(ks.map((key) => ({ key, value: null })), 'free',
@@ -138,26 +144,24 @@ export class LmdbStore implements KvStore {
   async getRange(key: string, offset: number, length: number): Promise<Uint8Array | undefined> {
     this.#live();
     if (!isBlob(key)) return (await this.get(key))?.subarray(offset, offset + length);
-    let v: Uint8Array | undefined;
+    const inDb = this.#blobsInDb ? this.#read(() => this.#db.get(key)) : undefined;
+    if (inDb) return inDb.subarray(offset, offset + length);
     try {
-      v = await this.#blobs.getRange(key, offset, length);
+      return await this.#blobs.getRange(key, offset, length);
     } catch (e) {
       throw translate(e, this.dir, {});
     }
-    if (v === undefined && this.#legacyBlobs) v = this.#read(() => this.#db.get(key))?.subarray(offset, offset + length);
-    return v;
   }
 
-  /** a blob from its file, else (a store written before blob files) from LMDB */
+  /** a blob from LMDB (a small one, or a store written before blob files), else from its file */
   async #getBlob(key: string): Promise<Uint8Array | undefined> {
-    let v: Uint8Array | undefined;
+    const inDb = this.#blobsInDb ? this.#read(() => this.#db.get(key)) : undefined;
+    if (inDb) return inDb;
     try {
-      v = await this.#blobs.get(key);
+      return await this.#blobs.get(key);
     } catch (e) {
       throw translate(e, this.dir, {});
     }
-    if (v === undefined && this.#legacyBlobs) v = this.#read(() => this.#db.get(key));
-    return v;
   }
 
   async scan(prefix: string, opts: ScanOptions = {}): Promise<[string, Uint8Array][]> {
@@ -345,6 +349,9 @@ export class LmdbStore implements KvStore {
 }
 
 const isBlob = (key: string) => key.startsWith(BLOB_PREFIX);
+
+/** blobs of at most this many bytes are kept in LMDB, not as files */
+export const SMALL_BLOB = 16 << 10;
 
 /** how soon after a write the store fsyncs on its own */
 const SYNC_INTERVAL_MS = 1000;

@@ -5,7 +5,7 @@
  */
 import { LRUCache } from 'lru-cache';
 import type { KvStore } from '../backend/kv.js';
-import { K } from './schema.js';
+import { K, isCombinedKey } from './schema.js';
 
 export class BlobCache {
   private readonly lru: LRUCache<string, Uint8Array> | undefined;
@@ -50,6 +50,20 @@ export class BlobCache {
     return p;
   }
 
+  /** a blob read to be combined into something larger (a slice): from the cache if there, else not kept */
+  async getPart(id: string): Promise<Uint8Array | undefined> {
+    const hit = this.lru?.get(id);
+    if (hit) return hit;
+    const v = await this.store.get(K.blob(id));
+    this.fetched += v?.byteLength ?? 0;
+    return v;
+  }
+
+  /** keeps bytes made of blobs (a chunk with its slices) under a key of their own, as a fetched blob is kept */
+  add(key: string, data: Uint8Array): void {
+    if (this.lru && data.byteLength <= this.maxBytes / 4) this.lru.set(key, data);
+  }
+
   /** the blob's bytes if they are cached now (no fetch) */
   peek(id: string): Uint8Array | undefined {
     const hit = this.lru?.get(id);
@@ -62,7 +76,7 @@ export class BlobCache {
    * or the store keeps its own values. Bytes that are neither may be garbage-collected once dropped.
    */
   keeps(id: string, data: Uint8Array): boolean {
-    return this.lru ? this.lru.peek(id) === data : this.storeKeeps;
+    return this.lru ? this.lru.peek(id) === data : this.storeKeeps && !isCombinedKey(id);
   }
 
   /** forgets a blob that was deleted */

@@ -6,10 +6,17 @@
  *  - One FileData per inode while any handle (or an internal user such as truncate) holds it; all handles of
  *    the inode share it, so a read sees every write of this mount at once.
  *  - `size` is the file's size as this mount sees it; the store learns it at the next commit.
- *  - Changed chunks live in `dirty` (a whole chunk buffer each; bytes past `size` are zero). A commit
- *    (`flush`) moves them to `flushing`, writes each as a new immutable blob, then swaps all of them into the
- *    chunk map in one transaction with the inode's size and times, putting the replaced blobs on the GC queue.
- *    A write that lands on a flushing chunk copies it first, so a blob is never changed while it is written.
+ *  - Changed chunks live in `dirty` (a chunk-sized buffer each; bytes past `size` are zero). A buffer is whole
+ *    (it holds the chunk), or sparse: page-aligned writes to a chunk not in memory fill only their pages
+ *    (`sparse` marks which), so they need no load of the committed chunk. A write or truncate that keeps part
+ *    of a page the buffer lacks completes it first (the committed bytes fill the pages it lacks). Reads take
+ *    what a sparse buffer holds over the committed bytes.
+ *  - A commit (`flush`) moves dirty buffers to `flushing` and writes each whole buffer as a new immutable
+ *    blob, each sparse one as slices (a small blob per run of written pages, laid over the chunk's committed
+ *    blob and slices: schema.ts ChunkEntry), unless the chunk already has many slices: then it is completed and
+ *    written whole (compaction). It then swaps all of them into the chunk map in one transaction with the
+ *    inode's size and times, putting the blobs nothing names any more on the GC queue. A write that lands on a
+ *    flushing chunk copies it first, so a blob is never changed while it is written.
  *  - Commits of one file run one at a time (`commitLock`); truncate holds the same lock.
  *  - Memory: dirty and flushing buffers are counted against the WriteBudget; a write that finds the budget
  *    spent commits this file's dirty chunks before it returns.
@@ -18,7 +25,8 @@ import type { KvStore } from '../backend/kv.js';
 import { StoreError } from '../backend/errors.js';
 import { fsErr } from './errors.js';
 import {
-  K, chunkIndexOf, decodeChunk, decodeInode, encodeChunk, encodeInode, nowTs, type Inode,
+  K, chunkIndexOf, decodeChunk, decodeInode, encodeEntry, encodeInode, entryBlobs, entryExtent, entryKey,
+  entryStored, nowTs, type ChunkEntry, type Inode, type Slice,
 } from './schema.js';
 import { transact } from './txn.js';
 import type { Ino, Timespec } from './types.js';
@@ -29,7 +37,6 @@ import type { Published } from './published.js';
 /** How many stale chunk entries one truncate/purge commit deletes. */
 export const DELETE_BATCH = 512;
 
-export interface ChunkEntry { length: number; blobId: string }
 
 /** Bytes that moved, for `kvfs status` and the benches: what the store costs per byte a caller read or wrote. */
 export interface IoStats {
@@ -59,6 +66,8 @@ export interface DataContext {
   newBlobId(): string;
   /** called after commits that queued garbage */
   kickJanitor(): void;
+  /** a commit changed what a file stores (st_blocks) after the kernel last asked: its cached attributes are stale */
+  storedChanged(ino: Ino): void;
   /** usage counters (batched) */
   counters: Counters;
 }
@@ -110,6 +119,18 @@ const READ_AHEAD = 4 << 20;
  * Copies `count` bytes of committed chunk bytes `data` from `start` to out at `at`; what lies past the end of
  * `data` (a blob shorter than its chunk, or a hole: no data) reads as zeros.
  */
+/** the runs of written pages (mask: 1 per written page) that lie below `limit`, clipped to it */
+function pageRuns(mask: Uint8Array, limit: number): { off: number; len: number }[] {
+  const runs: { off: number; len: number }[] = [];
+  for (let p = 0; p < mask.length && p * PAGE < limit; p++) {
+    if (!mask[p]) continue;
+    const off = p * PAGE;
+    while (p + 1 < mask.length && mask[p + 1] && (p + 1) * PAGE < limit) p++;
+    runs.push({ off, len: Math.min(limit, (p + 1) * PAGE) - off });
+  }
+  return runs;
+}
+
 function copyChunkPart(out: Buffer, at: number, data: Uint8Array | undefined, start: number, count: number): void {
   const have = data ? Math.max(0, Math.min(count, data.length - start)) : 0;
   if (have > 0) out.set(data!.subarray(start, start + have), at);
@@ -122,6 +143,13 @@ const PAGE = 4096;
 /** Most chunks one file keeps dirty before a write commits them. */
 const MAX_DIRTY_CHUNKS = 16;
 
+/**
+ * A chunk is compacted (written whole, its slices dropped) by the commit that would give it more slices than
+ * this, or slices of more than half a chunk: a chunk's reads combine at most this many blobs, and 4 KiB random
+ * writes send the store about 3 bytes per byte written (each slice, plus a whole chunk per 32 of them).
+ */
+const MAX_SLICES = 32;
+
 export class FileData {
   refs = 0;
   size: number;
@@ -131,7 +159,8 @@ export class FileData {
   unlinked = false;
   private readonly dirty = new Map<number, Buffer>();
   private readonly flushing = new Map<number, Buffer>();
-  private readonly loading = new Map<number, Promise<Buffer>>();
+  /** the pages (1: written) of each sparse write-back buffer; a buffer not here holds its whole chunk */
+  private readonly sparse = new WeakMap<Buffer, Uint8Array>();
   private readonly entries = new Map<number, ChunkEntry | null>();
   /** bumped whenever this mount changes the chunk map (or forgets it): reads of the map begun before are stale */
   private mapChanges = 0;
@@ -166,7 +195,7 @@ export class FileData {
    * map cache. Only when this mount has nothing of its own in flight; returns whether it did.
    */
   refresh(inode: Inode): boolean {
-    if (this.dirty.size || this.flushing.size || this.loading.size || this.activeWrites || this.truncating || this.mtime !== undefined) return false;
+    if (this.dirty.size || this.flushing.size || this.activeWrites || this.truncating || this.mtime !== undefined) return false;
     this.cx.published.retractFile(this.ino);
     this.size = inode.size;
     this.truncFrom = inode.truncFrom;
@@ -242,17 +271,40 @@ export class FileData {
   private readCached(idx: number, from: number, to: number, out: Buffer, at: number): boolean {
     const mem = this.dirty.get(idx) ?? this.flushing.get(idx);
     if (mem) {
+      if (!this.holds(mem, from, to)) return false;
       mem.copy(out, at, from, to);
       return true;
     }
     if (this.truncFrom && idx >= this.truncFrom) return false;
     const e = this.entries.get(idx);
     if (e === undefined) return false;
-    const data = e === null ? undefined : this.cx.blobs.peek(e.blobId);
+    const data = e === null ? undefined : this.cx.blobs.peek(entryKey(e));
     if (e !== null && !data) return false;
     copyChunkPart(out, at, data, from, to - from);
-    this.publish(idx, this.truncations, e?.blobId ?? null, data);
+    this.publish(idx, this.truncations, e ? entryKey(e) : null, data);
     return true;
+  }
+
+  /** whether a write-back buffer holds bytes [from, to) of its chunk (a sparse one: on its written pages) */
+  private holds(buf: Buffer, from: number, to: number): boolean {
+    const m = this.sparse.get(buf);
+    if (!m) return true;
+    for (let p = Math.floor(from / PAGE); p * PAGE < to; p++) if (!m[p]) return false;
+    return true;
+  }
+
+  /** copies what a write-back buffer holds of [from, to) to out at `at`: all of it, or a sparse one's written pages */
+  private overlay(buf: Buffer, from: number, to: number, out: Buffer, at: number): void {
+    const m = this.sparse.get(buf);
+    if (!m) {
+      buf.copy(out, at, from, to);
+      return;
+    }
+    for (let p = Math.floor(from / PAGE); p * PAGE < to; p++) {
+      if (!m[p]) continue;
+      const a = Math.max(from, p * PAGE);
+      buf.copy(out, at + a - from, a, Math.min(to, (p + 1) * PAGE));
+    }
   }
 
   /**
@@ -265,64 +317,99 @@ export class FileData {
     if (!pub.active || gen !== this.truncations || this.dirty.has(idx) || this.flushing.has(idx)) return;
     if ((this.truncFrom && idx >= this.truncFrom) || idx * this.cx.chunkSize >= this.size) return;
     const e = this.entries.get(idx);
-    if (e === undefined || (e === null ? blobId !== null : e.blobId !== blobId)) return;
+    if (e === undefined || (e === null ? blobId !== null : entryKey(e) !== blobId)) return;
     if (blobId !== null && (!data || !this.cx.blobs.keeps(blobId, data))) return;
     pub.publish(this.ino, this.size, this.cx.chunkSize, idx, blobId, blobId === null ? null : data!, mark);
   }
 
+  /**
+   * Bytes [from, to) of chunk idx to out at `at`: from the write-back buffer when it holds them, else the
+   * committed bytes (only the pages asked for when `ranged`) with what a write-back buffer holds laid over them.
+   * A commit or truncate that changed the chunk map while the committed bytes were fetched makes the read start
+   * again: a sparse buffer seen before may have been committed meanwhile, into an entry the fetch did not see.
+   */
   private async readChunkInto(idx: number, from: number, to: number, out: Buffer, at: number, ranged = false): Promise<void> {
-    const mem = this.dirty.get(idx) ?? this.flushing.get(idx);
-    if (mem) {
-      mem.copy(out, at, from, to);
+    for (;;) {
+      const mem = this.dirty.get(idx) ?? this.flushing.get(idx);
+      if (mem && this.holds(mem, from, to)) {
+        mem.copy(out, at, from, to);
+        return;
+      }
+      const gen = this.truncations;
+      const changes = this.mapChanges;
+      let blobId: string | null = null;
+      let data: Uint8Array | undefined;
+      let lo = 0;
+      if (ranged && !mem) {
+        lo = from - (from % PAGE);
+        const hi = Math.min(this.cx.chunkSize, Math.ceil(to / PAGE) * PAGE);
+        ({ data } = await this.fromEntry(idx, (e) => this.composeRange(e, lo, hi)));
+        this.cx.io.fetched += data?.length ?? 0;
+      } else {
+        ({ data, blobId } = await this.storedChunk(idx));
+      }
+      if (changes !== this.mapChanges) continue;
+      copyChunkPart(out, at, data, from - lo, to - from);
+      // A write may have made the chunk dirty while we fetched: what it holds is newer.
+      const newer = this.dirty.get(idx) ?? this.flushing.get(idx);
+      if (newer) this.overlay(newer, from, to, out, at);
+      else if (!ranged || mem) this.publish(idx, gen, blobId, data);
       return;
     }
-    if (ranged) return this.readRangeInto(idx, from, to, out, at);
-    const gen = this.truncations;
-    const { data, blobId } = await this.storedChunk(idx);
-    // A concurrent write may have made the chunk dirty while we fetched: the dirty copy is newer.
-    const newer = this.dirty.get(idx) ?? this.flushing.get(idx);
-    if (newer) {
-      newer.copy(out, at, from, to);
-      return;
-    }
-    copyChunkPart(out, at, data, from, to - from);
-    this.publish(idx, gen, blobId, data);
   }
 
-  /**
-   * Bytes [from, to) of chunk idx's committed blob, fetched alone (the 4 KiB pages around them): nothing else of
-   * the chunk is read, cached or published. A write that made the chunk dirty meanwhile wins, as in readChunkInto.
-   */
-  private async readRangeInto(idx: number, from: number, to: number, out: Buffer, at: number): Promise<void> {
-    const lo = from - (from % PAGE);
-    const hi = Math.min(this.cx.chunkSize, Math.ceil(to / PAGE) * PAGE);
-    const { data: got } = await this.fromBlob(idx, (id) => this.cx.store.getRange!(K.blob(id), lo, hi - lo));
-    this.cx.io.fetched += got?.length ?? 0;
-    const newer = this.dirty.get(idx) ?? this.flushing.get(idx);
-    if (newer) {
-      newer.copy(out, at, from, to);
-      return;
-    }
-    copyChunkPart(out, at, got, from - lo, to - from);
-  }
-
-  /** The committed bytes of chunk idx (possibly shorter than a chunk) and their blob; a hole has neither. */
+  /** The committed bytes of chunk idx (possibly shorter than a chunk) and their id (entryKey); a hole has neither. */
   private async storedChunk(idx: number): Promise<{ data?: Uint8Array; blobId: string | null }> {
-    return this.fromBlob(idx, (id) => this.cx.blobs.get(id));
+    return this.fromEntry(idx, (e) => this.compose(e));
   }
 
   /**
-   * `fetch` applied to chunk idx's committed blob ({ blobId: null } for a hole). A blob replaced and collected
-   * after the chunk map was read is missing: the map is read again, twice at most.
+   * `fetch` applied to chunk idx's committed entry ({ blobId: null } for a hole). A blob replaced and collected
+   * after the chunk map was read is missing (fetch gives undefined): the map is read again, twice at most.
    */
-  private async fromBlob(idx: number, fetch: (blobId: string) => Promise<Uint8Array | undefined>): Promise<{ data?: Uint8Array; blobId: string | null }> {
+  private async fromEntry(idx: number, fetch: (e: ChunkEntry) => Promise<Uint8Array | undefined>): Promise<{ data?: Uint8Array; blobId: string | null }> {
     for (let attempt = 0; attempt < 3; attempt++) {
       const e = await this.entry(idx, attempt > 0);
       if (!e) return { blobId: null };
-      const data = await fetch(e.blobId);
-      if (data) return { data, blobId: e.blobId };
+      const data = await fetch(e);
+      if (data) return { data, blobId: entryKey(e) };
     }
     throw new StoreError('CORRUPT', `file ${this.ino} chunk ${idx}: its blob is missing from the store`);
+  }
+
+  /**
+   * The bytes an entry defines: its blob, or (with slices) its blob with the slices laid over it, kept in the
+   * blob cache under the entry's key. Undefined when a blob is missing.
+   */
+  private async compose(e: ChunkEntry): Promise<Uint8Array | undefined> {
+    const slices = e.slices;
+    if (!slices?.length) return this.cx.blobs.get(e.blobId);
+    const key = entryKey(e);
+    const hit = this.cx.blobs.peek(key);
+    if (hit) return hit;
+    const parts = await Promise.all([e.blobId ? this.cx.blobs.get(e.blobId) : undefined, ...slices.map((x) => this.cx.blobs.getPart(x.blobId))]);
+    if ((e.blobId && !parts[0]) || parts.some((b, i) => i > 0 && !b)) return undefined;
+    const out = Buffer.allocUnsafe(entryExtent(e));
+    copyChunkPart(out, 0, parts[0], 0, out.length);
+    slices.forEach((x, i) => copyChunkPart(out, x.off, parts[i + 1], 0, x.len));
+    this.cx.blobs.add(key, out);
+    return out;
+  }
+
+  /** bytes [lo, hi) of what an entry defines, fetched alone (KvStore.getRange); undefined when a blob is missing */
+  private async composeRange(e: ChunkEntry, lo: number, hi: number): Promise<Uint8Array | undefined> {
+    const range = (id: string, off: number, len: number) => this.cx.store.getRange!(K.blob(id), off, len);
+    if (!e.slices?.length) return range(e.blobId, lo, hi - lo);
+    const over = e.slices.filter((x) => x.off < hi && x.off + x.len > lo);
+    const parts = await Promise.all([
+      e.blobId && lo < e.length ? range(e.blobId, lo, Math.min(hi, e.length) - lo) : Promise.resolve(Buffer.alloc(0)),
+      ...over.map((x) => range(x.blobId, Math.max(lo, x.off) - x.off, Math.min(hi, x.off + x.len) - Math.max(lo, x.off))),
+    ]);
+    if (parts.some((b) => !b)) return undefined;
+    const out = Buffer.allocUnsafe(hi - lo);
+    copyChunkPart(out, 0, parts[0], 0, out.length);
+    over.forEach((x, i) => copyChunkPart(out, Math.max(lo, x.off) - lo, parts[i + 1], 0, Math.min(hi, x.off + x.len) - Math.max(lo, x.off)));
+    return out;
   }
 
   /**
@@ -391,7 +478,7 @@ export class FileData {
       const base = idx * cs;
       const from = Math.max(offset, base);
       const to = Math.min(end, base + cs);
-      await this.writable(idx, from === base && to === base + cs, (buf) => {
+      await this.writable(idx, from - base, to - base, (buf) => {
         src.copy(buf, from - base, from - offset, to - offset);
         if (to > this.size) {
           this.size = to;
@@ -402,53 +489,82 @@ export class FileData {
   }
 
   /**
-   * Applies `change` to the dirty buffer of chunk idx, loading the committed bytes first unless `overwrite`
-   * says the change covers the whole chunk. `change` runs synchronously with the buffer's adoption, so no
-   * reader ever sees a buffer that is not yet filled. Bytes loaded before a truncate are never used after it.
+   * Applies `change`, which writes bytes [from, to) of chunk idx, to its dirty buffer. A chunk not in memory
+   * gets a zeroed buffer when it lies past the end of the file or the change covers it, else a sparse one; a
+   * change that keeps part of a page the buffer lacks (below the size) completes it first, and so does every
+   * change when `whole` (a truncate: the chunk's blob then holds nothing past the new size). `change` runs
+   * synchronously with the check, so no reader ever sees a buffer that is not yet filled. Bytes loaded before a
+   * truncate are never used after it.
    */
-  private async writable(idx: number, overwrite: boolean, change: (b: Buffer) => void): Promise<void> {
+  private async writable(idx: number, from: number, to: number, change: (b: Buffer) => void, whole = false): Promise<void> {
+    const cs = this.cx.chunkSize;
     for (;;) {
       const d = this.dirty.get(idx);
       if (d) {
-        change(d);
-        return;
-      }
-      const inFlight = this.loading.get(idx);
-      if (inFlight) {
-        await inFlight.catch(() => undefined);
+        if (whole ? !this.sparse.has(d) : this.keeps(d, idx * cs, from, to)) {
+          this.markWritten(d, from, to);
+          change(d);
+          return;
+        }
+        await this.complete(idx, d);
         continue;
       }
       const flushingBuf = this.flushing.get(idx);
-      if (flushingBuf || overwrite || idx * this.cx.chunkSize >= this.size) {
-        const b = this.cx.buffers.take(!flushingBuf && !overwrite);
-        if (flushingBuf) flushingBuf.copy(b);
-        change(b);
-        this.adopt(idx, b);
-        return;
+      const covered = from === 0 && to === cs;
+      const fresh = !flushingBuf && (covered || idx * cs >= this.size);
+      const b = this.cx.buffers.take(fresh && !covered);
+      if (flushingBuf) {
+        flushingBuf.copy(b);
+        const m = this.sparse.get(flushingBuf);
+        if (m) this.sparse.set(b, m.slice());
+      } else if (!fresh) {
+        this.sparse.set(b, new Uint8Array(cs / PAGE));
       }
-      const gen = this.truncations;
-      const p = this.load(idx);
-      this.loading.set(idx, p);
-      let b: Buffer;
-      try {
-        b = await p;
-      } finally {
-        this.loading.delete(idx);
-      }
-      // Adopt what was loaded unless the chunk changed meanwhile (a newer dirty copy, or a truncate).
-      if (gen === this.truncations && !this.dirty.has(idx) && !this.flushing.has(idx)) this.adopt(idx, b);
-      else this.cx.buffers.give(b);
+      this.adopt(idx, b);
     }
   }
 
-  /** the committed bytes of chunk idx in a chunk buffer, zeros past them */
-  private async load(idx: number): Promise<Buffer> {
+  /**
+   * Whether bytes [from, to) of a dirty buffer can be written as it is: it is whole, or the parts of the first
+   * and last pages that the write keeps are held already or lie past the end of the file (zeros).
+   */
+  private keeps(d: Buffer, base: number, from: number, to: number): boolean {
+    const m = this.sparse.get(d);
+    if (!m) return true;
+    const first = Math.floor(from / PAGE);
+    const last = Math.floor((to - 1) / PAGE);
+    if (from % PAGE && !m[first] && base + first * PAGE < this.size) return false;
+    if (to % PAGE && !m[last] && base + to < this.size) return false;
+    return true;
+  }
+
+  /** marks the pages of [from, to) written in a sparse buffer; what they newly hold outside [from, to) is zeros */
+  private markWritten(d: Buffer, from: number, to: number): void {
+    const m = this.sparse.get(d);
+    if (!m) return;
+    for (let p = Math.floor(from / PAGE); p * PAGE < to; p++) {
+      if (m[p]) continue;
+      d.fill(0, p * PAGE, from);
+      d.fill(0, to, (p + 1) * PAGE);
+      m[p] = 1;
+    }
+  }
+
+  /**
+   * Fills the pages a sparse buffer lacks with the committed bytes: it then holds its whole chunk. When the
+   * buffer stopped being the chunk's dirty one, or a truncate ran, meanwhile, nothing changes (callers look again).
+   */
+  private async complete(idx: number, d: Buffer): Promise<void> {
+    const gen = this.truncations;
     const { data } = await this.storedChunk(idx);
-    const b = this.cx.buffers.take(false);
-    const n = data ? Math.min(data.length, b.length) : 0;
-    if (n) Buffer.from(data!.buffer, data!.byteOffset, n).copy(b, 0, 0, n);
-    b.fill(0, n);
-    return b;
+    const m = this.sparse.get(d);
+    if (!m || gen !== this.truncations || (this.dirty.get(idx) !== d && !this.isFlushing(idx, d))) return;
+    for (let p = 0; p < m.length; p++) if (!m[p]) copyChunkPart(d, p * PAGE, data, p * PAGE, PAGE);
+    this.sparse.delete(d);
+  }
+
+  private isFlushing(idx: number, d: Buffer): boolean {
+    return this.flushing.get(idx) === d;
   }
 
   private adopt(idx: number, b: Buffer): void {
@@ -461,6 +577,12 @@ export class FileData {
     const b = map.get(idx);
     if (!b) return;
     map.delete(idx);
+    this.release(b);
+  }
+
+  /** a write-back buffer back to the recycler */
+  private release(b: Buffer): void {
+    this.sparse.delete(b);
     this.cx.budget.sub(b.length);
     this.cx.buffers.give(b);
   }
@@ -497,41 +619,62 @@ export class FileData {
   private async commitDirty(extra: { truncFrom?: number; force?: boolean }): Promise<void> {
     if (!this.hasChanges && !extra.force) return;
     const cs = this.cx.chunkSize;
-    const batch: { idx: number; buf: Buffer; length: number; blobId: string }[] = [];
+    interface Part { idx: number; buf: Buffer; length: number; blobId: string; slices?: Slice[]; entry?: ChunkEntry | null }
+    const batch: Part[] = [];
     for (const [idx, buf] of this.dirty) {
       this.dirty.delete(idx);
       this.flushing.set(idx, buf);
-      const length = Math.max(0, Math.min(cs, this.size - idx * cs));
-      batch.push({ idx, buf, length, blobId: length ? this.cx.newBlobId() : '' });
+      batch.push({ idx, buf, length: Math.max(0, Math.min(cs, this.size - idx * cs)), blobId: '' });
     }
     const mtime = this.mtime;
     const size = this.size;
     try {
-      await Promise.all(batch.filter((c) => c.length).map((c) => {
-        this.cx.io.sent += c.length;
-        return this.cx.store.put(K.blob(c.blobId), c.buf.subarray(0, c.length));
+      await Promise.all(batch.map((c) => this.prepare(c)));
+      const puts: [string, Uint8Array][] = [];
+      for (const c of batch) {
+        if (c.blobId) puts.push([c.blobId, c.buf.subarray(0, c.length)]);
+        for (const x of c.slices ?? []) puts.push([x.blobId, c.buf.subarray(x.off, x.off + x.len)]);
+      }
+      await Promise.all(puts.map(([id, bytes]) => {
+        this.cx.io.sent += bytes.length;
+        return this.cx.store.put(K.blob(id), bytes);
       }));
       let added = 0;
+      let storedBefore = 0;
+      let storedAfter = 0;
       await transact(this.cx.store, async (tx) => {
         added = 0;
         const raw = await tx.get(K.inode(this.ino));
         if (!raw) throw fsErr('ESTALE', `file ${this.ino} is gone`);
         const inode = decodeInode(this.ino, raw);
+        storedBefore = inode.stored;
         for (const c of batch) {
           const key = K.chunk(this.ino, c.idx);
           const oldRaw = await tx.get(key);
-          if (oldRaw) {
-            const old = decodeChunk(oldRaw);
-            tx.set(K.gc(old.blobId), Buffer.from(String(old.length)));
-            inode.stored -= old.length;
+          const old = oldRaw ? decodeChunk(oldRaw) : null;
+          c.entry = old;
+          let next: ChunkEntry | null;
+          if (c.slices) {
+            // slices over what the chunk holds; older slices that a new one covers go
+            if (!c.slices.length) continue;
+            const covered = (x: Slice) => c.slices!.some((n) => n.off <= x.off && x.off + x.len <= n.off + n.len);
+            next = { length: old?.length ?? 0, blobId: old?.blobId ?? '', slices: [...(old?.slices ?? []).filter((x) => !covered(x)), ...c.slices] };
+          } else {
+            next = c.length ? { length: c.length, blobId: c.blobId } : null;
           }
-          if (c.length) {
-            tx.set(key, encodeChunk(c.length, c.blobId));
-            inode.stored += c.length;
-            added += c.length;
+          const keptIds = new Set(next ? entryBlobs(next).map((b) => b.blobId) : []);
+          if (old) {
+            for (const b of entryBlobs(old)) if (!keptIds.has(b.blobId)) tx.set(K.gc(b.blobId), Buffer.from(String(b.length)));
+            inode.stored -= entryStored(old);
+          }
+          if (next) {
+            tx.set(key, encodeEntry(next));
+            inode.stored += entryStored(next);
+            added += c.slices ? c.slices.reduce((n, x) => n + x.len, 0) : c.length;
           } else if (oldRaw) {
             tx.del(key);
           }
+          c.entry = next;
         }
         inode.size = size;
         if (mtime) {
@@ -540,27 +683,46 @@ export class FileData {
         }
         if (extra.truncFrom !== undefined) inode.truncFrom = extra.truncFrom;
         inode.version++;
+        storedAfter = inode.stored;
         tx.set(K.inode(this.ino), encodeInode(inode));
         if (batch.length) tx.after.push(() => this.cx.kickJanitor());
       });
       this.cx.counters.add(K.byteCount, added);
-      for (const c of batch) this.entries.set(c.idx, c.length ? { length: c.length, blobId: c.blobId } : null);
+      if (storedAfter !== storedBefore) this.cx.storedChanged(this.ino);
+      for (const c of batch) if (c.entry !== undefined) this.entries.set(c.idx, c.entry);
       this.mapChanges++;
       if (this.mtime === mtime) this.mtime = undefined;
     } catch (e) {
       // Nothing was committed: the chunks go back to dirty unless a newer write already replaced them.
       for (const c of batch) {
         this.flushing.delete(c.idx);
-        if (this.dirty.has(c.idx)) {
-          this.cx.budget.sub(c.buf.length);
-          this.cx.buffers.give(c.buf);
-        } else {
-          this.dirty.set(c.idx, c.buf);
-        }
+        if (this.dirty.has(c.idx)) this.release(c.buf);
+        else this.dirty.set(c.idx, c.buf);
       }
       throw e;
     }
     for (const c of batch) this.drop(this.flushing, c.idx);
+  }
+
+  /**
+   * Decides how a flushing chunk is written: whole (a new blob of its bytes below the size), or, for a sparse
+   * buffer, as slices (a blob per run of written pages below the size). A sparse chunk whose entry has slices
+   * enough already is completed and written whole (compaction).
+   */
+  private async prepare(c: { idx: number; buf: Buffer; length: number; blobId: string; slices?: Slice[] }): Promise<void> {
+    const m = this.sparse.get(c.buf);
+    if (m && c.length) {
+      const e = await this.entry(c.idx, false);
+      const slices = e?.slices ?? [];
+      const runs = pageRuns(m, c.length);
+      if (slices.length + runs.length <= MAX_SLICES && slices.reduce((n, x) => n + x.len, 0) + runs.reduce((n, r) => n + r.len, 0) <= this.cx.chunkSize / 2) {
+        c.slices = runs.map((r) => ({ ...r, blobId: this.cx.newBlobId() }));
+        return;
+      }
+      await this.complete(c.idx, c.buf);
+      if (this.sparse.has(c.buf)) throw new StoreError('UNAVAILABLE', `file ${this.ino} chunk ${c.idx}: it changed while it was compacted; try again`);
+    }
+    if (c.length) c.blobId = this.cx.newBlobId();
   }
 
   /**
@@ -594,7 +756,7 @@ export class FileData {
         for (const idx of [...this.dirty.keys()]) if (idx >= keep) this.drop(this.dirty, idx);
         if (newSize % cs) {
           const idx = keep - 1;
-          await this.writable(idx, false, (b) => b.fill(0, newSize % cs));
+          await this.writable(idx, newSize % cs, cs, (b) => b.fill(0, newSize % cs), true);
         }
         this.size = newSize;
         // From here the chunks past the end are holes (until deleteStaleChunks removes them from the store):
@@ -630,16 +792,21 @@ export class FileData {
         for (const [key, val] of stale) {
           const old = decodeChunk(val);
           tx.del(key);
-          tx.set(K.gc(old.blobId), Buffer.from(String(old.length)));
-          inode.stored -= old.length;
+          for (const b of entryBlobs(old)) tx.set(K.gc(b.blobId), Buffer.from(String(b.length)));
+          inode.stored -= entryStored(old);
         }
         if (stale.length < DELETE_BATCH) inode.truncFrom = 0;
         inode.version++;
         tx.set(K.inode(this.ino), encodeInode(inode));
         if (stale.length) tx.after.push(() => this.cx.kickJanitor());
       });
+      if (stale.length) this.cx.storedChanged(this.ino);
       if (stale.length < DELETE_BATCH) break;
     }
     this.truncFrom = 0;
+    // Entries read while the stale ones were still in the store (a truncate to 0 leaves truncFrom 0, which
+    // hides nothing) are forgotten now that they are gone, and reads of the map still in flight discarded.
+    for (const idx of [...this.entries.keys()]) if (idx >= from) this.entries.delete(idx);
+    this.mapChanges++;
   }
 }

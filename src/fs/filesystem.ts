@@ -36,7 +36,7 @@ import {
   RENAME_EXCHANGE, RENAME_NOREPLACE, ROOT_INO, XATTR_CREATE, XATTR_REPLACE,
   type Attr, type Ctx, type DirEntry, type Fh, type Ino, type ReadIndex, type SetAttr, type StatFs, type Timespec,
 } from './types.js';
-import { readVolume } from './volume.js';
+import { readVolume, upgradeVolume } from './volume.js';
 import { STATFS_BLOCK, volumeSpace } from './volume-space.js';
 
 /**
@@ -132,8 +132,10 @@ export class Filesystem {
   /** shared stores: each inode's data stamp (mtime, size) as this mount last opened it */
   private readonly stamps = new LRUCache<Ino, string>({ max: 100_000 });
   /**
-   * Called when an open finds that another mount changed the file since this mount last opened it: the
-   * driver drops what the kernel caches of the inode's attributes (the page cache is dropped by the open).
+   * Called when what the kernel caches of an inode's attributes is stale: an open found that another mount
+   * changed the file since this mount last opened it (the page cache is dropped by the open), or a commit
+   * changed its stored bytes (st_blocks) after the reply that the kernel cached. The driver drops the
+   * kernel's copy of the attributes.
    */
   onInodeChanged: ((ino: Ino) => void) | undefined;
   /** orphans the kernel forgot, waiting for queueReap's batch */
@@ -169,6 +171,7 @@ export class Filesystem {
       budget: this.budget,
       newBlobId: () => `${this.session}.${(this.blobSeq++).toString(36)}`,
       kickJanitor: () => this.janitor.kick(),
+      storedChanged: (ino) => this.onInodeChanged?.(ino),
     };
   }
 
@@ -177,7 +180,7 @@ export class Filesystem {
    * with a heartbeat, and removes orphans that mounts which ended without cleaning up left behind.
    */
   static async open(store: KvStore, opts: FsOptions = {}): Promise<Filesystem> {
-    const vol = await readVolume(store);
+    const vol = await upgradeVolume(store, await readVolume(store));
     // A store in this process's memory is its own cache, and reuses a deleted blob's memory (slab-store.ts):
     // nothing may keep its values beyond one operation, except the read index (published.ts), which lets a
     // blob go before any commit can make it garbage.

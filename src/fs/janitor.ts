@@ -9,7 +9,7 @@
  */
 import type { KvStore } from '../backend/kv.js';
 import { DELETE_BATCH } from './file-data.js';
-import { K, decodeChunk, memberOf } from './schema.js';
+import { K, decodeChunk, entryBlobs, memberOf } from './schema.js';
 import type { BlobCache } from './blob-cache.js';
 import type { Counters } from './counters.js';
 
@@ -81,8 +81,8 @@ export class Janitor {
         const done = chunks.length < DELETE_BATCH && xattrs.length < DELETE_BATCH;
         const writes = [
           ...chunks.flatMap(([k, v]) => {
-            const c = decodeChunk(v);
-            return [{ key: k, value: null }, { key: K.gc(c.blobId), value: Buffer.from(String(c.length)) }];
+            const gone = entryBlobs(decodeChunk(v)).map((b) => ({ key: K.gc(b.blobId), value: Buffer.from(String(b.length)) }));
+            return [{ key: k, value: null }, ...gone];
           }),
           ...xattrs.map(([k]) => ({ key: k, value: null })),
           ...(done ? [{ key, value: null }] : []),

@@ -7,10 +7,10 @@
  *   n/bytes                counter: bytes held in live blobs
  *   i/<ino>                inode: attributes (binary, see encodeInode); `version` bumped on every change
  *   d/<ino>/<name>         directory entry of <name> in directory <ino>: type + child ino      collection d/<ino>/
- *   c/<ino>/<index>        chunk map: chunk <index> (8 hex digits) of file <ino> -> "<length>:<blob id>"
- *                                                                                             collection c/<ino>/
+ *   c/<ino>/<index>        chunk map: chunk <index> (8 hex digits) of file <ino> -> its blob and slices
+ *                          (encodeChunk)                                                      collection c/<ino>/
  *   x/<ino>/<name>         extended attribute <name> of <ino>: its value                       collection x/<ino>/
- *   b/<blob id>            file data: one chunk's bytes, immutable (written once, then only deleted)
+ *   b/<blob id>            file data: a chunk's bytes, or a slice's, immutable (written once, then only deleted)
  *   g/<blob id>            GC queue: a blob no chunk map references any more; value: its length  collection g/
  *   p/<ino>                purge queue: an inode already removed whose chunks and xattrs remain  collection p/
  *   o/<ino>                orphan: nlink 0 but in use on a mount; value: the mount's session id collection o/
@@ -31,7 +31,11 @@
 import { StoreError } from '../backend/errors.js';
 import type { Attr, Ino, Timespec } from './types.js';
 
-export const FORMAT_VERSION = 1;
+/**
+ * The volume format. 2: chunk map entries may carry slices (format 1 volumes are upgraded when mounted: their
+ * entries are format 2 entries without slices; a kvfs of format 1 then refuses the volume).
+ */
+export const FORMAT_VERSION = 2;
 export const INO_BATCH = 1024;
 
 export const K = {
@@ -156,19 +160,78 @@ export function decodeDirent(raw: Uint8Array): { ino: Ino; type: number } {
   return { type: b[0] << 12, ino: b.readDoubleLE(1) };
 }
 
-/** A chunk map value: "<length>:<blob id>". */
-export function encodeChunk(length: number, blobId: string): Uint8Array {
-  return Buffer.from(`${length}:${blobId}`);
+/** Bytes [off, off + len) of a chunk, written later than what lies under them: a blob of exactly len bytes. */
+export interface Slice { off: number; len: number; blobId: string }
+
+/**
+ * A chunk map entry: a base blob of `length` bytes (blobId '' and length 0: none, zeros), and slices laid over it
+ * in order, later over earlier. Past the base and the slices, the chunk reads as zeros.
+ */
+export interface ChunkEntry { length: number; blobId: string; slices?: Slice[] }
+
+/** "<length>:<blob id>" and, per slice, ";<off>+<len>:<blob id>" (blob ids hold none of ';', '+', ':'). */
+export function encodeChunk(length: number, blobId: string, slices?: readonly Slice[]): Uint8Array {
+  let s = `${length}:${blobId}`;
+  if (slices) for (const x of slices) s += `;${x.off}+${x.len}:${x.blobId}`;
+  return Buffer.from(s);
 }
 
-export function decodeChunk(raw: Uint8Array): { length: number; blobId: string } {
+export function encodeEntry(e: ChunkEntry): Uint8Array {
+  return encodeChunk(e.length, e.blobId, e.slices);
+}
+
+export function decodeChunk(raw: Uint8Array): ChunkEntry {
   const s = Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength).toString('latin1');
-  const i = s.indexOf(':');
-  const length = Number(s.slice(0, i));
-  if (i < 1 || !Number.isSafeInteger(length) || length < 0 || i === s.length - 1) {
-    throw new StoreError('CORRUPT', 'a chunk map entry cannot be decoded');
+  const parts = s.split(';');
+  const bad = () => new StoreError('CORRUPT', `a chunk map entry cannot be decoded: ${JSON.stringify(s.slice(0, 80))}`);
+  const i = parts[0]!.indexOf(':');
+  const length = Number(parts[0]!.slice(0, i));
+  const blobId = parts[0]!.slice(i + 1);
+  if (i < 1 || !Number.isSafeInteger(length) || length < 0 || (blobId === '') !== (length === 0)) throw bad();
+  if (parts.length === 1) {
+    if (blobId === '') throw bad();
+    return { length, blobId };
   }
-  return { length, blobId: s.slice(i + 1) };
+  const slices: Slice[] = [];
+  for (const p of parts.slice(1)) {
+    const m = /^(\d+)\+(\d+):(.+)$/.exec(p);
+    const off = Number(m?.[1]);
+    const len = Number(m?.[2]);
+    if (!m || !Number.isSafeInteger(off) || !Number.isSafeInteger(len) || len < 1) throw bad();
+    slices.push({ off, len, blobId: m[3]! });
+  }
+  return { length, blobId, slices };
+}
+
+/** the bytes of the chunk an entry defines: past them it reads as zeros */
+export function entryExtent(e: ChunkEntry): number {
+  let n = e.length;
+  for (const x of e.slices ?? []) n = Math.max(n, x.off + x.len);
+  return n;
+}
+
+/** every blob an entry names, with its length (what the store holds for it) */
+export function entryBlobs(e: ChunkEntry): { blobId: string; length: number }[] {
+  const out = e.blobId ? [{ blobId: e.blobId, length: e.length }] : [];
+  for (const x of e.slices ?? []) out.push({ blobId: x.blobId, length: x.len });
+  return out;
+}
+
+/** bytes the store holds for an entry (st_blocks, n/bytes) */
+export function entryStored(e: ChunkEntry): number {
+  let n = e.length;
+  for (const x of e.slices ?? []) n += x.len;
+  return n;
+}
+
+/** one id for what an entry holds: its base blob's id, or (with slices) the whole entry's text */
+export function entryKey(e: ChunkEntry): string {
+  return e.slices?.length ? Buffer.from(encodeEntry(e)).toString('latin1') : e.blobId;
+}
+
+/** whether an entryKey names bytes combined from several blobs (no blob of the store holds them as they are) */
+export function isCombinedKey(key: string): boolean {
+  return key.includes(';');
 }
 
 let lastNs = 0n;

@@ -75,3 +75,22 @@ export async function readVolume(store: KvStore): Promise<VolumeRecord> {
   }
   return vol;
 }
+
+/**
+ * Brings a volume of an older format to this one before a mount writes anything (format 1 -> 2: chunk map
+ * entries may then carry slices, which a kvfs of format 1 cannot read; it refuses the volume from then on).
+ * Every older format's records are valid in this one, so the record is all that changes. A concurrent
+ * upgrade by another mount is fine: the record is checked and the commit retried.
+ */
+export async function upgradeVolume(store: KvStore, vol: VolumeRecord): Promise<VolumeRecord> {
+  for (let attempt = 0; vol.formatVersion < FORMAT_VERSION; attempt++) {
+    if (attempt === 5) throw new StoreError('THROTTLED', 'the volume record kept changing while this mount upgraded it');
+    const raw = await store.get(K.volume);
+    if (!raw) throw new StoreError('NOVOLUME', 'the volume record went away while this mount upgraded it');
+    const cur = decodeVolume(raw);
+    if (cur.formatVersion >= FORMAT_VERSION) return readVolume(store);
+    const next = { ...cur, formatVersion: FORMAT_VERSION };
+    if (await store.commit([{ key: K.volume, value: raw }], [{ key: K.volume, value: encodeVolume(next) }])) return next;
+  }
+  return vol;
+}

@@ -41,6 +41,20 @@ export interface NativeMount {
   pool: BufferPool;
 }
 
+/**
+ * How long the kernel may keep names and attributes by default. A shared store (several mounts) changes under
+ * this kernel: 1 s. Any other store has one mount at a time (a local store is locked by its daemon, a memory
+ * store lives in it): every change passes through this kernel, which updates or drops what it caches on each
+ * reply, and the core tells it when a commit changes what it cannot see (st_blocks, onInodeChanged). An hour
+ * there: a stat of a known name never reaches the daemon.
+ */
+export const SHARED_CACHE_SECONDS = 1;
+export const SINGLE_MOUNT_CACHE_SECONDS = 3600;
+
+function cacheSeconds(fs: Filesystem): number {
+  return fs.shared ? SHARED_CACHE_SECONDS : SINGLE_MOUNT_CACHE_SECONDS;
+}
+
 const MS_NOSUID = 2;
 const MS_NODEV = 4;
 const MIB = 1 << 20;
@@ -122,7 +136,7 @@ export async function mountNative(fs: Filesystem, mnt: string, opts: NativeMount
     closedResolve();
   }, pool.arena, { pipeSize: plan.pipeSize, onReadHint: (ino, idx) => fs.readAheadHint(ino, idx) });
   session = new Session(channel, ops, {
-    entryTimeout: opts.entryTimeout ?? 1, attrTimeout: opts.attrTimeout ?? 1, parseOptions,
+    entryTimeout: opts.entryTimeout ?? cacheSeconds(fs), attrTimeout: opts.attrTimeout ?? cacheSeconds(fs), parseOptions,
     requestTimeout: opts.requestTimeout,
   });
   fs.onInodeChanged = (ino) => session.notifyInvalInode(ino);

@@ -201,7 +201,8 @@ async function runJobs(benchDir: string, target: Target, jobs: string[], jsonDir
   const row: Row = new Map();
   // per job, what the daemon's byte counters moved while it ran (from the previous job's end to its own)
   const io = new Map<string, IoCounters>();
-  let ioLast = target.io?.();
+  // a kvfs target's counters start at 0 with its daemon, which the stats file may not show yet
+  let ioLast = target.io ? target.io() ?? { bytesWritten: 0, bytesSent: 0, bytesReturned: 0, bytesFetched: 0 } : undefined;
   const problems: string[] = [];
   const child = spawn('bash', [path.join(benchDir, 'run-fio.sh'), target.dir, target.name, ...list], {
     stdio: ['ignore', 'pipe', 'inherit'],

@@ -57,6 +57,8 @@ export class LmdbStore implements KvStore {
   readonly dir: string;
   readonly #db: RootDatabase<Buffer, string>;
   readonly #blobs: BlobFiles;
+  /** small blobs waiting for their transaction (#putSmall) */
+  #small: { writes: { key: string; value: Buffer }[]; done: Promise<void>; run: () => void } | undefined;
   /** whether LMDB itself holds blobs (small ones, or a store written before blob files): reads look there first */
   #blobsInDb: boolean;
   readonly #space: LmdbSpace;
@@ -105,26 +107,26 @@ export class LmdbStore implements KvStore {
 
   async get(key: string): Promise<Uint8Array | undefined> {
     const db = this.#live();
+    this.#flushSmall();
     if (isBlob(key)) return this.#getBlob(key);
     return this.#read(() => db.get(key));
   }
 
   async getMany(keys: readonly string[]): Promise<(Uint8Array | undefined)[]> {
     const db = this.#live();
+    this.#flushSmall();
     if (!keys.some(isBlob)) return this.#read(() => keys.map((k) => db.get(k)));
     return Promise.all(keys.map((k) => (isBlob(k) ? this.#getBlob(k) : this.#read(() => db.get(k)))));
   }
 
   async put(key: string, value: Uint8Array): Promise<void> {
     const db = this.#live();
+    if (isBlob(key) && value.byteLength <= SMALL_BLOB) return this.#putSmall(db, key, value);
+    this.#flushSmall();
     if (isBlob(key) && value.byteLength > SMALL_BLOB) {
       // the gate still admits it: blob files and LMDB share the disk, and LMDB must keep room for deletes
       await this.#write([{ key, value }], 'grow', () => this.#blobs.put(key, value), true);
       return;
-    }
-    if (isBlob(key)) {
-      this.#blobs.path(key); // the same ids as files take (kv.ts), wherever a blob is kept
-      this.#blobsInDb = true;
     }
     const bytes = Buffer.from(value);
     await this.#write([{ key, value: bytes }], 'grow', () => db.transactionSync(() => void db.putSync(key, bytes)), true);
@@ -132,17 +134,22 @@ export class LmdbStore implements KvStore {
 
   async del(keys: readonly string[]): Promise<void> {
     const db = this.#live();
+    this.#flushSmall();
     if (keys.length === 0) return;
-    const blobs = keys.filter(isBlob);
     const ks = this.#blobsInDb ? [...keys] : keys.filter((k) => !isBlob(k));
-    if (blobs.length) await this.#blobs.del(blobs).catch((e: unknown) => { throw translate(e, this.dir, {}); });
-    if (!ks.length) return;
-    await this.#write(ks.map((key) => ({ key, value: null })), 'free',
-      () => db.transactionSync(() => ks.forEach((k) => db.removeSync(k))));
+    // a blob LMDB held (a small one) has no file to unlink
+    const inDb = new Set<string>();
+    if (ks.length) {
+      await this.#write(ks.map((key) => ({ key, value: null })), 'free',
+        () => db.transactionSync(() => ks.forEach((k) => { if (db.removeSync(k) && isBlob(k)) inDb.add(k); })));
+    }
+    const files = keys.filter((k) => isBlob(k) && !inDb.has(k));
+    if (files.length) await this.#blobs.del(files).catch((e: unknown) => { throw translate(e, this.dir, {}); });
   }
 
   async getRange(key: string, offset: number, length: number): Promise<Uint8Array | undefined> {
     this.#live();
+    this.#flushSmall();
     if (!isBlob(key)) return (await this.get(key))?.subarray(offset, offset + length);
     const inDb = this.#blobsInDb ? this.#read(() => this.#db.get(key)) : undefined;
     if (inDb) return inDb.subarray(offset, offset + length);
@@ -151,6 +158,37 @@ export class LmdbStore implements KvStore {
     } catch (e) {
       throw translate(e, this.dir, {});
     }
+  }
+
+  /**
+   * Small blobs put in one run of JavaScript (a commit's slices) are written in one LMDB transaction, on the
+   * next microtask or as soon as any other call comes (so writes still apply in call order, and a get sees every
+   * put before it); each put resolves when its batch is written.
+   */
+  #putSmall(db: RootDatabase<Buffer, string>, key: string, value: Uint8Array): Promise<void> {
+    this.#blobs.path(key); // the same ids as files take (kv.ts), wherever a blob is kept
+    this.#blobsInDb = true;
+    let batch = this.#small;
+    if (!batch) {
+      const writes: { key: string; value: Buffer }[] = [];
+      let run!: () => void;
+      const done = new Promise<void>((resolve, reject) => {
+        run = () => {
+          if (this.#small !== batch) return;
+          this.#small = undefined;
+          this.#write(writes, 'grow', () => db.transactionSync(() => { for (const w of writes) db.putSync(w.key, w.value); }), true)
+            .then(() => resolve(), reject);
+        };
+      });
+      batch = this.#small = { writes, done, run };
+      queueMicrotask(run);
+    }
+    batch.writes.push({ key, value: Buffer.from(value) });
+    return batch.done;
+  }
+
+  #flushSmall(): void {
+    this.#small?.run();
   }
 
   /** a blob from LMDB (a small one, or a store written before blob files), else from its file */
@@ -166,6 +204,7 @@ export class LmdbStore implements KvStore {
 
   async scan(prefix: string, opts: ScanOptions = {}): Promise<[string, Uint8Array][]> {
     const db = this.#live();
+    this.#flushSmall();
     checkScan(prefix, opts);
     const { after, limit = Infinity } = opts;
     if (prefix === BLOB_PREFIX) {
@@ -190,6 +229,7 @@ export class LmdbStore implements KvStore {
 
   async keys(prefix: string): Promise<string[]> {
     const db = this.#live();
+    this.#flushSmall();
     const inDb = this.#read(() => {
       const out: string[] = [];
       for (const key of db.getKeys({ start: prefix })) {
@@ -205,6 +245,7 @@ export class LmdbStore implements KvStore {
 
   async incr(key: string, delta: number): Promise<number> {
     const db = this.#live();
+    this.#flushSmall();
     // a read (statfs, status) writes nothing, so it works on a full store
     if (delta === 0) return this.#read(() => addCounter(key, db.get(key), 0));
     return this.#write([{ key, value: COUNTER }], 'free', () =>
@@ -218,6 +259,7 @@ export class LmdbStore implements KvStore {
 
   async commit(checks: readonly KvCheck[], writes: readonly KvWrite[], _txid?: string): Promise<boolean> {
     const db = this.#live();
+    this.#flushSmall();
     const blob = [...checks, ...writes].find((c) => isBlob(c.key));
     if (blob) throw new StoreError('INVALID', `a commit cannot name the blob key '${blob.key}': blobs are written with put and deleted with del`);
     // LMDB commits are local and never retried, so txid needs no record
@@ -240,6 +282,7 @@ export class LmdbStore implements KvStore {
 
   async sync(): Promise<void> {
     const db = this.#live();
+    this.#flushSmall();
     await this.#flush(() => this.#syncAll(db));
   }
 
@@ -252,6 +295,7 @@ export class LmdbStore implements KvStore {
   /** capacity: the disk's free space plus the store's file; free: what writes that grow the store can still take */
   async info(): Promise<KvEngineInfo> {
     this.#live();
+    this.#flushSmall();
     const f = this.#read(() => this.#space.measure());
     // the blob files are the store's too: what it could hold is the disk's free space plus all it holds
     return { engine: 'lmdb', capacityBytes: capacity(f) + this.#blobs.bytes, freeBytes: available(f, this.#space.keep) };
@@ -261,6 +305,7 @@ export class LmdbStore implements KvStore {
   async close(): Promise<void> {
     clearTimeout(this.#syncTimer);
     if (this.#closed) return;
+    this.#flushSmall();
     this.#closed = true;
     const db = this.#db;
     try {

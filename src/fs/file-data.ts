@@ -140,8 +140,13 @@ function copyChunkPart(out: Buffer, at: number, data: Uint8Array | undefined, st
 /** The unit of a range read: whole pages around the bytes asked for. */
 const PAGE = 4096;
 
-/** Most chunks one file keeps dirty before a write commits them. */
+/**
+ * Most chunks one file keeps dirty before a write starts committing them behind it: whole ones (sequential
+ * writes commit every 4 MiB of 256 KiB chunks), and all, sparse ones included (random small writes commit in
+ * batches of this many slices).
+ */
 const MAX_DIRTY_CHUNKS = 16;
+const MAX_DIRTY_ANY = 64;
 
 /**
  * A chunk is compacted (written whole, its slices dropped) by the commit that would give it more slices than
@@ -453,8 +458,14 @@ export class FileData {
     }
     this.mtime = nowTs();
     if (this.cx.budget.spent) await this.flush();
-    else if (this.dirty.size >= MAX_DIRTY_CHUNKS) this.flushBehind();
+    else if (this.dirty.size >= MAX_DIRTY_ANY || this.wholeDirty() >= MAX_DIRTY_CHUNKS) this.flushBehind();
     return data.length;
+  }
+
+  private wholeDirty(): number {
+    let n = 0;
+    for (const b of this.dirty.values()) if (!this.sparse.has(b)) n++;
+    return n;
   }
 
   /**

@@ -58,6 +58,7 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap> {
                         InstanceMethod("stats", &ChannelWrap::Stats),
                         InstanceMethod("enableFastReads", &ChannelWrap::EnableFastReads),
                         InstanceMethod("publish", &ChannelWrap::Publish),
+                        InstanceMethod("publishFile", &ChannelWrap::PublishFile),
                         InstanceMethod("setSize", &ChannelWrap::SetSize),
                         InstanceMethod("retract", &ChannelWrap::Retract),
                         InstanceMethod("setClean", &ChannelWrap::SetClean)});
@@ -169,6 +170,19 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap> {
     return Num(info.Env(), 0);
   }
 
+  // publishFile(ino, size, chunkSize, idx, path: string, len): chunk idx is the first len bytes of that file
+  Napi::Value PublishFile(const Napi::CallbackInfo& info) {
+    uint64_t ino = static_cast<uint64_t>(info[0].As<Napi::Number>().Int64Value());
+    uint64_t size = static_cast<uint64_t>(info[1].As<Napi::Number>().Int64Value());
+    uint32_t chunk = info[2].As<Napi::Number>().Uint32Value();
+    uint64_t idx = static_cast<uint64_t>(info[3].As<Napi::Number>().Int64Value());
+    std::string path = info[4].As<Napi::String>().Utf8Value();
+    uint32_t len = info[5].As<Napi::Number>().Uint32Value();
+    if (chunk == 0 || len > chunk || path.empty()) return Num(info.Env(), -EINVAL);
+    channel_->read_index().PublishFile(ino, size, chunk, idx, std::move(path), len);
+    return Num(info.Env(), 0);
+  }
+
   Napi::Value SetSize(const Napi::CallbackInfo& info) {
     channel_->read_index().SetSize(static_cast<uint64_t>(info[0].As<Napi::Number>().Int64Value()),
                                    static_cast<uint64_t>(info[1].As<Napi::Number>().Int64Value()));
@@ -210,6 +224,8 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap> {
     o.Set("publishedChunks", Num(info.Env(), static_cast<double>(r.chunks)));
     o.Set("readAheadMarks", Num(info.Env(), static_cast<double>(r.marks)));
     o.Set("fastFlushes", Num(info.Env(), static_cast<double>(r.flushes)));
+    o.Set("fileReads", Num(info.Env(), static_cast<double>(r.file_reads)));
+    o.Set("fileReadMisses", Num(info.Env(), static_cast<double>(r.file_misses)));
     return o;
   }
 

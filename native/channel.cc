@@ -124,7 +124,8 @@ class Reader {
     memcpy(&offset, b + 56 + 8, 8);  // fuse_read_in: fh, offset, size, ...
     memcpy(&size, b + 56 + 16, 4);
     int64_t marked;
-    int n = ch_->read_index_.Serve(index_, nodeid, unique, offset, size, reply_header_, iov_, kMaxIov, &marked);
+    int n = ch_->read_index_.Serve(index_, nodeid, unique, offset, size, reply_header_, iov_, kMaxIov,
+                                   file_buf_.data(), file_buf_.size(), &marked);
     if (n == 0) return false;
     // Errors other than an interrupted request (ENODEV at unmount) show at the next splice.
     ch_->Reply(index_, iov_, n);
@@ -179,6 +180,8 @@ class Reader {
   Channel* ch_;
   uint8_t reply_header_[16];
   struct iovec iov_[kMaxIov];
+  // bytes of published files for one reply (a READ is at most 1 MiB: max_read), one per reader
+  std::vector<uint8_t> file_buf_ = std::vector<uint8_t>(1u << 20);
   uint32_t index_;
   int fd_;
   int pipe_r_;

@@ -1,6 +1,9 @@
 #include "read-index.h"
 
+#include <cerrno>
 #include <cstring>
+#include <fcntl.h>
+#include <unistd.h>
 
 namespace kvfs {
 
@@ -9,6 +12,30 @@ namespace {
 // Zeros for holes and for the bytes past a short chunk (never written: the pages stay the kernel's zero page).
 constexpr size_t kZeroBytes = (1u << 20) + 4096;
 uint8_t zeros[kZeroBytes];
+
+// Reads len bytes at off of the file at path into out; false unless all of them were read.
+bool ReadWhole(const std::string& path, uint64_t off, uint8_t* out, uint64_t len) {
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  uint64_t got = 0;
+  while (got < len) {
+    ssize_t r = pread(fd, out + got, len - got, static_cast<off_t>(off + got));
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) break;
+    got += static_cast<uint64_t>(r);
+  }
+  close(fd);
+  return got == len;
+}
+
+// A piece of a reply that a reader reads from a published file.
+struct FilePiece {
+  std::shared_ptr<const std::string> path;
+  uint64_t off;
+  uint64_t len;
+  uint8_t* out;
+};
+constexpr int kMaxFilePieces = 64;
 
 }  // namespace
 
@@ -26,7 +53,21 @@ void ReadIndex::Publish(uint64_t ino, uint64_t size, uint32_t chunk_size, uint64
     f.chunk_size = chunk_size;
   }
   f.size = size;
-  if (f.chunks.insert_or_assign(idx, Span{data, len, mark}).second) chunks_++;
+  if (f.chunks.insert_or_assign(idx, Span{data, len, mark, nullptr}).second) chunks_++;
+}
+
+void ReadIndex::PublishFile(uint64_t ino, uint64_t size, uint32_t chunk_size, uint64_t idx, std::string path,
+                            uint32_t len) {
+  auto shared = std::make_shared<const std::string>(std::move(path));
+  std::lock_guard<std::mutex> lock(mu_);
+  File& f = files_[ino];
+  if (f.chunk_size != chunk_size) {
+    chunks_ -= f.chunks.size();
+    f.chunks.clear();
+    f.chunk_size = chunk_size;
+  }
+  f.size = size;
+  if (f.chunks.insert_or_assign(idx, Span{nullptr, len, false, std::move(shared)}).second) chunks_++;
 }
 
 void ReadIndex::SetSize(uint64_t ino, uint64_t size) {
@@ -57,7 +98,8 @@ void ReadIndex::Retract(uint64_t ino, int64_t idx) {
 }
 
 int ReadIndex::Serve(uint32_t reader, uint64_t ino, uint64_t unique, uint64_t offset, uint32_t size,
-                     uint8_t* header, struct iovec* iov, int max_iov, int64_t* marked) {
+                     uint8_t* header, struct iovec* iov, int max_iov, uint8_t* scratch, size_t scratch_len,
+                     int64_t* marked) {
   *marked = -1;
   if (reader >= busy_.size() || max_iov < 2) return 0;
   std::unique_lock<std::mutex> lock(mu_);
@@ -73,6 +115,9 @@ int ReadIndex::Serve(uint32_t reader, uint64_t ino, uint64_t unique, uint64_t of
   if (end > f.size) end = f.size;
   int n = 1;
   uint64_t total = 0;
+  FilePiece pieces[kMaxFilePieces];
+  int np = 0;
+  size_t used = 0;
   for (uint64_t pos = offset; pos < end;) {
     uint64_t idx = pos / f.chunk_size;
     uint64_t base = idx * f.chunk_size;
@@ -88,7 +133,17 @@ int ReadIndex::Serve(uint32_t reader, uint64_t ino, uint64_t unique, uint64_t of
     }
     uint64_t from = pos - base, upto = to - base;
     uint64_t have = c->second.len > from ? (c->second.len < upto ? c->second.len : upto) - from : 0;
-    if (have) {
+    if (have && c->second.path) {
+      if (np == kMaxFilePieces || used + have > scratch_len) {
+        missed_++;
+        return 0;
+      }
+      pieces[np++] = FilePiece{c->second.path, from, have, scratch + used};
+      iov[n].iov_base = scratch + used;
+      iov[n].iov_len = have;
+      used += have;
+      n++;
+    } else if (have) {
       iov[n].iov_base = const_cast<uint8_t*>(c->second.data + from);
       iov[n].iov_len = have;
       n++;
@@ -116,7 +171,23 @@ int ReadIndex::Serve(uint32_t reader, uint64_t ino, uint64_t unique, uint64_t of
     *marked = static_cast<int64_t>(mark_idx);
   }
   busy_[reader]->lock();
-  return n;
+  if (np == 0) return n;
+  // Files are read outside the table's lock (the busy lock still keeps Retract waiting, and each piece holds
+  // its path): other readers and JavaScript's publishes go on meanwhile.
+  lock.unlock();
+  bool ok = true;
+  for (int i = 0; i < np && ok; i++) ok = ReadWhole(*pieces[i].path, pieces[i].off, pieces[i].out, pieces[i].len);
+  if (ok) {
+    std::lock_guard<std::mutex> again(mu_);
+    file_reads_++;
+    return n;
+  }
+  busy_[reader]->unlock();
+  std::lock_guard<std::mutex> again(mu_);
+  served_--;
+  missed_++;
+  file_misses_++;
+  return 0;
 }
 
 void ReadIndex::Done(uint32_t reader) { busy_[reader]->unlock(); }
@@ -146,6 +217,8 @@ ReadIndex::Stats ReadIndex::GetStats() {
   s.missed = missed_;
   s.marks = marks_;
   s.flushes = flushes_;
+  s.file_reads = file_reads_;
+  s.file_misses = file_misses_;
   return s;
 }
 

@@ -7,6 +7,9 @@
 //    The bytes are immutable and JavaScript keeps them alive until it retracts them.
 //    A chunk published with `mark` set reports itself once when a READ is served from it (Serve's *marked):
 //    the sign that a sequential reader reached it, so that JavaScript publishes what comes next in time.
+//  - PublishFile(ino, size, chunk_size, idx, path, len) says the same of bytes held by a file: its first `len`
+//    bytes (an immutable blob file of the store). A reader opens and reads it itself, into its own scratch
+//    buffer; a file that cannot be opened or read whole sends the READ to JavaScript instead.
 //  - SetSize changes the published size of a file (a write that grew it); Retract(ino, idx) takes one chunk
 //    back, Retract(ino, -1) the whole file. Retract returns only when no reader still copies from what it
 //    took back, so JavaScript may then drop or reuse that memory.
@@ -29,6 +32,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <sys/uio.h>
 #include <unordered_map>
 #include <unordered_set>
@@ -50,15 +54,17 @@ class ReadIndex {
 
   void Publish(uint64_t ino, uint64_t size, uint32_t chunk_size, uint64_t idx, const uint8_t* data, uint32_t len,
                bool mark);
+  void PublishFile(uint64_t ino, uint64_t size, uint32_t chunk_size, uint64_t idx, std::string path, uint32_t len);
   void SetSize(uint64_t ino, uint64_t size);
   void Retract(uint64_t ino, int64_t idx);
 
   // Builds the reply to READ(offset, size) of ino in iov (header first, in `header`, 16 bytes), up to max_iov
-  // entries. Returns the number of entries, holding `reader`'s busy lock (call Done after the writev), or 0
-  // when the data is not all published (nothing is held). *marked is set to the index of a marked chunk the
-  // reply uses (its mark is cleared), or -1.
+  // entries; bytes of published files are read into `scratch` (scratch_len bytes). Returns the number of
+  // entries, holding `reader`'s busy lock (call Done after the writev), or 0 when the data is not all published
+  // or a file could not be read (nothing is held). *marked is set to the index of a marked chunk the reply
+  // uses (its mark is cleared), or -1.
   int Serve(uint32_t reader, uint64_t ino, uint64_t unique, uint64_t offset, uint32_t size, uint8_t* header,
-            struct iovec* iov, int max_iov, int64_t* marked);
+            struct iovec* iov, int max_iov, uint8_t* scratch, size_t scratch_len, int64_t* marked);
   void Done(uint32_t reader);
 
   void SetClean(uint64_t ino, bool clean);
@@ -72,6 +78,8 @@ class ReadIndex {
     uint64_t missed = 0;
     uint64_t marks = 0;
     uint64_t flushes = 0;
+    uint64_t file_reads = 0;
+    uint64_t file_misses = 0;
   };
   Stats GetStats();
 
@@ -80,6 +88,8 @@ class ReadIndex {
     const uint8_t* data;
     uint32_t len;
     bool mark;
+    // set: the bytes are the first len of this file (data is null)
+    std::shared_ptr<const std::string> path;
   };
   struct File {
     uint64_t size = 0;
@@ -94,6 +104,8 @@ class ReadIndex {
   uint64_t missed_ = 0;
   uint64_t marks_ = 0;
   uint64_t flushes_ = 0;
+  uint64_t file_reads_ = 0;
+  uint64_t file_misses_ = 0;
   std::unordered_set<uint64_t> clean_;
   std::vector<std::unique_ptr<std::mutex>> busy_;
 };

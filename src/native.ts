@@ -25,11 +25,14 @@ export interface NativeChannelHandle {
     requests: number; inlineRequests: number; poolWaits: number; wakes: number; maxQueue: number;
     fastReads: number; fastReadMisses: number; publishedFiles: number; publishedChunks: number; readAheadMarks: number;
     fastFlushes: number;
+    fileReads: number;
+    fileReadMisses: number;
   };
   /** readers answer READs of published data themselves (native/read-index.h) */
   enableFastReads(on: boolean): void;
   /** chunk idx of ino holds data (null: a hole), the file is size bytes; mark: report its first use; 0 or -EINVAL */
   publish(ino: number, size: number, chunkSize: number, idx: number, data: Uint8Array | null, mark: boolean): number;
+  publishFile(ino: number, size: number, chunkSize: number, idx: number, path: string, length: number): number;
   setSize(ino: number, size: number): void;
   /** whether a FLUSH of ino may be answered at once (nothing of it uncommitted) */
   setClean(ino: number, clean: boolean): void;

@@ -68,6 +68,12 @@ export interface KvStore {
    * of a large blob moves only what it needs; callers fall back to `get` without it.
    */
   getRange?(key: string, offset: number, length: number): Promise<Uint8Array | undefined>;
+  /**
+   * Optional: engines that keep a blob of `length` bytes as a file of exactly its bytes, written once and only
+   * deleted, name that file, so that a driver's reader threads can read it without a copy through JavaScript.
+   * A hint: the file may be missing (the blob is kept otherwise, or deleted); readers then ask the store.
+   */
+  blobFile?(key: string, length: number): string | undefined;
   /** writes one key (blobs, and metadata that needs no check) */
   put(key: string, value: Uint8Array): Promise<void>;
   /** deletes keys; missing keys are not an error */

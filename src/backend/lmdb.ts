@@ -160,6 +160,15 @@ export class LmdbStore implements KvStore {
     }
   }
 
+  blobFile(key: string, length: number): string | undefined {
+    if (!isBlob(key) || length <= SMALL_BLOB) return undefined;
+    try {
+      return this.#blobs.path(key);
+    } catch {
+      return undefined;
+    }
+  }
+
   /**
    * Small blobs put in one run of JavaScript (a commit's slices) are written in one LMDB transaction, on the
    * next microtask or as soon as any other call comes (so writes still apply in call order, and a get sees every

@@ -333,6 +333,21 @@ export class FileData {
    * A commit or truncate that changed the chunk map while the committed bytes were fetched makes the read start
    * again: a sparse buffer seen before may have been committed meanwhile, into an entry the fetch did not see.
    */
+  /**
+   * After a ranged read of chunk idx: offers its committed blob to the driver as a file (the store names one,
+   * and it is one blob without slices), so that the driver's readers answer the next small reads of the chunk
+   * themselves, with no copy through JavaScript and no blob cached. The same conditions as publish().
+   */
+  private publishFile(idx: number, gen: number): void {
+    const pub = this.cx.published;
+    if (!pub.takesFiles || !this.cx.store.blobFile || gen !== this.truncations || this.dirty.has(idx) || this.flushing.has(idx)) return;
+    if ((this.truncFrom && idx >= this.truncFrom) || idx * this.cx.chunkSize >= this.size || pub.has(this.ino, idx)) return;
+    const e = this.entries.get(idx);
+    if (!e || e.slices?.length) return;
+    const path = this.cx.store.blobFile(K.blob(e.blobId), e.length);
+    if (path) pub.publishFile(this.ino, this.size, this.cx.chunkSize, idx, path, e.length);
+  }
+
   private async readChunkInto(idx: number, from: number, to: number, out: Buffer, at: number, ranged = false): Promise<void> {
     for (;;) {
       const mem = this.dirty.get(idx) ?? this.flushing.get(idx);
@@ -359,6 +374,7 @@ export class FileData {
       const newer = this.dirty.get(idx) ?? this.flushing.get(idx);
       if (newer) this.overlay(newer, from, to, out, at);
       else if (!ranged || mem) this.publish(idx, gen, blobId, data);
+      else this.publishFile(idx, gen);
       return;
     }
   }

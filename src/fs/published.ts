@@ -18,12 +18,22 @@ import type { Ino, ReadIndex } from './types.js';
 interface Entry {
   data: Uint8Array | null;
   blobId: string | null;
+  /** published as a file (publishFile): pins no memory */
+  file?: boolean;
 }
+
+/**
+ * Most chunks published as files at once: they pin no memory, but each costs the driver a table entry and its
+ * path (~200 bytes), so the oldest are taken back past this (~13 MB: 16 GiB of 256 KiB chunks).
+ */
+const MAX_FILE_CHUNKS = 65536;
 
 export class Published {
   private index: ReadIndex | undefined;
   private readonly files = new Map<Ino, Map<number, Entry>>();
   private readonly byBlob = new Map<string, { ino: Ino; idx: number }>();
+  /** chunks published as files, oldest first ("ino/idx") */
+  private readonly fileChunks = new Map<string, { ino: Ino; idx: number }>();
 
   /** files the driver may answer FLUSH for by itself */
   private readonly clean = new Set<Ino>();
@@ -61,11 +71,35 @@ export class Published {
     const old = m.get(idx);
     // Already published as it is: the driver's size is current (every size change goes through setSize or
     // a retract), so nothing to say again.
-    if (old && old.blobId === blobId && old.data === data && !mark) return;
+    if (old && old.blobId === blobId && old.data === data && !old.file && !mark) return;
     if (old?.blobId) this.byBlob.delete(old.blobId);
+    if (old?.file) this.fileChunks.delete(`${ino}/${idx}`);
     m.set(idx, { data, blobId });
     if (blobId) this.byBlob.set(blobId, { ino, idx });
     this.index.publish(ino, size, chunkSize, idx, data, mark);
+  }
+
+  /** whether the driver can take files (ReadIndex.publishFile) */
+  get takesFiles(): boolean {
+    return this.index?.publishFile !== undefined;
+  }
+
+  /** chunk idx is the first `length` bytes of the file at `path` (a blob file); see ReadIndex.publishFile */
+  publishFile(ino: Ino, size: number, chunkSize: number, idx: number, path: string, length: number): void {
+    if (!this.index?.publishFile) return;
+    let m = this.files.get(ino);
+    if (!m) this.files.set(ino, (m = new Map()));
+    const old = m.get(idx);
+    if (old?.blobId) this.byBlob.delete(old.blobId);
+    m.set(idx, { data: null, blobId: null, file: true });
+    this.index.publishFile(ino, size, chunkSize, idx, path, length);
+    const key = `${ino}/${idx}`;
+    this.fileChunks.delete(key);
+    this.fileChunks.set(key, { ino, idx });
+    if (this.fileChunks.size > MAX_FILE_CHUNKS) {
+      const [, oldest] = this.fileChunks.entries().next().value!;
+      this.retractChunk(oldest.ino, oldest.idx);
+    }
   }
 
   has(ino: Ino, idx: number): boolean {
@@ -86,13 +120,17 @@ export class Published {
     this.index?.retract(ino, idx);
     m.delete(idx);
     if (e.blobId) this.byBlob.delete(e.blobId);
+    if (e.file) this.fileChunks.delete(`${ino}/${idx}`);
   }
 
   retractFile(ino: Ino): void {
     const m = this.files.get(ino);
     if (!m) return;
     this.index?.retract(ino);
-    for (const e of m.values()) if (e.blobId) this.byBlob.delete(e.blobId);
+    for (const [idx, e] of m) {
+      if (e.blobId) this.byBlob.delete(e.blobId);
+      if (e.file) this.fileChunks.delete(`${ino}/${idx}`);
+    }
     this.files.delete(ino);
   }
 

@@ -88,6 +88,11 @@ export const XATTR_REPLACE = 2;
 export interface ReadIndex {
   /** mark: the driver reports (through the core's readAheadHint) the first READ it serves from this chunk */
   publish(ino: Ino, size: number, chunkSize: number, idx: number, data: Uint8Array | null, mark?: boolean): void;
+  /**
+   * The same for a chunk whose committed bytes are the first `length` bytes of an immutable file (a blob file of
+   * the store, KvStore.blobFile): the driver reads the file itself; one it cannot read sends the READ to the core.
+   */
+  publishFile?(ino: Ino, size: number, chunkSize: number, idx: number, path: string, length: number): void;
   setSize(ino: Ino, size: number): void;
   /**
    * Whether the file has nothing uncommitted, so that the driver may answer a FLUSH (close) by itself. Set

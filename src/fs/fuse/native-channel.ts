@@ -45,6 +45,9 @@ export interface ChannelStats {
   readAheadMarks: number;
   /** FLUSHes (closes) of files with nothing uncommitted, answered by the reader threads */
   fastFlushes: number;
+  /** READs answered by reading published blob files, and those whose file could not be read (sent to JS) */
+  fileReads: number;
+  fileReadMisses: number;
 }
 
 const BATCH = 256;
@@ -110,6 +113,10 @@ export class NativeChannel implements ReadIndex {
 
   publish(ino: number, size: number, chunkSize: number, idx: number, data: Uint8Array | null, mark = false): void {
     check(this.ch.publish(ino, size, chunkSize, idx, data, mark), 'publishing file data to the FUSE readers');
+  }
+
+  publishFile(ino: number, size: number, chunkSize: number, idx: number, path: string, length: number): void {
+    check(this.ch.publishFile(ino, size, chunkSize, idx, path, length), 'publishing a file\'s chunk to the FUSE readers');
   }
 
   setSize(ino: number, size: number): void {

@@ -1,0 +1,84 @@
+/**
+ * Reads from blob files by the reader threads (native/read-index.h PublishFile, file-data.ts publishFile): on an
+ * LMDB volume, a small random read of a chunk not cached publishes the chunk's blob file, and the reader threads
+ * answer the next small reads of that chunk by reading the file themselves. Checked against the bytes written,
+ * with the daemon's counters showing reads answered from files. When a blob file cannot be read (here: all of
+ * them moved away, as a damaged store would have it), the readers send the READ to the core, which answers a
+ * clear EIO in bounded time, never other bytes; with the files back, reads are right again.
+ */
+import t from 'tap';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { expectExit } from '../helpers/assert.js';
+import { kvfs, mountKvfs, PYTHON, run, tempDir } from '../helpers/mount.js';
+
+t.setTimeout(180_000);
+
+interface Stats { channel: { fileReads: number; fileReadMisses: number } }
+
+// One process, one descriptor (a close of the last one takes the file's published chunks back): reads, then
+// moves every blob file aside and reads, then moves them back and reads. Prints the EIO count of each phase.
+const READS = String.raw`
+import mmap, os, random, sys
+path, src, blobs, aside = sys.argv[1:5]
+want = open(src, "rb").read()
+buf = mmap.mmap(-1, 4096)
+fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+rng = random.Random(5)
+def reads(n):
+    errors = 0
+    for i in range(n):
+        off = rng.randrange(0, len(want) // 4096) * 4096
+        try:
+            got = os.preadv(fd, [buf], off)
+        except OSError as e:
+            errors += 1
+            if e.errno != 5: sys.exit(f"read at {off}: {e} (want EIO or the bytes)")
+            continue
+        if got != 4096 or bytes(buf[:got]) != want[off:off + 4096]:
+            sys.exit(f"read at {off}: {got} bytes, not the ones written")
+    return errors
+moved = []
+def move(a, b):
+    for ff in os.listdir(a):
+        for name in os.listdir(os.path.join(a, ff)):
+            os.makedirs(os.path.join(b, ff), exist_ok=True)
+            os.rename(os.path.join(a, ff, name), os.path.join(b, ff, name))
+            moved.append(name)
+out = [reads(3000)]
+move(blobs, aside)
+out.append(reads(200))
+move(aside, blobs)
+out.append(reads(1000))
+os.close(fd)
+print(len(moved) // 2, *out)
+`;
+
+t.test('small random reads are answered from blob files, and a missing file gives EIO, never other bytes', async (t) => {
+  const dir = tempDir(t, 'kvfs-test-blobfiles-');
+  const storeDir = join(dir, 'volume');
+  const url = `local:${storeDir}`;
+  expectExit(t, await kvfs(['format', url], { dataDir: dir }), 'format');
+  const statsFile = join(dir, 'stats.json');
+  const m = await mountKvfs(t, { driver: 'default', store: url, args: ['--cache-mb', '1'], env: { KVFS_STATS_FILE: statsFile } });
+  const src = join(dir, 'src');
+  writeFileSync(src, Buffer.from(Array.from({ length: 8 << 20 }, (_, i) => (i * 7 + (i >> 12)) & 0xff)));
+  const file = join(m.mnt, 'f');
+  expectExit(t, await run('dd', [`if=${src}`, `of=${file}`, 'bs=1M', 'conv=fsync', 'status=none']), 'write 8 MiB');
+  const stats = async () => {
+    await new Promise((r) => setTimeout(r, 300));
+    return (JSON.parse(readFileSync(statsFile, 'utf8')) as Stats).channel;
+  };
+
+  const r = await run(PYTHON, ['-c', READS, file, src, join(storeDir, 'blobs'), join(dir, 'aside')], { timeout: 120_000 });
+  expectExit(t, r, 'random 4 KiB O_DIRECT reads: 3,000; 200 with the blob files moved away; 1,000 with them back; each EIO or the bytes written');
+  const [files, before, gone, back] = r.stdout.trim().split(' ').map(Number);
+  t.ok(files! >= 32, `blob files moved away and back: ${files}`);
+  t.equal(before, 0, 'before: no read failed');
+  t.ok(gone! > 0, `with the files away: ${gone} of 200 reads failed with EIO`);
+  t.equal(back, 0, 'with the files back: no read failed');
+  const s = await stats();
+  t.ok(s.fileReads > 1000, `reads answered from blob files by the readers: ${s.fileReads}`);
+  t.ok(s.fileReadMisses > 0, `READs the readers passed on because a file could not be read: ${s.fileReadMisses}`);
+  t.equal((await m.unmount()).code, 0, 'unmount');
+});

@@ -45,20 +45,15 @@ ReadIndex::ReadIndex(size_t readers) {
 
 void ReadIndex::Publish(uint64_t ino, uint64_t size, uint32_t chunk_size, uint64_t idx, const uint8_t* data,
                         uint32_t len, bool mark) {
-  std::lock_guard<std::mutex> lock(mu_);
-  File& f = files_[ino];
-  if (f.chunk_size != chunk_size) {
-    chunks_ -= f.chunks.size();
-    f.chunks.clear();
-    f.chunk_size = chunk_size;
-  }
-  f.size = size;
-  if (f.chunks.insert_or_assign(idx, Span{data, len, mark, nullptr}).second) chunks_++;
+  Put(ino, size, chunk_size, idx, Span{data, len, mark, nullptr});
 }
 
 void ReadIndex::PublishFile(uint64_t ino, uint64_t size, uint32_t chunk_size, uint64_t idx, std::string path,
                             uint32_t len) {
-  auto shared = std::make_shared<const std::string>(std::move(path));
+  Put(ino, size, chunk_size, idx, Span{nullptr, len, false, std::make_shared<const std::string>(std::move(path))});
+}
+
+void ReadIndex::Put(uint64_t ino, uint64_t size, uint32_t chunk_size, uint64_t idx, Span span) {
   std::lock_guard<std::mutex> lock(mu_);
   File& f = files_[ino];
   if (f.chunk_size != chunk_size) {
@@ -67,7 +62,7 @@ void ReadIndex::PublishFile(uint64_t ino, uint64_t size, uint32_t chunk_size, ui
     f.chunk_size = chunk_size;
   }
   f.size = size;
-  if (f.chunks.insert_or_assign(idx, Span{nullptr, len, false, std::move(shared)}).second) chunks_++;
+  if (f.chunks.insert_or_assign(idx, std::move(span)).second) chunks_++;
 }
 
 void ReadIndex::SetSize(uint64_t ino, uint64_t size) {

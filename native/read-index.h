@@ -97,6 +97,8 @@ class ReadIndex {
     std::unordered_map<uint64_t, Span> chunks;
   };
 
+  void Put(uint64_t ino, uint64_t size, uint32_t chunk_size, uint64_t idx, Span span);
+
   std::mutex mu_;
   std::unordered_map<uint64_t, File> files_;
   uint64_t chunks_ = 0;

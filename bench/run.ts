@@ -566,8 +566,9 @@ async function main(): Promise<number> {
       '## Bytes moved (kvfs targets)',
       '',
       'Per job (its second run for write jobs), from the daemon\'s counters: bytes sent to the store per byte written, ' +
-        'and bytes fetched from the store per byte returned to callers (a read served by the reader threads from ' +
-        'published chunks reaches neither counter). `-`: the job wrote or read nothing through the core.',
+        'and bytes fetched from the store per byte returned to callers through the core. Reads the reader threads ' +
+        'answer from published chunks are not counted as returned, but what the core fetched to publish them is ' +
+        'counted as fetched: read-ahead jobs show more than 1. `-`: the job wrote or read nothing through the core.',
       '',
       moved,
     ] : []),

@@ -127,8 +127,12 @@ export async function withRetry<T>(
         throw new StoreError('CONFIG', `${what}: the TLS handshake failed (${(e as { code?: string }).code}: ${errorText(e)}); ` +
           'give the CA that signed the server\'s certificate with --tls-ca (or KVFS_REDIS_TLS_CA)', { cause: e });
       }
-      last = e;
-      lastCls = cls;
+      // The deadline cutting the last attempt short says less than what the attempts before it met (a refused
+      // connection, a failover): the message keeps that.
+      if (!(e as { kvfsDeadline?: boolean }).kvfsDeadline || last === undefined) {
+        last = e;
+        lastCls = cls;
+      }
       hooks.onRetry?.(cls);
     } finally {
       clearTimeout(timer);

@@ -146,6 +146,13 @@ t.test('retry layer: backoff, deadlines, immediate failures', async (t) => {
   let took = Date.now() - started;
   t.ok(took >= 590 && took < 900, `a hung attempt ends at the deadline (${took} ms)`);
 
+  // refused connections, then an attempt the deadline cuts short: the message names what the attempts met
+  n = 0;
+  await rejectsStore(t, withRetry('connecting to 127.0.0.1:1', policy, hooks(), () => {
+    if (++n < 3) return Promise.reject(Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:1'), { code: 'ECONNREFUSED' }));
+    return new Promise(() => undefined);
+  }), 'UNAVAILABLE', /did not answer within 0\.6 s \(.*ECONNREFUSED/);
+
   started = Date.now();
   n = 0;
   await rejectsStore(t, withRetry('op', policy, hooks(), async () => { n++; throw new Error('TRYAGAIN slot moving'); }), 'THROTTLED',

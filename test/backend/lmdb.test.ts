@@ -121,6 +121,28 @@ t.test('blobs are files beside LMDB: the data file holds only metadata', async (
   await t.rejects(s.put('b/..', enc('x')), { code: 'INVALID' }, 'a blob id that cannot be a file name is INVALID');
 });
 
+t.test('small blobs live in LMDB, batched: a get sees a put not yet awaited, and they survive reopen', async (t) => {
+  const dir = freshDir();
+  let s = await LmdbStore.open(dir);
+  // slices: 4 KiB blobs put in one run of JavaScript (one LMDB transaction), not awaited before the get
+  const puts = [1, 2, 3].map((i) => s.put(`b/small${i}`, new Uint8Array(4096).fill(i)));
+  const got = await s.get('b/small2');
+  t.ok(got && got.length === 4096 && got.every((x) => x === 2), 'a get right after the puts sees the blob');
+  await Promise.all(puts);
+  t.same(readdirSync(join(dir, 'blobs'), { recursive: true, withFileTypes: true }).filter((d) => d.isFile()).map((d) => d.name), [],
+    'no blob file for them');
+  t.equal(s.blobFile('b/small1', 4096), undefined, 'and no file is named for a small blob');
+  await s.put('b/big', new Uint8Array(64 << 10).fill(9));
+  t.match(s.blobFile('b/big', 64 << 10), /blobs\/[0-9a-f]{2}\/big$/, 'a large blob is a file, named by blobFile');
+  t.same(await s.keys('b/'), ['b/big', 'b/small1', 'b/small2', 'b/small3'], 'all listed');
+  await s.del(['b/small1']);
+  await s.close();
+  s = await LmdbStore.open(dir);
+  t.teardown(() => s.close());
+  t.same(await s.keys('b/'), ['b/big', 'b/small2', 'b/small3'], 'after a reopen: the deleted one gone, the others there');
+  t.ok((await s.get('b/small3'))?.every((x) => x === 3), 'with their bytes');
+});
+
 t.test('a store written before blob files: its blobs in LMDB are read, listed and deleted', async (t) => {
   const dir = freshDir();
   mkdirSync(dir);

@@ -1,6 +1,7 @@
 /**
  * Unit tests for the pure logic under src/fs: the key schema and its encodings (schema.ts), per-key locks
- * (keyed-mutex.ts), volume records (volume.ts) and optimistic transactions (txn.ts).
+ * (keyed-mutex.ts), volume records (volume.ts), optimistic transactions (txn.ts) and the published-chunk
+ * bookkeeping (published.ts).
  */
 import t, { type Test } from 'tap';
 import { StoreError } from '../../src/backend/errors.js';
@@ -8,6 +9,7 @@ import type { KvCheck, KvWrite } from '../../src/backend/kv.js';
 import { MemoryStore } from '../../src/backend/memory.js';
 import { Filesystem } from '../../src/fs/filesystem.js';
 import { KeyedMutex } from '../../src/fs/keyed-mutex.js';
+import { Published } from '../../src/fs/published.js';
 import {
   FORMAT_VERSION, K, chunkIndexOf, decodeChunk, decodeDirent, decodeInode, decodeVolume, encodeChunk, encodeDirent,
   encodeInode, encodeVolume, memberOf, nowTs, toAttr, type Inode,
@@ -437,4 +439,33 @@ t.test('txn: endless conflicts end in THROTTLED, not a hang', async (t) => {
   t.equal((e as StoreError).code, 'THROTTLED');
   t.ok(store.commits > 1, `retried (${store.commits} attempts)`);
   t.ok(Date.now() - started < 10_000, 'bounded time');
+});
+
+// ---------------------------------------------------------------------------------------------- published.ts
+
+t.test('published: chunks published as files are capped, oldest taken back first; retracts forget them', async (t) => {
+  const calls: string[] = [];
+  const index = {
+    publish: () => undefined,
+    publishFile: (ino: number, _size: number, _cs: number, idx: number, path: string) => void calls.push(`file ${ino}/${idx} ${path}`),
+    setSize: () => undefined,
+    setClean: () => undefined,
+    retract: (ino: number, idx?: number) => void calls.push(idx === undefined ? `retract ${ino}` : `retract ${ino}/${idx}`),
+  };
+  const pub = new Published();
+  pub.attach(index);
+  t.ok(pub.takesFiles, 'a driver with publishFile takes files');
+  const CAP = 65536;
+  for (let i = 0; i < CAP; i++) pub.publishFile(7, 1 << 40, 4096, i, `/b/${i}`, 4096);
+  t.equal(pub.chunks, CAP, `${CAP} chunks published`);
+  calls.length = 0;
+  pub.publishFile(8, 1 << 40, 4096, 0, '/b/x', 4096);
+  t.same(calls, ['file 8/0 /b/x', 'retract 7/0'], 'one more: the oldest (7/0) is taken back');
+  t.equal(pub.chunks, CAP, 'still at the cap');
+  pub.retractFile(7);
+  t.equal(pub.chunks, 1, 'retracting a file forgets its chunks');
+  calls.length = 0;
+  for (let i = 1; i < CAP; i++) pub.publishFile(9, 1 << 40, 4096, i, `/c/${i}`, 4096);
+  t.notOk(calls.some((c) => c.startsWith('retract')), 'after the retract there is room again: nothing is evicted below the cap');
+  t.notOk(new Published().takesFiles, 'without a driver nothing takes files');
 });

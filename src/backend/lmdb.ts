@@ -106,15 +106,13 @@ export class LmdbStore implements KvStore {
   }
 
   async get(key: string): Promise<Uint8Array | undefined> {
-    const db = this.#live();
-    this.#flushSmall();
+    const db = this.#ready();
     if (isBlob(key)) return this.#getBlob(key);
     return this.#read(() => db.get(key));
   }
 
   async getMany(keys: readonly string[]): Promise<(Uint8Array | undefined)[]> {
-    const db = this.#live();
-    this.#flushSmall();
+    const db = this.#ready();
     if (!keys.some(isBlob)) return this.#read(() => keys.map((k) => db.get(k)));
     return Promise.all(keys.map((k) => (isBlob(k) ? this.#getBlob(k) : this.#read(() => db.get(k)))));
   }
@@ -123,7 +121,7 @@ export class LmdbStore implements KvStore {
     const db = this.#live();
     if (isBlob(key) && value.byteLength <= SMALL_BLOB) return this.#putSmall(db, key, value);
     this.#flushSmall();
-    if (isBlob(key) && value.byteLength > SMALL_BLOB) {
+    if (isBlob(key)) {
       // the gate still admits it: blob files and LMDB share the disk, and LMDB must keep room for deletes
       await this.#write([{ key, value }], 'grow', () => this.#blobs.put(key, value), true);
       return;
@@ -133,8 +131,7 @@ export class LmdbStore implements KvStore {
   }
 
   async del(keys: readonly string[]): Promise<void> {
-    const db = this.#live();
-    this.#flushSmall();
+    const db = this.#ready();
     if (keys.length === 0) return;
     const ks = this.#blobsInDb ? [...keys] : keys.filter((k) => !isBlob(k));
     // a blob LMDB held (a small one) has no file to unlink
@@ -148,10 +145,9 @@ export class LmdbStore implements KvStore {
   }
 
   async getRange(key: string, offset: number, length: number): Promise<Uint8Array | undefined> {
-    this.#live();
-    this.#flushSmall();
+    this.#ready();
     if (!isBlob(key)) return (await this.get(key))?.subarray(offset, offset + length);
-    const inDb = this.#blobsInDb ? this.#read(() => this.#db.get(key)) : undefined;
+    const inDb = this.#blobInDb(key);
     if (inDb) return inDb.subarray(offset, offset + length);
     try {
       return await this.#blobs.getRange(key, offset, length);
@@ -200,9 +196,14 @@ export class LmdbStore implements KvStore {
     this.#small?.run();
   }
 
-  /** a blob from LMDB (a small one, or a store written before blob files), else from its file */
+  /** a blob LMDB holds (a small one, or one of a store written before blob files) */
+  #blobInDb(key: string): Uint8Array | undefined {
+    return this.#blobsInDb ? this.#read(() => this.#db.get(key)) : undefined;
+  }
+
+  /** a blob from LMDB, else from its file */
   async #getBlob(key: string): Promise<Uint8Array | undefined> {
-    const inDb = this.#blobsInDb ? this.#read(() => this.#db.get(key)) : undefined;
+    const inDb = this.#blobInDb(key);
     if (inDb) return inDb;
     try {
       return await this.#blobs.get(key);
@@ -212,8 +213,7 @@ export class LmdbStore implements KvStore {
   }
 
   async scan(prefix: string, opts: ScanOptions = {}): Promise<[string, Uint8Array][]> {
-    const db = this.#live();
-    this.#flushSmall();
+    const db = this.#ready();
     checkScan(prefix, opts);
     const { after, limit = Infinity } = opts;
     if (prefix === BLOB_PREFIX) {
@@ -237,8 +237,7 @@ export class LmdbStore implements KvStore {
   }
 
   async keys(prefix: string): Promise<string[]> {
-    const db = this.#live();
-    this.#flushSmall();
+    const db = this.#ready();
     const inDb = this.#read(() => {
       const out: string[] = [];
       for (const key of db.getKeys({ start: prefix })) {
@@ -253,8 +252,7 @@ export class LmdbStore implements KvStore {
   }
 
   async incr(key: string, delta: number): Promise<number> {
-    const db = this.#live();
-    this.#flushSmall();
+    const db = this.#ready();
     // a read (statfs, status) writes nothing, so it works on a full store
     if (delta === 0) return this.#read(() => addCounter(key, db.get(key), 0));
     return this.#write([{ key, value: COUNTER }], 'free', () =>
@@ -267,8 +265,7 @@ export class LmdbStore implements KvStore {
   }
 
   async commit(checks: readonly KvCheck[], writes: readonly KvWrite[], _txid?: string): Promise<boolean> {
-    const db = this.#live();
-    this.#flushSmall();
+    const db = this.#ready();
     const blob = [...checks, ...writes].find((c) => isBlob(c.key));
     if (blob) throw new StoreError('INVALID', `a commit cannot name the blob key '${blob.key}': blobs are written with put and deleted with del`);
     // LMDB commits are local and never retried, so txid needs no record
@@ -290,8 +287,7 @@ export class LmdbStore implements KvStore {
   }
 
   async sync(): Promise<void> {
-    const db = this.#live();
-    this.#flushSmall();
+    const db = this.#ready();
     await this.#flush(() => this.#syncAll(db));
   }
 
@@ -303,8 +299,7 @@ export class LmdbStore implements KvStore {
 
   /** capacity: the disk's free space plus the store's file; free: what writes that grow the store can still take */
   async info(): Promise<KvEngineInfo> {
-    this.#live();
-    this.#flushSmall();
+    this.#ready();
     const f = this.#read(() => this.#space.measure());
     // the blob files are the store's too: what it could hold is the disk's free space plus all it holds
     return { engine: 'lmdb', capacityBytes: capacity(f) + this.#blobs.bytes, freeBytes: available(f, this.#space.keep) };
@@ -322,6 +317,13 @@ export class LmdbStore implements KvStore {
     } finally {
       await db.close();
     }
+  }
+
+  /** the database for a call other than a small blob's put: small blobs waiting for their batch are written first */
+  #ready(): RootDatabase<Buffer, string> {
+    const db = this.#live();
+    this.#flushSmall();
+    return db;
   }
 
   /** the database, or CLOSED once close() was called */

@@ -37,7 +37,6 @@ import type { Published } from './published.js';
 /** How many stale chunk entries one truncate/purge commit deletes. */
 export const DELETE_BATCH = 512;
 
-
 /** Bytes that moved, for `kvfs status` and the benches: what the store costs per byte a caller read or wrote. */
 export interface IoStats {
   /** bytes callers wrote through the core, and bytes of blobs sent to the store for them */
@@ -47,6 +46,12 @@ export interface IoStats {
   returned: number;
   fetched: number;
 }
+
+/**
+ * One chunk of a commit: its flushing buffer and the bytes of it below the size; prepare() sets how it is
+ * written (blobId: whole; slices), and the transaction the entry it leaves (undefined: unchanged).
+ */
+interface CommitPart { idx: number; buf: Buffer; length: number; blobId: string; slices?: Slice[]; entry?: ChunkEntry | null }
 
 /** Shared by all files of a mount: the chunk size, the store, caches, buffer recycling, the write budget. */
 export interface DataContext {
@@ -115,10 +120,9 @@ export class WriteBudget {
 /** How far ahead a sequential reader's chunks are fetched and published (published.ts). */
 const READ_AHEAD = 4 << 20;
 
-/**
- * Copies `count` bytes of committed chunk bytes `data` from `start` to out at `at`; what lies past the end of
- * `data` (a blob shorter than its chunk, or a hole: no data) reads as zeros.
- */
+/** The unit of sparse write-back buffers and of range reads. */
+const PAGE = 4096;
+
 /** the runs of written pages (mask: 1 per written page) that lie below `limit`, clipped to it */
 function pageRuns(mask: Uint8Array, limit: number): { off: number; len: number }[] {
   const runs: { off: number; len: number }[] = [];
@@ -131,14 +135,18 @@ function pageRuns(mask: Uint8Array, limit: number): { off: number; len: number }
   return runs;
 }
 
+/** the bytes runs or slices cover, added up */
+const lengthOf = (parts: readonly { len: number }[]): number => parts.reduce((n, x) => n + x.len, 0);
+
+/**
+ * Copies `count` bytes of committed chunk bytes `data` from `start` to out at `at`; what lies past the end of
+ * `data` (a blob shorter than its chunk, or a hole: no data) reads as zeros.
+ */
 function copyChunkPart(out: Buffer, at: number, data: Uint8Array | undefined, start: number, count: number): void {
   const have = data ? Math.max(0, Math.min(count, data.length - start)) : 0;
   if (have > 0) out.set(data!.subarray(start, start + have), at);
   if (have < count) out.fill(0, at + have, at + count);
 }
-
-/** The unit of a range read: whole pages around the bytes asked for. */
-const PAGE = 4096;
 
 /**
  * Most chunks one file keeps dirty before a write starts committing them behind it: whole ones (sequential
@@ -319,12 +327,34 @@ export class FileData {
    */
   private publish(idx: number, gen: number, blobId: string | null, data: Uint8Array | undefined, mark = false): void {
     const pub = this.cx.published;
-    if (!pub.active || gen !== this.truncations || this.dirty.has(idx) || this.flushing.has(idx)) return;
-    if ((this.truncFrom && idx >= this.truncFrom) || idx * this.cx.chunkSize >= this.size) return;
+    if (!pub.active || !this.publishable(idx, gen)) return;
     const e = this.entries.get(idx);
     if (e === undefined || (e === null ? blobId !== null : entryKey(e) !== blobId)) return;
     if (blobId !== null && (!data || !this.cx.blobs.keeps(blobId, data))) return;
     pub.publish(this.ino, this.size, this.cx.chunkSize, idx, blobId, blobId === null ? null : data!, mark);
+  }
+
+  /**
+   * Whether chunk idx's committed bytes are what it holds now, as far as this mount's own state tells: no
+   * truncate since a read began (gen), no write-back copy, and inside the file (not past a pending truncate).
+   */
+  private publishable(idx: number, gen: number): boolean {
+    if (gen !== this.truncations || this.dirty.has(idx) || this.flushing.has(idx)) return false;
+    return !(this.truncFrom && idx >= this.truncFrom) && idx * this.cx.chunkSize < this.size;
+  }
+
+  /**
+   * After a ranged read of chunk idx: offers its committed blob to the driver as a file (the store names one,
+   * and it is one blob without slices), so that the driver's readers answer the next small reads of the chunk
+   * themselves, with no copy through JavaScript and no blob cached. The same conditions as publish().
+   */
+  private publishFile(idx: number, gen: number): void {
+    const pub = this.cx.published;
+    if (!pub.takesFiles || !this.cx.store.blobFile || !this.publishable(idx, gen) || pub.has(this.ino, idx)) return;
+    const e = this.entries.get(idx);
+    if (!e || e.slices?.length) return;
+    const path = this.cx.store.blobFile(K.blob(e.blobId), e.length);
+    if (path) pub.publishFile(this.ino, this.size, this.cx.chunkSize, idx, path, e.length);
   }
 
   /**
@@ -333,21 +363,6 @@ export class FileData {
    * A commit or truncate that changed the chunk map while the committed bytes were fetched makes the read start
    * again: a sparse buffer seen before may have been committed meanwhile, into an entry the fetch did not see.
    */
-  /**
-   * After a ranged read of chunk idx: offers its committed blob to the driver as a file (the store names one,
-   * and it is one blob without slices), so that the driver's readers answer the next small reads of the chunk
-   * themselves, with no copy through JavaScript and no blob cached. The same conditions as publish().
-   */
-  private publishFile(idx: number, gen: number): void {
-    const pub = this.cx.published;
-    if (!pub.takesFiles || !this.cx.store.blobFile || gen !== this.truncations || this.dirty.has(idx) || this.flushing.has(idx)) return;
-    if ((this.truncFrom && idx >= this.truncFrom) || idx * this.cx.chunkSize >= this.size || pub.has(this.ino, idx)) return;
-    const e = this.entries.get(idx);
-    if (!e || e.slices?.length) return;
-    const path = this.cx.store.blobFile(K.blob(e.blobId), e.length);
-    if (path) pub.publishFile(this.ino, this.size, this.cx.chunkSize, idx, path, e.length);
-  }
-
   private async readChunkInto(idx: number, from: number, to: number, out: Buffer, at: number, ranged = false): Promise<void> {
     for (;;) {
       const mem = this.dirty.get(idx) ?? this.flushing.get(idx);
@@ -421,15 +436,16 @@ export class FileData {
   private async composeRange(e: ChunkEntry, lo: number, hi: number): Promise<Uint8Array | undefined> {
     const range = (id: string, off: number, len: number) => this.cx.store.getRange!(K.blob(id), off, len);
     if (!e.slices?.length) return range(e.blobId, lo, hi - lo);
-    const over = e.slices.filter((x) => x.off < hi && x.off + x.len > lo);
+    // each slice's part inside [lo, hi): from `a` to `b` of the chunk
+    const over = e.slices.map((x) => ({ x, a: Math.max(lo, x.off), b: Math.min(hi, x.off + x.len) })).filter((o) => o.a < o.b);
     const parts = await Promise.all([
       e.blobId && lo < e.length ? range(e.blobId, lo, Math.min(hi, e.length) - lo) : Promise.resolve(Buffer.alloc(0)),
-      ...over.map((x) => range(x.blobId, Math.max(lo, x.off) - x.off, Math.min(hi, x.off + x.len) - Math.max(lo, x.off))),
+      ...over.map(({ x, a, b }) => range(x.blobId, a - x.off, b - a)),
     ]);
-    if (parts.some((b) => !b)) return undefined;
+    if (parts.some((p) => !p)) return undefined;
     const out = Buffer.allocUnsafe(hi - lo);
     copyChunkPart(out, 0, parts[0], 0, out.length);
-    over.forEach((x, i) => copyChunkPart(out, Math.max(lo, x.off) - lo, parts[i + 1], 0, Math.min(hi, x.off + x.len) - Math.max(lo, x.off)));
+    over.forEach(({ a, b }, i) => copyChunkPart(out, a - lo, parts[i + 1], 0, b - a));
     return out;
   }
 
@@ -585,13 +601,9 @@ export class FileData {
     const gen = this.truncations;
     const { data } = await this.storedChunk(idx);
     const m = this.sparse.get(d);
-    if (!m || gen !== this.truncations || (this.dirty.get(idx) !== d && !this.isFlushing(idx, d))) return;
+    if (!m || gen !== this.truncations || (this.dirty.get(idx) !== d && this.flushing.get(idx) !== d)) return;
     for (let p = 0; p < m.length; p++) if (!m[p]) copyChunkPart(d, p * PAGE, data, p * PAGE, PAGE);
     this.sparse.delete(d);
-  }
-
-  private isFlushing(idx: number, d: Buffer): boolean {
-    return this.flushing.get(idx) === d;
   }
 
   private adopt(idx: number, b: Buffer): void {
@@ -646,8 +658,7 @@ export class FileData {
   private async commitDirty(extra: { truncFrom?: number; force?: boolean }): Promise<void> {
     if (!this.hasChanges && !extra.force) return;
     const cs = this.cx.chunkSize;
-    interface Part { idx: number; buf: Buffer; length: number; blobId: string; slices?: Slice[]; entry?: ChunkEntry | null }
-    const batch: Part[] = [];
+    const batch: CommitPart[] = [];
     for (const [idx, buf] of this.dirty) {
       this.dirty.delete(idx);
       this.flushing.set(idx, buf);
@@ -697,7 +708,7 @@ export class FileData {
           if (next) {
             tx.set(key, encodeEntry(next));
             inode.stored += entryStored(next);
-            added += c.slices ? c.slices.reduce((n, x) => n + x.len, 0) : c.length;
+            added += c.slices ? lengthOf(c.slices) : c.length;
           } else if (oldRaw) {
             tx.del(key);
           }
@@ -736,13 +747,13 @@ export class FileData {
    * buffer, as slices (a blob per run of written pages below the size). A sparse chunk whose entry has slices
    * enough already is completed and written whole (compaction).
    */
-  private async prepare(c: { idx: number; buf: Buffer; length: number; blobId: string; slices?: Slice[] }): Promise<void> {
+  private async prepare(c: CommitPart): Promise<void> {
     const m = this.sparse.get(c.buf);
     if (m && c.length) {
       const e = await this.entry(c.idx, false);
       const slices = e?.slices ?? [];
       const runs = pageRuns(m, c.length);
-      if (slices.length + runs.length <= MAX_SLICES && slices.reduce((n, x) => n + x.len, 0) + runs.reduce((n, r) => n + r.len, 0) <= this.cx.chunkSize / 2) {
+      if (slices.length + runs.length <= MAX_SLICES && lengthOf(slices) + lengthOf(runs) <= this.cx.chunkSize / 2) {
         c.slices = runs.map((r) => ({ ...r, blobId: this.cx.newBlobId() }));
         return;
       }
@@ -789,8 +800,7 @@ export class FileData {
         // From here the chunks past the end are holes (until deleteStaleChunks removes them from the store):
         // entries read before, even during the await above, are forgotten, and reads still in flight discarded.
         this.truncFrom = keep;
-        for (const idx of [...this.entries.keys()]) if (idx >= keep) this.entries.delete(idx);
-        this.mapChanges++;
+        this.forgetEntries(keep);
         this.cx.published.retractFile(this.ino);
         this.mtime = stamp;
         await this.commitDirty({ truncFrom: keep, force: true });
@@ -802,6 +812,12 @@ export class FileData {
         await this.commitDirty({ force: true });
       }
     });
+  }
+
+  /** forgets the cached chunk map entries at or above `from`; reads of the map in flight are discarded */
+  private forgetEntries(from: number): void {
+    for (const idx of [...this.entries.keys()]) if (idx >= from) this.entries.delete(idx);
+    this.mapChanges++;
   }
 
   /** Deletes chunk entries at or above truncFrom in bounded batches, then clears the pending truncate. */
@@ -833,7 +849,6 @@ export class FileData {
     this.truncFrom = 0;
     // Entries read while the stale ones were still in the store (a truncate to 0 leaves truncFrom 0, which
     // hides nothing) are forgotten now that they are gone, and reads of the map still in flight discarded.
-    for (const idx of [...this.entries.keys()]) if (idx >= from) this.entries.delete(idx);
-    this.mapChanges++;
+    this.forgetEntries(from);
   }
 }

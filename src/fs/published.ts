@@ -66,16 +66,11 @@ export class Published {
 
   publish(ino: Ino, size: number, chunkSize: number, idx: number, blobId: string | null, data: Uint8Array | null, mark = false): void {
     if (!this.index) return;
-    let m = this.files.get(ino);
-    if (!m) this.files.set(ino, (m = new Map()));
-    const old = m.get(idx);
+    const old = this.files.get(ino)?.get(idx);
     // Already published as it is: the driver's size is current (every size change goes through setSize or
     // a retract), so nothing to say again.
     if (old && old.blobId === blobId && old.data === data && !old.file && !mark) return;
-    if (old?.blobId) this.byBlob.delete(old.blobId);
-    if (old?.file) this.fileChunks.delete(`${ino}/${idx}`);
-    m.set(idx, { data, blobId });
-    if (blobId) this.byBlob.set(blobId, { ino, idx });
+    this.record(ino, idx, { data, blobId });
     this.index.publish(ino, size, chunkSize, idx, data, mark);
   }
 
@@ -87,19 +82,29 @@ export class Published {
   /** chunk idx is the first `length` bytes of the file at `path` (a blob file); see ReadIndex.publishFile */
   publishFile(ino: Ino, size: number, chunkSize: number, idx: number, path: string, length: number): void {
     if (!this.index?.publishFile) return;
-    let m = this.files.get(ino);
-    if (!m) this.files.set(ino, (m = new Map()));
-    const old = m.get(idx);
-    if (old?.blobId) this.byBlob.delete(old.blobId);
-    m.set(idx, { data: null, blobId: null, file: true });
+    this.record(ino, idx, { data: null, blobId: null, file: true });
     this.index.publishFile(ino, size, chunkSize, idx, path, length);
-    const key = `${ino}/${idx}`;
-    this.fileChunks.delete(key);
-    this.fileChunks.set(key, { ino, idx });
     if (this.fileChunks.size > MAX_FILE_CHUNKS) {
       const [, oldest] = this.fileChunks.entries().next().value!;
       this.retractChunk(oldest.ino, oldest.idx);
     }
+  }
+
+  /** what chunk idx is published as now, in place of what it was (whose bookkeeping goes) */
+  private record(ino: Ino, idx: number, e: Entry): void {
+    let m = this.files.get(ino);
+    if (!m) this.files.set(ino, (m = new Map()));
+    const old = m.get(idx);
+    if (old) this.unindex(ino, idx, old);
+    m.set(idx, e);
+    if (e.blobId) this.byBlob.set(e.blobId, { ino, idx });
+    if (e.file) this.fileChunks.set(`${ino}/${idx}`, { ino, idx });
+  }
+
+  /** drops a published chunk from the blob and file-chunk indexes */
+  private unindex(ino: Ino, idx: number, e: Entry): void {
+    if (e.blobId) this.byBlob.delete(e.blobId);
+    if (e.file) this.fileChunks.delete(`${ino}/${idx}`);
   }
 
   has(ino: Ino, idx: number): boolean {
@@ -119,18 +124,14 @@ export class Published {
     if (m.size === 1) return this.retractFile(ino);
     this.index?.retract(ino, idx);
     m.delete(idx);
-    if (e.blobId) this.byBlob.delete(e.blobId);
-    if (e.file) this.fileChunks.delete(`${ino}/${idx}`);
+    this.unindex(ino, idx, e);
   }
 
   retractFile(ino: Ino): void {
     const m = this.files.get(ino);
     if (!m) return;
     this.index?.retract(ino);
-    for (const [idx, e] of m) {
-      if (e.blobId) this.byBlob.delete(e.blobId);
-      if (e.file) this.fileChunks.delete(`${ino}/${idx}`);
-    }
+    for (const [idx, e] of m) this.unindex(ino, idx, e);
     this.files.delete(ino);
   }
 

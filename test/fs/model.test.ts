@@ -1536,8 +1536,7 @@ if (engines.includes('redis')) {
 // ---------------------------------------------------------------------------------------------- focused cases
 // Minimal reproductions of what the model runs found (and a few things found around them), one bug each.
 
-async function freshFs(t: Test, chunkSize = CHUNK): Promise<{ fs: Filesystem; store: MemoryStore }> {
-  const store = new MemoryStore();
+async function freshFs<S extends MemoryStore = MemoryStore>(t: Test, chunkSize = CHUNK, store = new MemoryStore() as S): Promise<{ fs: Filesystem; store: S }> {
   await formatVolume(store, { chunkSize, uid: 0, gid: 0 });
   const fs = await Filesystem.open(store);
   t.teardown(() => fs.close());
@@ -1658,26 +1657,28 @@ class HoldingStore extends MemoryStore {
   }
 }
 
+/** a HoldingStore volume with a file of `chunks` chunks of 'a' committed, closed and opened again (nothing cached) */
+async function committedFile(t: Test, chunks: number) {
+  const { fs, store } = await freshFs(t, CHUNK, new HoldingStore());
+  const { attr, fh } = await fs.create(ROOT_INO, 'f', 0o644, O_RDWR, CTX);
+  await fs.write(fh, 0, Buffer.alloc(chunks * CHUNK, 0x61));
+  await fs.release(fh);
+  return { fs, store, ino: attr.ino, fh: await fs.open(attr.ino, O_RDWR) };
+}
+
 t.test('a chunk map read that straddles a truncate does not bring the truncated chunk back later', async (t) => {
   // A read of a cold chunk asks the store for its chunk map entry; a shrinking truncate runs and finishes
   // before the answer arrives. The answer (the entry as it was before the truncate) must not be kept: when the
   // file grows again, the chunk is a hole and reads as zeros. Found by test/mount/fast-read.test.ts (a
   // concurrent O_DIRECT reader beside the fuzzer's truncates), where the stale entry was also published.
-  const store = new HoldingStore();
-  await formatVolume(store, { chunkSize: CHUNK, uid: 0, gid: 0 });
-  const fs = await Filesystem.open(store);
-  t.teardown(() => fs.close());
-  const { attr, fh } = await fs.create(ROOT_INO, 'f', 0o644, O_RDWR, CTX);
-  await fs.write(fh, 0, Buffer.alloc(6 * CHUNK, 0x61));
-  await fs.release(fh);
-  const fh2 = await fs.open(attr.ino, O_RDWR);
-  const held = store.holdNextGet(K.chunk(attr.ino, 5));
+  const { fs, store, ino, fh: fh2 } = await committedFile(t, 6);
+  const held = store.holdNextGet(K.chunk(ino, 5));
   const reading = fs.read(fh2, 5 * CHUNK, CHUNK);
   const release = await held;
-  await fs.setattr(attr.ino, { size: 100 }, CTX);
+  await fs.setattr(ino, { size: 100 }, CTX);
   release();
   await reading;
-  await fs.setattr(attr.ino, { size: 6 * CHUNK }, CTX);
+  await fs.setattr(ino, { size: 6 * CHUNK }, CTX);
   const back = await fs.read(fh2, 5 * CHUNK, CHUNK);
   t.ok(back.equals(Buffer.alloc(CHUNK)), `the grown chunk reads as zeros (${firstDiff(back, Buffer.alloc(CHUNK))})`);
   await fs.release(fh2);
@@ -1686,25 +1687,18 @@ t.test('a chunk map read that straddles a truncate does not bring the truncated 
 t.test('a chunk map read during a truncate to 0 does not keep the entries the truncate deletes', async (t) => {
   // A truncate to 0 leaves no in-memory bound that hides the stale entries (truncFrom 0 is "none") while its
   // commit runs and before it deletes them: a read of the map then finds one, and must not keep it.
-  const store = new HoldingStore();
-  await formatVolume(store, { chunkSize: CHUNK, uid: 0, gid: 0 });
-  const fs = await Filesystem.open(store);
-  t.teardown(() => fs.close());
-  const { attr, fh } = await fs.create(ROOT_INO, 'f', 0o644, O_RDWR, CTX);
-  await fs.write(fh, 0, Buffer.alloc(2 * CHUNK, 0x61));
-  await fs.release(fh);
-  const fh2 = await fs.open(attr.ino, O_RDWR);
-  const held = store.holdNextGet(K.chunk(attr.ino, 0));
+  const { fs, store, ino, fh: fh2 } = await committedFile(t, 2);
+  const held = store.holdNextGet(K.chunk(ino, 0));
   const reading = fs.read(fh2, 0, CHUNK);
   const releaseGet = await held;
   const commitHeld = store.holdNextCommit();
-  const truncating = fs.setattr(attr.ino, { size: 0 }, CTX);
+  const truncating = fs.setattr(ino, { size: 0 }, CTX);
   const releaseCommit = await commitHeld;
   releaseGet();
   await reading.catch(() => undefined);
   releaseCommit();
   await truncating;
-  await fs.setattr(attr.ino, { size: CHUNK }, CTX);
+  await fs.setattr(ino, { size: CHUNK }, CTX);
   const back = await fs.read(fh2, 0, CHUNK);
   t.ok(back.equals(Buffer.alloc(CHUNK)), `the grown chunk reads as zeros (${firstDiff(back, Buffer.alloc(CHUNK))})`);
   await fs.release(fh2);
@@ -1712,15 +1706,8 @@ t.test('a chunk map read during a truncate to 0 does not keep the entries the tr
 
 t.test('a chunk map read that straddles a commit of the same chunk does not bring the old bytes back', async (t) => {
   // As above with a write and fsync of the chunk instead of a truncate: the old entry must not be kept.
-  const store = new HoldingStore();
-  await formatVolume(store, { chunkSize: CHUNK, uid: 0, gid: 0 });
-  const fs = await Filesystem.open(store);
-  t.teardown(() => fs.close());
-  const { attr, fh } = await fs.create(ROOT_INO, 'f', 0o644, O_RDWR, CTX);
-  await fs.write(fh, 0, Buffer.alloc(3 * CHUNK, 0x61));
-  await fs.release(fh);
-  const fh2 = await fs.open(attr.ino, O_RDWR);
-  const held = store.holdNextGet(K.chunk(attr.ino, 2));
+  const { fs, store, ino, fh: fh2 } = await committedFile(t, 3);
+  const held = store.holdNextGet(K.chunk(ino, 2));
   const reading = fs.read(fh2, 2 * CHUNK, CHUNK);
   const release = await held;
   const fresh = Buffer.alloc(CHUNK, 0x62);

@@ -17,7 +17,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import {
-  atExit, diskUsage, fmt, forceUnmount, kvfsBin, kvfsMount, kvfsUnmount, mib, quietness, removeDir, run, say, stamp,
+  atExit, diskUsage, fioWrites, fmt, forceUnmount, kvfsBin, kvfsMount, kvfsUnmount, mib, quietness, removeDir, run, say, stamp,
   waitIdle,
 } from './common.js';
 
@@ -35,17 +35,14 @@ const randomS = Number(values['random-s']);
 
 interface Round { seqMbs: number; randIops: number; storeBytes: number; at: number }
 
-function fioJson(out: string): { mbs: number; iops: number } {
-  const w = (JSON.parse(out) as { jobs: { write: { bw_bytes: number; iops: number } }[] }).jobs[0]!.write;
-  return { mbs: w.bw_bytes / 1e6, iops: w.iops };
-}
-
 async function fio(name: string, file: string, lines: string[]): Promise<{ mbs: number; iops: number }> {
   const job = path.join(work, `${name}.fio`);
   writeFileSync(job, [`[${name}]`, `filename=${file}`, 'ioengine=psync', ...lines, ''].join('\n'));
   const r = await run('fio', ['--output-format=json', job], { timeoutMs: 1_800_000 });
   if (r.code !== 0) throw new Error(`fio ${name} failed (exit ${r.code}): ${r.stderr.trim().split('\n').pop() ?? ''}`);
-  return fioJson(r.stdout);
+  const w = fioWrites(r.stdout);
+  if (!w) throw new Error(`fio ${name} reported no writes`);
+  return w;
 }
 
 const work = mkdtempSync(path.join(values['data-dir'], 'kvfs-churn-'));

@@ -272,6 +272,16 @@ export function filesystemOf(p: string): { source: string; fstype: string; targe
   return { source: source!, fstype: fstype!, target };
 }
 
+/** MB/s (10^6 bytes) and IOPS of the first job's writes in fio's JSON; undefined when it wrote nothing or is not fio's */
+export function fioWrites(json: string): { mbs: number; iops: number } | undefined {
+  try {
+    const w = (JSON.parse(json) as { jobs: { write: { bw_bytes: number; io_bytes: number; iops: number } }[] }).jobs[0]!.write;
+    return w.io_bytes > 0 ? { mbs: w.bw_bytes / 1e6, iops: w.iops } : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /** bytes allocated on disk under `p` (du -sk), or undefined when du fails */
 export function diskUsage(p: string): number | undefined {
   const r = spawnSync('du', ['-sk', p], { encoding: 'utf8' });

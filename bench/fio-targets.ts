@@ -11,7 +11,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import {
-  atExit, diskUsage, fmt, forceUnmount, isAlive, isMounted, killGroup, kvfsBin, kvfsMount, kvfsUnmount, mib,
+  atExit, diskUsage, fioWrites, fmt, forceUnmount, isAlive, isMounted, killGroup, kvfsBin, kvfsMount, kvfsUnmount, mib,
   mountAt, procMemory, removeDir, run, say, sharedBench, stopDaemon, unexpectedLogLines, waitGone, waitIdle,
   waitMounted, type KvfsMount,
 } from './common.js';
@@ -225,7 +225,7 @@ async function churn(dir: string, bytes: number, pid: number, work: string, sign
     say(`churn: ${pass} of ${mib(bytes, 0)} on ${dir}`);
     const r = await run('fio', ['--output-format=json', jobFile], { timeoutMs: 1_800_000, signal });
     if (signal.aborted) throw new Error('churn: interrupted');
-    const mbs = r.code === 0 ? parseFioWriteMbs(r.stdout) : undefined;
+    const mbs = r.code === 0 ? fioWrites(r.stdout)?.mbs : undefined;
     if (mbs === undefined) throw new Error(`churn: fio ${pass} failed (exit ${r.code}): ${r.stderr.trim().split('\n').pop() ?? ''}`);
     rates.push(mbs);
   }
@@ -238,16 +238,6 @@ async function churn(dir: string, bytes: number, pid: number, work: string, sign
     (settled === undefined
       ? 'the daemon was still busy 300 s later (its CPU above 5%); the jobs started anyway'
       : `the daemon was idle (CPU under 5% for 1 s) ${fmt(settled / 1000, 1)} s after the delete`);
-}
-
-/** MB/s (10^6 bytes) of the first job's writes in fio's JSON, or undefined */
-function parseFioWriteMbs(json: string): number | undefined {
-  try {
-    const bw = (JSON.parse(json) as { jobs: { write: { bw_bytes: number; io_bytes: number } }[] }).jobs[0]!.write;
-    return bw.io_bytes > 0 ? bw.bw_bytes / 1e6 : undefined;
-  } catch {
-    return undefined;
-  }
 }
 
 /** Builds ../shared/bench/ceiling/fuse-ceiling.c into the work dir (once); returns the binary's path. */

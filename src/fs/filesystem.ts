@@ -48,6 +48,8 @@ export const xattrStored = (name: string) => /^(user|trusted|security)\./.test(n
 
 /** an inode removed with at most this many xattrs is removed in its unlink's commit (more: the purge queue) */
 const INLINE_XATTRS = 64;
+/** how long the orphans the kernel forgets gather before one commit removes them (queueReap) */
+const REAP_DELAY_MS = 20;
 
 const S_IFMT = 0o170000;
 const S_IFDIR = 0o040000;
@@ -310,19 +312,26 @@ export class Filesystem {
         if (open) open.unlinked = true;
       });
     } else {
-      tx.del(K.inode(n.ino));
-      // An inode with no data and few xattrs (most unlinks, every rmdir) goes in this same commit; one with data
-      // goes to the purge queue, whose pages the janitor deletes. The scans need no checks: no chunk can appear
-      // for an inode in use nowhere, and an xattr set meanwhile changes the inode, which this commit checks.
-      const chunks = await this.store.scan(K.chunkPrefix(n.ino), { limit: 1 });
-      const xattrs = chunks.length ? [] : await this.store.scan(K.xattrPrefix(n.ino), { limit: INLINE_XATTRS + 1 });
-      if (!chunks.length && xattrs.length <= INLINE_XATTRS) {
-        for (const [k] of xattrs) tx.del(k);
-        tx.after.push(() => this.counters.add(K.inodeCount, -1));
-      } else {
-        tx.set(K.purge(n.ino), Buffer.alloc(0));
-        tx.after.push(() => this.janitor.kick());
-      }
+      await this.removeInode(tx, n.ino);
+    }
+  }
+
+  /**
+   * Removes an inode in use nowhere, in tx. One with no data and few xattrs (most unlinks, every rmdir) goes
+   * in this same commit; one with data goes to the purge queue, whose pages the janitor deletes. The scans
+   * need no checks: no chunk can appear for an inode in use nowhere, and an xattr set meanwhile changes the
+   * inode, which this commit checks (the caller read it in tx).
+   */
+  private async removeInode(tx: Txn, ino: Ino): Promise<void> {
+    tx.del(K.inode(ino));
+    const chunks = await this.store.scan(K.chunkPrefix(ino), { limit: 1 });
+    const xattrs = chunks.length ? [] : await this.store.scan(K.xattrPrefix(ino), { limit: INLINE_XATTRS + 1 });
+    if (!chunks.length && xattrs.length <= INLINE_XATTRS) {
+      for (const [k] of xattrs) tx.del(k);
+      tx.after.push(() => this.counters.add(K.inodeCount, -1));
+    } else {
+      tx.set(K.purge(ino), Buffer.alloc(0));
+      tx.after.push(() => this.janitor.kick());
     }
   }
 
@@ -354,10 +363,8 @@ export class Filesystem {
         tx.set(K.orphan(ino), Buffer.from(this.session));
         tx.after.push(() => this.orphans.add(ino));
       } else {
-        tx.del(K.inode(ino));
         tx.del(K.orphan(ino));
-        tx.set(K.purge(ino), Buffer.alloc(0));
-        tx.after.push(() => this.janitor.kick());
+        await this.removeInode(tx, ino);
       }
     });
   }
@@ -487,24 +494,20 @@ export class Filesystem {
         tx.del(K.orphan(ino));
         const raw = await tx.get(K.inode(ino));
         // on a shared store, another mount that holds it open removes it at its release (releaseUse)
-        if (raw && decodeInode(ino, raw).nlink === 0 && !(await this.openElsewhere(tx, ino))) {
-          tx.del(K.inode(ino));
-          tx.set(K.purge(ino), Buffer.alloc(0));
-        }
+        if (raw && decodeInode(ino, raw).nlink === 0 && !(await this.openElsewhere(tx, ino))) await this.removeInode(tx, ino);
       }
-      tx.after.push(() => this.janitor.kick());
     });
   }
 
   /**
-   * Orphans the kernel forgot, removed together on the next turn of the event loop: a FORGET storm after
-   * `rm -r` costs one commit per batch, not one per file.
+   * Orphans the kernel forgot, removed together REAP_DELAY_MS after the first of them: the FORGETs of `rm -r`
+   * (one per unlinked file, as the kernel drops each inode) cost one commit per batch, not one per file.
    */
   private queueReap(ino: Ino): void {
     if (!this.orphans.has(ino)) return;
     this.reapQueue.push(ino);
     if (this.reapQueue.length > 1) return;
-    setImmediate(() => {
+    setTimeout(() => {
       const batch = this.reapQueue.splice(0, this.reapQueue.length);
       for (let i = 0; i < batch.length; i += DELETE_BATCH) {
         const part = batch.slice(i, i + DELETE_BATCH);
@@ -514,7 +517,7 @@ export class Filesystem {
           console.error(`kvfs: removing ${part.length} unlinked inode(s) failed (it is retried at the next mount):`, e);
         });
       }
-    });
+    }, REAP_DELAY_MS).unref?.();
   }
 
   /** the kernel learned of an inode (an entry reply): it may use it until it forgets it */

@@ -7,7 +7,7 @@
  * A blob is deleted only after a commit removed every reference to it; a reader that fetched the old chunk
  * map entry first finds the blob missing and reads the map again (FileData.storedChunk).
  */
-import type { KvStore } from '../backend/kv.js';
+import type { KvCheck, KvStore, KvWrite } from '../backend/kv.js';
 import { DELETE_BATCH } from './file-data.js';
 import { K, decodeChunk, entryBlobs, memberOf } from './schema.js';
 import type { BlobCache } from './blob-cache.js';
@@ -70,16 +70,27 @@ export class Janitor {
     await this.running;
   }
 
-  /** One page of the purge queue: deletes chunk entries (queueing their blobs) and xattrs of removed inodes. */
+  /**
+   * One page of the purge queue: deletes chunk entries (queueing their blobs) and xattrs of removed inodes.
+   * Small inodes (most: a few chunks) go together, up to DELETE_BATCH entries per commit; a larger one is
+   * deleted a page per commit on its own.
+   */
   private async purgeSome(): Promise<boolean> {
-    const page = await this.store.scan(K.purgePrefix, { limit: 16 });
+    const page = await this.store.scan(K.purgePrefix, { limit: DELETE_BATCH / 8 });
+    const batch = { checks: [] as KvCheck[], writes: [] as KvWrite[], inodes: 0 };
+    const commitBatch = async (): Promise<void> => {
+      if (!batch.inodes) return;
+      // another mount purging the same inodes at once: one of them commits, the other finds the queue again
+      if (await this.store.commit(batch.checks, batch.writes)) this.finished(batch.inodes);
+      Object.assign(batch, { checks: [], writes: [], inodes: 0 });
+    };
     for (const [key] of page) {
       const ino = Number(memberOf(key, K.purgePrefix));
       for (;;) {
         const chunks = await this.store.scan(K.chunkPrefix(ino), { limit: DELETE_BATCH });
         const xattrs = chunks.length < DELETE_BATCH ? await this.store.scan(K.xattrPrefix(ino), { limit: DELETE_BATCH }) : [];
         const done = chunks.length < DELETE_BATCH && xattrs.length < DELETE_BATCH;
-        const writes = [
+        const writes: KvWrite[] = [
           ...chunks.flatMap(([k, v]) => {
             const gone = entryBlobs(decodeChunk(v)).map((b) => ({ key: K.gc(b.blobId), value: Buffer.from(String(b.length)) }));
             return [{ key: k, value: null }, ...gone];
@@ -90,18 +101,31 @@ export class Janitor {
         // The checks make a concurrent purge of the same inode by another mount harmless: one of them
         // commits each page, the other scans again; only the one that removes the queue entry counts it.
         const checks = [...chunks.map(([k, v]) => ({ key: k, value: v })), { key, value: new Uint8Array(0) }];
+        if (done && batch.writes.length + writes.length <= DELETE_BATCH) {
+          batch.checks.push(...checks);
+          batch.writes.push(...writes);
+          batch.inodes++;
+          break;
+        }
+        await commitBatch();
         if (!(await this.store.commit(checks, writes))) {
           if ((await this.store.get(key)) === undefined) break; // another mount finished it
           continue;
         }
         if (done) {
-          this.purged++;
-          this.counters.add(K.inodeCount, -1);
+          this.finished(1);
           break;
         }
       }
     }
+    await commitBatch();
     return page.length > 0;
+  }
+
+  /** n inodes' purges committed */
+  private finished(n: number): void {
+    this.purged += n;
+    this.counters.add(K.inodeCount, -n);
   }
 
   /** One page of the GC queue: deletes the blobs, then their queue entries. */

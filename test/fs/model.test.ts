@@ -1785,3 +1785,39 @@ t.test('model: a short run with every known bug avoided and a fixed seed (smoke 
     AVOID.clear();
   }
 });
+
+t.test('unlinked files the kernel forgets are removed in batches: few commits, nothing left behind', async (t) => {
+  // rm -r of many small files: each unlink is one commit; the kernel's FORGETs, the orphans' removal and the
+  // purge of their chunk entries are batched, not one commit (or two) per file
+  class CountingStore extends MemoryStore {
+    commits = 0;
+    override async commit(...args: Parameters<MemoryStore['commit']>): ReturnType<MemoryStore['commit']> {
+      this.commits++;
+      return super.commit(...args);
+    }
+  }
+  const { fs, store } = await freshFs(t, CHUNK, new CountingStore());
+  const N = 300;
+  const inos: Ino[] = [];
+  for (let i = 0; i < N; i++) {
+    const { attr, fh } = await fs.create(ROOT_INO, `f${i}`, 0o644, O_RDWR, CTX);
+    fs.remember(attr.ino); // the kernel knows it, as after a CREATE reply
+    await fs.write(fh, 0, Buffer.alloc(5000, i & 0xff));
+    await fs.release(fh);
+    inos.push(attr.ino);
+  }
+  store.commits = 0;
+  for (let i = 0; i < N; i++) await fs.unlink(ROOT_INO, `f${i}`);
+  t.equal(store.commits, N, 'one commit per unlink');
+  t.equal((await store.keys(K.orphanPrefix)).length, N, 'the kernel still knows them: orphans until it forgets them');
+  store.commits = 0;
+  for (const ino of inos) fs.forget(ino, 1);
+  await new Promise((r) => setTimeout(r, 100));
+  await fs.janitor.run();
+  t.ok(store.commits <= 12, `the ${N} FORGETs, removals, purges and blob collection took ${store.commits} commits`);
+  for (const prefix of [K.orphanPrefix, K.purgePrefix, K.gcPrefix, K.chunkPrefix(inos[0]!)]) {
+    t.same(await store.keys(prefix), [], `nothing left under ${prefix}`);
+  }
+  t.equal((await store.keys('i/')).length, 1, 'only the root inode is left');
+  t.same((await store.keys('b/')).length, 0, 'every blob collected');
+});

@@ -373,6 +373,40 @@ print(json.dumps(out), flush=True)`,
       expectExit(t, await run('rmdir', [d]), 'the directory can be removed');
     });
 
+    const pathBased = driver === 'libfuse' && 'libfuse 2 driver: path-based, no path is left for an fstat of an unlinked file';
+    t.test('an O_PATH descriptor of an unlinked file still answers fstat and reopens, as on ext4', { skip: pathBased }, async (t) => {
+      // The kernel still holds the inode: kvfs keeps it (an orphan) until the kernel forgets it, so that an open
+      // racing the unlink (or a rename over the name) finds the file, never ENOENT.
+      const d = `${mnt}/unlinked-path`;
+      expectExit(t, await run('mkdir', [d]), 'mkdir');
+      await put(t, `${d}/f`, bytes(5000, 3));
+      const r = await py(
+        `import errno, json, os, sys
+p = sys.argv[1]
+fd = os.open(p, os.O_PATH)
+os.unlink(p)
+st = os.fstat(fd)
+out = {'nlink': st.st_nlink, 'size': st.st_size, 'mode': oct(st.st_mode & 0o170000)}
+try:
+    r = os.open('/proc/self/fd/%d' % fd, os.O_RDONLY)
+    out['reopen'] = len(os.pread(r, 10000, 0))
+    os.close(r)
+except OSError as e:
+    out['reopen'] = errno.errorcode[e.errno]
+os.close(fd)
+print(json.dumps(out))`,
+        [`${d}/f`],
+      );
+      expectExit(t, r, 'the O_PATH script');
+      const out = JSON.parse(r.stdout.trim().split('\n').pop() ?? '{}') as Record<string, unknown>;
+      t.equal(out.nlink, 0, 'fstat: nlink 0');
+      t.equal(out.size, 5000, 'fstat: the size it had');
+      t.equal(out.mode, '0o100000', 'fstat: a regular file');
+      t.equal(out.reopen, 5000, 'reopened through /proc, all its bytes read');
+      t.equal((await run('ls', ['-A', d])).stdout, '', 'nothing left in the directory');
+      expectExit(t, await run('rmdir', [d]), 'the directory can be removed');
+    });
+
     t.test('xattrs set and read back', async (t) => {
       const d = `${mnt}/xattr`;
       expectExit(t, await run('mkdir', [d]), 'mkdir');

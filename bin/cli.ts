@@ -27,6 +27,7 @@ import {
   type DaemonRecord,
 } from './daemons.js';
 import { Lifecycle } from './lifecycle.js';
+import { profileCommand, startControl, statsCommand } from './diag.js';
 
 class CliError extends Error {}
 const fail = (msg: string): never => { throw new CliError(msg); };
@@ -327,11 +328,30 @@ async function mount(argv: MountArgs): Promise<void> {
     started: new Date().toISOString(), ...(argv.logFile ? { log: resolve(argv.logFile) } : {}),
   };
   const recordPath = writeRecord(record);
+  // the control socket (kvfs stats, kvfs profile): what this daemon holds, per part
+  const driverStats = () => (handle?.stats.call(handle) ?? { fs: fs.stats() }) as { pool?: { capacityBytes: number } };
+  const control = await startControl({
+    record,
+    stats: driverStats,
+    offHeap: () => {
+      const f = fs.stats();
+      return [
+        { name: 'buffer pool arena', bytes: driverStats().pool?.capacityBytes ?? 0 },
+        { name: 'blob cache', bytes: f.blobCacheBytes },
+        { name: 'write-back buffers', bytes: f.writeBackBytes },
+      ];
+    },
+  }).catch((e: unknown) => {
+    log(`no control socket (kvfs stats and kvfs profile will not reach this daemon): ${(e as Error).message}`);
+    return undefined;
+  });
   new Lifecycle({
     mountpoint: mnt, entry: entry!, closed: handle?.closed,
     sync: () => fs.sync(),
     close: async () => {
       clearInterval(statsTimer);
+      control?.profilers.close();
+      await control?.server.close().catch(() => undefined);
       let failed: unknown;
       await fs.sync().catch((e: unknown) => { failed = e; });
       await fs.close().catch((e: unknown) => { failed ??= e; });
@@ -500,6 +520,26 @@ async function status(argv: { store?: string } & StoreArgs): Promise<void> {
   });
 }
 
+/** runs a diagnostics command on the kvfs mount at path; its errors are one-line CLI errors */
+async function diagMount(path: string, run: (m: MountEntry) => Promise<void>): Promise<void> {
+  const m = findMount(path);
+  if (!m) fail(`${resolve(path)} is not a mountpoint`);
+  try {
+    await run(m!);
+  } catch (e) {
+    fail((e as Error).message);
+  }
+}
+
+/** --watch SECONDS: a positive number (a bare --watch is 2 s) */
+function watchSeconds(v: unknown): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (Number.isNaN(n)) return 2;
+  if (!(n > 0 && n <= 3600)) fail(`bad --watch ${String(v)}: give seconds, 0 < SECONDS <= 3600`);
+  return n;
+}
+
 // ------------------------------------------------------------------ mount(8) and fstab
 
 /** what `kvfs install-helper` writes, and how it knows a file is its own */
@@ -638,11 +678,37 @@ async function main(args: string[]): Promise<void> {
       .example('$0 status local:/srv/kvfs', 'show that volume')
       .example('$0 status /mnt/kvfs', 'show the volume mounted there and its daemon'),
     (a) => status(a as never))
+    .command('stats <mountpoint>', 'what a live mount is doing: requests per opcode (count, rate, latency), buffer pool, caches, memory', (y) => y
+      .positional('mountpoint', { type: 'string', demandOption: true })
+      .option('json', { type: 'boolean', describe: 'print the daemon\'s figures as one JSON object (a line per interval with --watch)' })
+      .option('watch', { type: 'number', describe: 'print again every SECONDS (redrawn on a terminal, a line each otherwise)' })
+      .example('$0 stats ./mnt', 'the figures of the mount at ./mnt')
+      .example('$0 stats ./mnt --watch 1', 'every second'),
+    (a) => diagMount(a.mountpoint as string, (m) => statsCommand(m, { json: a.json as boolean | undefined, watch: watchSeconds(a.watch) })))
+    .command('profile <kind> [action] [mountpoint]', 'profile a live mount: heap (start|stop|dump) or cpu, in pprof\'s format', (y) => y
+      .positional('kind', { choices: ['heap', 'cpu'] as const, demandOption: true })
+      .positional('action', { type: 'string', describe: 'heap: start, stop or dump; cpu: the MOUNTPOINT' })
+      .positional('mountpoint', { type: 'string' })
+      .option('interval', { type: 'number', describe: 'heap start: a sample every BYTES allocated on average (default 524288)' })
+      .option('output', { alias: 'o', type: 'string', describe: 'dump and cpu: the file to write (gzipped pprof, .pb.gz)' })
+      .option('seconds', { type: 'number', default: 10, describe: 'cpu: how long to profile' })
+      .example('$0 profile heap start ./mnt', 'start sampling the heap of the daemon of ./mnt')
+      .example('$0 profile heap dump ./mnt -o heap.pb.gz', 'write what is sampled now (go tool pprof -top heap.pb.gz)')
+      .example('$0 profile cpu ./mnt --seconds 30 -o cpu.pb.gz', 'a 30 s CPU profile'),
+    (a) => {
+      const cpu = a.kind === 'cpu';
+      const mnt = cpu ? (a.action ?? a.mountpoint) : a.mountpoint;
+      if (!mnt) fail(`kvfs profile ${a.kind}: name the MOUNTPOINT`);
+      return diagMount(mnt!, (m) => profileCommand(m, {
+        kind: a.kind as string, action: cpu ? undefined : (a.action as string), interval: a.interval as number | undefined,
+        output: a.output as string | undefined, seconds: a.seconds as number,
+      }));
+    })
     .command('install-helper', 'put mount.kvfs where mount(8) finds it, for `mount -t kvfs` and /etc/fstab (root)', (y) => y
       .option('uninstall', { type: 'boolean', describe: 'remove the helper instead' })
       .option('dir', { type: 'string', default: '/usr/sbin', describe: 'where mount(8) looks for helpers' }),
     (a) => installHelper(a as never))
-    .demandCommand(1, 'name a command: format, mount, umount, status or install-helper')
+    .demandCommand(1, 'name a command: format, mount, umount, status, stats, profile or install-helper')
     .strict()
     .help()
     .fail((msg, err) => {

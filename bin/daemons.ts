@@ -6,7 +6,8 @@
  * /run/user/UID is that user's, else /tmp/kvfs-UID. It is created 0700; one that is not a directory owned by
  * the uid with no access for others is refused, so another local user cannot plant records or sockets there.
  * Records: `mount-<hash of the mountpoint>.json`, 0600, written by the daemon once it is mounted and removed
- * when it ends cleanly: { pid, mountpoint, store, dev, driver, started, log }. A record is trusted only while
+ * when it ends cleanly: { pid, mountpoint, store, dev, driver, started, log }; beside it, the daemon's control
+ * socket `mount-<hash>.sock` (0600). A record is trusted only while
  * its pid is alive and its dev matches the mount table (a mount over a reused path is another mount).
  * Nothing here touches a mountpoint: /proc and the runtime directory only.
  */
@@ -51,7 +52,10 @@ export function ownRuntimeDir(): string {
   return dir;
 }
 
-const recordName = (mountpoint: string) => `mount-${createHash('sha256').update(mountpoint).digest('hex').slice(0, 20)}.json`;
+const mountHash = (mountpoint: string) => createHash('sha256').update(mountpoint).digest('hex').slice(0, 20);
+const recordName = (mountpoint: string) => `mount-${mountHash(mountpoint)}.json`;
+/** the name of a mount's control socket (bin/diag.ts) in its owner's runtime directory, beside its record */
+export const socketName = (mountpoint: string) => `mount-${mountHash(mountpoint)}.sock`;
 
 /** writes (atomically, 0600) this daemon's record; returns its path */
 export function writeRecord(rec: DaemonRecord): string {

@@ -42,6 +42,10 @@ Napi::Value RedirectOutput(const Napi::CallbackInfo& info) {
   return Num(info.Env(), kvfs::RedirectOutput(info[0].As<Napi::String>()));
 }
 
+Napi::Value PeerUid(const Napi::CallbackInfo& info) {
+  return Num(info.Env(), static_cast<double>(kvfs::PeerUid(info[0].As<Napi::Number>().Int32Value())));
+}
+
 Napi::Value CloseFd(const Napi::CallbackInfo& info) {
   return Num(info.Env(), kvfs::CloseFd(info[0].As<Napi::Number>().Int32Value()));
 }
@@ -243,6 +247,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("closeFd", Napi::Function::New(env, CloseFd));
   exports.Set("lockFile", Napi::Function::New(env, LockFile));
   exports.Set("redirectOutput", Napi::Function::New(env, RedirectOutput));
+  exports.Set("peerUid", Napi::Function::New(env, PeerUid));
   exports.Set("NativeChannel", ChannelWrap::Define(env));
   exports.Set("recordSize", Num(env, kvfs::kRecordSize));
   exports.Set("inlineBody", Num(env, kvfs::kInlineBody));

@@ -3,6 +3,7 @@
 #include <cerrno>
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 namespace kvfs {
@@ -29,6 +30,13 @@ int RedirectOutput(const std::string& path) {
   if (dup2(fd, 1) < 0 || dup2(fd, 2) < 0) e = errno;
   close(fd);
   return -e;
+}
+
+long PeerUid(int fd) {
+  struct ucred cred {};
+  socklen_t len = sizeof cred;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) return -errno;
+  return static_cast<long>(cred.uid);
 }
 
 }  // namespace kvfs

@@ -51,6 +51,8 @@ interface Addon {
   lockFile(path: string): number;
   /** descriptors 1 and 2 to the end of path (created 0600): 0 or -errno */
   redirectOutput(path: string): number;
+  /** the uid of the peer of a connected Unix socket (SO_PEERCRED), or -errno */
+  peerUid(fd: number): number;
   NativeChannel: new (fds: number[], arena: ArrayBuffer, classSizes: number[], pipeSize: number,
     onWake: () => void) => NativeChannelHandle;
   recordSize: number;

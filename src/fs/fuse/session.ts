@@ -14,6 +14,7 @@
  *  - A handler that has not answered within `requestTimeout` seconds is answered EIO (logged with its
  *    opcode), so no caller waits forever on a request that was lost; its late result is dropped.
  */
+import { Latencies, type LatencySummary } from '../../diag/latency.js';
 import { toErrno } from '../errors.js';
 import type { Attr, StatFs } from '../types.js';
 import {
@@ -70,6 +71,8 @@ export interface SessionStats {
   errors: number;
   parseErrors: number;
   replyFailures: number;
+  /** time from a request's arrival in JavaScript to its answer, per opcode (microseconds) */
+  latency: Record<string, LatencySummary>;
 }
 
 /**
@@ -116,8 +119,9 @@ export class Session {
   private readonly entryValid: [number, number];
   private readonly attrValid: [number, number];
   readonly parseOptions: ParseOptions;
-  private readonly stat: Omit<SessionStats, 'byOp'> = { requests: 0, inFlight: 0, errors: 0, parseErrors: 0, replyFailures: 0 };
+  private readonly stat: Omit<SessionStats, 'byOp' | 'latency'> = { requests: 0, inFlight: 0, errors: 0, parseErrors: 0, replyFailures: 0 };
   private readonly byOp = new Map<string, number>();
+  private readonly latency = new Latencies();
   private readonly log: (msg: string) => void;
 
   constructor(private readonly transport: Transport, private readonly ops: OpTable, opts: SessionOptions) {
@@ -160,7 +164,7 @@ export class Session {
   }
 
   stats(): SessionStats {
-    return { ...this.stat, byOp: Object.fromEntries(this.byOp), inFlight: this.inflight.size };
+    return { ...this.stat, byOp: Object.fromEntries(this.byOp), inFlight: this.inflight.size, latency: this.latency.summary() };
   }
 
   /** takes one raw request (called synchronously by the channel for each request of a batch) */
@@ -203,9 +207,16 @@ export class Session {
     } catch (e) {
       out = Promise.reject(e);
     }
+    const started = performance.now();
     out.then(
-      (r) => this.finish(raw, req, r, info.replies),
-      (e) => this.fail(raw, req, e, info.replies),
+      (r) => {
+        this.latency.record(req.op, (performance.now() - started) * 1000);
+        this.finish(raw, req, r, info.replies);
+      },
+      (e) => {
+        this.latency.record(req.op, (performance.now() - started) * 1000);
+        this.fail(raw, req, e, info.replies);
+      },
     );
   }
 

@@ -9,7 +9,7 @@
  * mount (a python3 process calling mknod(2), one LOOKUP and one MKNOD per file). Then, for each N and run: the
  * volume is remounted (nothing of it stays in the kernel's dentry, inode or attribute caches, nor in the daemon's
  * memory; the LMDB file stays in the page cache), and `LC_ALL=C ls -l WORK/mnt/dN > /dev/null` is timed.
- * Requests per opcode come from the daemon's stats (KVFS_STATS_FILE, see bin/cli.ts), read before and after
+ * Requests per opcode come from the daemon's stats (its control socket, bin/diag.ts), read before and after
  * each `ls` (native driver only: the libfuse driver keeps no per-opcode counts).
  *
  * The report: per N, seconds (the median of the runs), microseconds per entry, and the requests of each opcode
@@ -17,10 +17,11 @@
  * unmounted and the daemon stopped in every outcome (see common.ts's atExit). Exit status 1 when a tool
  * failed, `ls` listed the wrong number of entries, or the daemon's log has unexpected lines.
  */
-import { mkdirSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
+import { daemonStats } from '../bin/diag.js';
 import {
   atExit, fmt, forceUnmount, gitVersion, howEnded, kvfsBin, kvfsMount, kvfsUnmount, quietness, removeWork, repoRoot,
   run, say, sleep, stamp, stopDaemon, unexpectedLogLines, type KvfsMount,
@@ -82,9 +83,8 @@ async function main(): Promise<number> {
   const store = `local:${path.join(work, 'store')}`;
   const mnt = path.join(work, 'mnt');
   mkdirSync(mnt);
-  const statsFile = path.join(work, 'stats.json');
   const mountArgs = ['--driver', driver];
-  const env = { KVFS_DATA_DIR: logDir, KVFS_STATS_FILE: statsFile };
+  const env = { KVFS_DATA_DIR: logDir };
   const f = await run(process.execPath, [kvfsBin, 'format', store], { timeoutMs: 60_000, echo: true });
   if (f.code !== 0) throw new Error(`kvfs format ${store}: ${howEnded(f)} ${f.stderr.trim()}`);
 
@@ -115,18 +115,10 @@ async function main(): Promise<number> {
     m = undefined;
   };
 
-  /** the daemon's requests by opcode, from a stats file written after `since` (waits up to 2 s) */
-  const opsAfter = async (since: number): Promise<Record<string, number> | undefined> => {
+  /** the daemon's requests by opcode now, through its control socket (native driver) */
+  const opsNow = async (): Promise<Record<string, number> | undefined> => {
     if (driver !== 'native') return undefined;
-    for (const end = Date.now() + 2000; Date.now() < end; await sleep(50)) {
-      try {
-        if (statSync(statsFile).mtimeMs <= since) continue;
-        return (JSON.parse(readFileSync(statsFile, 'utf8')) as { session: { byOp: Record<string, number> } }).session.byOp;
-      } catch {
-        // not written yet, or being replaced
-      }
-    }
-    throw new Error(`the daemon wrote no stats to ${statsFile} within 2 s (is bin/cli.ts's KVFS_STATS_FILE hook built?)`);
+    return ((await daemonStats(mnt)) as { session: { byOp: Record<string, number> } }).session.byOp;
   };
 
   const rows: Row[] = [];
@@ -148,12 +140,12 @@ async function main(): Promise<number> {
         await unmount();
         await mount();
         await sleep(300); // past the stats file's first writes
-        const before = await opsAfter(Date.now());
+        const before = await opsNow();
         const t = performance.now();
         const r = await run('sh', ['-c', 'LC_ALL=C exec ls -l "$1" > /dev/null', 'sh', path.join(mnt, `d${n}`)], { timeoutMs: 3_600_000 });
         const s = (performance.now() - t) / 1000;
         if (r.code !== 0 || r.stderr.trim()) throw new Error(`ls -l d${n}: ${howEnded(r)} ${r.stderr.trim().split('\n')[0] ?? ''}`);
-        const after = await opsAfter(Date.now() + 150);
+        const after = await opsNow();
         if (before && after) row.ops = Object.fromEntries(Object.keys(after).map((k) => [k, after[k]! - (before[k] ?? 0)]).filter(([, v]) => v));
         row.seconds.push(s);
         say(`ls -l of ${fmt(n)} entries: ${s.toFixed(2)} s`);

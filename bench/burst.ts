@@ -12,8 +12,8 @@
  *       lookup table stops shrinking
  *   b   64 processes stat() random files for some seconds, the caches dropped again every 2 s
  *   c   16 writers (fio, psync, O_DIRECT) each write 64 MiB in 1 MiB blocks, each to its own file
- * Every 100 ms: the daemon's VmRSS and VmHWM (/proc/PID/status) and its stats (KVFS_STATS_FILE, written by
- * the daemon every 100 ms: channel, session, pool, kernel inodes, fs caches). VmHWM is reset at the start of each phase
+ * Every 100 ms: the daemon's VmRSS and VmHWM (/proc/PID/status) and its stats, asked for through its control
+ * socket (channel, session, pool, kernel inodes, fs caches, memory per part; how long the answer took is kept). VmHWM is reset at the start of each phase
  * (/proc/PID/clear_refs), so each phase's peak is exact, whatever the sampling missed.
  *
  * The check, printed PASS or FAIL with its numbers:
@@ -30,10 +30,14 @@
  * Saved to bench/out/BURST-<date>.md, the samples to burst-<date>.csv, the daemon's log to logs-<date>/.
  */
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, statfsSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, statfsSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
+import { connectTo } from '../bin/diag.js';
+import { decodePprof } from '../src/diag/pprof.js';
+import type { ControlClient } from '../src/diag/control.js';
+import { mountAt } from '../src/fs/fuse/mount-table.js';
 import {
   atExit, fmt, forceUnmount, gitVersion, howEnded, isAlive, isMounted, kvfsMount, kvfsUnmount, MIB, mib,
   procMemory, quietness, removeWork, repoRoot, resetPeak, run, say, sleep, stamp, stopDaemon, unexpectedLogLines,
@@ -58,6 +62,8 @@ interface DaemonStats {
     openFiles: number; writeBackBytes: number; writeBackHighWater: number; blobCacheBytes: number;
     blobCacheHits: number; blobCacheMisses: number; idleChunkBuffers: number;
   };
+  /** the daemon's memory report (bin/diag.ts memoryReport) */
+  memory?: { rss: number; parts: { name: string; bytes: number }[] };
 }
 
 const kernelInodes = (s: DaemonStats | undefined): number => s?.kernelInodes ?? s?.lookups ?? NaN;
@@ -68,11 +74,11 @@ interface Sample {
   rss: number;
   hwm: number;
   stats?: DaemonStats;
-  /** ms since the daemon last wrote its stats file */
+  /** ms the daemon took to answer its stats (the control socket, served by its event loop) */
   statsAge: number;
 }
 
-/** Samples the daemon every `everyMs`: memory from /proc, stats from the file the daemon keeps writing. */
+/** Samples the daemon every `everyMs`: memory from /proc, stats through its control socket (one connection). */
 class Sampler {
   readonly samples: Sample[] = [];
   phase = 'mount';
@@ -80,37 +86,48 @@ class Sampler {
   maxStatsAgeMs = 0;
   private timer?: NodeJS.Timeout;
   private last = 0;
+  private client?: ControlClient;
+  /** the stats asked for last: one at a time on the connection */
+  private asking: Promise<unknown> = Promise.resolve();
   lastStats?: DaemonStats;
 
-  constructor(private readonly pid: number, private readonly statsFile: string, private readonly t0: number) {}
+  constructor(private readonly pid: number, private readonly mnt: string, private readonly t0: number) {}
 
   start(everyMs: number): void {
-    this.timer = setInterval(() => this.sample(), everyMs);
-    this.sample();
+    this.timer = setInterval(() => void this.sample(), everyMs);
+    void this.sample();
   }
 
   stop(): void {
     clearInterval(this.timer);
+    this.client?.close();
   }
 
-  sample(): Sample | undefined {
+  async sample(): Promise<Sample | undefined> {
     const now = Date.now();
     if (this.last) this.maxGapMs = Math.max(this.maxGapMs, now - this.last);
     this.last = now;
     const mem = procMemory(this.pid);
     if (!mem) return undefined;
-    let stats: DaemonStats | undefined;
-    let statsAge = NaN;
-    try {
-      statsAge = now - statSync(this.statsFile).mtimeMs;
-      stats = JSON.parse(readFileSync(this.statsFile, 'utf8')) as DaemonStats;
-      this.lastStats = stats;
-    } catch {
-      // not written yet, or the daemon is gone
-    }
-    if (statsAge > this.maxStatsAgeMs) this.maxStatsAgeMs = statsAge;
-    const s: Sample = { t: now - this.t0, phase: this.phase, rss: mem.rss, hwm: mem.hwm, stats, statsAge };
+    const s: Sample = { t: now - this.t0, phase: this.phase, rss: mem.rss, hwm: mem.hwm, statsAge: NaN };
     this.samples.push(s);
+    const ask = this.asking.then(async () => {
+      try {
+        const m = mountAt(this.mnt);
+        if (!m) return;
+        this.client ??= await connectTo(m);
+        const asked = Date.now();
+        s.stats = this.lastStats = (await this.client.request('stats', {}, 10_000)) as DaemonStats;
+        s.statsAge = Date.now() - asked;
+        if (s.statsAge > this.maxStatsAgeMs) this.maxStatsAgeMs = s.statsAge;
+      } catch {
+        // the daemon is gone, or did not answer in time: the next sample connects again
+        this.client?.close();
+        this.client = undefined;
+      }
+    });
+    this.asking = ask;
+    await ask;
     return s;
   }
 
@@ -118,23 +135,14 @@ class Sampler {
     return this.samples.filter((s) => s.phase === phase);
   }
 
-  /** fresh stats (waits for the daemon's next write, up to 1 s) */
+  /** stats asked for now */
   async fresh(): Promise<DaemonStats | undefined> {
-    const before = Date.now();
-    for (let i = 0; i < 20; i++) {
-      try {
-        if (statSync(this.statsFile).mtimeMs >= before) break;
-      } catch {
-        // not yet
-      }
-      await sleep(50);
-    }
-    return this.sample()?.stats ?? this.lastStats;
+    return (await this.sample())?.stats ?? this.lastStats;
   }
 
   csv(): string {
     const head = 't_ms,phase,rss_bytes,hwm_bytes,pool_in_use_bytes,pool_waiters,pool_total_waits,kernel_inodes,' +
-      'in_flight,requests,write_back_bytes,blob_cache_bytes,stats_age_ms';
+      'in_flight,requests,write_back_bytes,blob_cache_bytes,stats_answer_ms';
     return [head, ...this.samples.map((s) => [
       s.t, s.phase, s.rss, s.hwm, s.stats?.pool.inUseBytes ?? '', s.stats?.pool.waiters ?? '',
       s.stats?.pool.totalWaits ?? '', s.stats ? kernelInodes(s.stats) : '', s.stats?.session.inFlight ?? '',
@@ -161,7 +169,23 @@ interface PhaseResult {
   errorReplies: number;
   requests: number;
   lookupsEnd: number;
+  /** the heap profile dumped at the phase's end: sampled bytes allocated by the request path as Buffers, of all */
+  requestBufferBytes: number;
+  sampledBytes: number;
+  /** buffers the pool holds in all (in use and free), at the end */
+  poolBuffers: number;
+  /** the daemon's memory report at the end: RSS and what it could not explain ("other") */
+  rss: number;
+  unexplained: number;
+  parts: string;
 }
+
+/** the heap profiler's sampling interval in the burst: a sample every 64 KiB allocated */
+const HEAP_INTERVAL = 64 * 1024;
+/** the memory report's stated margin: what the daemon cannot explain ("other") stays under this share of its RSS */
+const UNEXPLAINED_MARGIN = 0.1;
+/** the request path's share of the sampled bytes the heap profile may show */
+const REQUEST_BUFFER_LIMIT = 0.01;
 
 const USAGE = `usage: npm run bench:burst -- [options]
   --pool-mb N          kvfs mount --buffer-pool-mb (default 64)
@@ -239,15 +263,14 @@ async function main(): Promise<number> {
 
   const mnt = path.join(work, 'mnt');
   mkdirSync(mnt);
-  const statsFile = path.join(work, 'stats.json');
   const mountArgs = ['--driver', 'native', '--buffer-pool-mb', String(poolMb), '--cache-mb', String(cacheMb), '--write-buffer-mb', String(wbMb)];
   say(`mounting ${store} at ${mnt}: ${mountArgs.join(' ')}`);
-  const m: KvfsMount = await kvfsMount(store, mnt, mountArgs, { KVFS_DATA_DIR: logDir, KVFS_STATS_FILE: statsFile });
+  const m: KvfsMount = await kvfsMount(store, mnt, mountArgs, { KVFS_DATA_DIR: logDir });
   const unregister = atExit(() => {
     forceUnmount(mnt);
     stopDaemon(m.pid);
   });
-  const sampler = new Sampler(m.pid, statsFile, Date.now());
+  const sampler = new Sampler(m.pid, mnt, Date.now());
   sampler.start(100);
 
   const problems: string[] = [];
@@ -299,6 +322,10 @@ async function main(): Promise<number> {
     const seconds = (Date.now() - t) / 1000;
     const mem = procMemory(m.pid);
     const after = await sampler.fresh();
+    const heap = await requestBufferShare().catch((e: Error) => {
+      problems.push(`${id}: no heap profile: ${e.message}`);
+      return { request: NaN, all: NaN };
+    });
     sampler.phase = `${id}-end`;
     const health = await healthy();
     if (health) r = { ok: false, outcome: `${r.outcome}; ${health}` };
@@ -312,6 +339,11 @@ async function main(): Promise<number> {
       errorReplies: (after?.session.errors ?? 0) - (before?.session.errors ?? 0),
       requests: (after?.session.requests ?? 0) - (before?.session.requests ?? 0),
       lookupsEnd: kernelInodes(after),
+      requestBufferBytes: heap.request, sampledBytes: heap.all,
+      poolBuffers: after?.pool.classes.reduce((n, c) => n + c.count, 0) ?? NaN,
+      rss: after?.memory?.rss ?? NaN,
+      unexplained: after?.memory?.parts.find((p) => p.name === 'other')?.bytes ?? NaN,
+      parts: after?.memory?.parts.map((p) => `${p.name} ${mib(p.bytes)}`).join(', ') ?? '?',
     });
     say(`${id}: ${r.outcome} in ${seconds.toFixed(1)} s; peak RSS ${mib(phases[phases.length - 1]!.peakRss)}`);
     return r.ok && !health;
@@ -324,6 +356,40 @@ async function main(): Promise<number> {
     return { ok: r.code === 0, outcome: r.code === 0 ? out : `${howEnded(r)}: ${out}` };
   };
 
+  /** one request on a connection of its own to the daemon's control socket */
+  const control = async (cmd: string, args: Record<string, unknown> = {}): Promise<unknown> => {
+    const c = await connectTo(mountAt(mnt)!);
+    try {
+      return await c.request(cmd, args, 60_000);
+    } finally {
+      c.close();
+    }
+  };
+  /**
+   * The heap profile now (V8's sampling profiler, allocations kept): of the sampled bytes V8 allocated, those
+   * the request path (a frame of src/fs/fuse/) allocated as Buffers (a frame of node:buffer, or Buffer code).
+   */
+  const requestBufferShare = async (): Promise<{ request: number; all: number }> => {
+    const { pprof } = (await control('heap-dump')) as { pprof: string };
+    const p = decodePprof(Buffer.from(pprof, 'base64'));
+    const str = (i: unknown) => p.stringTable.strings[Number(i)] ?? '';
+    const fnOf = new Map(p.function.map((f) => [Number(f.id), { name: str(f.name), file: str(f.filename) }]));
+    const frames = new Map(p.location.map((l) => [Number(l.id), l.line.map((ln) => fnOf.get(Number(ln.functionId))!)]));
+    const space = p.sampleType.findIndex((t) => str(t.type) === 'space');
+    let request = 0;
+    let all = 0;
+    for (const smp of p.sample) {
+      const stack = smp.locationId.flatMap((id) => frames.get(Number(id)) ?? []);
+      if (stack.some((f) => f.name.startsWith('[off-heap]'))) continue;
+      const bytes = Number(smp.value[space]);
+      all += bytes;
+      const inRequestPath = stack.some((f) => f.file.includes('/src/fs/fuse/'));
+      const buffer = stack.some((f) => f.file === 'node:buffer' || f.file.startsWith('node:internal/buffer') || /^(FastBuffer|allocUnsafe|allocUnsafeSlow|createUnsafeBuffer)$/.test(f.name));
+      if (inRequestPath && buffer) request += bytes;
+    }
+    return { request, all };
+  };
+
   let idleMount = NaN;
   let idleAfterA = NaN;
   let idleEnd = NaN;
@@ -334,8 +400,10 @@ async function main(): Promise<number> {
   try {
     idleMount = await idleRss(2000);
     const s0 = await sampler.fresh();
-    if (!s0) throw new Error(`the daemon writes no stats to ${statsFile} (is bin/cli.ts's KVFS_STATS_FILE hook built?)`);
+    if (!s0) throw new Error(`the daemon of ${mnt} answers no stats on its control socket (kvfs stats ${mnt})`);
     say(`idle RSS after mount ${mib(idleMount)}; pool capacity ${mib(s0.pool.capacityBytes)}`);
+    // every phase ends with a heap profile: V8's sampling heap profiler on from here, collected objects kept
+    await control('heap-start', { interval: HEAP_INTERVAL, allocations: true });
 
     let ok = await phase('a1', `create ${fmt(nfiles)} files in ${dirs} directories (4 processes)`,
       () => helperRun(['create', '4'], 1_800_000));
@@ -413,6 +481,15 @@ async function main(): Promise<number> {
     removeWork(work);
   }
   problems.push(...teardownProblems);
+  for (const p of phases) {
+    if (!(p.requestBufferBytes / p.sampledBytes < REQUEST_BUFFER_LIMIT)) {
+      problems.push(`${p.id}: the request path allocated ${mib(p.requestBufferBytes)} of ${mib(p.sampledBytes)} sampled bytes as Buffers (limit ${REQUEST_BUFFER_LIMIT * 100}%)`);
+    }
+    if (!(Math.abs(p.unexplained / p.rss) <= UNEXPLAINED_MARGIN)) {
+      problems.push(`${p.id}: the memory report leaves ${mib(p.unexplained)} of ${mib(p.rss)} RSS unexplained (margin ${UNEXPLAINED_MARGIN * 100}%)`);
+    }
+  }
+  if (new Set(phases.map((p) => p.poolBuffers)).size > 1) problems.push(`the pool's buffer count changed between phases: ${phases.map((p) => p.poolBuffers).join(', ')}`);
   if (logLines.length) problems.push(`the daemon's log (${m.log}) has ${logLines.length} unexpected line(s): ${logLines.slice(0, 5).join(' | ')}`);
   if (final && (final.session.parseErrors || final.session.replyFailures)) {
     problems.push(`the session counted ${final.session.parseErrors} parse error(s) and ${final.session.replyFailures} reply failure(s)`);
@@ -441,7 +518,7 @@ async function main(): Promise<number> {
   lines.push(`kvfs ${version} (dist/ compiled at the start).`, '');
   lines.push(`Mount: \`kvfs mount ${store} MNT ${mountArgs.join(' ')}\` (defaults otherwise: 2 readers, no writeback cache). ` +
     `Daemon memory (VmRSS, VmHWM) and stats sampled every 100 ms: ${sampler.samples.length} samples, ` +
-    `longest gap between samples ${sampler.maxGapMs} ms, longest the daemon left its stats file unwritten ${Math.round(sampler.maxStatsAgeMs)} ms.`, '');
+    `longest gap between samples ${sampler.maxGapMs} ms, longest the daemon took to answer its stats ${Math.round(sampler.maxStatsAgeMs)} ms.`, '');
   lines.push('| phase | what | s | result | peak RSS | over RSS at start | pool in use (sampled peak) | pool waits | requests | error replies | kernel inodes at end |');
   lines.push('|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|');
   for (const p of phases) {
@@ -449,6 +526,20 @@ async function main(): Promise<number> {
       `${mib(p.peakRss - p.rssBefore)} | ${mib(p.poolInUsePeak)} | ${fmt(p.waits)} | ${fmt(p.requests)} | ${fmt(p.errorReplies)} | ${fmt(p.lookupsEnd)} |`);
   }
   lines.push('', '"error replies" counts every error answer, ENOENT included (a1 looks each new name up before creating it).', '');
+  lines.push(`Heap profile at each phase's end (V8's sampling heap profiler on since the mount, a sample every ${HEAP_INTERVAL / 1024} KiB ` +
+    'allocated, collected objects kept), the pool, and the memory report (`kvfs stats`: the parts add up to the RSS; ' +
+    `"other" is what the daemon cannot explain, stated margin ${UNEXPLAINED_MARGIN * 100}% of the RSS):`, '');
+  lines.push('| phase | request-path Buffer bytes / sampled bytes | pool buffers | RSS | other (unexplained) | parts |');
+  lines.push('|---|---:|---:|---:|---:|---|');
+  for (const p of phases) {
+    const share = p.requestBufferBytes / p.sampledBytes;
+    const other = p.unexplained / p.rss;
+    lines.push(`| ${p.id} | ${(share * 100).toFixed(3)}% (${mib(p.requestBufferBytes)} of ${mib(p.sampledBytes)})${share < REQUEST_BUFFER_LIMIT ? '' : ' **over 1%**'} | ` +
+      `${fmt(p.poolBuffers)} | ${mib(p.rss)} | ${mib(p.unexplained)} (${(other * 100).toFixed(1)}%)${Math.abs(other) <= UNEXPLAINED_MARGIN ? '' : ' **over the margin**'} | ${p.parts} |`);
+  }
+  const buffers = new Set(phases.map((p) => p.poolBuffers));
+  lines.push('', `Pool buffers at every phase's end: ${[...buffers].map(fmt).join(', ')}` +
+    `${buffers.size === 1 ? ' (the same: the request path took every buffer from the pool; none was allocated after the mount)' : ' (**changed**)'}.`, '');
   lines.push(`- Idle RSS: ${mib(idleMount)} right after the mount, ${mib(idleAfterA)} after phase a, ${mib(idleEnd)} at the end.`);
   lines.push(`- Fixed overhead: ${mib(idleMount)} idle after the mount - ${mib(capacity)} pool arena (touched when the pool is made) = **${mib(fixed)}**.`);
   if (pool) {

@@ -334,7 +334,7 @@ export interface KvfsMount {
 
 /**
  * `kvfs mount STORE DIR --background ARGS...`; resolves once DIR is mounted, with the daemon's pid and log.
- * `env` adds to the environment (KVFS_DATA_DIR decides where the log goes; KVFS_STATS_FILE, the stats file).
+ * `env` adds to the environment (KVFS_DATA_DIR decides where the log goes). Its figures: `daemonStats` (bin/diag.ts).
  */
 export async function kvfsMount(store: string, dir: string, args: string[], env: NodeJS.ProcessEnv = {}): Promise<KvfsMount> {
   if (!existsSync(kvfsBin)) throw new Error(`${kvfsBin} does not exist`);

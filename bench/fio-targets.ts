@@ -10,6 +10,8 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import { connectTo, daemonStats } from '../bin/diag.js';
+import { mountAt as mountEntryAt } from '../src/fs/fuse/mount-table.js';
 import {
   atExit, diskUsage, fioWrites, fmt, forceUnmount, isAlive, isMounted, killGroup, kvfsBin, kvfsMount, kvfsUnmount, mib,
   mountAt, procMemory, removeDir, run, say, sharedBench, stopDaemon, unexpectedLogLines, waitGone, waitIdle,
@@ -28,7 +30,7 @@ export interface Target {
   setup(): Promise<void>;
   teardown(): Promise<string[]>;
   /** kvfs targets: the daemon's byte counters now (its stats file), for the bytes-moved table */
-  io?(): IoCounters | undefined;
+  io?(): Promise<IoCounters | undefined>;
   /** cuts a setup in progress short (an interrupt): it then fails soon, and teardown follows as usual */
   abort?(): void;
 }
@@ -129,6 +131,8 @@ export interface KvfsTargetSpec {
   mountArgs: string[];
   logDir: string;
   work: string;
+  /** start the daemon's heap sampling (kvfs profile heap start, this interval in bytes) once it is mounted */
+  heapSampling?: number;
 }
 
 /** kvfs mounted in the background by its CLI, with --driver `driver`; a `memory:` store lives in the daemon. */
@@ -145,13 +149,12 @@ export function kvfsTarget(spec: KvfsTargetSpec): Target {
   const sizes: string[] = [];
   const argv = ['--driver', spec.driver, ...spec.mountArgs];
   const aborter = new AbortController();
-  const statsFile = path.join(spec.work, `${spec.name}-stats.json`);
   return {
-    io() {
+    async io() {
       try {
-        return (JSON.parse(readFileSync(statsFile, 'utf8')) as { fs: IoCounters }).fs;
+        return (await daemonStats(dir)).fs as IoCounters; // through the daemon's control socket
       } catch {
-        return undefined; // the libfuse driver writes none
+        return undefined; // not mounted (yet)
       }
     },
     name: spec.name,
@@ -166,13 +169,22 @@ export function kvfsTarget(spec: KvfsTargetSpec): Target {
       }
       if (storeDir) sizes.push(`${size()} ${spec.format ? 'formatted' : 'at the start'}`);
       mkdirSync(dir, { recursive: true });
-      m = await kvfsMount(spec.store, dir, argv, { KVFS_DATA_DIR: spec.logDir, KVFS_STATS_FILE: statsFile });
+      m = await kvfsMount(spec.store, dir, argv, { KVFS_DATA_DIR: spec.logDir });
       const mount = m;
       unregister = atExit(() => {
         forceUnmount(mount.dir);
         stopDaemon(mount.pid);
       });
       notes.push(`daemon pid ${m.pid}, log ${path.relative(process.cwd(), m.log)}`);
+      if (spec.heapSampling) {
+        const c = await connectTo(mountEntryAt(dir)!);
+        try {
+          await c.request('heap-start', { interval: spec.heapSampling });
+        } finally {
+          c.close();
+        }
+        notes.push(`heap sampling on (a sample every ${spec.heapSampling} bytes allocated), through the control socket`);
+      }
       if (spec.churnBytes) {
         notes.push(await churn(dir, spec.churnBytes, m.pid, spec.work, aborter.signal));
         if (storeDir) sizes.push(`${size()} after the churn`);

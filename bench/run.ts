@@ -14,6 +14,8 @@
  *                 --store URL or --redis-cluster replace its store; it is then named by that store: kvfs-local
  *                 (local:), kvfs-redis (a Redis URL, --redis-cluster) or kvfs-store (anything else)
  *   kvfs-memory   kvfs mount memory: --driver native (the channel without a store)
+ *   kvfs-heap     kvfs-memory with V8's sampling heap profiler switched on once mounted (kvfs profile heap start,
+ *                 a sample every 512 KiB): what heap profiling costs a live mount (heap on/off)
  *   kvfs-libfuse  kvfs mount --driver libfuse (fuse-native, libfuse 2) on memory: (--libfuse-store URL for
  *                 another): the baseline of the channel
  *   ceiling       ../shared/bench/ceiling/fuse-ceiling.c (C, libfuse3 low-level, data in a pre-faulted arena),
@@ -23,7 +25,7 @@
  *                 --data-dir's disk): the tool users pick instead
  *   tmpfs         a tmpfs mount (as root; else a directory in /dev/shm)
  * Ratios (each when both sides ran): kvfs-local over rclone, disk, the ceiling, and on seq-write-1m over the lower
- * of the ceiling and disk; kvfs-memory over the ceiling and kvfs-libfuse.
+ * of the ceiling and disk; kvfs-memory over the ceiling and kvfs-libfuse; kvfs-heap over kvfs-memory (heap on/off).
  *
  * Churn (../shared/bench/README.md: an embedded store must be measured after churn, not only fresh): before
  * kvfs-local's jobs, a file the size of seq-write-1m's is written, rewritten in place and deleted through its
@@ -60,7 +62,7 @@ import {
 } from './fio-targets.js';
 
 /** The target names in their default order (kvfs-local is named by its store: storeTargetName). */
-const TARGET_NAMES = ['kvfs-local', 'kvfs-memory', 'kvfs-libfuse', 'ceiling', 'disk', 'rclone', 'tmpfs'];
+const TARGET_NAMES = ['kvfs-local', 'kvfs-memory', 'kvfs-heap', 'kvfs-libfuse', 'ceiling', 'disk', 'rclone', 'tmpfs'];
 
 /** run-fio.sh's own order: reads follow the write that lays out their file, stat and delete follow create. */
 const JOB_ORDER = [
@@ -110,6 +112,10 @@ function makeTargets(s: Setup): Map<string, () => Target> {
       churnBytes: s.churnBytes,
     })],
     ['kvfs-memory', kvfs({ name: 'kvfs-memory', short: 'memory', driver: 'native', store: 'memory:', storeText: MEMORY_TEXT })],
+    ['kvfs-heap', kvfs({
+      name: 'kvfs-heap', short: 'heap', driver: 'native', store: 'memory:', heapSampling: 512 * 1024,
+      storeText: `${MEMORY_TEXT}, with V8's sampling heap profiler on (kvfs profile heap start, every 512 KiB)`,
+    })],
     ['kvfs-libfuse', kvfs({ name: 'kvfs-libfuse', short: 'libfuse', driver: 'libfuse', store: s.libfuseStore, storeText: libfuseText })],
     ['ceiling', () => ceilingTarget(s.work, s.logDir, s.ceilingArenaMb)],
     ['disk', () => diskTarget(s.work, s.disk, s.diskRelation)],
@@ -128,6 +134,7 @@ function ratioSpecs(names: string[], store: string): RatioSpec[] {
     { head: `${s}/min(ceiling,disk)`, num: store, den: ['ceiling', 'disk'], jobs: ['seq-write-1m'] },
     { head: 'memory/ceiling', num: 'kvfs-memory', den: ['ceiling'] },
     { head: 'memory/libfuse', num: 'kvfs-memory', den: ['kvfs-libfuse'] },
+    { head: 'heap on/off', num: 'kvfs-heap', den: ['kvfs-memory'] },
   ].filter((r) => [r.num, ...r.den].every((n) => names.includes(n)));
   if (specs.length || names.length < 2) return specs;
   return names.slice(1).map((d) => ({ head: `${names[0]}/${d}`, num: names[0]!, den: [d] }));
@@ -202,7 +209,9 @@ async function runJobs(benchDir: string, target: Target, jobs: string[], jsonDir
   // per job, what the daemon's byte counters moved while it ran (from the previous job's end to its own)
   const io = new Map<string, IoCounters>();
   // a kvfs target's counters start at 0 with its daemon, which the stats file may not show yet
-  let ioLast = target.io ? target.io() ?? { bytesWritten: 0, bytesSent: 0, bytesReturned: 0, bytesFetched: 0 } : undefined;
+  let ioLast = target.io ? (await target.io()) ?? { bytesWritten: 0, bytesSent: 0, bytesReturned: 0, bytesFetched: 0 } : undefined;
+  // the counters are asked for as each job's result line comes, one ask after another
+  let ioAsks = Promise.resolve();
   const problems: string[] = [];
   const child = spawn('bash', [path.join(benchDir, 'run-fio.sh'), target.dir, target.name, ...list], {
     stdio: ['ignore', 'pipe', 'inherit'],
@@ -230,14 +239,17 @@ async function runJobs(benchDir: string, target: Target, jobs: string[], jsonDir
     next++;
     arm();
     row.set(job, mbs === 'FAILED' ? 'FAILED' : { mbs: Number(mbs), iops: Number(iops) });
-    const ioNow = target.io?.();
-    if (ioNow && ioLast) {
-      io.set(job, {
-        bytesWritten: ioNow.bytesWritten - ioLast.bytesWritten, bytesSent: ioNow.bytesSent - ioLast.bytesSent,
-        bytesReturned: ioNow.bytesReturned - ioLast.bytesReturned, bytesFetched: ioNow.bytesFetched - ioLast.bytesFetched,
-      });
-    }
-    ioLast = ioNow;
+    const asked = target.io?.();
+    ioAsks = ioAsks.then(async () => {
+      const ioNow = await asked;
+      if (ioNow && ioLast) {
+        io.set(job, {
+          bytesWritten: ioNow.bytesWritten - ioLast.bytesWritten, bytesSent: ioNow.bytesSent - ioLast.bytesSent,
+          bytesReturned: ioNow.bytesReturned - ioLast.bytesReturned, bytesFetched: ioNow.bytesFetched - ioLast.bytesFetched,
+        });
+      }
+      ioLast = ioNow;
+    });
     say(`${target.name} ${job}: ${mbs} MB/s, ${iops} IOPS`);
   };
   child.stdout!.on('data', (d: Buffer) => {
@@ -253,6 +265,7 @@ async function runJobs(benchDir: string, target: Target, jobs: string[], jsonDir
   });
   current = { child, done: done.then(() => undefined) };
   const code = await done;
+  await ioAsks;
   clearTimeout(watchdog);
   unregister();
   current = undefined;

@@ -27,7 +27,7 @@
  * work dir may be left (pgrep -f, /proc/*\/cwd, /proc/self/mountinfo).
  *
  * Memory: the daemon's VmRSS, RssAnon, RssFile and RssShmem every second (/proc/PID/status), and its stats
- * (KVFS_STATS_FILE, native driver). The bound holds for RssAnon + RssShmem (the daemon's own memory) of every
+ * (its control socket, native driver). The bound holds for RssAnon + RssShmem (the daemon's own memory) of every
  * daemon after the calibration:
  *   fixed overhead + buffer pool + --cache-mb + --write-buffer-mb + evicted blobs (--cache-mb)
  * - fixed overhead: the peak RssAnon + RssShmem of a calibration mount (the same pool, --cache-mb 0,
@@ -53,6 +53,7 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlink
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
+import { daemonStats } from '../bin/diag.js';
 import {
   atExit, fmt, forceUnmount, gitVersion, isAlive, kvfsBin, kvfsMount, MIB, mib, procMemory, quietness, removeWork, repoRoot, run,
   say, sleep, stamp, stopDaemon, waitGone, type RunResult,
@@ -218,7 +219,6 @@ async function main(): Promise<number> {
   const mnt = path.join(work, 'mnt');
   mkdirSync(mnt);
   const store = values.store ?? `local:${path.join(work, 'store')}`;
-  const statsFile = path.join(work, 'stats.json');
   const version = gitVersion();
   const quiet0 = await quietness();
   say(quiet0.text.replace(/\*/g, ''));
@@ -280,7 +280,7 @@ async function main(): Promise<number> {
 
   const mount = async (why: string, cal = false): Promise<Daemon> => {
     const logStart = logSize();
-    const m = await kvfsMount(store, mnt, [...(cal ? calArgs : mountArgs), '--log-file', logFile], { KVFS_STATS_FILE: statsFile });
+    const m = await kvfsMount(store, mnt, [...(cal ? calArgs : mountArgs), '--log-file', logFile]);
     const d: Daemon = { n: daemons.length + 1, pid: m.pid, why, cal, logStart, dev: mountDev(mnt) ?? '?', t0: Date.now() };
     daemons.push(d);
     current = d;
@@ -317,16 +317,20 @@ async function main(): Promise<number> {
 
   // ------------------------------------------------------------------------------------- sampling
   let stuckSaid = false;
-  const sampler = setInterval(() => {
+  let sampling = false;
+  const sampler = setInterval(async () => {
     const d = current;
-    if (!d) return;
+    if (!d || sampling) return;
     const m = memoryOf(d.pid);
     if (!m || Object.values(m).some((v) => Number.isNaN(v))) return; // gone, or a zombie (no Vm lines)
     let st: { pool?: { capacityBytes: number }; fs?: { writeBackBytes: number; blobCacheBytes: number } } | undefined;
+    sampling = true;
     try {
-      st = JSON.parse(readFileSync(statsFile, 'utf8')) as typeof st;
+      st = (await daemonStats(mnt)) as typeof st;
       if (st?.pool) poolBytes = st.pool.capacityBytes;
-    } catch { /* not written yet (or the libfuse driver) */ }
+    } catch { /* not mounted now (chaos), or no answer */ } finally {
+      sampling = false;
+    }
     samples.push({ t: Date.now(), daemon: d.n, pid: d.pid, ...m, writeBack: st?.fs?.writeBackBytes, blobCache: st?.fs?.blobCacheBytes });
     if (loads.isActive && !stopped && Date.now() - loads.lastProgress > 180_000 && !stuckSaid) {
       stuckSaid = true;

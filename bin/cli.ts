@@ -312,17 +312,6 @@ async function mount(argv: MountArgs): Promise<void> {
     log('closed the inspector that a SIGUSR1 opened while kvfs was starting');
   }
 
-  // Opt-in, for the benches until `kvfs status MNT` exists: KVFS_STATS_FILE gets the native driver's
-  // stats() as JSON every 100 ms (written to FILE.tmp, then renamed over FILE).
-  const statsFile = process.env.KVFS_STATS_FILE;
-  const stats = handle?.stats;
-  const statsTimer = statsFile && stats ? setInterval(() => {
-    try {
-      writeFileSync(`${statsFile}.tmp`, JSON.stringify(stats.call(handle)));
-      renameSync(`${statsFile}.tmp`, statsFile);
-    } catch { /* a stale file tells the reader */ }
-  }, 100) : undefined;
-
   const record: DaemonRecord = {
     pid: process.pid, mountpoint: mnt, store: source, dev: entry!.dev, driver: argv.driver,
     started: new Date().toISOString(), ...(argv.logFile ? { log: resolve(argv.logFile) } : {}),
@@ -349,7 +338,6 @@ async function mount(argv: MountArgs): Promise<void> {
     mountpoint: mnt, entry: entry!, closed: handle?.closed,
     sync: () => fs.sync(),
     close: async () => {
-      clearInterval(statsTimer);
       control?.profilers.close();
       await control?.server.close().catch(() => undefined);
       let failed: unknown;
@@ -690,6 +678,7 @@ async function main(args: string[]): Promise<void> {
       .positional('action', { type: 'string', describe: 'heap: start, stop or dump; cpu: the MOUNTPOINT' })
       .positional('mountpoint', { type: 'string' })
       .option('interval', { type: 'number', describe: 'heap start: a sample every BYTES allocated on average (default 524288)' })
+      .option('allocations', { type: 'boolean', describe: 'heap start: keep objects the GC collected too (what was allocated, not only what is live)' })
       .option('output', { alias: 'o', type: 'string', describe: 'dump and cpu: the file to write (gzipped pprof, .pb.gz)' })
       .option('seconds', { type: 'number', default: 10, describe: 'cpu: how long to profile' })
       .example('$0 profile heap start ./mnt', 'start sampling the heap of the daemon of ./mnt')
@@ -701,6 +690,7 @@ async function main(args: string[]): Promise<void> {
       if (!mnt) fail(`kvfs profile ${a.kind}: name the MOUNTPOINT`);
       return diagMount(mnt!, (m) => profileCommand(m, {
         kind: a.kind as string, action: cpu ? undefined : (a.action as string), interval: a.interval as number | undefined,
+        allocations: a.allocations as boolean | undefined,
         output: a.output as string | undefined, seconds: a.seconds as number,
       }));
     })

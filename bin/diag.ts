@@ -3,11 +3,11 @@
  * that use it (`kvfs stats`, `kvfs profile`). The socket is `mount-<hash>.sock` beside the daemon's record in
  * its owner's runtime directory (daemons.ts), so the CLI finds it from the mountpoint, for the owner and root.
  */
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { ControlClient, CONTROL_VERSION, ControlError, ControlServer, type ControlCommand } from '../src/diag/control.js';
 import { Profilers } from '../src/diag/profilers.js';
 import type { OffHeapPart } from '../src/diag/pprof.js';
-import { isKvfsMount, mountOwner, type MountEntry } from '../src/fs/fuse/mount-table.js';
+import { isKvfsMount, mountAt, mountOwner, type MountEntry } from '../src/fs/fuse/mount-table.js';
 import { ownRuntimeDir, runtimeDirOf, socketName, type DaemonRecord } from './daemons.js';
 
 export interface DaemonView {
@@ -18,12 +18,37 @@ export interface DaemonView {
   offHeap: () => OffHeapPart[];
 }
 
-/** what the daemon's memory is made of: each part's bytes, and what is left of the RSS ("other") */
+/**
+ * What the daemon's memory is made of, adding up to its RSS: the parts the daemon counts itself (`offHeap`:
+ * the pool's arena, the blob cache, write-back buffers), other Buffers and ArrayBuffers (V8's external memory
+ * less those), V8's heap (committed), files mapped in (RssFile: code, libraries, an LMDB store's map), and
+ * `other`: the rest of the anonymous memory (native allocations: libuv, the addon's read index and reader
+ * scratch, thread stacks, malloc's free lists). `other` is what the daemon cannot explain.
+ */
 export function memoryReport(offHeap: OffHeapPart[]): { rss: number; parts: { name: string; bytes: number }[] } {
   const m = process.memoryUsage();
-  const parts = [...offHeap.map((p) => ({ name: p.name, bytes: p.bytes })), { name: 'V8 heap', bytes: m.heapTotal }];
-  const counted = parts.reduce((n, p) => n + p.bytes, 0);
-  return { rss: m.rss, parts: [...parts, { name: 'other', bytes: m.rss - counted }] };
+  const status = readStatus();
+  const counted = offHeap.reduce((n, p) => n + p.bytes, 0);
+  const parts = [
+    ...offHeap.map((p) => ({ name: p.name, bytes: p.bytes })),
+    { name: 'other buffers', bytes: Math.max(0, m.external - counted) },
+    { name: 'V8 heap', bytes: m.heapTotal },
+    { name: 'mapped files', bytes: status.RssFile ?? 0 },
+  ];
+  const explained = parts.reduce((n, p) => n + p.bytes, 0);
+  return { rss: m.rss, parts: [...parts, { name: 'other', bytes: m.rss - explained }] };
+}
+
+/** /proc/self/status's Rss* lines, in bytes */
+function readStatus(): Record<string, number> {
+  const out: Record<string, number> = {};
+  try {
+    for (const line of readFileSync('/proc/self/status', 'utf8').split('\n')) {
+      const mm = /^(Rss\w+):\s+(\d+) kB/.exec(line);
+      if (mm) out[mm[1]!] = Number(mm[2]) * 1024;
+    }
+  } catch { /* no /proc: every part but the ones counted here is "other" */ }
+  return out;
 }
 
 /** listens on this daemon's control socket; the server, to close at exit */
@@ -34,7 +59,7 @@ export async function startControl(view: DaemonView): Promise<{ server: ControlS
     hello: () => ({ version: CONTROL_VERSION, ...view.record }),
     stats: () => ({ ...view.stats(), memory: memoryReport(view.offHeap()), heapSampling: profilers.heapSampling ?? null }),
     memory: () => memoryReport(view.offHeap()),
-    'heap-start': (a) => profilers.heapStart(a.interval === undefined ? undefined : Number(a.interval)),
+    'heap-start': (a) => profilers.heapStart(a.interval === undefined ? undefined : Number(a.interval), a.allocations === true),
     'heap-stop': () => profilers.heapStop(),
     'heap-dump': async () => profileOut(await profilers.heapDump()),
     'cpu-profile': async (a) => profileOut(await profilers.cpu(Number(a.seconds ?? 10))),
@@ -155,7 +180,9 @@ function oneLine(s: StatsShape, prev: StatsShape, dtMs: number): string {
 }
 
 /** `kvfs profile heap start|stop|dump` and `kvfs profile cpu` */
-export async function profileCommand(m: MountEntry, a: { kind: string; action?: string; interval?: number; output?: string; seconds?: number }): Promise<void> {
+export async function profileCommand(m: MountEntry, a: {
+  kind: string; action?: string; interval?: number; allocations?: boolean; output?: string; seconds?: number;
+}): Promise<void> {
   const c = await connectTo(m);
   const save = (r: unknown) => {
     const { pprof, bytes } = r as { pprof: string; bytes: number };
@@ -170,8 +197,11 @@ export async function profileCommand(m: MountEntry, a: { kind: string; action?: 
       return;
     }
     if (a.action === 'start') {
-      const r = (await c.request('heap-start', a.interval === undefined ? {} : { interval: a.interval })) as { interval: number };
-      console.log(`kvfs: heap sampling on for ${m.mountPoint} (a sample every ${r.interval} bytes allocated on average)`);
+      const r = (await c.request('heap-start', {
+        ...(a.interval === undefined ? {} : { interval: a.interval }), ...(a.allocations ? { allocations: true } : {}),
+      })) as { interval: number };
+      console.log(`kvfs: heap sampling on for ${m.mountPoint} (a sample every ${r.interval} bytes allocated on average` +
+        `${a.allocations ? '; collected objects kept: an allocation profile' : ''})`);
     } else if (a.action === 'stop') {
       await c.request('heap-stop');
       console.log(`kvfs: heap sampling off for ${m.mountPoint}`);
@@ -181,6 +211,18 @@ export async function profileCommand(m: MountEntry, a: { kind: string; action?: 
     } else {
       throw new ControlError(`kvfs profile heap: give start, stop or dump (not '${a.action}')`);
     }
+  } finally {
+    c.close();
+  }
+}
+
+/** the `stats` of the daemon serving the kvfs mount at mountpoint (for tests and benches; an Error when none) */
+export async function daemonStats(mountpoint: string): Promise<Record<string, unknown>> {
+  const m = mountAt(mountpoint);
+  if (!m) throw new Error(`${mountpoint} is not a mountpoint`);
+  const c = await connectTo(m);
+  try {
+    return (await c.request('stats')) as Record<string, unknown>;
   } finally {
     c.close();
   }

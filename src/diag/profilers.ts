@@ -33,14 +33,21 @@ export class Profilers {
     return this.heapInterval;
   }
 
-  async heapStart(interval = DEFAULT_HEAP_INTERVAL): Promise<{ interval: number }> {
+  /**
+   * Starts sampling every `interval` bytes allocated; with `allocations`, objects the GC has collected since stay
+   * in the profile (what was allocated, not only what is live: V8's includeObjectsCollectedBy*GC).
+   */
+  async heapStart(interval = DEFAULT_HEAP_INTERVAL, allocations = false): Promise<{ interval: number; allocations: boolean }> {
     if (!Number.isInteger(interval) || interval < 64 || interval > 2 ** 30) {
       throw new ControlError(`heap sampling interval ${interval}: give a whole number of bytes from 64 to 1 GiB`);
     }
     if (this.heapInterval !== undefined) throw new ControlError(`heap sampling is already on (every ${this.heapInterval} bytes); stop it first`);
-    await this.connect().post('HeapProfiler.startSampling', { samplingInterval: interval });
+    await this.connect().post('HeapProfiler.startSampling', {
+      samplingInterval: interval,
+      ...(allocations ? { includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: true } : {}),
+    } as HeapProfiler.StartSamplingParameterType);
     this.heapInterval = interval;
-    return { interval };
+    return { interval, allocations };
   }
 
   async heapStop(): Promise<{ stopped: boolean }> {

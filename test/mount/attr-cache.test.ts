@@ -4,23 +4,22 @@
  * hour by default and a stat of a known name never reaches the daemon, even long after the 1 s of a shared
  * store. What the kernel cannot see is pushed to it: a commit that changes a file's stored bytes drops the
  * kernel's copy of its attributes, so st_blocks (du) is right after a close. `--entry-timeout 0
- * --attr-timeout 0` still sends every stat to the daemon. Requests are counted from the daemon's stats file.
+ * --attr-timeout 0` still sends every stat to the daemon. Requests are counted from the daemon's stats.
  */
 import t from 'tap';
 import type { Test } from 'tap';
-import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { expectExit } from '../helpers/assert.js';
 import { kvfs, mountKvfs, PYTHON, run, tempDir } from '../helpers/mount.js';
+import { daemonStats } from '../../bin/diag.js';
 
 t.setTimeout(120_000);
 
 interface Stats { session: { byOp: Record<string, number> } }
 
 /** LOOKUP and GETATTR requests the daemon has answered so far */
-async function metaRequests(statsFile: string): Promise<number> {
-  await new Promise((r) => setTimeout(r, 300)); // the file is rewritten every 100 ms
-  const s = JSON.parse(readFileSync(statsFile, 'utf8')) as Stats;
+async function metaRequests(mnt: string): Promise<number> {
+  const s = (await daemonStats(mnt)) as unknown as Stats;
   return (s.session.byOp.LOOKUP ?? 0) + (s.session.byOp.GETATTR ?? 0);
 }
 
@@ -39,20 +38,19 @@ async function scene(t: Test, args: string[]) {
   const dir = tempDir(t, 'kvfs-test-attrcache-');
   const url = `local:${join(dir, 'volume')}`;
   expectExit(t, await kvfs(['format', url], { dataDir: dir }), 'format');
-  const statsFile = join(dir, 'stats.json');
-  const m = await mountKvfs(t, { driver: 'default', store: url, args, env: { KVFS_STATS_FILE: statsFile } });
-  return { m, statsFile };
+  const m = await mountKvfs(t, { driver: 'default', store: url, args });
+  return { m };
 }
 
 t.test('local store, default timeouts: stats of known names stay in the kernel past 1 s', async (t) => {
-  const { m, statsFile } = await scene(t, []);
+  const { m } = await scene(t, []);
   const N = 300;
   expectExit(t, await run(PYTHON, ['-c', CREATE_ALL, m.mnt, String(N)]), `create ${N} files`);
   expectExit(t, await run(PYTHON, ['-c', STAT_ALL, m.mnt, String(N)]), 'stat them once');
   await new Promise((r) => setTimeout(r, 2500));
-  const before = await metaRequests(statsFile);
+  const before = await metaRequests(m.mnt);
   expectExit(t, await run(PYTHON, ['-c', STAT_ALL, m.mnt, String(N)]), 'stat them again 2.5 s later');
-  const after = await metaRequests(statsFile);
+  const after = await metaRequests(m.mnt);
   t.ok(after - before < 10, `LOOKUP + GETATTR requests for ${N} stats 2.5 s later: ${after - before} (the kernel answered)`);
   t.equal((await m.unmount()).code, 0, 'unmount');
 });
@@ -82,12 +80,12 @@ print(os.stat(p).st_blocks)
 });
 
 t.test('local store, --entry-timeout 0 --attr-timeout 0: every stat reaches the daemon', async (t) => {
-  const { m, statsFile } = await scene(t, ['--entry-timeout', '0', '--attr-timeout', '0']);
+  const { m } = await scene(t, ['--entry-timeout', '0', '--attr-timeout', '0']);
   const N = 100;
   expectExit(t, await run(PYTHON, ['-c', CREATE_ALL, m.mnt, String(N)]), `create ${N} files`);
-  const before = await metaRequests(statsFile);
+  const before = await metaRequests(m.mnt);
   expectExit(t, await run(PYTHON, ['-c', STAT_ALL, m.mnt, String(N)]), 'stat them');
-  const after = await metaRequests(statsFile);
+  const after = await metaRequests(m.mnt);
   t.ok(after - before >= N, `LOOKUP + GETATTR requests for ${N} stats: ${after - before}`);
   t.equal((await m.unmount()).code, 0, 'unmount');
 });

@@ -7,14 +7,14 @@
  * Also: the extended attributes `ls -l` asks for about every file. system.posix_acl_access and security.selinux
  * are EOPNOTSUPP (no ACLs, no SELinux labels stored: ls stops asking for the rest of the device) while an unset
  * user.* name is ENODATA (a stored namespace, nothing set); on the native driver, the daemon's per-opcode counts
- * (its stats file) show the listing took several READDIRPLUS replies and a handful of GETXATTR requests in all
+ * (its stats) show the listing took several READDIRPLUS replies and a handful of GETXATTR requests in all
  * (two per file before). Timings are in bench/bigdir.ts, not here.
  */
 import t from 'tap';
-import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { expectExit, sameLines } from '../helpers/assert.js';
 import { bash, kvfs, mountKvfs, run, tempDir, testDrivers, PYTHON } from '../helpers/mount.js';
+import { daemonStats } from '../../bin/diag.js';
 
 const FILES = 3000;
 /** modes umask 022 leaves alone */
@@ -23,16 +23,18 @@ const drivers = testDrivers();
 t.setTimeout(240_000 * drivers.length);
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
-/** the native daemon's requests by opcode from its stats file (KVFS_STATS_FILE), once rewritten after `since` */
-async function requestsByOp(file: string, since: number): Promise<Record<string, number>> {
-  for (const end = Date.now() + 5000; Date.now() < end; await sleep(50)) {
+/**
+ * the native daemon's requests by opcode from its stats; retried for up to 5 s, since a daemon opens its control
+ * socket only after its mount appears (which is when mountKvfs and remount return)
+ */
+async function requestsByOp(mnt: string): Promise<Record<string, number>> {
+  for (const end = Date.now() + 5000; ; await sleep(50)) {
     try {
-      if (statSync(file).mtimeMs > since) return (JSON.parse(readFileSync(file, 'utf8')) as { session: { byOp: Record<string, number> } }).session.byOp;
-    } catch {
-      // not written yet, or being replaced
+      return ((await daemonStats(mnt)) as unknown as { session: { byOp: Record<string, number> } }).session.byOp;
+    } catch (e) {
+      if (Date.now() >= end) throw e;
     }
   }
-  throw new Error(`the daemon did not rewrite ${file} within 5 s`);
 }
 
 /** mode, link count and size of file i, as `ls -l` prints them */
@@ -70,20 +72,19 @@ for (const driver of drivers) {
     const store = `local:${join(base, 'store')}`;
     expectExit(t, await kvfs(['format', store], { dataDir: join(base, 'data') }), 'kvfs format');
     const native = driver === 'default' || driver === 'native';
-    const statsFile = join(base, 'stats.json');
-    const m = await mountKvfs(t, { store, driver, env: native ? { KVFS_STATS_FILE: statsFile } : {} });
+    const m = await mountKvfs(t, { store, driver });
     const dir = join(m.mnt, 'big');
     expectExit(t, await run(PYTHON, ['-c', CREATE_PY, dir, String(FILES)], { timeout: 180_000 }), `create ${FILES} files`);
 
     await m.remount();
-    const before = native ? await requestsByOp(statsFile, Date.now()) : {};
+    const before = native ? await requestsByOp(m.mnt) : {};
     // mode, links, size and name of every line but "total"; the owner and the time are not checked
     const ls = await bash('LC_ALL=C ls -l "$1" | awk \'NR > 1 { print $9, $1, $2, $5 }\' | LC_ALL=C sort', [dir], { timeout: 120_000 });
     expectExit(t, ls, 'ls -l');
     const want = Array.from({ length: FILES }, (_, i) => expected(i)).sort().join('\n') + '\n';
     sameLines(t, ls.stdout, want, `ls -l shows each of the ${FILES} files once, with its mode, link count and size`);
     if (native) {
-      const after = await requestsByOp(statsFile, Date.now() + 100);
+      const after = await requestsByOp(m.mnt);
       const n = (op: string) => (after[op] ?? 0) - (before[op] ?? 0);
       t.ok(n('READDIRPLUS') > 1, `the listing took several READDIRPLUS replies (${n('READDIRPLUS')})`);
       // ls asks for system.posix_acl_access and security.selinux of every file until the first EOPNOTSUPP of each

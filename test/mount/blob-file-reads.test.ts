@@ -7,10 +7,11 @@
  * clear EIO in bounded time, never other bytes; with the files back, reads are right again.
  */
 import t from 'tap';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { expectExit } from '../helpers/assert.js';
 import { kvfs, mountKvfs, PYTHON, run, tempDir } from '../helpers/mount.js';
+import { daemonStats } from '../../bin/diag.js';
 
 t.setTimeout(180_000);
 
@@ -59,16 +60,12 @@ t.test('small random reads are answered from blob files, and a missing file give
   const storeDir = join(dir, 'volume');
   const url = `local:${storeDir}`;
   expectExit(t, await kvfs(['format', url], { dataDir: dir }), 'format');
-  const statsFile = join(dir, 'stats.json');
-  const m = await mountKvfs(t, { driver: 'default', store: url, args: ['--cache-mb', '1'], env: { KVFS_STATS_FILE: statsFile } });
+  const m = await mountKvfs(t, { driver: 'default', store: url, args: ['--cache-mb', '1'] });
   const src = join(dir, 'src');
   writeFileSync(src, Buffer.from(Array.from({ length: 8 << 20 }, (_, i) => (i * 7 + (i >> 12)) & 0xff)));
   const file = join(m.mnt, 'f');
   expectExit(t, await run('dd', [`if=${src}`, `of=${file}`, 'bs=1M', 'conv=fsync', 'status=none']), 'write 8 MiB');
-  const stats = async () => {
-    await new Promise((r) => setTimeout(r, 300));
-    return (JSON.parse(readFileSync(statsFile, 'utf8')) as Stats).channel;
-  };
+  const stats = async () => ((await daemonStats(m.mnt)) as unknown as Stats).channel;
 
   const r = await run(PYTHON, ['-c', READS, file, src, join(storeDir, 'blobs'), join(dir, 'aside')], { timeout: 120_000 });
   expectExit(t, r, 'random 4 KiB O_DIRECT reads: 3,000; 200 with the blob files moved away; 1,000 with them back; each EIO or the bytes written');

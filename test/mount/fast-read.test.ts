@@ -15,14 +15,15 @@
  * Closes: a FLUSH of a file with nothing uncommitted is answered by the readers too; a close after a write must
  * still commit before it returns (checked by kill -9 of the daemon after the closes, on an LMDB volume).
  * Cases: memory volumes of 64 KiB and 256 KiB chunks (and 256 KiB with the kernel's writeback cache), and an LMDB volume whose blob cache holds four chunks (so
- * published chunks are taken back on eviction all the time, and small random reads publish blob files). The daemon's stats (KVFS_STATS_FILE) must show reads
+ * published chunks are taken back on eviction all the time, and small random reads publish blob files). The daemon's stats must show reads
  * answered by the readers (fastReads) and reads passed to the core (misses), so both paths were exercised.
  */
 import t from 'tap';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { expectExit } from '../helpers/assert.js';
 import { kvfs, mountKvfs, PYTHON, run, tempDir } from '../helpers/mount.js';
+import { daemonStats } from '../../bin/diag.js';
 
 t.setTimeout(240_000);
 
@@ -159,12 +160,9 @@ const cases = [
 for (const { store, chunk, args } of cases) {
   t.test(`fast reads never serve old bytes or sizes (${store}, chunk ${chunk >> 10} KiB${args.length ? ', ' + args.join(' ') : ''})`, async (t) => {
     const dir = tempDir(t, 'kvfs-test-fastread-');
-    const statsFile = join(dir, 'stats.json');
     const url = store === 'local' ? `local:${join(dir, 'volume')}` : store;
     if (store === 'local') expectExit(t, await kvfs(['format', url, '--chunk-size', String(chunk)], { dataDir: dir }), 'format');
-    const m = await mountKvfs(t, {
-      driver: 'default', store: url, args: ['--chunk-size', String(chunk), ...args], env: { KVFS_STATS_FILE: statsFile },
-    });
+    const m = await mountKvfs(t, { driver: 'default', store: url, args: ['--chunk-size', String(chunk), ...args] });
     const files = [0, 1, 2].map((i) => join(m.mnt, `f${i}`));
     // three fuzzers on three files, each with a concurrent O_DIRECT reader on its file
     const runs = files.flatMap((f, i) => [
@@ -173,8 +171,7 @@ for (const { store, chunk, args } of cases) {
     ]);
     const results = await Promise.all(runs);
     results.forEach((r, i) => expectExit(t, r, i % 2 === 0 ? `fuzzer on ${files[i >> 1]}: every read matched the model` : `concurrent reader on ${files[i >> 1]}: no error`));
-    await new Promise((r) => setTimeout(r, 300));
-    const st = JSON.parse(readFileSync(statsFile, 'utf8')) as Stats;
+    const st = (await daemonStats(m.mnt)) as unknown as Stats;
     t.ok(st.channel.fastReads > 0, `reads answered by the reader threads: ${st.channel.fastReads}`);
     t.ok(st.channel.fastReadMisses > 0, `reads passed to the core: ${st.channel.fastReadMisses}`);
     // LMDB: small random reads of chunks not cached publish the chunk's blob file, which the readers read
@@ -184,14 +181,11 @@ for (const { store, chunk, args } of cases) {
 }
 
 t.test('with KVFS_FAST_READS=0 every read goes to the core', async (t) => {
-  const dir = tempDir(t, 'kvfs-test-fastread-');
-  const statsFile = join(dir, 'stats.json');
-  const m = await mountKvfs(t, { driver: 'default', env: { KVFS_STATS_FILE: statsFile, KVFS_FAST_READS: '0' } });
+  const m = await mountKvfs(t, { driver: 'default', env: { KVFS_FAST_READS: '0' } });
   const f = join(m.mnt, 'f');
   const r = await run(PYTHON, [fuzzPy, f, '7', '200', String(256 << 10)], { timeout: 120_000 });
   expectExit(t, r, 'every read matched the model');
-  await new Promise((r) => setTimeout(r, 300));
-  const st = JSON.parse(readFileSync(statsFile, 'utf8')) as Stats;
+  const st = (await daemonStats(m.mnt)) as unknown as Stats;
   t.equal(st.channel.fastReads, 0, 'no read was answered by the reader threads');
   await m.unmount();
 });
@@ -224,17 +218,15 @@ print(json.dumps({p: hashlib.sha256(v).hexdigest() for p, v in want.items()}))
 
 t.test('a close after a write commits before it returns, also when earlier closes were answered by the readers', async (t) => {
   const dir = tempDir(t, 'kvfs-test-fastread-');
-  const statsFile = join(dir, 'stats.json');
   const url = `local:${join(dir, 'volume')}`;
   expectExit(t, await kvfs(['format', url], { dataDir: dir }), 'format');
-  const m = await mountKvfs(t, { driver: 'default', store: url, dataDir: dir, env: { KVFS_STATS_FILE: statsFile } });
+  const m = await mountKvfs(t, { driver: 'default', store: url, dataDir: dir });
   const closesPy = join(scripts, 'closes.py');
   writeFileSync(closesPy, CLOSES);
   const r = await run(PYTHON, [closesPy, m.mnt, '60'], { timeout: 60_000 });
   expectExit(t, r, 'write, read, write again, closing each time');
   const want = JSON.parse(r.stdout) as Record<string, string>;
-  await new Promise((res) => setTimeout(res, 300));
-  const st = JSON.parse(readFileSync(statsFile, 'utf8')) as { channel: { fastFlushes: number } };
+  const st = (await daemonStats(m.mnt)) as unknown as { channel: { fastFlushes: number } };
   // exactly the 60 closes after reading: the 120 after writing had something to commit
   t.equal(st.channel.fastFlushes, 60, 'the reader threads answered the closes after reading, none after writing');
   await m.kill9();

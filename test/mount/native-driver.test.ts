@@ -7,9 +7,9 @@
  *  (c) requests larger than the channel's inline record (200 bytes of body): names of 255 bytes, xattrs of
  *      64 KiB, 1 MiB and 512 KiB writes, O_DIRECT reads of 1 MiB, round-trip byte for byte;
  *  (d) 16 writers and 8 readers at once through a 4 MiB buffer pool (`--buffer-pool-mb 4`), so requests wait for
- *      buffers: nothing fails, everything completes, checksums match (the pool's stats come from KVFS_STATS_FILE);
- *      with that pool, O_DIRECT reads of 512 KiB and 1 MiB (whose replies need the largest class) complete, on a
- *      fresh mount and after rounds of mixed O_DIRECT load (KVFS_TEST_LOAD_ROUNDS, default 6);
+ *      buffers: nothing fails, everything completes, checksums match (the pool's stats come from the daemon's
+ *      control socket); with that pool, O_DIRECT reads of 512 KiB and 1 MiB (whose replies need the largest
+ *      class) complete, on a fresh mount and after rounds of mixed O_DIRECT load (KVFS_TEST_LOAD_ROUNDS, default 6);
  *  (e) the kernel's INTERRUPT: processes SIGKILLed while inside requests do not break the mount.
  *
  * Every tool runs in a child process under a deadline; a tool stuck in the kernel (state D, which no signal
@@ -26,6 +26,7 @@ import {
   bash, describe, isMounted, kvfs, mountKvfs, mountsAt, PYTHON, run, start, tempDir,
   type Mounted, type RunResult, type Started,
 } from '../helpers/mount.js';
+import { daemonStats } from '../../bin/diag.js';
 
 t.setTimeout(110_000);
 
@@ -95,10 +96,10 @@ interface Bounded {
 
 /**
  * Waits for started tools until a deadline. Tools still running then are reported (state, wait channel) as a
- * failure; the daemon is then killed (a process in state D ends only when its FUSE connection does), and the
- * tools are awaited once more.
+ * failure (with what `diag` resolves to); the daemon is then killed (a process in state D ends only when its FUSE
+ * connection does), and the tools are awaited once more.
  */
-async function bounded(t: Test, m: Mounted, tools: Started[], ms: number, what: string, diag?: () => unknown): Promise<Bounded> {
+async function bounded(t: Test, m: Mounted, tools: Started[], ms: number, what: string, diag?: () => Promise<unknown>): Promise<Bounded> {
   let timer: NodeJS.Timeout | undefined;
   const deadline = new Promise<'deadline'>((r) => (timer = setTimeout(() => r('deadline'), ms)));
   const all = Promise.all(tools.map((s) => s.result));
@@ -111,7 +112,7 @@ async function bounded(t: Test, m: Mounted, tools: Started[], ms: number, what: 
   const stuck = tools.filter((s) => !done.has(s));
   const report = stuck.map((s) => ({ cmd: s.cmd, processes: groupState(s.child.pid) }));
   t.fail(`${what}: ${stuck.length} of ${tools.length} tools still running after ${ms} ms (a hang)`, {
-    stuck: report, ...(diag ? { daemon: diag() } : {}),
+    stuck: report, ...(diag ? { daemon: await diag() } : {}),
   });
   if (m.alive()) {
     t.comment(`${what}: killing the daemon (pid ${m.pid}) to free the stuck tools`);
@@ -173,18 +174,22 @@ async function stillServes(t: Test, m: Mounted, what: string): Promise<void> {
   if (back.results[0]) expectExit(t, back.results[0], `${what}: the file reads back byte for byte`);
 }
 
-/** the daemon's stats (KVFS_STATS_FILE, rewritten every 100 ms by the native driver), or undefined */
+/** the parts of the native daemon's stats these tests read */
 interface DaemonStats {
   channel: { requests: number; inlineRequests: number; poolWaits: number; stocked: number };
   session: { requests: number; inFlight: number; replyFailures: number; parseErrors: number };
   pool: { capacityBytes: number; inUseBytes: number; highWaterBytes: number; waiters: number; totalWaits: number;
     classes: { size: number; count: number; inUse: number; free: number; highWater: number }[] };
 }
-function daemonStats(file: string): DaemonStats | undefined {
+/** the daemon's stats (over its control socket), or undefined when it does not answer within 2 s */
+async function statsOf(m: Mounted): Promise<DaemonStats | undefined> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<undefined>((r) => (timer = setTimeout(() => r(undefined), 2000)));
+  const st = daemonStats(m.mnt).then((s) => s as unknown as DaemonStats, () => undefined);
   try {
-    return JSON.parse(readFileSync(file, 'utf8')) as DaemonStats;
-  } catch {
-    return undefined;
+    return await Promise.race([st, late]);
+  } finally {
+    clearTimeout(timer);
   }
 }
 
@@ -545,8 +550,7 @@ print(h.hexdigest())
 `;
 
 t.test('(d) 16 writers and 8 readers through a 4 MiB buffer pool: nothing fails, everything completes', async (t) => {
-  const statsFile = join(local, 'stats-load.json');
-  const m = await mountKvfs(t, { driver: 'default', args: ['--buffer-pool-mb', '4'], env: { KVFS_STATS_FILE: statsFile } });
+  const m = await mountKvfs(t, { driver: 'default', args: ['--buffer-pool-mb', '4'] });
   const shared = randomBytes(24 * MIB);
   const src = join(local, 'shared');
   writeFileSync(src, shared);
@@ -564,16 +568,22 @@ t.test('(d) 16 writers and 8 readers through a 4 MiB buffer pool: nothing fails,
   const began = Date.now();
   // sample the pool while the load runs: in-use bytes never above the capacity
   const samples: DaemonStats[] = [];
-  const sampler = setInterval(() => {
-    const st = daemonStats(statsFile);
-    if (st) samples.push(st);
-  }, 50);
-  const { results } = await bounded(t, m, [...writers, ...readers], 60_000, '16 writers and 8 readers', () => daemonStats(statsFile));
-  clearInterval(sampler);
+  let sampling = true;
+  const sampler = (async () => {
+    for (; sampling; await sleep(50)) {
+      const st = await statsOf(m);
+      if (st) samples.push(st);
+    }
+  })();
+  const { results } = await bounded(t, m, [...writers, ...readers], 60_000, '16 writers and 8 readers', () => statsOf(m));
+  sampling = false;
+  await sampler;
   t.comment(`24 tools finished in ${Date.now() - began} ms`);
+  // the kernel sends a RELEASE after the tools' last closes in the background: let those be answered before
+  // looking at what is left in flight
   await sleep(300);
-  const st = daemonStats(statsFile);
-  t.ok(st, `the daemon's stats (KVFS_STATS_FILE) are readable`);
+  const st = await statsOf(m);
+  t.ok(st, `the daemon's stats are readable`);
   if (st) {
     t.ok(st.pool.capacityBytes <= 4 * MIB, `the pool holds at most 4 MiB (${st.pool.capacityBytes})`);
     t.ok(st.pool.highWaterBytes <= st.pool.capacityBytes, `pool high-water ${st.pool.highWaterBytes} <= capacity`);
@@ -632,11 +642,10 @@ print(k)
  * one of them for its reply, so the readers' stock must leave one free. Mounts with a 4 MiB pool and a 4 MiB
  * file `f`; readAll() reads it with O_DIRECT in 256 KiB, 512 KiB and 1 MiB requests, each under a deadline.
  */
-async function smallPoolMount(t: Test, statsName: string) {
-  const statsFile = join(local, statsName);
-  const m = await mountKvfs(t, { driver: 'default', args: ['--buffer-pool-mb', '4'], env: { KVFS_STATS_FILE: statsFile } });
+async function smallPoolMount(t: Test, name: string) {
+  const m = await mountKvfs(t, { driver: 'default', args: ['--buffer-pool-mb', '4'] });
   const data = randomBytes(4 * MIB);
-  const src = join(local, `${statsName}.src`);
+  const src = join(local, `small-pool-${name}.src`);
   writeFileSync(src, data);
   expectExit(t, await run('cp', [src, `${m.mnt}/f`], { timeout: 30_000 }), 'a 4 MiB file');
   const want = sha256(data);
@@ -646,23 +655,23 @@ async function smallPoolMount(t: Test, statsName: string) {
       const s = start(PYTHON, [script('reader', READER), `${m.mnt}/f`, String(bs), 'direct'], { timeout: 60_000 });
       s.end();
       const { results, stuck } = await bounded(t, m, [s], 10_000, `${what}: one O_DIRECT reader, ${bs >> 10} KiB reads, 4 MiB pool`,
-        () => daemonStats(statsFile));
+        () => statsOf(m));
       const r = results[0];
       if (r && !stuck.length && expectExit(t, r, `${what}: O_DIRECT ${bs >> 10} KiB reads`)) {
         t.equal(r.stdout.trim(), want, `${what}: O_DIRECT ${bs >> 10} KiB reads: checksum`);
       }
     }
   };
-  return { m, statsFile, readAll };
+  return { m, readAll };
 }
 
 t.test('(d) with a 4 MiB pool, O_DIRECT reads of 512 KiB and 1 MiB complete', async (t) => {
-  const { readAll } = await smallPoolMount(t, 'stats-fresh.json');
+  const { readAll } = await smallPoolMount(t, 'fresh');
   await readAll('on a fresh mount');
 });
 
 t.test('(d) with a 4 MiB pool, O_DIRECT reads of 512 KiB and 1 MiB complete after a mixed O_DIRECT load', async (t) => {
-  const { m, statsFile, readAll } = await smallPoolMount(t, 'stats-mixed.json');
+  const { m, readAll } = await smallPoolMount(t, 'mixed');
 
   // A mixed load: 256 KiB O_DIRECT reads hold the 256 KiB class, while 200 KiB O_DIRECT writes make the readers'
   // stock ask the pool for 256 KiB buffers, which it serves from the larger class when the 256 KiB one is empty.
@@ -675,10 +684,11 @@ t.test('(d) with a 4 MiB pool, O_DIRECT reads of 512 KiB and 1 MiB complete afte
       ...Array.from({ length: 4 }, (_, i) => start(PYTHON, [script('direct-loop', DIRECT_LOOP), `${m.mnt}/w${i}`, 'w', String(200 * KIB), '3'], { timeout: 60_000 })),
     ];
     load.forEach((s) => s.end());
-    const { results } = await bounded(t, m, load, 20_000, `round ${round} of the mixed O_DIRECT load`, () => daemonStats(statsFile));
+    const { results } = await bounded(t, m, load, 20_000, `round ${round} of the mixed O_DIRECT load`, () => statsOf(m));
     if (!results.every((r, i) => expectExit(t, r, `round ${round}: load ${i < 8 ? 'reader' : 'writer'} ${i}`))) break;
+    // as above: RELEASEs of the last closes may still be on their way
     await sleep(300);
-    const st = daemonStats(statsFile);
+    const st = await statsOf(m);
     const big = st?.pool.classes[st.pool.classes.length - 1];
     t.comment(`after round ${round}: largest class ${big ? `free ${big.free} of ${big.count}` : '?'}, stocked ${st?.channel.stocked}, in flight ${st?.session.inFlight}`);
     if (st && big && st.session.inFlight === 0 && big.free === 0) {

@@ -62,6 +62,8 @@ t.test('kvfs stats: opcodes with counts and latency, the pool per class, memory 
   t.ok(s.pool.classes.length > 0 && s.pool.classes.every((c) => c.size > 0 && c.count > 0), 'the pool, per size class');
   const sum = s.memory.parts.reduce((n, p) => n + p.bytes, 0);
   t.equal(sum, s.memory.rss, `memory parts add up to the RSS (${s.memory.parts.map((p) => p.name).join(', ')})`);
+  const other = s.memory.parts.find((p) => p.name === 'other')!.bytes;
+  t.ok(Math.abs(other) <= 0.1 * s.memory.rss, `what the daemon cannot explain (${(other / 2 ** 20).toFixed(1)} MiB) is within the stated 10% of its RSS (${(s.memory.rss / 2 ** 20).toFixed(1)} MiB)`);
   const text = await cli(['stats', m.mnt]);
   expectExit(t, text, 'kvfs stats');
   t.match(text.stdout, /opcode\s+count\s+ops\/s\s+p50\s+p99\s+max/, 'a table of opcodes');

@@ -18,7 +18,7 @@ import { Latencies, type LatencySummary } from '../../diag/latency.js';
 import { toErrno } from '../errors.js';
 import type { Attr, StatFs } from '../types.js';
 import {
-  OUT_HEADER_SIZE, REPLY, notifyInvalInode, parseRequest, opcodeInfo, replyError, writeOutHeader,
+  OUT_HEADER_SIZE, REPLY, notifyInvalInode, parseRequest, opcodeInfo, wireErrno,
   type InitOut, type OpName, type ParseOptions, type Request, type RequestOf,
 } from './wire/index.js';
 import { WireParseError } from './wire/errors.js';
@@ -49,6 +49,7 @@ export type OpHandler<K extends OpName> = (req: RequestOf<K>, cx: OpContext) => 
 export type OpTable = { [K in OpName]?: OpHandler<K> };
 
 export interface Transport {
+  /** writes (or copies) the reply's bytes before it returns: the session reuses its buffers for the next reply */
   reply(reader: number, header: Uint8Array, body?: Uint8Array, data?: Uint8Array): number;
   done(req: RawRequest): void;
 }
@@ -122,6 +123,7 @@ export class Session {
   private readonly stat: Omit<SessionStats, 'byOp' | 'latency'> = { requests: 0, inFlight: 0, errors: 0, parseErrors: 0, replyFailures: 0 };
   private readonly byOp = new Map<string, number>();
   private readonly latency = new Latencies();
+  private readonly scratch = new Map<number, { buf: Buffer; dv: DataView }>();
   private readonly log: (msg: string) => void;
 
   constructor(private readonly transport: Transport, private readonly ops: OpTable, opts: SessionOptions) {
@@ -159,7 +161,7 @@ export class Session {
       f.abort();
       this.stat.replyFailures++;
       this.log(`a ${f.op} request got no answer within ${limitMs / 1000} s: answering EIO`);
-      this.send(f.raw, replyError(unique, 5));
+      this.send(f.raw, this.error(unique, 5));
     }
   }
 
@@ -177,7 +179,7 @@ export class Session {
       this.stat.parseErrors++;
       const pe = e instanceof WireParseError ? e : undefined;
       if (pe?.unique !== undefined && pe.replyWanted !== false) {
-        this.send(raw, replyError(pe.unique, pe.errno));
+        this.send(raw, this.error(pe.unique, pe.errno));
       } else {
         this.log(`a request could not be parsed and gets no reply: ${(e as Error).message}`);
       }
@@ -195,7 +197,7 @@ export class Session {
     }
     const handler = this.ops[req.op] as OpHandler<OpName> | undefined;
     if (!handler) {
-      if (info.replies) this.send(raw, replyError(unique, 38 /* ENOSYS */));
+      if (info.replies) this.send(raw, this.error(unique, 38 /* ENOSYS */));
       this.transport.done(raw);
       return;
     }
@@ -239,7 +241,7 @@ export class Session {
     } catch (e) {
       this.stat.replyFailures++;
       this.log(`a ${req.op} reply could not be encoded, answering EIO: ${(e as Error).stack}`);
-      this.send(raw, replyError(unique, 5));
+      this.send(raw, this.error(unique, 5));
     } finally {
       this.transport.done(raw);
     }
@@ -250,7 +252,7 @@ export class Session {
     const expired = replies && !this.inflight.delete(unique);
     this.stat.errors++;
     const errno = e instanceof WireParseError ? e.errno : toErrno(e);
-    if (replies && !expired) this.send(raw, replyError(unique, errno));
+    if (replies && !expired) this.send(raw, this.error(unique, errno));
     this.transport.done(raw);
   }
 
@@ -299,15 +301,41 @@ export class Session {
     }
   }
 
+  /**
+   * The buffer of `size` bytes replies of that size are written into, kept for the session: the transport
+   * writes (or copies) a reply before `reply` returns, so the next reply may reuse it, and answering allocates
+   * nothing. The header goes through a DataView: Buffer's writeBigUInt64LE makes BigInts of every unique.
+   */
+  private scratchOf(size: number): { buf: Buffer; dv: DataView } {
+    let s = this.scratch.get(size);
+    if (!s) {
+      const buf = Buffer.alloc(size);
+      s = { buf, dv: new DataView(buf.buffer, buf.byteOffset, size) };
+      this.scratch.set(size, s);
+    }
+    return s;
+  }
+
+  /** a fuse_out_header (len, error, unique) at the start of a scratch buffer of `size` bytes */
+  private headed(size: number, unique: bigint, len: number, error = 0): Buffer {
+    const { buf, dv } = this.scratchOf(size);
+    dv.setUint32(0, len, true);
+    dv.setInt32(4, error, true);
+    dv.setBigUint64(8, unique, true);
+    return buf;
+  }
+
   private header(unique: bigint, bodyLength: number): Buffer {
-    const b = Buffer.allocUnsafe(OUT_HEADER_SIZE);
-    writeOutHeader(b, 0, unique, OUT_HEADER_SIZE + bodyLength);
-    return b;
+    return this.headed(OUT_HEADER_SIZE, unique, OUT_HEADER_SIZE + bodyLength);
+  }
+
+  /** an error reply (errno > 0) */
+  private error(unique: bigint, errno: number): Buffer {
+    return this.headed(OUT_HEADER_SIZE, unique, OUT_HEADER_SIZE, -wireErrno(errno));
   }
 
   private fixed<T>(raw: RawRequest, unique: bigint, body: { size: number; write(b: Buffer, off: number, v: T): void }, v: T): void {
-    const b = Buffer.allocUnsafe(OUT_HEADER_SIZE + body.size);
-    writeOutHeader(b, 0, unique, b.length);
+    const b = this.headed(OUT_HEADER_SIZE + body.size, unique, OUT_HEADER_SIZE + body.size);
     body.write(b, OUT_HEADER_SIZE, v);
     this.send(raw, b);
   }

@@ -28,6 +28,7 @@ import {
 } from './daemons.js';
 import { Lifecycle } from './lifecycle.js';
 import { profileCommand, startControl, statsCommand } from './diag.js';
+import { parseListenAddress, startMetrics, type DaemonStats } from '../src/diag/metrics.js';
 
 class CliError extends Error {}
 const fail = (msg: string): never => { throw new CliError(msg); };
@@ -175,6 +176,7 @@ interface MountArgs extends StoreArgs {
   debugBuffers?: boolean;
   requestTimeout: number;
   logFile?: string;
+  metrics?: string;
 }
 
 /**
@@ -192,6 +194,7 @@ const MOUNT_OPTIONS = {
   'readers': { type: 'number', default: 2, describe: 'reader threads on /dev/fuse (native driver)' },
   'debug-buffers': { type: 'boolean', describe: 'keep the stack of every buffer taken; report those never released at unmount' },
   'request-timeout': { type: 'number', default: 300, describe: 'seconds before an unanswered request is answered EIO (0: never)' },
+  'metrics': { type: 'string', describe: 'serve Prometheus metrics at http://HOST:PORT/metrics (:PORT is 127.0.0.1:PORT); off by default' },
   'writeback-cache': { type: 'boolean', describe: 'let the kernel cache writes (native driver)' },
   'chunk-size': { type: 'string', describe: 'chunk size when this mount formats a new volume' },
   'cache-mb': { type: 'number', default: 64, describe: 'MiB of file data cached in memory' },
@@ -242,6 +245,12 @@ async function mount(argv: MountArgs): Promise<void> {
   inRange('attr-timeout', argv.attrTimeout, 0, 86400);
   inRange('entry-timeout', argv.entryTimeout, 0, 86400);
   inRange('request-timeout', argv.requestTimeout, 0, 86400);
+  let metricsAt: { host: string; port: number } | undefined;
+  try {
+    metricsAt = argv.metrics === undefined ? undefined : parseListenAddress(argv.metrics);
+  } catch (e) {
+    fail((e as Error).message);
+  }
   const url = argv.store ?? defaultStore();
   const autoFormat = argv.store === undefined || url.startsWith('memory:');
   const mnt = resolve(argv.mountpoint);
@@ -334,11 +343,20 @@ async function mount(argv: MountArgs): Promise<void> {
     log(`no control socket (kvfs stats and kvfs profile will not reach this daemon): ${(e as Error).message}`);
     return undefined;
   });
+  // Prometheus metrics (--metrics): the figures of `kvfs stats`, read at each scrape
+  const metrics = metricsAt && await startMetrics(metricsAt, () => control!.stats() as DaemonStats).then((m) => {
+    log(`metrics at ${m.url}`);
+    return m;
+  }, (e: unknown) => {
+    log(`no metrics: ${(e as Error).message}`);
+    return undefined;
+  });
   new Lifecycle({
     mountpoint: mnt, entry: entry!, closed: handle?.closed,
     sync: () => fs.sync(),
     close: async () => {
       control?.profilers.close();
+      await metrics?.close().catch(() => undefined);
       await control?.server.close().catch(() => undefined);
       let failed: unknown;
       await fs.sync().catch((e: unknown) => { failed = e; });

@@ -52,12 +52,13 @@ function readStatus(): Record<string, number> {
 }
 
 /** listens on this daemon's control socket; the server, to close at exit */
-export async function startControl(view: DaemonView): Promise<{ server: ControlServer; profilers: Profilers }> {
+export async function startControl(view: DaemonView): Promise<{ server: ControlServer; profilers: Profilers; stats: () => object }> {
   const profilers = new Profilers(view.offHeap);
   const profileOut = (gz: Buffer) => ({ bytes: gz.length, pprof: gz.toString('base64') });
+  const stats = () => ({ ...view.stats(), memory: memoryReport(view.offHeap()), heapSampling: profilers.heapSampling ?? null });
   const commands: Record<string, ControlCommand> = {
     hello: () => ({ version: CONTROL_VERSION, ...view.record }),
-    stats: () => ({ ...view.stats(), memory: memoryReport(view.offHeap()), heapSampling: profilers.heapSampling ?? null }),
+    stats,
     memory: () => memoryReport(view.offHeap()),
     'heap-start': (a) => profilers.heapStart(a.interval === undefined ? undefined : Number(a.interval), a.allocations === true),
     'heap-stop': () => profilers.heapStop(),
@@ -67,7 +68,7 @@ export async function startControl(view: DaemonView): Promise<{ server: ControlS
   const uid = process.getuid!();
   const path = `${ownRuntimeDir()}/${socketName(view.record.mountpoint)}`;
   const server = await ControlServer.listen(path, commands, uid === 0 ? [0] : [uid, 0]);
-  return { server, profilers };
+  return { server, profilers, stats };
 }
 
 // ------------------------------------------------------------------ the CLI's side

@@ -8,6 +8,7 @@
  */
 import t from 'tap';
 import { chmodSync, readFileSync, statSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { expectExit } from '../helpers/assert.js';
 import { ensureUser, kvfs, mountKvfs, PYTHON, run, runAs, tempDir, TEST_USER } from '../helpers/mount.js';
@@ -181,4 +182,42 @@ t.test('a kill -9 leaves a stale socket; the next mount replaces it', async (t) 
   t.match(JSON.parse((JSON.parse(hello.stdout) as string[])[0]!), { ok: true, result: { pid: m2.pid, version: 1 } }, 'the socket is the new daemon\'s');
   t.equal((await m2.unmount()).code, 0, 'unmount');
   t.throws(() => statSync(sock), { code: 'ENOENT' }, 'a clean exit removes the socket');
+});
+
+t.test('under fio: kvfs stats and the Prometheus metrics (--metrics) show the same counts', async (t) => {
+  const parse = createRequire(import.meta.url)('parse-prometheus-text-format') as (text: string) => {
+    name: string; type: string; metrics: { value?: string; labels?: Record<string, string> }[];
+  }[];
+  const store = `local:${join(dir, 'metrics-volume')}`;
+  expectExit(t, await cli(['format', store]), 'format');
+  const mm = await mountKvfs(t, { driver: 'default', store, args: ['--metrics', '127.0.0.1:0'] });
+  const r = await run('fio', ['--name=stats', `--directory=${mm.mnt}`, '--rw=randrw', '--bs=4k', '--size=8M', '--numjobs=2',
+    '--ioengine=psync', '--fsync=32', '--runtime=2', '--time_based', '--group_reporting']);
+  expectExit(t, r, 'fio randrw through the mount');
+  await new Promise((res) => setTimeout(res, 500)); // the kernel's last RELEASEs and FORGETs
+  const url = /metrics at (http:\/\/127\.0\.0\.1:\d+\/metrics)/.exec(mm.output().stderr + mm.output().stdout)?.[1];
+  t.ok(url, `the daemon says where its metrics are (${url})`);
+  const text = await (await fetch(url!)).text();
+  const j = await cli(['stats', mm.mnt, '--json']);
+  expectExit(t, j, 'kvfs stats --json');
+  const s = JSON.parse(j.stdout) as { session: { byOp: Record<string, number> }; pool: { classes: { size: number; inUse: number; free: number }[] } };
+  for (const op of ['CREATE', 'OPEN', 'READ', 'WRITE', 'FSYNC', 'RELEASE', 'LOOKUP']) t.ok(s.session.byOp[op]! > 0, `fio drove ${op}: ${s.session.byOp[op]}`);
+  t.ok(s.pool.classes.length >= 2 && s.pool.classes.every((c) => c.inUse + c.free > 0), 'the pool\'s classes');
+  const families = new Map(parse(text).map((f) => [f.name, f]));
+  const requests = families.get('kvfs_requests_total');
+  t.equal(requests?.type, 'COUNTER', 'kvfs_requests_total is a counter');
+  for (const [op, n] of Object.entries(s.session.byOp)) {
+    const m = requests?.metrics.find((x) => x.labels?.op === op);
+    t.equal(Number(m?.value), n, `kvfs_requests_total{op="${op}"} = kvfs stats' ${n}`);
+  }
+  const cls = families.get('kvfs_buffer_pool_class_buffers');
+  for (const c of s.pool.classes) {
+    const free = cls?.metrics.find((x) => x.labels?.size === String(c.size) && x.labels?.state === 'free');
+    t.equal(Number(free?.value), c.free, `pool class ${c.size}: ${c.free} free in both`);
+  }
+  t.ok(families.has('kvfs_request_latency_seconds') && families.has('process_resident_memory_bytes'), 'latency and process families');
+  t.equal((await mm.unmount()).code, 0, 'unmount');
+  const bad = await cli(['mount', store, mm.mnt, '--metrics', 'nowhere']);
+  t.equal(bad.code, 1, 'a bad --metrics address fails');
+  t.match(bad.stderr, /bad --metrics 'nowhere': give HOST:PORT/, 'with a clear message');
 });

@@ -27,7 +27,7 @@ import {
   type DaemonRecord,
 } from './daemons.js';
 import { Lifecycle } from './lifecycle.js';
-import { profileCommand, startControl, statsCommand } from './diag.js';
+import { connectTo, human, profileCommand, startControl, statsCommand } from './diag.js';
 import { parseListenAddress, startMetrics, type DaemonStats } from '../src/diag/metrics.js';
 
 class CliError extends Error {}
@@ -499,6 +499,18 @@ async function status(argv: { store?: string } & StoreArgs): Promise<void> {
       `daemon:         ${d ? `pid ${d.pid} (${d.driver} driver, since ${d.started})${isStopped(processState(d.pid)) ? ', STOPPED' : ''}` : 'gone (clean up with: kvfs umount ' + m!.mountPoint + ')'}`,
       ...(d?.log ? [`log:            ${d.log}`] : []),
     );
+    // what the daemon's memory is made of, through its control socket (when it answers)
+    const mem = d && await connectTo(m!).then(async (c) => {
+      try {
+        return (await c.request('memory')) as { rss: number; parts: { name: string; bytes: number }[] };
+      } finally {
+        c.close();
+      }
+    }, () => undefined).catch(() => undefined);
+    if (mem) {
+      lines.push(`memory:         RSS ${human(mem.rss)}`);
+      for (const p of mem.parts) lines.push(`  ${(p.name + ':').padEnd(20)} ${human(p.bytes).padStart(10)}`);
+    }
     if (url.startsWith('memory:')) {
       lines.push(`store:          ${describeStore(url)}: its volume lives in the daemon's memory only`);
       console.log(lines.join('\n'));

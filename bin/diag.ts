@@ -4,6 +4,7 @@
  * its owner's runtime directory (daemons.ts), so the CLI finds it from the mountpoint, for the owner and root.
  */
 import { readFileSync, writeFileSync } from 'node:fs';
+import { getHeapStatistics } from 'node:v8';
 import { ControlClient, CONTROL_VERSION, ControlError, ControlServer, type ControlCommand } from '../src/diag/control.js';
 import { Profilers } from '../src/diag/profilers.js';
 import type { OffHeapPart } from '../src/diag/pprof.js';
@@ -21,7 +22,7 @@ export interface DaemonView {
 /**
  * What the daemon's memory is made of, adding up to its RSS: the parts the daemon counts itself (`offHeap`:
  * the pool's arena, the blob cache, write-back buffers), other Buffers and ArrayBuffers (V8's external memory
- * less those), V8's heap (committed), files mapped in (RssFile: code, libraries, an LMDB store's map), and
+ * less those), V8's heap (its resident pages), files mapped in (RssFile: code, libraries, an LMDB store's map), and
  * `other`: the rest of the anonymous memory (native allocations: libuv, the addon's read index and reader
  * scratch, thread stacks, malloc's free lists). `other` is what the daemon cannot explain.
  */
@@ -32,7 +33,7 @@ export function memoryReport(offHeap: OffHeapPart[]): { rss: number; parts: { na
   const parts = [
     ...offHeap.map((p) => ({ name: p.name, bytes: p.bytes })),
     { name: 'other buffers', bytes: Math.max(0, m.external - counted) },
-    { name: 'V8 heap', bytes: m.heapTotal },
+    { name: 'V8 heap', bytes: getHeapStatistics().total_physical_size },
     { name: 'mapped files', bytes: status.RssFile ?? 0 },
   ];
   const explained = parts.reduce((n, p) => n + p.bytes, 0);

@@ -271,6 +271,9 @@ const DECODERS: { [K in OpName]: Decoder<K> } = {
   TMPFILE: (p) => ({ ...struct(p, 'fuse_create_in'), name: name1(p, 16) }),
 };
 
+/** the extensions of a request that has none */
+const NO_EXT = new Uint8Array(0);
+
 function view(b: Uint8Array): DataView {
   return new DataView(b.buffer, b.byteOffset, b.byteLength);
 }
@@ -286,9 +289,10 @@ export function parseRequest(header: Uint8Array, body: Uint8Array, opts: ParseOp
     if (info === undefined) throw new UnknownOpcode(h.opcode);
     const extLen = h.total_extlen * 8;
     if (extLen > body.length) throw new ShortBody('extensions (total_extlen)', extLen, body.length);
-    const bytes = body.subarray(0, body.length - extLen);
+    // most requests carry no extensions: then no views are made (the request path allocates as little as it can)
+    const bytes = extLen ? body.subarray(0, body.length - extLen) : body;
     const fields = (DECODERS[info.name] as Decoder<OpName>)({ bytes, dv: view(bytes), opts });
-    return { header: h, ext: body.subarray(body.length - extLen), op: info.name, ...fields } as Request;
+    return { header: h, ext: extLen ? body.subarray(body.length - extLen) : NO_EXT, op: info.name, ...fields } as Request;
   } catch (e) {
     if (e instanceof WireParseError) {
       const opcode = hdv.getUint32(4, true);

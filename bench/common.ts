@@ -405,7 +405,18 @@ export function unexpectedLogLines(log: string): string[] {
     /^kvfs: unmounted \S+: everything committed; stopped$/, /^kvfs: formatted a new volume/,
     /^kvfs: fs\.pipe-max-size is /,
   ];
-  return text.split('\n').filter((l) => l.trim() && !ordinary.some((re) => re.test(l)));
+  return text.split('\n').map(logText).filter((l) => l.trim() && !ordinary.some((re) => re.test(l)));
+}
+
+/** a line of a daemon's log as text: a JSON line (the background log, src/log.ts) as `kvfs: <msg>` */
+export function logText(line: string): string {
+  if (!line.startsWith('{')) return line;
+  try {
+    const j = JSON.parse(line) as { msg?: unknown };
+    return typeof j.msg === 'string' ? `kvfs: ${j.msg}` : line;
+  } catch {
+    return line;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import path from 'node:path';
 import { connectTo, daemonStats } from '../bin/diag.js';
 import { mountAt as mountEntryAt } from '../src/fs/fuse/mount-table.js';
 import {
-  atExit, diskUsage, fioWrites, fmt, forceUnmount, isAlive, isMounted, killGroup, kvfsBin, kvfsMount, kvfsUnmount, mib,
+  atExit, diskUsage, fioWrites, logText, fmt, forceUnmount, isAlive, isMounted, killGroup, kvfsBin, kvfsMount, kvfsUnmount, mib,
   mountAt, procMemory, removeDir, run, say, sharedBench, stopDaemon, unexpectedLogLines, waitGone, waitIdle,
   waitMounted, type KvfsMount,
 } from './common.js';
@@ -209,7 +209,7 @@ export function kvfsTarget(spec: KvfsTargetSpec): Target {
         sizes.push(`${size()} after the jobs (run-fio.sh deletes its files at the end) and the unmount`);
         notes.push(`store on disk (du -sk ${storeDir}): ${sizes.join(', ')}`);
       }
-      const pipeNote = existsSync(mount.log) ? /^kvfs: (fs\.pipe-max-size is .*)$/m.exec(readFileSync(mount.log, 'utf8'))?.[1] : undefined;
+      const pipeNote = existsSync(mount.log) ? /^kvfs: (fs\.pipe-max-size is .*)$/m.exec(readFileSync(mount.log, 'utf8').split('\n').map(logText).join('\n'))?.[1] : undefined;
       if (pipeNote) notes.push(pipeNote);
       const odd = unexpectedLogLines(mount.log);
       if (odd.length) {

@@ -55,7 +55,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { daemonStats } from '../bin/diag.js';
 import {
-  atExit, fmt, forceUnmount, gitVersion, isAlive, kvfsBin, kvfsMount, MIB, mib, procMemory, quietness, removeWork, repoRoot, run,
+  logText, atExit, fmt, forceUnmount, gitVersion, isAlive, kvfsBin, kvfsMount, MIB, mib, procMemory, quietness, removeWork, repoRoot, run,
   say, sleep, stamp, stopDaemon, waitGone, type RunResult,
 } from './common.js';
 import {
@@ -267,7 +267,7 @@ async function main(): Promise<number> {
   const kvfs = (args: string[], timeoutMs = 120_000): Promise<RunResult> => run(process.execPath, [kvfsBin, ...args], { timeoutMs });
   const logSince = (d: Daemon): string[] => {
     try {
-      return readFileSync(logFile).subarray(d.logStart).toString('utf8').split('\n').filter(Boolean);
+      return readFileSync(logFile).subarray(d.logStart).toString('utf8').split('\n').filter(Boolean).map(logText);
     } catch {
       return [];
     }

@@ -27,7 +27,8 @@ import {
   type DaemonRecord,
 } from './daemons.js';
 import { Lifecycle } from './lifecycle.js';
-import { connectTo, human, profileCommand, startControl, statsCommand } from './diag.js';
+import { configureLog, log as daemonLog, logsJson } from '../src/log.js';
+import { connectTo, human, logLevelCommand, profileCommand, startControl, statsCommand } from './diag.js';
 import { parseListenAddress, startMetrics, type DaemonStats } from '../src/diag/metrics.js';
 
 class CliError extends Error {}
@@ -233,8 +234,8 @@ function inRange(name: string, v: number | undefined, min: number, max: number):
   if (!Number.isFinite(v) || v < min || v > max) fail(`bad --${name} ${v}: give a number from ${min} to ${max}`);
 }
 
-/** the line the daemon's log gets for each event; a terminal that went away (SIGHUP) never kills the daemon */
-const log = (line: string) => console.error(`kvfs: ${line}`);
+/** the daemon's log gets an event (src/log.ts); a terminal that went away (SIGHUP) never kills the daemon */
+const log = (line: string) => daemonLog.info(line);
 
 async function mount(argv: MountArgs): Promise<void> {
   inRange('buffer-pool-mb', argv.bufferPoolMb, 4, 65536);
@@ -269,6 +270,8 @@ async function mount(argv: MountArgs): Promise<void> {
     if (r < 0) fail(`cannot write the log file ${argv.logFile}: ${errnoName(-r)}`);
   }
   for (const s of [process.stdout, process.stderr]) s.on('error', () => undefined);
+  // the background log (a file) gets JSON lines, a terminal or a pipe readable ones; --debug: every request
+  configureLog({ level: argv.debug ? 'debug' : undefined });
 
   // One daemon per local store: held until this process ends (the kernel drops it if it dies).
   if (storeDir) {
@@ -371,7 +374,8 @@ async function mount(argv: MountArgs): Promise<void> {
       process.exit(code);
     },
   });
-  console.log(`kvfs: mounted ${describeStore(url)} at ${mnt}`);
+  if (logsJson()) log(`mounted ${describeStore(url)} at ${mnt}`);
+  else console.log(`kvfs: mounted ${describeStore(url)} at ${mnt}`);
   printWarnings();
   process.send?.({ mounted: mnt, pid: process.pid });
 }
@@ -724,11 +728,17 @@ async function main(args: string[]): Promise<void> {
         output: a.output as string | undefined, seconds: a.seconds as number,
       }));
     })
+    .command('log-level <mountpoint> [level]', 'show or set a live mount\'s log level: error, warn, info, debug (every request), trace', (y) => y
+      .positional('mountpoint', { type: 'string', demandOption: true })
+      .positional('level', { type: 'string' })
+      .example('$0 log-level ./mnt debug', 'log every request the daemon of ./mnt answers')
+      .example('$0 log-level ./mnt info', 'back to the default'),
+    (a) => diagMount(a.mountpoint as string, (m) => logLevelCommand(m, a.level as string | undefined)))
     .command('install-helper', 'put mount.kvfs where mount(8) finds it, for `mount -t kvfs` and /etc/fstab (root)', (y) => y
       .option('uninstall', { type: 'boolean', describe: 'remove the helper instead' })
       .option('dir', { type: 'string', default: '/usr/sbin', describe: 'where mount(8) looks for helpers' }),
     (a) => installHelper(a as never))
-    .demandCommand(1, 'name a command: format, mount, umount, status, stats, profile or install-helper')
+    .demandCommand(1, 'name a command: format, mount, umount, status, stats, profile, log-level or install-helper')
     .strict()
     .help()
     .fail((msg, err) => {

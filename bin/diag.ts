@@ -7,6 +7,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { getHeapStatistics } from 'node:v8';
 import { ControlClient, CONTROL_VERSION, ControlError, ControlServer, type ControlCommand } from '../src/diag/control.js';
 import { Profilers } from '../src/diag/profilers.js';
+import { log, logLevel, setLogLevel } from '../src/log.js';
 import type { OffHeapPart } from '../src/diag/pprof.js';
 import { isKvfsMount, mountAt, mountOwner, type MountEntry } from '../src/fs/fuse/mount-table.js';
 import { ownRuntimeDir, runtimeDirOf, socketName, type DaemonRecord } from './daemons.js';
@@ -65,6 +66,17 @@ export async function startControl(view: DaemonView): Promise<{ server: ControlS
     'heap-stop': () => profilers.heapStop(),
     'heap-dump': async () => profileOut(await profilers.heapDump()),
     'cpu-profile': async (a) => profileOut(await profilers.cpu(Number(a.seconds ?? 10))),
+    'log-level': (a) => {
+      const was = logLevel();
+      if (a.level === undefined) return { level: was };
+      try {
+        const level = setLogLevel(String(a.level));
+        if (level !== was) log.info(`log level ${was} -> ${level} (kvfs log-level)`);
+        return { level, was };
+      } catch (e) {
+        throw new ControlError((e as Error).message);
+      }
+    },
   };
   const uid = process.getuid!();
   const path = `${ownRuntimeDir()}/${socketName(view.record.mountpoint)}`;
@@ -225,6 +237,17 @@ export async function daemonStats(mountpoint: string): Promise<Record<string, un
   const c = await connectTo(m);
   try {
     return (await c.request('stats')) as Record<string, unknown>;
+  } finally {
+    c.close();
+  }
+}
+
+/** `kvfs log-level MOUNTPOINT [LEVEL]`: the daemon's log level, set or shown */
+export async function logLevelCommand(m: MountEntry, level: string | undefined): Promise<void> {
+  const c = await connectTo(m);
+  try {
+    const r = (await c.request('log-level', level === undefined ? {} : { level })) as { level: string; was?: string };
+    console.log(level === undefined ? `kvfs: ${m.mountPoint} logs at level ${r.level}` : `kvfs: ${m.mountPoint}: log level ${r.was} -> ${r.level}`);
   } finally {
     c.close();
   }

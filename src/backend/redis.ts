@@ -38,6 +38,7 @@
  * names cluster nodes and a plain URL a plain server; every slot of a cluster is served; every node's
  * `maxmemory-policy` is `noeviction` (eviction would silently delete file data).
  */
+import { log } from '../log.js';
 import { randomBytes } from 'node:crypto';
 import { Cluster, Redis, type RedisOptions } from 'ioredis';
 import { checkScan } from './kv-rules.js';
@@ -214,7 +215,7 @@ export class RedisStore implements KvStore {
     const password = redisPassword(opts);
     const tls = redisTls(target, opts);
     const policy: RetryPolicy = { ...DEFAULT_RETRY, deadlineMs: opts.timeoutMs ?? DEFAULT_RETRY.deadlineMs };
-    const warn = opts.warn ?? ((m: string) => console.error(`kvfs: ${m}`));
+    const warn = opts.warn ?? ((m: string) => log.warn(m));
     const deadline = Date.now() + policy.deadlineMs;
     const base: RedisOptions = {
       username: target.username, password, tls, protocol: 2, connectionName: 'kvfs', lazyConnect: true, enableOfflineQueue: false,

@@ -5,6 +5,7 @@
  * StoreError (src/backend/errors.ts) for store outcomes. At the boundary (a FUSE driver), `toErrno` turns any
  * thrown value into a positive errno; unknown errors are logged with their stack and become EIO.
  */
+import { log } from '../log.js';
 import { constants } from 'node:os';
 import { StoreError } from '../backend/errors.js';
 
@@ -33,7 +34,7 @@ export function errnoOf(code: Errno): number {
 }
 
 let logUnknown: (e: unknown) => void = (e) => {
-  console.error('kvfs: unexpected error, answering EIO:', e instanceof Error ? e.stack : e);
+  log.error(`unexpected error, answering EIO: ${e instanceof Error ? e.stack : String(e)}`);
 };
 
 /** where unknown errors are reported (the daemon's logger) */
@@ -76,12 +77,12 @@ export function toErrno(e: unknown): number {
       case 'NOSPACE':
         // A full store is ENOSPC to the caller; the log line names the limit and what frees space: one line per
         // episode (StoreError.episode), repeated at most once a minute while it lasts.
-        if (fullLog.shouldLog(e.episode, Date.now())) console.error(`kvfs: store full: ${e.message}`);
+        if (fullLog.shouldLog(e.episode, Date.now())) log.error(`store full: ${e.message}`);
         return constants.errno.ENOSPC;
       case 'UNAVAILABLE':
       case 'THROTTLED':
         // The store did not answer within the deadline: EIO, the caller may retry later.
-        console.error(`kvfs: store unavailable: ${e.message}`);
+        log.error(`store unavailable: ${e.message}`);
         return constants.errno.EIO;
       case 'CLOSED':
         return constants.errno.ENOTCONN;
@@ -90,7 +91,7 @@ export function toErrno(e: unknown): number {
       case 'NOVOLUME':
       case 'VERSION':
       case 'INVALID':
-        console.error(`kvfs: store error ${e.code}: ${e.message}`);
+        log.error(`store error ${e.code}: ${e.message}`);
         return constants.errno.EIO;
     }
   }

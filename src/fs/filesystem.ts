@@ -16,6 +16,7 @@
  *  - Times: create sets all three; data writes set mtime and ctime; metadata changes set ctime; directory
  *    changes set the directory's mtime and ctime. atime changes only by utimens (the mount is noatime).
  */
+import { log } from '../log.js';
 import { randomBytes } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import { constants } from 'node:fs';
@@ -514,7 +515,7 @@ export class Filesystem {
         this.reapOrphanBatch(part).catch((e) => {
           // put back, so that a later reap (or the next mount) removes them
           for (const ino of part) this.orphans.add(ino);
-          console.error(`kvfs: removing ${part.length} unlinked inode(s) failed (it is retried at the next mount):`, e);
+          log.error(`removing ${part.length} unlinked inode(s) failed (it is retried at the next mount): ${(e as Error)?.message ?? String(e)}`);
         });
       }
     }, REAP_DELAY_MS).unref?.();

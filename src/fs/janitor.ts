@@ -7,6 +7,7 @@
  * A blob is deleted only after a commit removed every reference to it; a reader that fetched the old chunk
  * map entry first finds the blob missing and reads the map again (FileData.storedChunk).
  */
+import { log } from '../log.js';
 import type { KvCheck, KvStore, KvWrite } from '../backend/kv.js';
 import { DELETE_BATCH } from './file-data.js';
 import { K, decodeChunk, entryBlobs, memberOf } from './schema.js';
@@ -55,7 +56,7 @@ export class Janitor {
           await this.counters.flush();
         } catch (e) {
           this.lastError = e;
-          if (!this.closed) console.error('kvfs: clean-up paused after an error (it resumes on the next change):', (e as Error).message);
+          if (!this.closed) log.warn(`clean-up paused after an error (it resumes on the next change): ${(e as Error).message}`);
           break;
         }
       } while (this.again && !this.closed);

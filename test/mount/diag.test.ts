@@ -221,3 +221,38 @@ t.test('under fio: kvfs stats and the Prometheus metrics (--metrics) show the sa
   t.equal(bad.code, 1, 'a bad --metrics address fails');
   t.match(bad.stderr, /bad --metrics 'nowhere': give HOST:PORT/, 'with a clear message');
 });
+
+t.test('logs: JSON lines in a log file, the level changed at runtime, --debug logs every request', async (t) => {
+  const file = join(dir, 'daemon.log');
+  const mm = await mountKvfs(t, { driver: 'default', store: 'memory:', args: ['--log-file', file] });
+  const lines = () => readFileSync(file, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as { level: string; time: string; pid: number; msg: string; op?: string });
+  const first = lines();
+  t.ok(first.length > 0, `the log file has lines (${first.length})`);
+  t.ok(first.every((l) => typeof l.level === 'string' && !Number.isNaN(Date.parse(l.time)) && l.pid === mm.pid), 'each a JSON object with level, time and pid');
+  t.ok(first.some((l) => l.level === 'info' && /^mounted in-memory store/.test(l.msg)), 'the mount is an info event');
+  const shown = await cli(['log-level', mm.mnt]);
+  expectExit(t, shown, 'kvfs log-level MNT');
+  t.match(shown.stdout, /logs at level info/, 'info by default');
+  expectExit(t, await run('stat', [join(mm.mnt, 'nothing-here')]), 'a stat before', 1);
+  t.notOk(lines().some((l) => l.level === 'debug'), 'no request lines at info');
+  expectExit(t, await cli(['log-level', mm.mnt, 'debug']), 'kvfs log-level MNT debug');
+  expectExit(t, await run('stat', [join(mm.mnt, 'not-there-either')]), 'a stat at debug', 1);
+  const debug = lines().filter((l) => l.level === 'debug');
+  t.ok(debug.some((l) => l.op === 'LOOKUP' && l.msg.includes('"not-there-either"')), 'the LOOKUP is logged, with its name');
+  expectExit(t, await cli(['log-level', mm.mnt, 'info']), 'back to info');
+  const n = lines().length;
+  expectExit(t, await run('stat', [join(mm.mnt, 'third')]), 'a stat at info again', 1);
+  t.equal(lines().filter((l) => l.level === 'debug').length, debug.length, 'no more request lines');
+  t.ok(lines().length >= n, 'the log goes on');
+  const bad = await cli(['log-level', mm.mnt, 'loud']);
+  t.equal(bad.code, 1, 'an unknown level fails');
+  t.match(bad.stderr, /unknown log level 'loud': give one of error, warn, info, debug, trace/, 'naming the levels');
+  t.equal((await mm.unmount()).code, 0, 'unmount');
+  t.ok(lines().some((l) => /everything committed; stopped/.test(l.msg)), 'the clean end is logged too');
+
+  const dm = await mountKvfs(t, { driver: 'default', store: 'memory:', args: ['--debug'] });
+  expectExit(t, await run('stat', [join(dm.mnt, 'x')]), 'a stat on a --debug mount', 1);
+  await new Promise((r) => setTimeout(r, 200));
+  t.match(dm.output().stderr, /^kvfs: LOOKUP 1 "x" in \d+ us$/m, '--debug on the native driver: readable request lines on a pipe');
+  t.equal((await dm.unmount()).code, 0, 'unmount');
+});

@@ -5,6 +5,7 @@
  * Lifecycle: mount -> the kernel sends INIT -> `mountNative` resolves once INIT is answered. It ends when
  * the kernel ends the session (unmount from anywhere): the readers see ENODEV, `closed` resolves.
  */
+import { log } from '../../log.js';
 import { readFileSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { BufferPool, defaultClasses } from '../../bufferpool/buffer-pool.js';
@@ -86,7 +87,7 @@ export async function mountNative(fs: Filesystem, mnt: string, opts: NativeMount
   if (refused) throw new Error(refused);
   const source = mountSource(opts.source);
   const plan = pipePlan();
-  if (plan.note) console.error(`kvfs: ${plan.note}`);
+  if (plan.note) log.info(plan.note);
   const pool = new BufferPool({ classes: defaultClasses(opts.poolBytes ?? 64 << 20), debug: opts.debugPool });
   const mountOpts = ['default_permissions', ...(opts.allowOther ? ['allow_other'] : []), `max_read=${1 << 20}`];
   const root = process.getuid?.() === 0;
@@ -128,7 +129,7 @@ export async function mountNative(fs: Filesystem, mnt: string, opts: NativeMount
     session.close();
     channel.stop();
     if (opts.debugPool) {
-      for (const l of pool.leaks()) console.error(`kvfs: buffer of ${l.size} bytes never released, taken at: ${l.stack}`);
+      for (const l of pool.leaks()) log.error(`buffer of ${l.size} bytes never released, taken at: ${l.stack}`);
     }
     for (const f of fds) n.closeFd(f);
     pool.close();

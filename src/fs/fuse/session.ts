@@ -15,6 +15,7 @@
  *    opcode), so no caller waits forever on a request that was lost; its late result is dropped.
  */
 import { Latencies, type LatencySummary } from '../../diag/latency.js';
+import { log, logEnabled } from '../../log.js';
 import { toErrno } from '../errors.js';
 import type { Attr, StatFs } from '../types.js';
 import {
@@ -130,7 +131,7 @@ export class Session {
     this.entryValid = seconds(opts.entryTimeout);
     this.attrValid = seconds(opts.attrTimeout);
     this.parseOptions = opts.parseOptions ?? {};
-    this.log = opts.log ?? ((m) => console.error(`kvfs: ${m}`));
+    this.log = opts.log ?? ((m) => log.warn(m));
     const limitMs = (opts.requestTimeout ?? 300) * 1000;
     if (limitMs > 0) {
       this.watchdog = setInterval(() => this.expire(limitMs), Math.min(limitMs, 5000));
@@ -212,14 +213,26 @@ export class Session {
     const started = performance.now();
     out.then(
       (r) => {
-        this.latency.record(req.op, (performance.now() - started) * 1000);
+        const us = (performance.now() - started) * 1000;
+        this.latency.record(req.op, us);
+        if (logEnabled('debug')) this.debugLine(req, us);
         this.finish(raw, req, r, info.replies);
       },
       (e) => {
-        this.latency.record(req.op, (performance.now() - started) * 1000);
+        const us = (performance.now() - started) * 1000;
+        this.latency.record(req.op, us);
+        if (logEnabled('debug')) this.debugLine(req, us, e);
         this.fail(raw, req, e, info.replies);
       },
     );
+  }
+
+  /** --debug (log level debug): one line per request answered through JavaScript */
+  private debugLine(req: Request, us: number, e?: unknown): void {
+    const name = (req as { name?: unknown }).name;
+    log.debug(`${req.op} ${req.header.nodeid}${typeof name === 'string' ? ` ${JSON.stringify(name)}` : ''}` +
+      `${e === undefined ? '' : ` -> errno ${e instanceof WireParseError ? e.errno : toErrno(e)}`} in ${Math.round(us)} us`,
+    { op: req.op, unique: String(req.header.unique), nodeid: Number(req.header.nodeid), us: Math.round(us) });
   }
 
   /** inline bodies are overwritten by the next batch: copy the parts a handler keeps past this call */

@@ -30,6 +30,7 @@ import { Lifecycle } from './lifecycle.js';
 import { configureLog, log as daemonLog, logsJson } from '../src/log.js';
 import { connectTo, human, logLevelCommand, profileCommand, startControl, statsCommand } from './diag.js';
 import { parseListenAddress, startMetrics, type DaemonStats } from '../src/diag/metrics.js';
+import { countStoreCalls } from '../src/diag/store-calls.js';
 
 class CliError extends Error {}
 const fail = (msg: string): never => { throw new CliError(msg); };
@@ -282,7 +283,9 @@ async function mount(argv: MountArgs): Promise<void> {
       fail((e as Error).message);
     }
   }
-  const store = await openStore(url, storeOptions(argv));
+  // the store's calls, retries and errors, counted for kvfs stats
+  const counted = countStoreCalls(await openStore(url, storeOptions(argv)));
+  const store = counted.store;
   let fs: Filesystem;
   try {
     if (argv.writebackCache && (await store.info()).shared) {
@@ -330,7 +333,7 @@ async function mount(argv: MountArgs): Promise<void> {
   };
   const recordPath = writeRecord(record);
   // the control socket (kvfs stats, kvfs profile): what this daemon holds, per part
-  const driverStats = () => (handle?.stats.call(handle) ?? { fs: fs.stats() }) as { pool?: { capacityBytes: number } };
+  const driverStats = () => ({ ...(handle?.stats.call(handle) ?? { fs: fs.stats() }), store: counted.stats() }) as { pool?: { capacityBytes: number } };
   const control = await startControl({
     record,
     stats: driverStats,

@@ -122,6 +122,7 @@ interface StatsShape {
     classes: { size: number; count: number; inUse: number; free: number; highWater: number }[] };
   fs?: Record<string, number>;
   memory?: { rss: number; parts: { name: string; bytes: number }[] };
+  store?: { calls: Record<string, number>; errors: Record<string, number>; retries?: Record<string, number> };
 }
 export interface Latency { p50: number; p99: number; max: number }
 
@@ -154,6 +155,11 @@ export function formatStats(s: StatsShape, prev?: StatsShape, dtMs?: number): st
     lines.push(`blob cache ${human(f.blobCacheBytes ?? 0)}, hit ratio ${looks ? ((100 * f.blobCacheHits!) / looks).toFixed(1) + '%' : '-'}; ` +
       `write-back ${human(f.writeBackBytes ?? 0)} dirty (high water ${human(f.writeBackHighWater ?? 0)}); open files ${f.openFiles ?? 0}; ` +
       `bytes written ${human(f.bytesWritten ?? 0)}, sent ${human(f.bytesSent ?? 0)}, returned ${human(f.bytesReturned ?? 0)}, fetched ${human(f.bytesFetched ?? 0)}`);
+  }
+  const st = s.store;
+  if (st) {
+    const list = (r: Record<string, number> | undefined) => Object.entries(r ?? {}).map(([k, v]) => `${k} ${v}`).join(', ') || 'none';
+    lines.push(`store calls: ${list(st.calls)}; errors: ${list(st.errors)}${st.retries ? `; retries: ${list(st.retries)}` : ''}`);
   }
   const m = s.memory;
   if (m) lines.push(`memory: RSS ${human(m.rss)} = ${m.parts.map((x) => `${x.name} ${human(x.bytes)}`).join(' + ')}`);

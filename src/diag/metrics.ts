@@ -7,44 +7,54 @@
  *
  * The metrics; their names, types and labels are a contract (dashboards and alerts are written against them):
  *
- *   name                                  type     labels         from the stats
- *   kvfs_requests_total                   counter  op             session.byOp: requests JavaScript took, by opcode
- *   kvfs_request_errors_total             counter                 session.errors
- *   kvfs_requests_in_flight               gauge                   session.inFlight
- *   kvfs_fast_reads_total                 counter                 channel.fastReads + channel.fileReads: READs the
- *                                                                 reader threads answered without JavaScript
- *   kvfs_request_latency_seconds          summary  op, quantile   session.latency[op].p50, .p99 (quantile "0.5",
- *                                                                 "0.99"), and _count{op} from .count
- *   kvfs_request_latency_seconds_max      gauge    op             session.latency[op].max
- *   kvfs_buffer_pool_capacity_bytes       gauge                   pool.capacityBytes
- *   kvfs_buffer_pool_in_use_bytes         gauge                   pool.inUseBytes
- *   kvfs_buffer_pool_high_water_bytes     gauge                   pool.highWaterBytes
- *   kvfs_buffer_pool_waiters              gauge                   pool.waiters
- *   kvfs_buffer_pool_waits_total          counter                 pool.totalWaits
- *   kvfs_buffer_pool_class_buffers        gauge    size, state    pool.classes[].inUse (state "in_use") and .free
- *                                                                 (state "free"); size is the class's bytes
- *   kvfs_buffer_pool_class_high_water     gauge    size           pool.classes[].highWater (buffers)
- *   kvfs_blob_cache_bytes                 gauge                   fs.blobCacheBytes
- *   kvfs_blob_cache_hits_total            counter                 fs.blobCacheHits
- *   kvfs_blob_cache_misses_total          counter                 fs.blobCacheMisses
- *   kvfs_write_back_dirty_bytes           gauge                   fs.writeBackBytes
- *   kvfs_bytes_written_total              counter                 fs.bytesWritten: bytes callers wrote
- *   kvfs_bytes_sent_total                 counter                 fs.bytesSent: bytes sent to the store
- *   kvfs_bytes_returned_total             counter                 fs.bytesReturned: bytes callers read
- *   kvfs_bytes_fetched_total              counter                 fs.bytesFetched: bytes asked of the store
- *   kvfs_open_files                       gauge                   fs.openFiles
- *   kvfs_memory_bytes                     gauge    part           memory.parts[]: name, bytes ("other" may be < 0)
- *   kvfs_memory_rss_bytes                 gauge                   memory.rss
+ *   name                                  type      labels         from the stats
+ *   kvfs_requests_total                   counter   op             session.byOp: requests JavaScript took, by opcode
+ *   kvfs_request_errors_total             counter                  session.errors
+ *   kvfs_requests_in_flight               gauge                    session.inFlight
+ *   kvfs_fast_reads_total                 counter                  channel.fastReads + channel.fileReads: READs the
+ *                                                                  reader threads answered without JavaScript
+ *   kvfs_request_duration_seconds         histogram op, le          session.latency[op]: _bucket{op,le} from .buckets
+ *                                                                  (le "0.000001", "0.000002", ... "33.554432": the
+ *                                                                  bounds 2^0..2^25 us in seconds) and le "+Inf" from
+ *                                                                  .count; _sum{op} from .sum, _count{op} from .count
+ *   kvfs_request_latency_seconds          summary   op, quantile   session.latency[op].p50, .p99 (quantile "0.5",
+ *                                                                  "0.99"), and _count{op} from .count
+ *   kvfs_request_latency_seconds_max      gauge     op             session.latency[op].max
+ *   kvfs_buffer_pool_capacity_bytes       gauge                    pool.capacityBytes
+ *   kvfs_buffer_pool_in_use_bytes         gauge                    pool.inUseBytes
+ *   kvfs_buffer_pool_high_water_bytes     gauge                    pool.highWaterBytes
+ *   kvfs_buffer_pool_waiters              gauge                    pool.waiters
+ *   kvfs_buffer_pool_waits_total          counter                  pool.totalWaits
+ *   kvfs_buffer_pool_class_buffers        gauge     size, state    pool.classes[].inUse (state "in_use") and .free
+ *                                                                  (state "free"); size is the class's bytes
+ *   kvfs_buffer_pool_class_high_water     gauge     size           pool.classes[].highWater (buffers)
+ *   kvfs_blob_cache_bytes                 gauge                    fs.blobCacheBytes
+ *   kvfs_blob_cache_hits_total            counter                  fs.blobCacheHits
+ *   kvfs_blob_cache_misses_total          counter                  fs.blobCacheMisses
+ *   kvfs_write_back_dirty_bytes           gauge                    fs.writeBackBytes
+ *   kvfs_bytes_written_total              counter                  fs.bytesWritten: bytes callers wrote
+ *   kvfs_bytes_sent_total                 counter                  fs.bytesSent: bytes sent to the store
+ *   kvfs_bytes_returned_total             counter                  fs.bytesReturned: bytes callers read
+ *   kvfs_bytes_fetched_total              counter                  fs.bytesFetched: bytes asked of the store
+ *   kvfs_open_files                       gauge                    fs.openFiles
+ *   kvfs_memory_bytes                     gauge     part           memory.parts[]: name, bytes ("other" may be < 0)
+ *   kvfs_memory_rss_bytes                 gauge                    memory.rss
  *
  * Beside them, in the same registry, prom-client's default process and Node.js metrics under their standard
  * names (process_resident_memory_bytes, process_cpu_seconds_total, nodejs_eventloop_lag_seconds, ...).
  *
  * Rules:
- *  1. Latency is a summary, not a histogram. The daemon keeps quarter-octave histograms (src/diag/latency.ts) but
- *     reports only p50, p99, max and count per opcode, and no sum; a Prometheus histogram needs its buckets and
- *     its _sum. So the quantiles are the daemon's own (a bucket's upper bound: at most 19% high), the summary has
- *     no _sum, and its quantiles cannot be aggregated across daemons (take max() of them, never avg()).
- *     Latency is seconds on the wire (the daemon's microseconds / 1e6).
+ *  1. Latency is a histogram, with the daemon's own percentiles beside it. The daemon keeps quarter-octave
+ *     histograms (src/diag/latency.ts) and reports per opcode the sum (to 0.1 us) and exact cumulative counts at
+ *     whole octaves (LATENCY_BOUNDS_US, 2^0..2^25 us); kvfs_request_duration_seconds carries them, so
+ *     histogram_quantile() and rate(_sum) / rate(_count) work and aggregate across opcodes and daemons. An opcode
+ *     is in the histogram with all of it or not at all: 26 finite bucket counts, never decreasing, the last at most
+ *     count, and a sum and a count, none below 0; stats without buckets or sum (an older daemon) give the family no
+ *     sample. The summary kvfs_request_latency_seconds stays: the daemon's p50 and p99 (a quarter-octave bucket's
+ *     upper bound, at most 19% high: finer than the histogram's octaves) and _count, no _sum (the histogram has
+ *     it); its quantiles cannot be aggregated across daemons (take max() of them, never avg()). Latency is seconds
+ *     on the wire (the daemon's microseconds / 1e6); each bound's le is written as prom-client writes one (String()
+ *     of the seconds), the same string in every scrape (LATENCY_LE).
  *  2. Counters carry the daemon's absolute totals, set anew at each scrape (reset, then inc by the total). They
  *     start at 0 with the daemon, so a restart is the counter reset rate() expects.
  *  3. Absent is absent. A value missing from the stats (or not a finite number, or below 0 for a counter) has no
@@ -58,6 +68,7 @@
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { isIPv6, type AddressInfo } from 'node:net';
 import { Counter, Gauge, Registry, collectDefaultMetrics, type Metric } from 'prom-client';
+import { LATENCY_BOUNDS_US } from './latency.js';
 
 /** where `--metrics :PORT` listens: loopback, unless an address is given */
 export const DEFAULT_METRICS_HOST = '127.0.0.1';
@@ -71,8 +82,13 @@ export interface DaemonStats {
     inFlight: number;
     errors: number;
     byOp: Record<string, number>;
-    /** per opcode, microseconds */
-    latency?: Record<string, { p50: number; p99: number; max: number; count: number }>;
+    /**
+     * per opcode, microseconds (src/diag/latency.ts, LatencySummary); sum and buckets (cumulative counts at
+     * LATENCY_BOUNDS_US) are missing from older daemons
+     */
+    latency?: Record<string, {
+      p50: number; p99: number; max: number; count: number; sum?: number; buckets?: number[];
+    }>;
   };
   channel?: { fastReads?: number; fileReads?: number; requests?: number };
   pool?: {
@@ -254,8 +270,9 @@ class DaemonMetrics {
   constructor() {
     for (const f of FAMILIES) this.add(f);
     // prom-client's Registry serializes any object with name, help, type and get(); its typings name only its
-    // own four classes, none of which can be set from quantiles computed elsewhere
+    // own four classes, none of which can be set from quantiles or bucket counts computed elsewhere
     this.registry.registerMetric(new LatencySummary(() => this.current) as unknown as Metric);
+    this.registry.registerMetric(new LatencyHistogram(() => this.current) as unknown as Metric);
     collectDefaultMetrics({ register: this.registry });
   }
 
@@ -344,6 +361,51 @@ class LatencySummary {
       if (q50 !== undefined) values.push({ labels: { op, quantile: '0.5' }, value: q50 });
       if (q99 !== undefined) values.push({ labels: { op, quantile: '0.99' }, value: q99 });
       if (n !== undefined && n >= 0) values.push({ metricName: `${this.name}_count`, labels: { op }, value: n });
+    }
+    return { name: this.name, help: this.help, type: this.type, values };
+  }
+
+  reset(): void {}
+}
+
+/** the le label of each of LATENCY_BOUNDS_US, in seconds, as prom-client writes a histogram's bound */
+const LATENCY_LE: readonly string[] = LATENCY_BOUNDS_US.map((us) => String(us / 1e6));
+
+/** an opcode's histogram, if its stats have all of it (rule 1) */
+function histogramOf(l: unknown): { buckets: number[]; sum: number; count: number } | undefined {
+  const { buckets, sum, count } = (l ?? {}) as { buckets?: unknown; sum?: unknown; count?: unknown };
+  const n = num(count);
+  const total = num(sum);
+  if (n === undefined || n < 0 || total === undefined || total < 0) return undefined;
+  if (!Array.isArray(buckets) || buckets.length !== LATENCY_LE.length) return undefined;
+  let last = 0;
+  for (const b of buckets as unknown[]) {
+    const v = num(b);
+    if (v === undefined || v < last) return undefined;
+    last = v;
+  }
+  if (last > n) return undefined;
+  return { buckets: buckets as number[], sum: total, count: n };
+}
+
+/** kvfs_request_duration_seconds: the daemon's cumulative counts at whole octaves, its sum and count (rule 1) */
+class LatencyHistogram {
+  readonly name = 'kvfs_request_duration_seconds';
+  readonly help = 'time from a FUSE request reaching JavaScript to its answer, by opcode';
+  readonly type = 'histogram';
+
+  constructor(private readonly stats: () => DaemonStats) {}
+
+  async get(): Promise<{ name: string; help: string; type: string; values: Sample[] }> {
+    const values: Sample[] = [];
+    const bucket = `${this.name}_bucket`;
+    for (const [op, l] of entries(this.stats().session?.latency)) {
+      const h = histogramOf(l);
+      if (!h) continue;
+      h.buckets.forEach((v, i) => values.push({ metricName: bucket, labels: { op, le: LATENCY_LE[i]! }, value: v }));
+      values.push({ metricName: bucket, labels: { op, le: '+Inf' }, value: h.count });
+      values.push({ metricName: `${this.name}_sum`, labels: { op }, value: h.sum / 1e6 });
+      values.push({ metricName: `${this.name}_count`, labels: { op }, value: h.count });
     }
     return { name: this.name, help: this.help, type: this.type, values };
   }

@@ -1,12 +1,14 @@
 /**
  * Prometheus metrics (src/diag/metrics.ts): a real server on a free loopback port, scraped with fetch and read
  * with a real text-format parser (parse-prometheus-text-format): every family of the contract with its type and
- * values from the stats, series that follow the stats from one scrape to the next (an opcode that goes away is
+ * values from the stats, the latency histogram's buckets, sum and count (and none for an opcode without them, or
+ * with a broken one), series that follow the stats from one scrape to the next (an opcode that goes away is
  * gone), stats with parts missing, 404/405/500 and serving on after a failed source, the listen address syntax,
  * and close() freeing the port.
  */
 import t, { type Test } from 'tap';
 import { createRequire } from 'node:module';
+import { LATENCY_BOUNDS_US } from '../../src/diag/latency.js';
 import { parseListenAddress, startMetrics, type DaemonStats, type MetricsServer } from '../../src/diag/metrics.js';
 
 /** one metric family as parse-prometheus-text-format gives it (the package ships no typings) */
@@ -14,7 +16,10 @@ interface ParsedFamily {
   name: string;
   help: string;
   type: string;
-  metrics: { value?: string; labels?: Record<string, string>; quantiles?: Record<string, string>; count?: string; sum?: string }[];
+  metrics: {
+    value?: string; labels?: Record<string, string>; count?: string; sum?: string;
+    quantiles?: Record<string, string>; buckets?: Record<string, string>;
+  }[];
 }
 const parse = createRequire(import.meta.url)('parse-prometheus-text-format') as (text: string) => ParsedFamily[];
 
@@ -26,9 +31,10 @@ function families(text: string): Map<string, ParsedFamily> {
 interface Sample { name: string; labels: Record<string, string>; value: number }
 
 /**
- * Every sample line of a scrape with its own name and labels. The parser folds a summary's quantiles into one
- * map without their other labels (here: op), so the samples are read from the text without its TYPE lines,
- * where every family is untyped and each line stays as it is.
+ * Every sample line of a scrape with its own name and labels. The parser folds a summary's quantiles, and a
+ * histogram's buckets, into one map without their other labels (here: op), so the samples are read from the text
+ * without its TYPE lines, where every family is untyped and each line stays as it is (a histogram's lines under
+ * the names NAME_bucket, NAME_sum, NAME_count).
  */
 function samples(text: string): Sample[] {
   const untyped = text.split('\n').filter((l) => !l.startsWith('# TYPE ')).join('\n');
@@ -46,11 +52,12 @@ function value(ss: Sample[], name: string, labels: Record<string, string> = {}):
 const ofFamily = (ss: Sample[], name: string) => ss.filter((s) => s.name === name);
 
 /** the families of the contract and their types */
-const CONTRACT: Record<string, 'COUNTER' | 'GAUGE' | 'SUMMARY'> = {
+const CONTRACT: Record<string, 'COUNTER' | 'GAUGE' | 'SUMMARY' | 'HISTOGRAM'> = {
   kvfs_requests_total: 'COUNTER',
   kvfs_request_errors_total: 'COUNTER',
   kvfs_requests_in_flight: 'GAUGE',
   kvfs_fast_reads_total: 'COUNTER',
+  kvfs_request_duration_seconds: 'HISTOGRAM',
   kvfs_request_latency_seconds: 'SUMMARY',
   kvfs_request_latency_seconds_max: 'GAUGE',
   kvfs_buffer_pool_capacity_bytes: 'GAUGE',
@@ -73,17 +80,33 @@ const CONTRACT: Record<string, 'COUNTER' | 'GAUGE' | 'SUMMARY'> = {
   kvfs_memory_rss_bytes: 'GAUGE',
 };
 
-/** what a busy daemon's `stats` looks like (latency in microseconds) */
+/** the le of the latency histogram's bounds, 2^0..2^25 us in seconds, as dashboards are written against them */
+const LE = [
+  '0.000001', '0.000002', '0.000004', '0.000008', '0.000016', '0.000032', '0.000064', '0.000128', '0.000256',
+  '0.000512', '0.001024', '0.002048', '0.004096', '0.008192', '0.016384', '0.032768', '0.065536', '0.131072',
+  '0.262144', '0.524288', '1.048576', '2.097152', '4.194304', '8.388608', '16.777216', '33.554432',
+];
+/** cumulative bucket counts for the 26 bounds: the ones given, then the last repeated */
+const upTo = (...head: number[]) => [...head, ...Array<number>(LE.length - head.length).fill(head[head.length - 1]!)];
+
+/**
+ * what a busy daemon's `stats` looks like (latency in microseconds); GETATTR's latency is as an older daemon
+ * gave it, without buckets and sum
+ */
 function stats(): DaemonStats {
   return {
     session: {
       requests: 48_213, inFlight: 3, errors: 17,
       byOp: { LOOKUP: 1204, GETATTR: 3310, READ: 20_481, WRITE: 22_907, FLUSH: 311 },
       latency: {
-        LOOKUP: { p50: 45.3, p99: 380.5, max: 2210, count: 1204 },
+        LOOKUP: { p50: 45.3, p99: 380.5, max: 2210, count: 1204, sum: 81_522.6,
+          buckets: upTo(0, 0, 0, 0, 12, 140, 610, 930, 1150, 1196, 1201, 1203, 1204) },
         GETATTR: { p50: 9.5, p99: 76.1, max: 905.2, count: 3310 },
-        READ: { p50: 128, p99: 2048, max: 15_320.4, count: 20_481 },
-        WRITE: { p50: 215.3, p99: 4871.7, max: 80_114, count: 22_905 },
+        READ: { p50: 128, p99: 2048, max: 15_320.4, count: 20_481, sum: 3_310_287.5,
+          buckets: upTo(0, 0, 0, 3, 41, 500, 2100, 9800, 14_000, 17_500, 19_900, 20_300, 20_470, 20_478, 20_481) },
+        WRITE: { p50: 215.3, p99: 4871.7, max: 80_114, count: 22_905, sum: 6_122_904.1,
+          buckets: upTo(0, 0, 0, 0, 0, 0, 310, 4900, 12_800, 19_700, 22_400, 22_790, 22_880, 22_897, 22_903, 22_904,
+            22_904, 22_905) },
       },
     },
     channel: { fastReads: 91_377, fileReads: 4_021, requests: 143_611 },
@@ -141,7 +164,9 @@ t.test('every family of the contract, with its type and the values of the stats'
   t.ok(fams.get('nodejs_eventloop_lag_seconds'), 'nodejs_eventloop_lag_seconds');
 
   const ss = samples(r.text);
-  for (const name of Object.keys(CONTRACT)) t.ok(ofFamily(ss, name).length > 0, `${name} has samples`);
+  for (const [name, type] of Object.entries(CONTRACT)) {
+    t.ok(ofFamily(ss, type === 'HISTOGRAM' ? `${name}_bucket` : name).length > 0, `${name} has samples`);
+  }
   t.ok(value(ss, 'process_resident_memory_bytes')! > 0, 'process_resident_memory_bytes has a value');
 
   const session = s.session!;
@@ -159,9 +184,40 @@ t.test('every family of the contract, with its type and the values of the stats'
     t.equal(value(ss, 'kvfs_request_latency_seconds_max', { op }), l.max / 1e6, `${op} max in seconds`);
   }
   t.equal(ofFamily(ss, 'kvfs_request_latency_seconds').length, 2 * 4, 'two quantiles for each of the four opcodes');
-  t.equal(ofFamily(ss, 'kvfs_request_latency_seconds_sum').length, 0, 'no _sum: the daemon keeps none');
+  t.equal(ofFamily(ss, 'kvfs_request_latency_seconds_sum').length, 0, 'no _sum in the summary: the histogram has it');
   const summary = fams.get('kvfs_request_latency_seconds')!;
   t.same(Object.keys(summary.metrics[0]?.quantiles ?? {}).sort(), ['0.5', '0.99'], 'the parser reads the quantiles');
+
+  t.same(LE, LATENCY_BOUNDS_US.map((us) => String(us / 1e6)), 'le: the bounds in seconds, as String() writes them');
+  const read = session.latency!.READ!;
+  t.same(LE.map((le) => value(ss, 'kvfs_request_duration_seconds_bucket', { op: 'READ', le })), read.buckets,
+    'READ: a bucket for each bound, with the counts of the stats');
+  t.equal(value(ss, 'kvfs_request_duration_seconds_bucket', { op: 'READ', le: '0.000008' }), 3, 'READ le 8 us exactly');
+  t.equal(value(ss, 'kvfs_request_duration_seconds_bucket', { op: 'READ', le: '0.016384' }), 20_481, 'READ le 16.384 ms');
+  t.equal(value(ss, 'kvfs_request_duration_seconds_bucket', { op: 'READ', le: '+Inf' }), 20_481, 'READ +Inf = count');
+  t.equal(value(ss, 'kvfs_request_duration_seconds_sum', { op: 'READ' }), 3.3102875, 'READ _sum in seconds');
+  t.equal(value(ss, 'kvfs_request_duration_seconds_count', { op: 'READ' }), 20_481, 'READ _count');
+  for (const op of ['LOOKUP', 'READ', 'WRITE']) {
+    const l = session.latency![op]!;
+    const got = ofFamily(ss, 'kvfs_request_duration_seconds_bucket').filter((x) => x.labels.op === op);
+    t.same(got.map((x) => x.labels.le), [...LE, '+Inf'], `${op}: the bounds in order, then +Inf`);
+    t.same(got.map((x) => x.value), [...l.buckets!, l.count], `${op}: the buckets, then +Inf = count`);
+    t.equal(value(ss, 'kvfs_request_duration_seconds_sum', { op }), l.sum! / 1e6, `${op} _sum`);
+    t.equal(value(ss, 'kvfs_request_duration_seconds_count', { op }), l.count, `${op} _count`);
+  }
+  t.notOk(ss.some((x) => x.name.startsWith('kvfs_request_duration_seconds') && x.labels.op === 'GETATTR'),
+    'GETATTR, without buckets and sum: no histogram sample');
+  t.ok(value(ss, 'kvfs_request_latency_seconds', { op: 'GETATTR', quantile: '0.5' }), 'but its summary is there');
+  t.equal(ofFamily(ss, 'kvfs_request_duration_seconds_bucket').length, 3 * 27, '27 buckets for each of three opcodes');
+  t.same(ofFamily(ss, 'kvfs_request_duration_seconds_count').map((x) => x.labels.op), ['LOOKUP', 'READ', 'WRITE']);
+  // the parser, typed, folds every opcode's buckets into one map by le (the last opcode's counts win) and drops
+  // the _sum and _count, which carry op: what it reads is the le strings, in order
+  const histogram = fams.get('kvfs_request_duration_seconds')!;
+  t.equal(histogram.metrics.length, 1, 'the parser: one metric for the family');
+  t.same(Object.keys(histogram.metrics[0]?.buckets ?? {}), [...LE, '+Inf'], 'the parser reads the buckets by le');
+  t.same(Object.values(histogram.metrics[0]?.buckets ?? {}).map(Number), [...session.latency!.WRITE!.buckets!, 22_905],
+    "and WRITE's counts, the last opcode's");
+  t.same([histogram.metrics[0]?.count, histogram.metrics[0]?.sum], [undefined, undefined], 'and no count or sum');
 
   const pool = s.pool!;
   t.equal(value(ss, 'kvfs_buffer_pool_capacity_bytes'), pool.capacityBytes);
@@ -210,6 +266,7 @@ t.test('each scrape follows the stats: counters go up, a vanished opcode is gone
   s.memory!.parts = s.memory!.parts.filter((p) => p.name !== 'blob cache');
   s.fs!.bytesWritten = 4_000_000_000;
   s.session!.inFlight = 0;
+  delete s.session!.latency!.WRITE!.buckets;
   const second = samples((await get(m.url)).text);
   t.equal(reads, 2);
   t.equal(value(second, 'kvfs_requests_total', { op: 'WRITE' }), 30_000, 'the counter went up');
@@ -219,6 +276,10 @@ t.test('each scrape follows the stats: counters go up, a vanished opcode is gone
   t.notOk(second.some((x) => x.labels.op === 'GETATTR'), 'and from every family');
   t.equal(ofFamily(second, 'kvfs_requests_total').length, 4, 'the other four opcodes stay');
   t.equal(ofFamily(second, 'kvfs_request_latency_seconds').length, 2 * 3);
+  t.same(ofFamily(second, 'kvfs_request_duration_seconds_count').map((x) => x.labels.op), ['LOOKUP', 'READ'],
+    'WRITE without buckets is gone from the histogram');
+  t.equal(ofFamily(second, 'kvfs_request_duration_seconds_bucket').length, 2 * 27);
+  t.equal(value(second, 'kvfs_request_latency_seconds', { op: 'WRITE', quantile: '0.99' }), 4871.7 / 1e6, 'its summary stays');
   t.equal(ofFamily(second, 'kvfs_buffer_pool_class_buffers').length, 2, 'the vanished pool class is gone');
   t.equal(value(second, 'kvfs_buffer_pool_class_high_water', { size: '1052672' }), undefined);
   t.equal(value(second, 'kvfs_memory_bytes', { part: 'blob cache' }), undefined, 'the vanished memory part is gone');
@@ -253,6 +314,36 @@ t.test('a part missing from the stats is missing from the scrape, not 0', async 
   t.equal(value(odd, 'kvfs_requests_total', { op: 'READ' }), undefined, 'NaN is left out');
   t.equal(value(odd, 'kvfs_requests_total', { op: 'WRITE' }), 1);
   t.equal(value(odd, 'kvfs_memory_bytes', { part: 'native' }), 7, 'two parts of one name are added up');
+});
+
+t.test('the latency histogram: an opcode with all of it or none, +Inf beyond the last bound', async (t) => {
+  const whole = { p50: 1, p99: 2, max: 40e6, count: 5, sum: 40_000_010.5, buckets: upTo(1, 2, 3, 4) };
+  const latency: Record<string, Record<string, unknown>> = {
+    SLOW: whole,
+    SHORT: { ...whole, buckets: whole.buckets.slice(1) },
+    DOWN: { ...whole, buckets: upTo(1, 2, 1, 4) },
+    OVER: { ...whole, count: 3 },
+    NAN: { ...whole, buckets: upTo(1, 2, Number.NaN, 4) },
+    NOSUM: { ...whole, sum: undefined },
+    NEGSUM: { ...whole, sum: -1 },
+    STRINGS: { ...whole, buckets: whole.buckets.map(String) },
+    NOTARRAY: { ...whole, buckets: { 0: 1 } },
+    NOCOUNT: { ...whole, count: undefined },
+    NULL: null as unknown as Record<string, unknown>,
+  };
+  const m = await serve(t, () => ({ session: { requests: 5, inFlight: 0, errors: 0, byOp: {}, latency } }) as DaemonStats);
+  const r = await get(m.url);
+  t.equal(r.status, 200);
+  const ss = samples(r.text);
+  const ops = (name: string) => [...new Set(ofFamily(ss, name).map((x) => x.labels.op))];
+  t.same(ops('kvfs_request_duration_seconds_bucket'), ['SLOW'], 'only the whole histogram');
+  t.same(ops('kvfs_request_duration_seconds_sum'), ['SLOW']);
+  t.same(ops('kvfs_request_duration_seconds_count'), ['SLOW']);
+  t.equal(value(ss, 'kvfs_request_duration_seconds_bucket', { op: 'SLOW', le: '33.554432' }), 4, 'within 2^25 us: 4');
+  t.equal(value(ss, 'kvfs_request_duration_seconds_bucket', { op: 'SLOW', le: '+Inf' }), 5, '+Inf: the count, one more');
+  t.equal(value(ss, 'kvfs_request_duration_seconds_sum', { op: 'SLOW' }), 40.0000105);
+  t.equal(value(ss, 'kvfs_request_duration_seconds_count', { op: 'SLOW' }), 5);
+  t.equal(value(ss, 'kvfs_request_latency_seconds_count', { op: 'SHORT' }), 5, 'the summary does not need the histogram');
 });
 
 t.test('404 elsewhere, 405 for other methods, 500 when the stats fail, and serving on', async (t) => {

@@ -58,6 +58,9 @@ t.test('kvfs stats: opcodes with counts and latency, the pool per class, memory 
     memory: { rss: number; parts: { name: string; bytes: number }[] };
   };
   for (const op of ['CREATE', 'WRITE', 'LOOKUP', 'OPEN', 'RELEASE', 'FLUSH']) t.ok(s.session.byOp[op]! > 0, `${op}: ${s.session.byOp[op]}`);
+  const calls = (s as unknown as { store: { calls: Record<string, number>; errors: Record<string, number> } }).store;
+  t.ok(calls.calls.commit! > 0 && calls.calls.get! > 0, `store calls counted (commit ${calls.calls.commit}, get ${calls.calls.get})`);
+  t.same(calls.errors, {}, 'no store errors');
   const w = s.session.latency.WRITE;
   t.ok(w && w.p50 > 0 && w.p50 <= w.p99 && w.p99 <= w.max, `WRITE latency p50 ${w?.p50} <= p99 ${w?.p99} <= max ${w?.max} (us)`);
   t.ok(s.pool.classes.length > 0 && s.pool.classes.every((c) => c.size > 0 && c.count > 0), 'the pool, per size class');
@@ -70,6 +73,11 @@ t.test('kvfs stats: opcodes with counts and latency, the pool per class, memory 
   t.match(text.stdout, /opcode\s+count\s+ops\/s\s+p50\s+p99\s+max/, 'a table of opcodes');
   t.match(text.stdout, /buffer pool: /, 'the pool');
   t.match(text.stdout, /memory: RSS /, 'memory');
+  t.match(text.stdout, /store calls: .*commit \d+/, 'store calls');
+  // --watch without a terminal: one line per interval, until stopped
+  const watch = await run(process.execPath, [join(process.cwd(), 'bin/kvfs.js'), 'stats', m.mnt, '--watch', '0.3'], { timeout: 1500 });
+  const lines = watch.stdout.split('\n').filter(Boolean);
+  t.ok(lines.length >= 2 && lines.every((l) => /^\d{4}-\d\d-\d\dT\S+ in flight \d+ .*; pool in use .*; RSS /.test(l)), `--watch: a line per interval (${lines.length} in 1.5 s)`);
 });
 
 t.test('heap profile: off by default, started, dumped as pprof with src/ functions and the pool, stopped, started again', async (t) => {

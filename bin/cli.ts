@@ -337,6 +337,7 @@ async function mount(argv: MountArgs): Promise<void> {
   const control = await startControl({
     record,
     stats: driverStats,
+    volume: () => volumeLines(store, url),
     offHeap: () => {
       const f = fs.stats();
       return [
@@ -489,6 +490,24 @@ async function umount(argv: { mountpoint: string; lazy?: boolean; wait: number }
   }
 }
 
+/** the volume's record and usage, as `kvfs status` prints them (the daemon's `volume` command too) */
+async function volumeLines(store: KvStore, url: string): Promise<string[]> {
+  const vol = await readVolume(store).catch((e: unknown) => (e instanceof StoreError && e.code === 'NOVOLUME' ? fail(noVolume(url)) : Promise.reject(e)));
+  const inodes = await store.incr(K.inodeCount, 0);
+  const bytes = await store.incr(K.byteCount, 0);
+  const info = await store.info();
+  return [
+    `store:          ${describeStore(url)}`,
+    `volume:         ${vol.name}`,
+    `format version: ${vol.formatVersion}`,
+    `chunk size:     ${vol.chunkSize}`,
+    `created:        ${new Date(vol.created).toISOString()}`,
+    `inodes:         ${inodes}`,
+    `bytes:          ${bytes}`,
+    ...(info.freeBytes !== undefined ? [`store free:     ${info.freeBytes}`] : []),
+  ];
+}
+
 const isStoreUrl = (s: string) => /^[A-Za-z][A-Za-z0-9+.-]*:/.test(s) && !s.startsWith('/');
 
 async function status(argv: { store?: string } & StoreArgs): Promise<void> {
@@ -506,17 +525,22 @@ async function status(argv: { store?: string } & StoreArgs): Promise<void> {
       `daemon:         ${d ? `pid ${d.pid} (${d.driver} driver, since ${d.started})${isStopped(processState(d.pid)) ? ', STOPPED' : ''}` : 'gone (clean up with: kvfs umount ' + m!.mountPoint + ')'}`,
       ...(d?.log ? [`log:            ${d.log}`] : []),
     );
-    // what the daemon's memory is made of, through its control socket (when it answers)
-    const mem = d && await connectTo(m!).then(async (c) => {
+    // the volume and the daemon's memory, through its control socket (when it answers)
+    const asked = d && await connectTo(m!).then(async (c) => {
       try {
-        return (await c.request('memory')) as { rss: number; parts: { name: string; bytes: number }[] };
+        return {
+          volume: (await c.request('volume')) as string[],
+          memory: (await c.request('memory')) as { rss: number; parts: { name: string; bytes: number }[] },
+        };
       } finally {
         c.close();
       }
     }, () => undefined).catch(() => undefined);
-    if (mem) {
-      lines.push(`memory:         RSS ${human(mem.rss)}`);
-      for (const p of mem.parts) lines.push(`  ${(p.name + ':').padEnd(20)} ${human(p.bytes).padStart(10)}`);
+    if (asked) {
+      lines.push(`memory:         RSS ${human(asked.memory.rss)}`);
+      for (const p of asked.memory.parts) lines.push(`  ${(p.name + ':').padEnd(20)} ${human(p.bytes).padStart(10)}`);
+      console.log([...lines, ...asked.volume].join('\n'));
+      return;
     }
     if (url.startsWith('memory:')) {
       lines.push(`store:          ${describeStore(url)}: its volume lives in the daemon's memory only`);
@@ -526,21 +550,7 @@ async function status(argv: { store?: string } & StoreArgs): Promise<void> {
   }
   mustExist(url);
   await withStore(url, argv, async (store) => {
-    const vol = await readVolume(store).catch((e: unknown) => (e instanceof StoreError && e.code === 'NOVOLUME' ? fail(noVolume(url)) : Promise.reject(e)));
-    const inodes = await store.incr(K.inodeCount, 0);
-    const bytes = await store.incr(K.byteCount, 0);
-    const info = await store.info();
-    console.log([
-      ...lines,
-      `store:          ${describeStore(url)}`,
-      `volume:         ${vol.name}`,
-      `format version: ${vol.formatVersion}`,
-      `chunk size:     ${vol.chunkSize}`,
-      `created:        ${new Date(vol.created).toISOString()}`,
-      `inodes:         ${inodes}`,
-      `bytes:          ${bytes}`,
-      ...(info.freeBytes !== undefined ? [`store free:     ${info.freeBytes}`] : []),
-    ].join('\n'));
+    console.log([...lines, ...(await volumeLines(store, url))].join('\n'));
     printWarnings();
   });
 }

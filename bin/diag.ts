@@ -18,6 +18,8 @@ export interface DaemonView {
   stats: () => object;
   /** memory the daemon holds outside V8's heap, counted by its parts */
   offHeap: () => OffHeapPart[];
+  /** the volume's record and usage, as `kvfs status` prints them */
+  volume: () => Promise<string[]>;
 }
 
 /**
@@ -62,6 +64,7 @@ export async function startControl(view: DaemonView): Promise<{ server: ControlS
     hello: () => ({ version: CONTROL_VERSION, ...view.record }),
     stats,
     memory: () => memoryReport(view.offHeap()),
+    volume: () => view.volume(),
     'heap-start': (a) => profilers.heapStart(a.interval === undefined ? undefined : Number(a.interval), a.allocations === true),
     'heap-stop': () => profilers.heapStop(),
     'heap-dump': async () => profileOut(await profilers.heapDump()),

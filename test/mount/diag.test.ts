@@ -74,6 +74,10 @@ t.test('kvfs stats: opcodes with counts and latency, the pool per class, memory 
   t.match(text.stdout, /buffer pool: /, 'the pool');
   t.match(text.stdout, /memory: RSS /, 'memory');
   t.match(text.stdout, /store calls: .*commit \d+/, 'store calls');
+  const status = await cli(['status', m.mnt]);
+  expectExit(t, status, 'kvfs status MOUNTPOINT');
+  t.match(status.stdout, /^memory: +RSS .*\n(  .+\n)+/m, 'the memory report per part');
+  t.match(status.stdout, /^volume: +\S+\nformat version: +\d+/m, 'the volume record, from the daemon (a memory: volume lives in it)');
   // --watch without a terminal: one line per interval, until stopped
   const watch = await run(process.execPath, [join(process.cwd(), 'bin/kvfs.js'), 'stats', m.mnt, '--watch', '0.3'], { timeout: 1500 });
   const lines = watch.stdout.split('\n').filter(Boolean);
@@ -234,6 +238,8 @@ t.test('logs: JSON lines in a log file, the level changed at runtime, --debug lo
   const file = join(dir, 'daemon.log');
   const mm = await mountKvfs(t, { driver: 'default', store: 'memory:', args: ['--log-file', file] });
   const lines = () => readFileSync(file, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as { level: string; time: string; pid: number; msg: string; op?: string });
+  // the daemon logs "mounted" just after the mount shows in the mount table (which is when mountKvfs returns)
+  for (const end = Date.now() + 5000; Date.now() < end && !lines().some((l) => /^mounted /.test(l.msg));) await new Promise((r) => setTimeout(r, 50));
   const first = lines();
   t.ok(first.length > 0, `the log file has lines (${first.length})`);
   t.ok(first.every((l) => typeof l.level === 'string' && !Number.isNaN(Date.parse(l.time)) && l.pid === mm.pid), 'each a JSON object with level, time and pid');

@@ -7,6 +7,7 @@ import { open as lmdbOpen } from 'lmdb';
 import t from 'tap';
 import { isStoreError } from '../../src/backend/errors.js';
 import { LmdbStore } from '../../src/backend/lmdb.js';
+import { atProcessEnd } from '../helpers/run.js';
 import { describeStore, openStore } from '../../src/backend/open-store.js';
 import { conformance } from './conformance.js';
 
@@ -192,6 +193,14 @@ function smallTmpfs(): string | undefined {
   const dir = mkdtempSync(join(tmpdir(), 'kvfs-full-'));
   try {
     execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', dir], { stdio: 'ignore' });
+    // mounted as the file loads: unmounted at the process's end too, when the test that uses it was filtered out
+    // (--grep) or never ran its teardown (a tmpfs of a run with --grep was found still mounted)
+    atProcessEnd(() => {
+      try {
+        execFileSync('umount', [dir], { stdio: 'ignore' });
+        rmSync(dir, { recursive: true, force: true });
+      } catch { /* unmounted by the test's own teardown */ }
+    });
     return dir;
   } catch {
     rmSync(dir, { recursive: true, force: true });

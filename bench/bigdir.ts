@@ -24,7 +24,7 @@ import { parseArgs } from 'node:util';
 import { daemonStats } from '../bin/diag.js';
 import {
   atExit, fmt, forceUnmount, gitVersion, howEnded, kvfsBin, kvfsMount, kvfsUnmount, quietness, removeWork, repoRoot,
-  run, say, sleep, stamp, stopDaemon, unexpectedLogLines, type KvfsMount,
+  run, say, stamp, stopDaemon, unexpectedLogLines, type KvfsMount,
 } from './common.js';
 
 const USAGE = `usage: npm run bench:bigdir -- [options]
@@ -139,7 +139,6 @@ async function main(): Promise<number> {
       for (let i = 0; i < runs; i++) {
         await unmount();
         await mount();
-        await sleep(300); // past the stats file's first writes
         const before = await opsNow();
         const t = performance.now();
         const r = await run('sh', ['-c', 'LC_ALL=C exec ls -l "$1" > /dev/null', 'sh', path.join(mnt, `d${n}`)], { timeoutMs: 3_600_000 });

@@ -34,7 +34,7 @@ import { mkdirSync, mkdtempSync, statfsSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { connectTo } from '../bin/diag.js';
+import { askDaemon, connectTo } from '../bin/diag.js';
 import { decodePprof } from '../src/diag/pprof.js';
 import type { ControlClient } from '../src/diag/control.js';
 import { mountAt } from '../src/fs/fuse/mount-table.js';
@@ -356,15 +356,8 @@ async function main(): Promise<number> {
     return { ok: r.code === 0, outcome: r.code === 0 ? out : `${howEnded(r)}: ${out}` };
   };
 
-  /** one request on a connection of its own to the daemon's control socket */
-  const control = async (cmd: string, args: Record<string, unknown> = {}): Promise<unknown> => {
-    const c = await connectTo(mountAt(mnt)!);
-    try {
-      return await c.request(cmd, args, 60_000);
-    } finally {
-      c.close();
-    }
-  };
+  /** one request to the daemon's control socket */
+  const control = (cmd: string, args: Record<string, unknown> = {}): Promise<unknown> => askDaemon(mountAt(mnt)!, cmd, args, 60_000);
   /**
    * The heap profile now (V8's sampling profiler, allocations kept): of the sampled bytes V8 allocated, those
    * the request path (a frame of src/fs/fuse/) allocated as Buffers (a frame of node:buffer, or Buffer code).

@@ -10,7 +10,7 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { connectTo, daemonStats } from '../bin/diag.js';
+import { askDaemon, daemonStats } from '../bin/diag.js';
 import { mountAt as mountEntryAt } from '../src/fs/fuse/mount-table.js';
 import {
   atExit, diskUsage, fioWrites, logText, fmt, forceUnmount, isAlive, isMounted, killGroup, kvfsBin, kvfsMount, kvfsUnmount, mib,
@@ -177,12 +177,7 @@ export function kvfsTarget(spec: KvfsTargetSpec): Target {
       });
       notes.push(`daemon pid ${m.pid}, log ${path.relative(process.cwd(), m.log)}`);
       if (spec.heapSampling) {
-        const c = await connectTo(mountEntryAt(dir)!);
-        try {
-          await c.request('heap-start', { interval: spec.heapSampling });
-        } finally {
-          c.close();
-        }
+        await askDaemon(mountEntryAt(dir)!, 'heap-start', { interval: spec.heapSampling });
         notes.push(`heap sampling on (a sample every ${spec.heapSampling} bytes allocated), through the control socket`);
       }
       if (spec.churnBytes) {

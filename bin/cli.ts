@@ -333,7 +333,9 @@ async function mount(argv: MountArgs): Promise<void> {
   };
   const recordPath = writeRecord(record);
   // the control socket (kvfs stats, kvfs profile): what this daemon holds, per part
-  const driverStats = () => ({ ...(handle?.stats.call(handle) ?? { fs: fs.stats() }), store: counted.stats() }) as { pool?: { capacityBytes: number } };
+  const driverStats = () => ({ ...(handle?.stats.call(handle) ?? { fs: fs.stats() }), store: counted.stats() });
+  // the pool's arena is made once, at the mount (the libfuse driver has none)
+  const arenaBytes = (driverStats() as { pool?: { capacityBytes: number } }).pool?.capacityBytes ?? 0;
   const control = await startControl({
     record,
     stats: driverStats,
@@ -341,7 +343,7 @@ async function mount(argv: MountArgs): Promise<void> {
     offHeap: () => {
       const f = fs.stats();
       return [
-        { name: 'buffer pool arena', bytes: driverStats().pool?.capacityBytes ?? 0 },
+        { name: 'buffer pool arena', bytes: arenaBytes },
         { name: 'blob cache', bytes: f.blobCacheBytes },
         { name: 'write-back buffers', bytes: f.writeBackBytes },
       ];
@@ -351,7 +353,7 @@ async function mount(argv: MountArgs): Promise<void> {
     return undefined;
   });
   // Prometheus metrics (--metrics): the figures of `kvfs stats`, read at each scrape
-  const metrics = metricsAt && await startMetrics(metricsAt, () => control!.stats() as DaemonStats).then((m) => {
+  const metrics = metricsAt && control && await startMetrics(metricsAt, () => control.stats() as DaemonStats).then((m) => {
     log(`metrics at ${m.url}`);
     return m;
   }, (e: unknown) => {

@@ -109,6 +109,16 @@ export async function connectTo(m: MountEntry): Promise<ControlClient> {
   }
 }
 
+/** one request to the daemon of mount m, on a connection of its own */
+export async function askDaemon(m: MountEntry, cmd: string, args: Record<string, unknown> = {}, timeoutMs?: number): Promise<unknown> {
+  const c = await connectTo(m);
+  try {
+    return await c.request(cmd, args, timeoutMs);
+  } finally {
+    c.close();
+  }
+}
+
 /** a number of bytes for people */
 export function human(n: number): string {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
@@ -206,36 +216,29 @@ function oneLine(s: StatsShape, prev: StatsShape, dtMs: number): string {
 export async function profileCommand(m: MountEntry, a: {
   kind: string; action?: string; interval?: number; allocations?: boolean; output?: string; seconds?: number;
 }): Promise<void> {
-  const c = await connectTo(m);
   const save = (r: unknown) => {
     const { pprof, bytes } = r as { pprof: string; bytes: number };
     writeFileSync(a.output!, Buffer.from(pprof, 'base64'), { mode: 0o600 });
     console.log(`kvfs: wrote ${a.output} (${bytes} bytes, pprof; open it with: go tool pprof -top ${a.output})`);
   };
-  try {
-    if (a.kind === 'cpu') {
-      if (!a.output) throw new ControlError('name the file for the profile: -o FILE');
-      const seconds = a.seconds ?? 10;
-      save(await c.request('cpu-profile', { seconds }, seconds * 1000 + 30_000));
-      return;
-    }
-    if (a.action === 'start') {
-      const r = (await c.request('heap-start', {
-        ...(a.interval === undefined ? {} : { interval: a.interval }), ...(a.allocations ? { allocations: true } : {}),
-      })) as { interval: number };
-      console.log(`kvfs: heap sampling on for ${m.mountPoint} (a sample every ${r.interval} bytes allocated on average` +
-        `${a.allocations ? '; collected objects kept: an allocation profile' : ''})`);
-    } else if (a.action === 'stop') {
-      await c.request('heap-stop');
-      console.log(`kvfs: heap sampling off for ${m.mountPoint}`);
-    } else if (a.action === 'dump') {
-      if (!a.output) throw new ControlError('name the file for the profile: -o FILE');
-      save(await c.request('heap-dump', {}, 60_000));
-    } else {
-      throw new ControlError(`kvfs profile heap: give start, stop or dump (not '${a.action}')`);
-    }
-  } finally {
-    c.close();
+  if (a.kind === 'cpu') {
+    if (!a.output) throw new ControlError('name the file for the profile: -o FILE');
+    const seconds = a.seconds ?? 10;
+    save(await askDaemon(m, 'cpu-profile', { seconds }, seconds * 1000 + 30_000));
+  } else if (a.action === 'start') {
+    const r = (await askDaemon(m, 'heap-start', {
+      ...(a.interval === undefined ? {} : { interval: a.interval }), ...(a.allocations ? { allocations: true } : {}),
+    })) as { interval: number };
+    console.log(`kvfs: heap sampling on for ${m.mountPoint} (a sample every ${r.interval} bytes allocated on average` +
+      `${a.allocations ? '; collected objects kept: an allocation profile' : ''})`);
+  } else if (a.action === 'stop') {
+    await askDaemon(m, 'heap-stop');
+    console.log(`kvfs: heap sampling off for ${m.mountPoint}`);
+  } else if (a.action === 'dump') {
+    if (!a.output) throw new ControlError('name the file for the profile: -o FILE');
+    save(await askDaemon(m, 'heap-dump', {}, 60_000));
+  } else {
+    throw new ControlError(`kvfs profile heap: give start, stop or dump (not '${a.action}')`);
   }
 }
 
@@ -243,21 +246,11 @@ export async function profileCommand(m: MountEntry, a: {
 export async function daemonStats(mountpoint: string): Promise<Record<string, unknown>> {
   const m = mountAt(mountpoint);
   if (!m) throw new Error(`${mountpoint} is not a mountpoint`);
-  const c = await connectTo(m);
-  try {
-    return (await c.request('stats')) as Record<string, unknown>;
-  } finally {
-    c.close();
-  }
+  return (await askDaemon(m, 'stats')) as Record<string, unknown>;
 }
 
 /** `kvfs log-level MOUNTPOINT [LEVEL]`: the daemon's log level, set or shown */
 export async function logLevelCommand(m: MountEntry, level: string | undefined): Promise<void> {
-  const c = await connectTo(m);
-  try {
-    const r = (await c.request('log-level', level === undefined ? {} : { level })) as { level: string; was?: string };
-    console.log(level === undefined ? `kvfs: ${m.mountPoint} logs at level ${r.level}` : `kvfs: ${m.mountPoint}: log level ${r.was} -> ${r.level}`);
-  } finally {
-    c.close();
-  }
+  const r = (await askDaemon(m, 'log-level', level === undefined ? {} : { level })) as { level: string; was?: string };
+  console.log(level === undefined ? `kvfs: ${m.mountPoint} logs at level ${r.level}` : `kvfs: ${m.mountPoint}: log level ${r.was} -> ${r.level}`);
 }

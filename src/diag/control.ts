@@ -147,28 +147,35 @@ export class ControlClient {
     sock.setEncoding('utf8');
     sock.on('data', (chunk: string) => {
       this.buf += chunk;
-      const nl = this.buf.indexOf('\n');
-      if (nl >= 0 && this.waiting) {
-        const line = this.buf.slice(0, nl);
-        this.buf = this.buf.slice(nl + 1);
-        const w = this.waiting;
-        this.waiting = undefined;
-        w.resolve(line);
-      }
+      this.deliver();
     });
     const end = (e?: Error) => {
-      // a refusal is one error line and the end: keep the line for the request that waits
+      // a refusal is one error line and the end: the line goes to the request that waits, else the end does
       this.ended ??= e ?? new Error('the daemon closed the control connection');
-      const nl = this.buf.indexOf('\n');
-      if (this.waiting && nl < 0) this.waiting.reject(this.ended);
-      else if (this.waiting) {
-        const w = this.waiting;
-        this.waiting = undefined;
-        w.resolve(this.buf.slice(0, nl));
-      }
+      this.deliver();
+      this.failWaiting();
     };
     sock.on('error', (e) => end(e));
     sock.on('close', () => end());
+  }
+
+  /** hands the next complete line to the request that waits, when both are there */
+  private deliver(): void {
+    const nl = this.buf.indexOf('\n');
+    const w = this.waiting;
+    if (nl < 0 || !w) return;
+    const line = this.buf.slice(0, nl);
+    this.buf = this.buf.slice(nl + 1);
+    this.waiting = undefined;
+    w.resolve(line);
+  }
+
+  /** the connection ended: a request still waiting fails with why */
+  private failWaiting(): void {
+    const w = this.waiting;
+    if (!w || !this.ended) return;
+    this.waiting = undefined;
+    w.reject(this.ended);
   }
 
   static connect(path: string, timeoutMs = 5000): Promise<ControlClient> {
@@ -196,16 +203,9 @@ export class ControlClient {
         resolve: (l) => { clearTimeout(timer); resolve(l); },
         reject: (e) => { clearTimeout(timer); reject(e); },
       };
-      if (this.ended) return this.waiting.reject(this.ended);
-      this.sock.write(JSON.stringify({ v: CONTROL_VERSION, id, cmd, ...args }) + '\n');
-      const nl = this.buf.indexOf('\n');
-      if (nl >= 0) {
-        const l = this.buf.slice(0, nl);
-        this.buf = this.buf.slice(nl + 1);
-        this.waiting = undefined;
-        clearTimeout(timer);
-        resolve(l);
-      }
+      if (!this.ended) this.sock.write(JSON.stringify({ v: CONTROL_VERSION, id, cmd, ...args }) + '\n');
+      this.deliver();
+      this.failWaiting();
     });
     let out: { ok?: boolean; result?: unknown; error?: string };
     try {
@@ -219,15 +219,5 @@ export class ControlClient {
 
   close(): void {
     this.sock.destroy();
-  }
-}
-
-/** one request on a connection of its own */
-export async function controlRequest(path: string, cmd: string, args: ControlArgs = {}, timeoutMs = 10_000): Promise<unknown> {
-  const c = await ControlClient.connect(path, Math.min(timeoutMs, 5000));
-  try {
-    return await c.request(cmd, args, timeoutMs);
-  } finally {
-    c.close();
   }
 }

@@ -204,34 +204,37 @@ export class Session {
     }
     const cx = info.replies ? new InFlight(performance.now(), req.op, raw) : NO_REQUEST;
     if (info.replies) this.inflight.set(unique, cx);
+    const started = performance.now();
     let out: Promise<Reply>;
     try {
       out = Promise.resolve(handler(req as RequestOf<OpName>, cx));
     } catch (e) {
       out = Promise.reject(e);
     }
-    const started = performance.now();
     out.then(
       (r) => {
-        const us = (performance.now() - started) * 1000;
-        this.latency.record(req.op, us);
-        if (logEnabled('debug')) this.debugLine(req, us);
+        this.answered(req, started);
         this.finish(raw, req, r, info.replies);
       },
       (e) => {
-        const us = (performance.now() - started) * 1000;
-        this.latency.record(req.op, us);
-        if (logEnabled('debug')) this.debugLine(req, us, e);
-        this.fail(raw, req, e, info.replies);
+        const errno = e instanceof WireParseError ? e.errno : toErrno(e);
+        this.answered(req, started, errno);
+        this.fail(raw, req, errno, info.replies);
       },
     );
   }
 
-  /** --debug (log level debug): one line per request answered through JavaScript */
-  private debugLine(req: Request, us: number, e?: unknown): void {
+  /**
+   * A request's handler is done (with `errno` when it failed): its latency is recorded, and at log level debug
+   * (--debug) it gets one line.
+   */
+  private answered(req: Request, started: number, errno?: number): void {
+    const us = (performance.now() - started) * 1000;
+    this.latency.record(req.op, us);
+    if (!logEnabled('debug')) return;
     const name = (req as { name?: unknown }).name;
     log.debug(`${req.op} ${req.header.nodeid}${typeof name === 'string' ? ` ${JSON.stringify(name)}` : ''}` +
-      `${e === undefined ? '' : ` -> errno ${e instanceof WireParseError ? e.errno : toErrno(e)}`} in ${Math.round(us)} us`,
+      `${errno === undefined ? '' : ` -> errno ${errno}`} in ${Math.round(us)} us`,
     { op: req.op, unique: String(req.header.unique), nodeid: Number(req.header.nodeid), us: Math.round(us) });
   }
 
@@ -260,11 +263,10 @@ export class Session {
     }
   }
 
-  private fail(raw: RawRequest, req: Request, e: unknown, replies: boolean): void {
+  private fail(raw: RawRequest, req: Request, errno: number, replies: boolean): void {
     const unique = req.header.unique;
     const expired = replies && !this.inflight.delete(unique);
     this.stat.errors++;
-    const errno = e instanceof WireParseError ? e.errno : toErrno(e);
     if (replies && !expired) this.send(raw, this.error(unique, errno));
     this.transport.done(raw);
   }

@@ -39,6 +39,9 @@
  *   kvfs_open_files                       gauge                    fs.openFiles
  *   kvfs_memory_bytes                     gauge     part           memory.parts[]: name, bytes ("other" may be < 0)
  *   kvfs_memory_rss_bytes                 gauge                    memory.rss
+ *   kvfs_store_calls_total                counter  method          store.calls (KvStore methods)
+ *   kvfs_store_errors_total               counter  code            store.errors (StoreError codes)
+ *   kvfs_store_retries_total              counter  kind            store.retries (Redis: transient, throttled)
  *
  * Beside them, in the same registry, prom-client's default process and Node.js metrics under their standard
  * names (process_resident_memory_bytes, process_cpu_seconds_total, nodejs_eventloop_lag_seconds, ...).
@@ -100,6 +103,8 @@ export interface DaemonStats {
     bytesWritten?: number; bytesSent?: number; bytesReturned?: number; bytesFetched?: number; openFiles?: number;
   };
   memory?: { rss: number; parts: { name: string; bytes: number }[] };
+  /** the store's calls per method, errors per StoreError code, retries per kind (src/diag/store-calls.ts) */
+  store?: { calls?: Record<string, number>; errors?: Record<string, number>; retries?: Record<string, number> };
 }
 
 export interface MetricsServer {
@@ -256,6 +261,12 @@ const FAMILIES: readonly Family[] = [
     read: (s) => items(s.memory?.parts).flatMap((p) => typeof p.name === 'string' ? [[{ part: p.name }, num(p.bytes)]] as [Labels, number | undefined][] : []) },
   { name: 'kvfs_memory_rss_bytes', type: 'gauge', help: "the daemon's resident set size",
     read: (s) => num(s.memory?.rss) },
+  { name: 'kvfs_store_calls_total', type: 'counter', labels: ['method'], help: 'calls to the store, by method',
+    read: (s) => entries(s.store?.calls).map(([method, n]) => [{ method }, num(n)]) },
+  { name: 'kvfs_store_errors_total', type: 'counter', labels: ['code'], help: 'store calls that failed, by error code',
+    read: (s) => entries(s.store?.errors).map(([code, n]) => [{ code }, num(n)]) },
+  { name: 'kvfs_store_retries_total', type: 'counter', labels: ['kind'], help: 'store calls retried, by kind (Redis)',
+    read: (s) => entries(s.store?.retries).map(([kind, n]) => [{ kind }, num(n)]) },
 ];
 
 // ------------------------------------------------------------------ the registry and its scrapes

@@ -78,6 +78,9 @@ const CONTRACT: Record<string, 'COUNTER' | 'GAUGE' | 'SUMMARY' | 'HISTOGRAM'> = 
   kvfs_open_files: 'GAUGE',
   kvfs_memory_bytes: 'GAUGE',
   kvfs_memory_rss_bytes: 'GAUGE',
+  kvfs_store_calls_total: 'COUNTER',
+  kvfs_store_errors_total: 'COUNTER',
+  kvfs_store_retries_total: 'COUNTER',
 };
 
 /** the le of the latency histogram's bounds, 2^0..2^25 us in seconds, as dashboards are written against them */
@@ -129,6 +132,7 @@ function stats(): DaemonStats {
         { name: 'V8 heap', bytes: 41_943_040 }, { name: 'other', bytes: 70_254_592 },
       ],
     },
+    store: { calls: { get: 30_112, commit: 4_420, put: 2_970 }, errors: { UNAVAILABLE: 2 }, retries: { transient: 5, throttled: 1 } },
   };
 }
 
@@ -248,6 +252,11 @@ t.test('every family of the contract, with its type and the values of the stats'
   t.equal(value(ss, 'kvfs_memory_rss_bytes'), mem.rss);
   t.same(ofFamily(ss, 'kvfs_memory_bytes').map((x) => [x.labels.part, x.value]).sort(),
     mem.parts.map((p) => [p.name, p.bytes]).sort(), 'one series per memory part');
+  const st = stats().store!;
+  for (const [family, label, from] of [['kvfs_store_calls_total', 'method', st.calls], ['kvfs_store_errors_total', 'code', st.errors],
+    ['kvfs_store_retries_total', 'kind', st.retries]] as const) {
+    t.same(ofFamily(ss, family).map((x) => [x.labels[label], x.value]).sort(), Object.entries(from!).sort(), `${family}: one series per ${label}, exact`);
+  }
 });
 
 t.test('each scrape follows the stats: counters go up, a vanished opcode is gone', async (t) => {

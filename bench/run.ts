@@ -14,8 +14,9 @@
  *                 --store URL or --redis-cluster replace its store; it is then named by that store: kvfs-local
  *                 (local:), kvfs-redis (a Redis URL, --redis-cluster) or kvfs-store (anything else)
  *   kvfs-memory   kvfs mount memory: --driver native (the channel without a store)
- *   kvfs-heap     kvfs-memory with V8's sampling heap profiler switched on once mounted (kvfs profile heap start,
- *                 a sample every 512 KiB): what heap profiling costs a live mount (heap on/off)
+ *   kvfs-heap     kvfs-local's kind of store (a fresh local: store of its own, churned alike; else the same store)
+ *                 with V8's sampling heap profiler switched on once mounted (kvfs profile heap start, a sample
+ *                 every 512 KiB): what heap profiling costs a live mount (heap on/off)
  *   kvfs-libfuse  kvfs mount --driver libfuse (fuse-native, libfuse 2) on memory: (--libfuse-store URL for
  *                 another): the baseline of the channel
  *   ceiling       ../shared/bench/ceiling/fuse-ceiling.c (C, libfuse3 low-level, data in a pre-faulted arena),
@@ -25,7 +26,7 @@
  *                 --data-dir's disk): the tool users pick instead
  *   tmpfs         a tmpfs mount (as root; else a directory in /dev/shm)
  * Ratios (each when both sides ran): kvfs-local over rclone, disk, the ceiling, and on seq-write-1m over the lower
- * of the ceiling and disk; kvfs-memory over the ceiling and kvfs-libfuse; kvfs-heap over kvfs-memory (heap on/off).
+ * of the ceiling and disk; kvfs-memory over the ceiling and kvfs-libfuse; kvfs-heap over kvfs-local (heap on/off).
  *
  * Churn (../shared/bench/README.md: an embedded store must be measured after churn, not only fresh): before
  * kvfs-local's jobs, a file the size of seq-write-1m's is written, rewritten in place and deleted through its
@@ -112,9 +113,14 @@ function makeTargets(s: Setup): Map<string, () => Target> {
       churnBytes: s.churnBytes,
     })],
     ['kvfs-memory', kvfs({ name: 'kvfs-memory', short: 'memory', driver: 'native', store: 'memory:', storeText: MEMORY_TEXT })],
+    // kvfs-local's store kind with heap sampling on: a local: store of its own, formatted fresh and churned the same
+    // way; another store (Redis, --store) is the same volume, mounted after kvfs-local's mount is gone
     ['kvfs-heap', kvfs({
-      name: 'kvfs-heap', short: 'heap', driver: 'native', store: 'memory:', heapSampling: 512 * 1024,
-      storeText: `${MEMORY_TEXT}, with V8's sampling heap profiler on (kvfs profile heap start, every 512 KiB)`,
+      name: 'kvfs-heap', short: 'heap', driver: 'native', heapSampling: 512 * 1024, churnBytes: s.churnBytes,
+      ...(s.freshStoreDir
+        ? { store: `local:${s.freshStoreDir}-heap`, format: true, localDir: path.resolve(`${s.freshStoreDir}-heap`) }
+        : { store: s.store, localDir: s.store.startsWith('local:') ? path.resolve(s.store.slice(6)) : undefined }),
+      storeText: `${s.storeText}; its own, with V8's sampling heap profiler on (kvfs profile heap start, every 512 KiB)`,
     })],
     ['kvfs-libfuse', kvfs({ name: 'kvfs-libfuse', short: 'libfuse', driver: 'libfuse', store: s.libfuseStore, storeText: libfuseText })],
     ['ceiling', () => ceilingTarget(s.work, s.logDir, s.ceilingArenaMb)],
@@ -134,7 +140,7 @@ function ratioSpecs(names: string[], store: string): RatioSpec[] {
     { head: `${s}/min(ceiling,disk)`, num: store, den: ['ceiling', 'disk'], jobs: ['seq-write-1m'] },
     { head: 'memory/ceiling', num: 'kvfs-memory', den: ['ceiling'] },
     { head: 'memory/libfuse', num: 'kvfs-memory', den: ['kvfs-libfuse'] },
-    { head: 'heap on/off', num: 'kvfs-heap', den: ['kvfs-memory'] },
+    { head: 'heap on/off', num: 'kvfs-heap', den: [store] },
   ].filter((r) => [r.num, ...r.den].every((n) => names.includes(n)));
   if (specs.length || names.length < 2) return specs;
   return names.slice(1).map((d) => ({ head: `${names[0]}/${d}`, num: names[0]!, den: [d] }));

@@ -174,7 +174,7 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap> {
     return Num(info.Env(), 0);
   }
 
-  // publishFile(ino, size, chunkSize, idx, path: string, len): chunk idx is the first len bytes of that file
+  // publishFile(ino, size, chunkSize, idx, path: string, len, mark?): chunk idx is the first len bytes of that file
   Napi::Value PublishFile(const Napi::CallbackInfo& info) {
     uint64_t ino = static_cast<uint64_t>(info[0].As<Napi::Number>().Int64Value());
     uint64_t size = static_cast<uint64_t>(info[1].As<Napi::Number>().Int64Value());
@@ -182,8 +182,9 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap> {
     uint64_t idx = static_cast<uint64_t>(info[3].As<Napi::Number>().Int64Value());
     std::string path = info[4].As<Napi::String>().Utf8Value();
     uint32_t len = info[5].As<Napi::Number>().Uint32Value();
+    bool mark = info.Length() > 6 && info[6].ToBoolean().Value();
     if (chunk == 0 || len > chunk || path.empty()) return Num(info.Env(), -EINVAL);
-    channel_->read_index().PublishFile(ino, size, chunk, idx, std::move(path), len);
+    channel_->read_index().PublishFile(ino, size, chunk, idx, std::move(path), len, mark);
     return Num(info.Env(), 0);
   }
 

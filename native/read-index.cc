@@ -49,8 +49,8 @@ void ReadIndex::Publish(uint64_t ino, uint64_t size, uint32_t chunk_size, uint64
 }
 
 void ReadIndex::PublishFile(uint64_t ino, uint64_t size, uint32_t chunk_size, uint64_t idx, std::string path,
-                            uint32_t len) {
-  Put(ino, size, chunk_size, idx, Span{nullptr, len, false, std::make_shared<const std::string>(std::move(path))});
+                            uint32_t len, bool mark) {
+  Put(ino, size, chunk_size, idx, Span{nullptr, len, mark, std::make_shared<const std::string>(std::move(path))});
 }
 
 void ReadIndex::Put(uint64_t ino, uint64_t size, uint32_t chunk_size, uint64_t idx, Span span) {

@@ -9,7 +9,8 @@
 //    the sign that a sequential reader reached it, so that JavaScript publishes what comes next in time.
 //  - PublishFile(ino, size, chunk_size, idx, path, len) says the same of bytes held by a file: its first `len`
 //    bytes (an immutable blob file of the store). A reader opens and reads it itself, into its own scratch
-//    buffer; a file that cannot be opened or read whole sends the READ to JavaScript instead.
+//    buffer; a file that cannot be opened or read whole sends the READ to JavaScript instead. `mark` as above
+//    (a sequential reader's window, published as files).
 //  - SetSize changes the published size of a file (a write that grew it); Retract(ino, idx) takes one chunk
 //    back, Retract(ino, -1) the whole file. Retract returns only when no reader still copies from what it
 //    took back, so JavaScript may then drop or reuse that memory.
@@ -54,7 +55,8 @@ class ReadIndex {
 
   void Publish(uint64_t ino, uint64_t size, uint32_t chunk_size, uint64_t idx, const uint8_t* data, uint32_t len,
                bool mark);
-  void PublishFile(uint64_t ino, uint64_t size, uint32_t chunk_size, uint64_t idx, std::string path, uint32_t len);
+  void PublishFile(uint64_t ino, uint64_t size, uint32_t chunk_size, uint64_t idx, std::string path, uint32_t len,
+                   bool mark);
   void SetSize(uint64_t ino, uint64_t size);
   void Retract(uint64_t ino, int64_t idx);
 

@@ -32,7 +32,7 @@ export interface NativeChannelHandle {
   enableFastReads(on: boolean): void;
   /** chunk idx of ino holds data (null: a hole), the file is size bytes; mark: report its first use; 0 or -EINVAL */
   publish(ino: number, size: number, chunkSize: number, idx: number, data: Uint8Array | null, mark: boolean): number;
-  publishFile(ino: number, size: number, chunkSize: number, idx: number, path: string, length: number): number;
+  publishFile(ino: number, size: number, chunkSize: number, idx: number, path: string, length: number, mark: boolean): number;
   setSize(ino: number, size: number): void;
   /** whether a FLUSH of ino may be answered at once (nothing of it uncommitted) */
   setClean(ino: number, clean: boolean): void;

@@ -269,10 +269,24 @@ export class FileData {
     const gen = this.truncations;
     for (let idx = first; idx < last; idx++) {
       if (this.dirty.has(idx) || this.flushing.has(idx) || (idx !== first && this.cx.published.has(this.ino, idx))) continue;
-      this.storedChunk(idx).then(({ data, blobId }) => this.publish(idx, gen, blobId, data, idx === first), () => undefined);
+      this.fetchAhead(idx, gen, idx === first).catch(() => undefined);
     }
     this.aheadFrom = first;
     this.aheadTo = last * cs;
+  }
+
+  /**
+   * One chunk of the read-ahead window: published as its blob file when the store keeps it as one (the driver's
+   * readers then read the file themselves: no copy through JavaScript, no blob cached), else fetched and
+   * published from memory.
+   */
+  private async fetchAhead(idx: number, gen: number, mark: boolean): Promise<void> {
+    if (this.cx.published.takesFiles && this.cx.store.blobFile) {
+      const e = await this.entry(idx, false);
+      if (e && !e.slices?.length && this.publishFile(idx, gen, mark)) return;
+    }
+    const { data, blobId } = await this.storedChunk(idx);
+    this.publish(idx, gen, blobId, data, mark);
   }
 
   /** the driver served a READ from the marked first chunk of the read-ahead window: publish the next one */
@@ -344,17 +358,21 @@ export class FileData {
   }
 
   /**
-   * After a ranged read of chunk idx: offers its committed blob to the driver as a file (the store names one,
-   * and it is one blob without slices), so that the driver's readers answer the next small reads of the chunk
-   * themselves, with no copy through JavaScript and no blob cached. The same conditions as publish().
+   * Offers chunk idx's committed blob to the driver as a file (the store names one, and it is one blob without
+   * slices), so that the driver's readers answer the next reads of the chunk themselves, with no copy through
+   * JavaScript and no blob cached: after a ranged read, and for read-ahead. The same conditions as publish().
+   * Returns whether the chunk is published (as a file, or already, unless a mark is to be set).
    */
-  private publishFile(idx: number, gen: number): void {
+  private publishFile(idx: number, gen: number, mark = false): boolean {
     const pub = this.cx.published;
-    if (!pub.takesFiles || !this.cx.store.blobFile || !this.publishable(idx, gen) || pub.has(this.ino, idx)) return;
+    if (!pub.takesFiles || !this.cx.store.blobFile || !this.publishable(idx, gen)) return false;
+    if (!mark && pub.has(this.ino, idx)) return true;
     const e = this.entries.get(idx);
-    if (!e || e.slices?.length) return;
+    if (!e || e.slices?.length) return false;
     const path = this.cx.store.blobFile(K.blob(e.blobId), e.length);
-    if (path) pub.publishFile(this.ino, this.size, this.cx.chunkSize, idx, path, e.length);
+    if (!path) return false;
+    pub.publishFile(this.ino, this.size, this.cx.chunkSize, idx, path, e.length, mark);
+    return true;
   }
 
   /**

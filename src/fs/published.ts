@@ -80,10 +80,10 @@ export class Published {
   }
 
   /** chunk idx is the first `length` bytes of the file at `path` (a blob file); see ReadIndex.publishFile */
-  publishFile(ino: Ino, size: number, chunkSize: number, idx: number, path: string, length: number): void {
+  publishFile(ino: Ino, size: number, chunkSize: number, idx: number, path: string, length: number, mark = false): void {
     if (!this.index?.publishFile) return;
     this.record(ino, idx, { data: null, blobId: null, file: true });
-    this.index.publishFile(ino, size, chunkSize, idx, path, length);
+    this.index.publishFile(ino, size, chunkSize, idx, path, length, mark);
     if (this.fileChunks.size > MAX_FILE_CHUNKS) {
       const [, oldest] = this.fileChunks.entries().next().value!;
       this.retractChunk(oldest.ino, oldest.idx);

@@ -92,7 +92,7 @@ export interface ReadIndex {
    * The same for a chunk whose committed bytes are the first `length` bytes of an immutable file (a blob file of
    * the store, KvStore.blobFile): the driver reads the file itself; one it cannot read sends the READ to the core.
    */
-  publishFile?(ino: Ino, size: number, chunkSize: number, idx: number, path: string, length: number): void;
+  publishFile?(ino: Ino, size: number, chunkSize: number, idx: number, path: string, length: number, mark?: boolean): void;
   setSize(ino: Ino, size: number): void;
   /**
    * Whether the file has nothing uncommitted, so that the driver may answer a FLUSH (close) by itself. Set

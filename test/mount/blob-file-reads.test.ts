@@ -79,3 +79,31 @@ t.test('small random reads are answered from blob files, and a missing file give
   t.ok(s.fileReadMisses > 0, `READs the readers passed on because a file could not be read: ${s.fileReadMisses}`);
   t.equal((await m.unmount()).code, 0, 'unmount');
 });
+
+// A sequential reader's window (file-data.ts fetchAhead): on LMDB the chunks ahead of it are published as their
+// blob files, each window's first with a mark, so that the readers answer nearly every READ of a long
+// sequential read by reading the files themselves, window after window, with the blob cache far too small to
+// hold a window (1 MiB). The bytes are checked against the source, through the page cache and with O_DIRECT.
+t.test('a sequential read is answered from blob files, window after window', async (t) => {
+  const dir = tempDir(t, 'kvfs-test-blobfiles-seq-');
+  const url = `local:${join(dir, 'volume')}`;
+  expectExit(t, await kvfs(['format', url], { dataDir: dir }), 'format');
+  const m = await mountKvfs(t, { driver: 'default', store: url, args: ['--cache-mb', '1'] });
+  const src = join(dir, 'src');
+  writeFileSync(src, Buffer.from(Array.from({ length: 48 << 20 }, (_, i) => (i * 13 + (i >> 16)) & 0xff)));
+  const file = join(m.mnt, 'f');
+  expectExit(t, await run('dd', [`if=${src}`, `of=${file}`, 'bs=1M', 'conv=fsync', 'status=none']), 'write 48 MiB');
+  const stats = async () => (await daemonStats(m.mnt)) as unknown as { channel: { fileReads: number; readAheadMarks: number; fastReads: number } };
+  for (const flag of ['', 'iflag=direct']) {
+    const before = (await stats()).channel;
+    const r = await run('sh', ['-c', `echo 3 > /proc/sys/vm/drop_caches; dd if=${file} bs=1M ${flag} status=none | cmp - ${src}`]);
+    expectExit(t, r, `read back ${flag || 'through the page cache'}: the bytes written`);
+    const after = (await stats()).channel;
+    const files = after.fileReads - before.fileReads;
+    const marks = after.readAheadMarks - before.readAheadMarks;
+    // 48 MiB in READs of at most 1 MiB (128 KiB through the page cache): well over 48 of them from files
+    t.ok(files >= 40, `${flag || 'page cache'}: READs the readers answered from blob files: ${files}`);
+    t.ok(marks >= 8, `${flag || 'page cache'}: windows that moved on from a mark the readers met: ${marks}`);
+  }
+  t.equal((await m.unmount()).code, 0, 'unmount');
+});

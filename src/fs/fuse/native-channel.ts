@@ -115,8 +115,8 @@ export class NativeChannel implements ReadIndex {
     check(this.ch.publish(ino, size, chunkSize, idx, data, mark), 'publishing file data to the FUSE readers');
   }
 
-  publishFile(ino: number, size: number, chunkSize: number, idx: number, path: string, length: number): void {
-    check(this.ch.publishFile(ino, size, chunkSize, idx, path, length), 'publishing a file\'s chunk to the FUSE readers');
+  publishFile(ino: number, size: number, chunkSize: number, idx: number, path: string, length: number, mark = false): void {
+    check(this.ch.publishFile(ino, size, chunkSize, idx, path, length, mark), 'publishing a file\'s chunk to the FUSE readers');
   }
 
   setSize(ino: number, size: number): void {

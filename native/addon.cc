@@ -63,6 +63,8 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap> {
                         InstanceMethod("enableFastReads", &ChannelWrap::EnableFastReads),
                         InstanceMethod("publish", &ChannelWrap::Publish),
                         InstanceMethod("publishFile", &ChannelWrap::PublishFile),
+                        InstanceMethod("publishAttr", &ChannelWrap::PublishAttr),
+                        InstanceMethod("retractAttr", &ChannelWrap::RetractAttr),
                         InstanceMethod("setSize", &ChannelWrap::SetSize),
                         InstanceMethod("retract", &ChannelWrap::Retract),
                         InstanceMethod("setClean", &ChannelWrap::SetClean)});
@@ -201,6 +203,22 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap> {
     return info.Env().Undefined();
   }
 
+  // publishAttr(ino, body: Uint8Array of 104 bytes): GETATTRs of ino are answered with this fuse_attr_out
+  Napi::Value PublishAttr(const Napi::CallbackInfo& info) {
+    uint64_t ino = static_cast<uint64_t>(info[0].As<Napi::Number>().Int64Value());
+    if (!info[1].IsTypedArray()) return Num(info.Env(), -EINVAL);
+    auto body = info[1].As<Napi::Uint8Array>();
+    if (body.ByteLength() != kvfs::ReadIndex::kAttrOutSize) return Num(info.Env(), -EINVAL);
+    channel_->read_index().PublishAttr(ino, body.Data());
+    return Num(info.Env(), 0);
+  }
+
+  // retractAttr(ino): GETATTRs of ino go to JS again
+  Napi::Value RetractAttr(const Napi::CallbackInfo& info) {
+    channel_->read_index().RetractAttr(static_cast<uint64_t>(info[0].As<Napi::Number>().Int64Value()));
+    return info.Env().Undefined();
+  }
+
   // retract(ino, idx = -1): returns once no reader uses what was taken back
   Napi::Value Retract(const Napi::CallbackInfo& info) {
     int64_t idx = info.Length() > 1 && info[1].IsNumber() ? info[1].As<Napi::Number>().Int64Value() : -1;
@@ -231,6 +249,8 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap> {
     o.Set("fastFlushes", Num(info.Env(), static_cast<double>(r.flushes)));
     o.Set("fileReads", Num(info.Env(), static_cast<double>(r.file_reads)));
     o.Set("fileReadMisses", Num(info.Env(), static_cast<double>(r.file_misses)));
+    o.Set("publishedAttrs", Num(info.Env(), static_cast<double>(r.attrs)));
+    o.Set("fastGetattrs", Num(info.Env(), static_cast<double>(r.attr_served)));
     return o;
   }
 

@@ -95,6 +95,7 @@ class Reader {
         uint32_t op = U32(b + 4);
         if (op == kFuseRead && body >= kReadInSize && ServeRead(b)) return 0;
         if (op == kFuseFlush && ServeFlush(b)) return 0;
+        if (op == kFuseGetattr && ServeGetattr(b)) return 0;
       }
       return 1;
     }
@@ -161,6 +162,21 @@ class Reader {
     return true;
   }
 
+  // A GETATTR of an inode whose attributes the core published is answered here (read-index.h). True when
+  // answered.
+  bool ServeGetattr(const uint8_t* b) {
+    uint64_t nodeid, unique;
+    memcpy(&unique, b + 8, 8);
+    memcpy(&nodeid, b + 16, 8);
+    uint8_t out[16 + ReadIndex::kAttrOutSize];
+    if (!ch_->read_index_.ServeGetattr(index_, nodeid, out + 16)) return false;
+    PutOutHeader(out, sizeof out, unique);
+    struct iovec iov = {out, sizeof out};
+    ch_->Reply(index_, &iov, 1);
+    ch_->read_index_.AttrDone(index_);
+    return true;
+  }
+
   void Drain(size_t n) {
     uint8_t scratch[4096];
     while (n > 0) {
@@ -176,6 +192,7 @@ class Reader {
   static constexpr int kMaxIov = 1024;
   static constexpr uint32_t kFuseRead = 15;
   static constexpr uint32_t kFuseFlush = 25;
+  static constexpr uint32_t kFuseGetattr = 3;
   static constexpr uint32_t kReadInSize = 40;
   Channel* ch_;
   uint8_t reply_header_[16];

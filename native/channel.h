@@ -15,7 +15,9 @@
 //    interrupted) is not an error.
 //  - Fast reads. A READ whose data the core published in the read index (read-index.h) is answered by the
 //    reader thread itself and never reaches JS; the rest go to JS as usual. When such a READ used a marked
-//    chunk, the reader queues a hint record (opcode kHintOpcode) so that JS publishes what comes next.
+//    chunk, the reader queues a hint record (opcode kHintOpcode) so that JS publishes what comes next. A
+//    GETATTR of an inode whose attributes the core published, and a FLUSH of a file with nothing uncommitted,
+//    are answered the same way.
 //  - End. ENODEV from the device means unmounted: readers stop, and JS is woken with the closed flag set.
 //
 // Transport: each reader moves one whole request into its own pipe with splice, reads the header from the

@@ -40,7 +40,10 @@ constexpr int kMaxFilePieces = 64;
 }  // namespace
 
 ReadIndex::ReadIndex(size_t readers) {
-  for (size_t i = 0; i < readers; i++) busy_.push_back(std::make_unique<std::mutex>());
+  for (size_t i = 0; i < readers; i++) {
+    busy_.push_back(std::make_unique<std::mutex>());
+    attr_busy_.push_back(std::make_unique<std::mutex>());
+  }
 }
 
 void ReadIndex::Publish(uint64_t ino, uint64_t size, uint32_t chunk_size, uint64_t idx, const uint8_t* data,
@@ -187,6 +190,44 @@ int ReadIndex::Serve(uint32_t reader, uint64_t ino, uint64_t unique, uint64_t of
 
 void ReadIndex::Done(uint32_t reader) { busy_[reader]->unlock(); }
 
+void ReadIndex::PublishAttr(uint64_t ino, const uint8_t* body) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    memcpy(attrs_[ino].data(), body, kAttrOutSize);
+  }
+  AttrGrace();
+}
+
+void ReadIndex::RetractAttr(uint64_t ino) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!attrs_.erase(ino)) return;
+  }
+  AttrGrace();
+}
+
+// Any reader that copied a body before the change has written its reply once this returns.
+void ReadIndex::AttrGrace() {
+  for (auto& m : attr_busy_) {
+    m->lock();
+    m->unlock();
+  }
+}
+
+bool ReadIndex::ServeGetattr(uint32_t reader, uint64_t ino, uint8_t* out) {
+  if (reader >= attr_busy_.size()) return false;
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = attrs_.find(ino);
+  if (it == attrs_.end()) return false;
+  // taken under the table's lock: a PublishAttr or RetractAttr that follows waits for this reply
+  attr_busy_[reader]->lock();
+  memcpy(out, it->second.data(), kAttrOutSize);
+  attr_served_++;
+  return true;
+}
+
+void ReadIndex::AttrDone(uint32_t reader) { attr_busy_[reader]->unlock(); }
+
 void ReadIndex::SetClean(uint64_t ino, bool clean) {
   std::lock_guard<std::mutex> lock(mu_);
   if (clean) {
@@ -214,6 +255,8 @@ ReadIndex::Stats ReadIndex::GetStats() {
   s.flushes = flushes_;
   s.file_reads = file_reads_;
   s.file_misses = file_misses_;
+  s.attrs = attrs_.size();
+  s.attr_served = attr_served_;
   return s;
 }
 

@@ -18,6 +18,12 @@
 //    (ServeFlush). JavaScript sets it false, synchronously, before it acknowledges any change to the file.
 //  - Serve answers a READ when every chunk it covers (up to the file's size) is published; otherwise it
 //    returns false and the request goes to JavaScript as usual. A READ at or past the end gets 0 bytes.
+//  - PublishAttr(ino, body) says: a GETATTR of ino is answered with this reply body (fuse_attr_out, exactly as
+//    JavaScript would write it) until RetractAttr(ino) or another PublishAttr. JavaScript publishes only
+//    attributes that are current (directories of a single-mount volume: every change to them passes through
+//    it), and replaces or retracts them before it acknowledges any change. Both return only when no reader
+//    still writes a reply with the body it replaced, so that a GETATTR answered with old attributes is
+//    answered before the change's own reply goes out. ServeGetattr copies the body for a reader.
 //
 // This is the one place in native/ that knows more of FUSE than the header's `len`: the READ opcode, the
 // offset and size of fuse_read_in, and the 16-byte fuse_out_header of its reply. It is here because the hop
@@ -29,6 +35,7 @@
 // then takes and releases every reader's busy lock once: any reader that found the old data has finished.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -69,6 +76,15 @@ class ReadIndex {
             struct iovec* iov, int max_iov, uint8_t* scratch, size_t scratch_len, int64_t* marked);
   void Done(uint32_t reader);
 
+  // the size of a fuse_attr_out (the GETATTR reply's body after its 16-byte header)
+  static constexpr uint32_t kAttrOutSize = 104;
+  void PublishAttr(uint64_t ino, const uint8_t* body);
+  void RetractAttr(uint64_t ino);
+  // Copies ino's published GETATTR reply body into out (kAttrOutSize bytes) and returns true holding `reader`'s
+  // attribute lock (call AttrDone after the reply is written); false when none is published (nothing held).
+  bool ServeGetattr(uint32_t reader, uint64_t ino, uint8_t* out);
+  void AttrDone(uint32_t reader);
+
   void SetClean(uint64_t ino, bool clean);
   // true when a FLUSH of ino may be answered with success now (nothing of it is uncommitted)
   bool ServeFlush(uint64_t ino);
@@ -82,6 +98,8 @@ class ReadIndex {
     uint64_t flushes = 0;
     uint64_t file_reads = 0;
     uint64_t file_misses = 0;
+    uint64_t attrs = 0;
+    uint64_t attr_served = 0;
   };
   Stats GetStats();
 
@@ -112,6 +130,12 @@ class ReadIndex {
   uint64_t file_misses_ = 0;
   std::unordered_set<uint64_t> clean_;
   std::vector<std::unique_ptr<std::mutex>> busy_;
+  // GETATTR reply bodies, and each reader's lock held while it writes one (the grace period of PublishAttr and
+  // RetractAttr; apart from busy_, which a reader holds through file reads)
+  std::unordered_map<uint64_t, std::array<uint8_t, kAttrOutSize>> attrs_;
+  std::vector<std::unique_ptr<std::mutex>> attr_busy_;
+  uint64_t attr_served_ = 0;
+  void AttrGrace();
 };
 
 }  // namespace kvfs

@@ -27,12 +27,18 @@ export interface NativeChannelHandle {
     fastFlushes: number;
     fileReads: number;
     fileReadMisses: number;
+    publishedAttrs: number;
+    fastGetattrs: number;
   };
   /** readers answer READs of published data themselves (native/read-index.h) */
   enableFastReads(on: boolean): void;
   /** chunk idx of ino holds data (null: a hole), the file is size bytes; mark: report its first use; 0 or -EINVAL */
   publish(ino: number, size: number, chunkSize: number, idx: number, data: Uint8Array | null, mark: boolean): number;
   publishFile(ino: number, size: number, chunkSize: number, idx: number, path: string, length: number, mark: boolean): number;
+  /** GETATTRs of ino are answered with body (a fuse_attr_out, 104 bytes) until retractAttr; 0 or -EINVAL */
+  publishAttr(ino: number, body: Uint8Array): number;
+  /** returns once no reader writes a reply with what was taken back */
+  retractAttr(ino: number): void;
   setSize(ino: number, size: number): void;
   /** whether a FLUSH of ino may be answered at once (nothing of it uncommitted) */
   setClean(ino: number, clean: boolean): void;

@@ -266,6 +266,34 @@ export class Filesystem {
   private put(tx: Txn, n: Inode): void {
     n.version++;
     tx.set(K.inode(n.ino), encodeInode(n));
+    if (isDir(n.mode) && this.publishesAttrs) {
+      // the driver answers GETATTR with what this commit stores, from before the change is acknowledged
+      const attr = this.view(n);
+      tx.after.push(() => this.published.publishAttr(attr));
+    }
+  }
+
+  /** deletes ino's inode record in tx; once that commits, the driver no longer answers GETATTR for it */
+  private dropRecord(tx: Txn, ino: Ino): void {
+    tx.del(K.inode(ino));
+    tx.after.push(() => this.published.retractAttr(ino));
+  }
+
+  /** deletes ino's inode record in tx and queues the rest (chunks, xattrs) for the janitor */
+  private queuePurge(tx: Txn, ino: Ino): void {
+    this.dropRecord(tx, ino);
+    tx.set(K.purge(ino), Buffer.alloc(0));
+    tx.after.push(() => this.janitor.kick());
+  }
+
+  /**
+   * The driver answers GETATTR of directories itself (published.ts): on a single-mount volume, where every
+   * change to a directory passes through this mount. The kernel asks for a directory's attributes again after
+   * every change in it (fuse_dir_changed), and with default_permissions before the next lookup in it: without
+   * this, each create or unlink costs one or two more trips through JavaScript.
+   */
+  private get publishesAttrs(): boolean {
+    return !this.shared && this.published.takesAttrs;
   }
 
   private touchDir(tx: Txn, dir: Inode, t: Timespec): void {
@@ -324,15 +352,14 @@ export class Filesystem {
    * inode, which this commit checks (the caller read it in tx).
    */
   private async removeInode(tx: Txn, ino: Ino): Promise<void> {
-    tx.del(K.inode(ino));
     const chunks = await this.store.scan(K.chunkPrefix(ino), { limit: 1 });
     const xattrs = chunks.length ? [] : await this.store.scan(K.xattrPrefix(ino), { limit: INLINE_XATTRS + 1 });
     if (!chunks.length && xattrs.length <= INLINE_XATTRS) {
+      this.dropRecord(tx, ino);
       for (const [k] of xattrs) tx.del(k);
       tx.after.push(() => this.counters.add(K.inodeCount, -1));
     } else {
-      tx.set(K.purge(ino), Buffer.alloc(0));
-      tx.after.push(() => this.janitor.kick());
+      this.queuePurge(tx, ino);
     }
   }
 
@@ -385,11 +412,7 @@ export class Filesystem {
           tx.del(key);
           const raw = await tx.get(K.inode(ino));
           // on a shared store, a mount that still holds it open removes it at its release
-          if (raw && decodeInode(ino, raw).nlink === 0 && !(await this.openElsewhere(tx, ino))) {
-            tx.del(K.inode(ino));
-            tx.set(K.purge(ino), Buffer.alloc(0));
-            tx.after.push(() => this.janitor.kick());
-          }
+          if (raw && decodeInode(ino, raw).nlink === 0 && !(await this.openElsewhere(tx, ino))) this.queuePurge(tx, ino);
         });
         // (on a shared store reapSessions removes dead sessions, after releasing their open files)
         if (beat && !this.shared) await this.store.del([K.session(sid)]);
@@ -534,6 +557,7 @@ export class Filesystem {
       return;
     }
     this.kernelRefs.delete(ino);
+    this.published.retractAttr(ino);
     this.queueReap(ino);
   }
 
@@ -577,7 +601,11 @@ export class Filesystem {
   }
 
   async getattr(ino: Ino): Promise<Attr> {
-    return this.view(await this.inode(this.store, ino));
+    const epoch = this.published.attrEpoch;
+    const attr = this.view(await this.inode(this.store, ino));
+    // a directory's attributes go to the driver, unless a directory changed while they were read (they may be older)
+    if (isDir(attr.mode) && this.publishesAttrs && epoch === this.published.attrEpoch) this.published.publishAttr(attr);
+    return attr;
   }
 
   private async makeNode(parent: Ino, name: string, mode: number, ctx: Ctx,
@@ -690,9 +718,7 @@ export class Filesystem {
       if (node.children > 0) throw fsErr('ENOTEMPTY');
       const t = nowTs();
       tx.del(K.dirent(parent, name));
-      tx.del(K.inode(node.ino));
-      tx.set(K.purge(node.ino), Buffer.alloc(0));
-      tx.after.push(() => this.janitor.kick());
+      this.queuePurge(tx, node.ino);
       dir.children--;
       dir.nlink--;
       this.touchDir(tx, dir, t);
@@ -761,9 +787,7 @@ export class Filesystem {
           throw fsErr('EISDIR');
         }
         if (isDir(victim.mode)) {
-          tx.del(K.inode(victim.ino));
-          tx.set(K.purge(victim.ino), Buffer.alloc(0));
-          tx.after.push(() => this.janitor.kick());
+          this.queuePurge(tx, victim.ino);
           dstDir.nlink--;
         } else {
           victim.nlink--;

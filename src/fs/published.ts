@@ -12,8 +12,13 @@
  *  - A file's entries go when its FileData goes (the last handle closed).
  *  - A file is marked clean (the driver answers its FLUSH, a close, at once) only when nothing of it is
  *    uncommitted; FileData marks it not clean before it acknowledges any write or truncate.
+ *  - Attributes (the driver answers GETATTR): only directories of a single-mount volume, whose every change
+ *    passes through this mount. Filesystem publishes a directory's attributes after a commit that changed it
+ *    (before the change is acknowledged), retracts them after a commit that removed it or when the kernel
+ *    forgets it, and publishes what a GETATTR read only when no directory changed while it read (`attrEpoch`):
+ *    an answer read before a change never replaces the change's own.
  */
-import type { Ino, ReadIndex } from './types.js';
+import type { Attr, Ino, ReadIndex } from './types.js';
 
 interface Entry {
   data: Uint8Array | null;
@@ -37,12 +42,41 @@ export class Published {
 
   /** files the driver may answer FLUSH for by itself */
   private readonly clean = new Set<Ino>();
+  /** directories whose attributes the driver answers GETATTR with */
+  private readonly attrs = new Set<Ino>();
+  /** bumped by every change of a directory's published attributes (a GETATTR's read older than it is stale) */
+  attrEpoch = 0;
 
   /** the driver's index (none: nothing is published) */
   attach(index: ReadIndex | undefined): void {
     for (const ino of [...this.files.keys()]) this.retractFile(ino);
     for (const ino of [...this.clean]) this.setClean(ino, false);
+    for (const ino of [...this.attrs]) this.retractAttr(ino);
     this.index = index;
+  }
+
+  /** whether the driver can answer GETATTR (ReadIndex.publishAttr) */
+  get takesAttrs(): boolean {
+    return this.index?.publishAttr !== undefined;
+  }
+
+  /** the driver answers GETATTRs of attr.ino with attr (current: see the rules above) */
+  publishAttr(attr: Attr): void {
+    if (!this.index?.publishAttr) return;
+    this.attrEpoch++;
+    this.attrs.add(attr.ino);
+    this.index.publishAttr(attr);
+  }
+
+  retractAttr(ino: Ino): void {
+    this.attrEpoch++;
+    if (!this.attrs.delete(ino)) return;
+    this.index?.retractAttr?.(ino);
+  }
+
+  /** directories whose attributes are published */
+  get attrCount(): number {
+    return this.attrs.size;
   }
 
   /** whether the file has nothing uncommitted (false: before any change is acknowledged) */

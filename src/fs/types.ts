@@ -95,6 +95,13 @@ export interface ReadIndex {
   publishFile?(ino: Ino, size: number, chunkSize: number, idx: number, path: string, length: number, mark?: boolean): void;
   setSize(ino: Ino, size: number): void;
   /**
+   * The driver answers GETATTRs of attr.ino with attr until retractAttr or another publishAttr. The core
+   * publishes only current attributes, and replaces or retracts them (synchronously) before it acknowledges a
+   * change; both return once the driver no longer answers with what they replaced.
+   */
+  publishAttr?(attr: Attr): void;
+  retractAttr?(ino: Ino): void;
+  /**
    * Whether the file has nothing uncommitted, so that the driver may answer a FLUSH (close) by itself. Set
    * false synchronously before any change to the file is acknowledged.
    */

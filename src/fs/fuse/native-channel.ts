@@ -15,7 +15,7 @@
  */
 import { BufferPool } from '../../bufferpool/buffer-pool.js';
 import { check, native, type NativeChannelHandle } from '../../native.js';
-import type { ReadIndex } from '../types.js';
+import type { Attr, ReadIndex } from '../types.js';
 
 export interface RawRequest {
   /** the reader (device fd) that must carry the reply */
@@ -48,6 +48,9 @@ export interface ChannelStats {
   /** READs answered by reading published blob files, and those whose file could not be read (sent to JS) */
   fileReads: number;
   fileReadMisses: number;
+  /** directories whose GETATTR the reader threads answer, and GETATTRs they answered */
+  publishedAttrs: number;
+  fastGetattrs: number;
 }
 
 const BATCH = 256;
@@ -117,6 +120,17 @@ export class NativeChannel implements ReadIndex {
 
   publishFile(ino: number, size: number, chunkSize: number, idx: number, path: string, length: number, mark = false): void {
     check(this.ch.publishFile(ino, size, chunkSize, idx, path, length, mark), 'publishing a file\'s chunk to the FUSE readers');
+  }
+
+  /** how the session answers a GETATTR (its fuse_attr_out), set by the driver; no attributes are published without */
+  attrBody: ((attr: Attr) => Uint8Array) | undefined;
+
+  publishAttr(attr: Attr): void {
+    if (this.attrBody) check(this.ch.publishAttr(attr.ino, this.attrBody(attr)), 'publishing attributes to the FUSE readers');
+  }
+
+  retractAttr(ino: number): void {
+    this.ch.retractAttr(ino);
   }
 
   setSize(ino: number, size: number): void {

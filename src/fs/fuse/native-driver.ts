@@ -142,6 +142,7 @@ export async function mountNative(fs: Filesystem, mnt: string, opts: NativeMount
   });
   fs.onInodeChanged = (ino) => session.notifyInvalInode(ino);
   if (opts.fastReads ?? process.env.KVFS_FAST_READS !== '0') {
+    channel.attrBody = (a) => session.attrBody(a);
     fs.setReadIndex(channel);
     channel.enableFastReads(true);
   }

@@ -294,9 +294,7 @@ export class Session {
       case 'noEntry':
         return this.fixed(raw, unique, REPLY.entry, { ...this.entryOut(NO_ATTR), nodeid: 0 });
       case 'attr':
-        return this.fixed(raw, unique, REPLY.attr, {
-          attr_valid: this.attrValid[0], attr_valid_nsec: this.attrValid[1], attr: r.attr,
-        });
+        return this.fixed(raw, unique, REPLY.attr, this.attrOut(r.attr));
       case 'open':
         return this.fixed(raw, unique, REPLY.open, { fh: r.fh, open_flags: r.flags ?? 0 });
       case 'create':
@@ -353,6 +351,17 @@ export class Session {
     const b = this.headed(OUT_HEADER_SIZE + body.size, unique, OUT_HEADER_SIZE + body.size);
     body.write(b, OUT_HEADER_SIZE, v);
     this.send(raw, b);
+  }
+
+  private attrOut(attr: Attr) {
+    return { attr_valid: this.attrValid[0], attr_valid_nsec: this.attrValid[1], attr };
+  }
+
+  /** the body of this session's GETATTR reply for attr (fuse_attr_out), for a driver that answers GETATTR itself */
+  attrBody(attr: Attr): Buffer {
+    const b = Buffer.alloc(REPLY.attr.size);
+    REPLY.attr.write(b, 0, this.attrOut(attr));
+    return b;
   }
 
   entryOut(attr: Attr) {

@@ -2,7 +2,9 @@
 // a result, or -errno, which the TypeScript side turns into an error. Nothing here throws on a system error.
 #include <napi.h>
 #include <cerrno>
+#include <fcntl.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
 #include <memory>
 
@@ -40,6 +42,32 @@ Napi::Value LockFile(const Napi::CallbackInfo& info) {
 
 Napi::Value RedirectOutput(const Napi::CallbackInfo& info) {
   return Num(info.Env(), kvfs::RedirectOutput(info[0].As<Napi::String>()));
+}
+
+// syncfs(2) of the filesystem holding a directory, on a worker thread (it waits for the disk).
+class SyncfsWorker : public Napi::AsyncWorker {
+ public:
+  SyncfsWorker(Napi::Function done, std::string path) : Napi::AsyncWorker(done), path_(std::move(path)) {}
+  void Execute() override {
+    int fd = open(path_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
+      err_ = errno;
+      return;
+    }
+    if (syncfs(fd) < 0) err_ = errno;
+    close(fd);
+  }
+  void OnOK() override { Callback().Call({Napi::Number::New(Env(), -err_)}); }
+
+ private:
+  std::string path_;
+  int err_ = 0;
+};
+
+// syncfs(dir, done(result)): result 0, or -errno
+Napi::Value Syncfs(const Napi::CallbackInfo& info) {
+  (new SyncfsWorker(info[1].As<Napi::Function>(), info[0].As<Napi::String>().Utf8Value()))->Queue();
+  return info.Env().Undefined();
 }
 
 Napi::Value PeerUid(const Napi::CallbackInfo& info) {
@@ -269,6 +297,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("lockFile", Napi::Function::New(env, LockFile));
   exports.Set("redirectOutput", Napi::Function::New(env, RedirectOutput));
   exports.Set("peerUid", Napi::Function::New(env, PeerUid));
+  exports.Set("syncfs", Napi::Function::New(env, Syncfs));
   exports.Set("NativeChannel", ChannelWrap::Define(env));
   exports.Set("recordSize", Num(env, kvfs::kRecordSize));
   exports.Set("inlineBody", Num(env, kvfs::kInlineBody));

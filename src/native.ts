@@ -59,6 +59,8 @@ interface Addon {
   redirectOutput(path: string): number;
   /** the uid of the peer of a connected Unix socket (SO_PEERCRED), or -errno */
   peerUid(fd: number): number;
+  /** syncfs(2) of the filesystem holding the directory dir, off the event loop: done(0) or done(-errno) */
+  syncfs(dir: string, done: (result: number) => void): void;
   NativeChannel: new (fds: number[], arena: ArrayBuffer, classSizes: number[], pipeSize: number,
     onWake: () => void) => NativeChannelHandle;
   recordSize: number;

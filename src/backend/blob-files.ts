@@ -13,8 +13,9 @@
  *     it is in the page cache: it then survives a kill -9 of the process. A put that did not resolve may leave a
  *     partial file that nothing names (a leak for a collector, never a dangling name).
  *  2. sync makes every file written since the last sync durable (fdatasync each, then fsync the directories that
- *     gained entries) before it returns; the engine syncs blob files before its metadata, so metadata durable on
- *     disk never names a blob that is not.
+ *     gained entries; from SYNCFS_FROM files on, one syncfs(2) of the filesystem instead: a file each costs its
+ *     own journal commit, where one syncfs commits them all at once) before it returns; the engine syncs blob
+ *     files before its metadata, so metadata durable on disk never names a blob that is not.
  *  3. del unlinks; a missing file is not an error. Deletes need not be durable (a file back after a crash is
  *     named by nothing: a leak, never wrong data).
  *  4. Reads of a blob that has no file fall back to `legacy` (blobs that an older layout kept inside LMDB).
@@ -23,11 +24,19 @@ import { mkdirSync } from 'node:fs';
 import { open, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { StoreError } from './errors.js';
+import { errnoName, native } from '../native.js';
 
 export const BLOB_PREFIX = 'b/';
 
 /** at most this many files are fsynced at once */
 const SYNC_PARALLEL = 16;
+
+/**
+ * From this many files to sync on, one syncfs(2) of the filesystem holding them: 4,096 blob files of 256 KiB
+ * (a 1 GiB write) took 760 ms to fdatasync one by one here and about 400 ms as one file. It also writes out
+ * what other programs left dirty on that filesystem, so a few files are synced one by one.
+ */
+const SYNCFS_FROM = 64;
 
 export class BlobFiles {
   readonly root: string;
@@ -81,8 +90,8 @@ export class BlobFiles {
       this.#dirsUnsynced.add(dir);
       this.#dirsUnsynced.add(this.root);
     }
-    // a copy: the caller may reuse its buffer as soon as put returns (kv.ts)
-    const bytes = Buffer.from(value);
+    // written from the caller's buffer, which stays unchanged until the put settles (kv.ts)
+    const bytes = Buffer.from(value.buffer, value.byteOffset, value.byteLength);
     this.#touched?.add(path);
     const p = writeFile(path, bytes);
     this.#writing.add(p);
@@ -165,10 +174,12 @@ export class BlobFiles {
     this.#unsynced = new Set();
     this.#dirsUnsynced = new Set();
     try {
-      for (let i = 0; i < files.length; i += SYNC_PARALLEL) {
-        await Promise.all(files.slice(i, i + SYNC_PARALLEL).map((f) => fsyncPath(f, true)));
+      if (files.length < SYNCFS_FROM || !(await syncFilesystem(this.root))) {
+        for (let i = 0; i < files.length; i += SYNC_PARALLEL) {
+          await Promise.all(files.slice(i, i + SYNC_PARALLEL).map((f) => fsyncPath(f, true)));
+        }
+        await Promise.all(dirs.map((d) => fsyncPath(d, false)));
       }
-      await Promise.all(dirs.map((d) => fsyncPath(d, false)));
     } catch (e) {
       // what was not made durable stays to be synced
       for (const f of files) this.#unsynced.add(f);
@@ -181,6 +192,25 @@ export class BlobFiles {
   get bytes(): number {
     return this.#bytes;
   }
+}
+
+/**
+ * syncfs(2) of the filesystem holding dir, off the event loop (the addon's); false when the addon cannot be
+ * loaded (the caller syncs file by file). Since Linux 5.8 it reports the filesystem's writeback errors.
+ */
+async function syncFilesystem(dir: string): Promise<boolean> {
+  let addon;
+  try {
+    addon = native();
+  } catch {
+    return false;
+  }
+  const r = await new Promise<number>((resolve) => addon.syncfs(dir, resolve));
+  if (r < 0) {
+    const code = errnoName(-r);
+    throw Object.assign(new Error(`syncfs of the filesystem holding ${dir}: ${code}`), { code, errno: r });
+  }
+  return true;
 }
 
 /** fdatasync (a file) or fsync (a directory) of a path; a file deleted meanwhile needs nothing */

@@ -14,8 +14,10 @@
  * (LMDB) scan a key range and skip deeper keys; engines without one (memory, Redis) keep each collection in
  * its own sorted set or hash. The part of a key after its collection never contains '/'.
  *
- * Values: a stored value is a copy of what the caller gave (callers reuse their buffers at once). A value
- * an engine returns may be shared with the engine: callers never modify returned bytes.
+ * Values: a stored value is a copy of what the caller gave. A commit's values are copied when it is called; a
+ * put's value must stay unchanged until its promise settles (an engine may write it from the caller's buffer:
+ * blobs of 256 KiB are not copied once more on their way to a file). A value an engine returns may be shared
+ * with the engine: callers never modify returned bytes.
  *
  * Atomicity: `commit` applies a batch of writes only if every check still holds (compare-and-swap on whole
  * values, absence included), all or nothing. It is the only multi-key write. Everything else is one key.

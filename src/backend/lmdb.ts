@@ -31,7 +31,8 @@ export interface LmdbStoreOptions {
  * Order and atomicity: every write (put, del, incr, commit) is one synchronous LMDB write transaction on the
  * main thread (transactionSync), so writes apply in call order, and a commit's checks and writes see no other
  * writer in between; an error half-way through a commit aborts its transaction, so nothing of it applies.
- * Values are copied when a write is called, so the caller may reuse its buffers at once.
+ * Values are copied when a write is called, except a blob file's, which is written from the caller's buffer
+ * (kv.ts: unchanged until the put settles).
  *
  * Durability: commits write their pages without fsync (noSync), blob files are written without fsync. A write
  * that resolved is in the data file or its blob file (the OS page cache), so it survives a kill -9 of the process.

@@ -691,10 +691,13 @@ export class FileData {
         if (c.blobId) puts.push([c.blobId, c.buf.subarray(0, c.length)]);
         for (const x of c.slices ?? []) puts.push([x.blobId, c.buf.subarray(x.off, x.off + x.len)]);
       }
-      await Promise.all(puts.map(([id, bytes]) => {
+      // every put settles before the buffers can change again (they go back to dirty on a failure; kv.ts)
+      const sent = await Promise.allSettled(puts.map(([id, bytes]) => {
         this.cx.io.sent += bytes.length;
         return this.cx.store.put(K.blob(id), bytes);
       }));
+      const failed = sent.find((r) => r.status === 'rejected');
+      if (failed) throw failed.reason;
       let added = 0;
       let storedBefore = 0;
       let storedAfter = 0;

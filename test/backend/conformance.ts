@@ -51,7 +51,7 @@ export function conformance(t: Test, name: string, factory: () => Promise<KvStor
       const big = Uint8Array.from({ length: 300_000 }, (_, i) => (i * 31 + 7) % 256);
       const given = Uint8Array.from(big);
       await s.put('b/sess.1', given);
-      given.fill(0); // the caller reuses its buffer at once
+      given.fill(0); // the caller reuses its buffer once the put settled
       await s.put('b/sess.2', enc('small'));
       await s.put('b/sess.3', new Uint8Array(0));
       await s.put('i/1', enc('meta'));

@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { open as lmdbOpen } from 'lmdb';
 import t from 'tap';
 import { isStoreError } from '../../src/backend/errors.js';
+import { BlobFiles } from '../../src/backend/blob-files.js';
 import { LmdbStore } from '../../src/backend/lmdb.js';
 import { atProcessEnd } from '../helpers/run.js';
 import { describeStore, openStore } from '../../src/backend/open-store.js';
@@ -120,6 +121,24 @@ t.test('blobs are files beside LMDB: the data file holds only metadata', async (
   await t.rejects(s.commit([], [{ key: 'b/two', value: enc('x') }]), { code: 'INVALID' }, 'a commit naming a blob key is INVALID');
   await t.rejects(s.commit([{ key: 'b/one', value: blob }], []), { code: 'INVALID' }, 'so is a check of one');
   await t.rejects(s.put('b/..', enc('x')), { code: 'INVALID' }, 'a blob id that cannot be a file name is INVALID');
+});
+
+t.test('a sync of many blob files (one syncfs of their filesystem) makes them all durable; a failed sync keeps them to sync', async (t) => {
+  const dir = freshDir();
+  const blobs = new BlobFiles(dir);
+  const bytes = (i: number) => new Uint8Array(64 << 10).fill(i);
+  await Promise.all(Array.from({ length: 100 }, (_, i) => blobs.put(`b/many.${i}`, bytes(i))));
+  await blobs.sync();
+  const back = await Promise.all(Array.from({ length: 100 }, (_, i) => blobs.get(`b/many.${i}`)));
+  t.ok(back.every((b, i) => b?.equals(Buffer.from(bytes(i)))), '100 blob files synced at once, each holding its bytes');
+  // the next batch's directories vanish before the sync: syncfs cannot open them, and the sync says so
+  await Promise.all(Array.from({ length: 70 }, (_, i) => blobs.put(`b/more.${i}`, bytes(i))));
+  const aside = `${dir}-aside`;
+  execFileSync('mv', [join(dir, 'blobs'), aside]);
+  await t.rejects(blobs.sync(), { code: 'ENOENT', message: /syncfs of the filesystem holding .*blobs: ENOENT/ }, 'a sync that cannot reach the blob files fails, naming them');
+  execFileSync('mv', [aside, join(dir, 'blobs')]);
+  await blobs.sync();
+  t.ok((await blobs.get('b/more.69'))?.equals(Buffer.from(bytes(69))), 'with the files back, the next sync takes what the failed one left');
 });
 
 t.test('small blobs live in LMDB, batched: a get sees a put not yet awaited, and they survive reopen', async (t) => {

@@ -122,7 +122,10 @@ export class NativeChannel implements ReadIndex {
     check(this.ch.publishFile(ino, size, chunkSize, idx, path, length, mark), 'publishing a file\'s chunk to the FUSE readers');
   }
 
-  /** how the session answers a GETATTR (its fuse_attr_out), set by the driver; no attributes are published without */
+  /**
+   * How the session answers a GETATTR (its fuse_attr_out, valid until the next call: the addon copies it), set
+   * by the driver; no attributes are published without.
+   */
   attrBody: ((attr: Attr) => Uint8Array) | undefined;
 
   publishAttr(attr: Attr): void {

@@ -109,6 +109,15 @@ const NO_ATTR = placeholderAttr(0, 0, 0);
 
 const S_IFMT = 0o170000;
 const S_IFREG = 0o100000;
+const S_IFDIR = 0o040000;
+
+/**
+ * The longest the kernel may cache a directory's attributes, whatever --attr-timeout says. A GETATTR answered
+ * just before a change in the directory can reach the kernel's cache after the change's own invalidation
+ * (fuse_dir_changed does not order itself against a reply in flight), leaving it an older mtime and nlink:
+ * the kernel asks again within this time. The GETATTRs that costs are answered by the reader threads.
+ */
+const DIR_ATTR_SECONDS = 1;
 
 function seconds(t: number): [number, number] {
   const s = Math.floor(t);
@@ -120,6 +129,8 @@ export class Session {
   private readonly watchdog: NodeJS.Timeout | undefined;
   private readonly entryValid: [number, number];
   private readonly attrValid: [number, number];
+  private readonly dirAttrValid: [number, number];
+  private readonly attrScratch = Buffer.alloc(REPLY.attr.size);
   readonly parseOptions: ParseOptions;
   private readonly stat: Omit<SessionStats, 'byOp' | 'latency'> = { requests: 0, inFlight: 0, errors: 0, parseErrors: 0, replyFailures: 0 };
   private readonly byOp = new Map<string, number>();
@@ -130,6 +141,7 @@ export class Session {
   constructor(private readonly transport: Transport, private readonly ops: OpTable, opts: SessionOptions) {
     this.entryValid = seconds(opts.entryTimeout);
     this.attrValid = seconds(opts.attrTimeout);
+    this.dirAttrValid = seconds(Math.min(opts.attrTimeout, DIR_ATTR_SECONDS));
     this.parseOptions = opts.parseOptions ?? {};
     this.log = opts.log ?? ((m) => log.warn(m));
     const limitMs = (opts.requestTimeout ?? 300) * 1000;
@@ -354,21 +366,29 @@ export class Session {
   }
 
   private attrOut(attr: Attr) {
-    return { attr_valid: this.attrValid[0], attr_valid_nsec: this.attrValid[1], attr };
+    const [s, ns] = this.attrValidFor(attr);
+    return { attr_valid: s, attr_valid_nsec: ns, attr };
   }
 
-  /** the body of this session's GETATTR reply for attr (fuse_attr_out), for a driver that answers GETATTR itself */
+  /** how long the kernel may cache attr: directories at most DIR_ATTR_SECONDS */
+  private attrValidFor(attr: Attr): [number, number] {
+    return (attr.mode & S_IFMT) === S_IFDIR ? this.dirAttrValid : this.attrValid;
+  }
+
+  /**
+   * The body of this session's GETATTR reply for attr (fuse_attr_out), for a driver that answers GETATTR itself.
+   * One buffer, reused: valid until the next call (the driver copies it at once).
+   */
   attrBody(attr: Attr): Buffer {
-    const b = Buffer.alloc(REPLY.attr.size);
-    REPLY.attr.write(b, 0, this.attrOut(attr));
-    return b;
+    REPLY.attr.write(this.attrScratch, 0, this.attrOut(attr));
+    return this.attrScratch;
   }
 
   entryOut(attr: Attr) {
     return {
       nodeid: attr.ino, generation: 0,
       entry_valid: this.entryValid[0], entry_valid_nsec: this.entryValid[1],
-      attr_valid: this.attrValid[0], attr_valid_nsec: this.attrValid[1],
+      attr_valid: this.attrValidFor(attr)[0], attr_valid_nsec: this.attrValidFor(attr)[1],
       attr: { ...attr, blksize: (attr.mode & S_IFMT) === S_IFREG ? 1 << 20 : 4096 },
     };
   }

@@ -45,6 +45,8 @@ export class BlobFiles {
   #dirsUnsynced = new Set<string>();
   /** puts under way (close and sync wait for them) */
   readonly #writing = new Set<Promise<unknown>>();
+  /** syncs under way */
+  readonly #syncing = new Set<Promise<void>>();
   #dirsMade = new Set<string>();
   /** bytes of the blob files: those found at open (counted in the background) and those written since */
   #bytes = 0;
@@ -166,8 +168,25 @@ export class BlobFiles {
     return out.sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
   }
 
-  /** waits for the puts under way, then makes every file written so far durable (rule 2) */
+  /**
+   * Waits for the puts under way, then makes every file written so far durable (rule 2): the files it takes, and
+   * those that syncs already running took (a background sync may hold files that this one must not return before).
+   */
   async sync(): Promise<void> {
+    const earlier = [...this.#syncing];
+    const mine = this.#syncNow();
+    this.#syncing.add(mine);
+    try {
+      await mine;
+    } finally {
+      this.#syncing.delete(mine);
+    }
+    // an earlier sync's failure left its files to sync again: this one reports it
+    const failed = (await Promise.allSettled(earlier)).find((r) => r.status === 'rejected');
+    if (failed) return this.sync();
+  }
+
+  async #syncNow(): Promise<void> {
     await Promise.allSettled([...this.#writing]);
     const files = [...this.#unsynced];
     const dirs = [...this.#dirsUnsynced];

@@ -67,6 +67,9 @@ export class LmdbStore implements KvStore {
   #closed = false;
   /** writes since the last fsync, and the timer that fsyncs them within SYNC_INTERVAL_MS */
   #unsynced = false;
+  /** blob bytes written since the last write-behind sync, and that sync while it runs */
+  #behindBytes = 0;
+  #behind: Promise<void> | undefined;
   #syncTimer: NodeJS.Timeout | undefined;
 
   private constructor(dir: string, db: RootDatabase<Buffer, string>) {
@@ -125,6 +128,7 @@ export class LmdbStore implements KvStore {
     if (isBlob(key)) {
       // the gate still admits it: blob files and LMDB share the disk, and LMDB must keep room for deletes
       await this.#write([{ key, value }], 'grow', () => this.#blobs.put(key, value), true);
+      this.#writeBehind(value.byteLength);
       return;
     }
     const bytes = Buffer.from(value);
@@ -341,6 +345,18 @@ export class LmdbStore implements KvStore {
     }
   }
 
+  /**
+   * Every WRITE_BEHIND_BYTES of blob files, their sync starts in the background (blob files alone: durable early
+   * is always safe), so that the disk writes a large file's data while the rest of it comes, and the fsync at its
+   * end finds little left to write. A failed one leaves its files to the next sync, which reports it.
+   */
+  #writeBehind(bytes: number): void {
+    this.#behindBytes += bytes;
+    if (this.#behindBytes < WRITE_BEHIND_BYTES || this.#behind) return;
+    this.#behindBytes = 0;
+    this.#behind = this.#blobs.sync().catch(() => undefined).finally(() => { this.#behind = undefined; });
+  }
+
   /** fsyncs in the background within SYNC_INTERVAL_MS of a write (bounding what a machine crash can take) */
   #scheduleSync(): void {
     this.#unsynced = true;
@@ -409,6 +425,9 @@ const isBlob = (key: string) => key.startsWith(BLOB_PREFIX);
 
 /** blobs of at most this many bytes are kept in LMDB, not as files */
 export const SMALL_BLOB = 16 << 10;
+
+/** blob bytes written between two write-behind syncs (#writeBehind) */
+const WRITE_BEHIND_BYTES = 64 << 20;
 
 /** how soon after a write the store fsyncs on its own */
 const SYNC_INTERVAL_MS = 1000;

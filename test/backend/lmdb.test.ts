@@ -131,6 +131,12 @@ t.test('a sync of many blob files (one syncfs of their filesystem) makes them al
   await blobs.sync();
   const back = await Promise.all(Array.from({ length: 100 }, (_, i) => blobs.get(`b/many.${i}`)));
   t.ok(back.every((b, i) => b?.equals(Buffer.from(bytes(i)))), '100 blob files synced at once, each holding its bytes');
+  // a sync called while another runs (the store's background syncs) returns only after it: the files the
+  // first took are durable too when the second returns
+  await Promise.all(Array.from({ length: 100 }, (_, i) => blobs.put(`b/again.${i}`, bytes(i))));
+  const order: number[] = [];
+  await Promise.all([blobs.sync().then(() => order.push(1)), blobs.sync().then(() => order.push(2))]);
+  t.same(order, [1, 2], 'a second sync, with nothing of its own to sync, returned after the first');
   // the next batch's directories vanish before the sync: syncfs cannot open them, and the sync says so
   await Promise.all(Array.from({ length: 70 }, (_, i) => blobs.put(`b/more.${i}`, bytes(i))));
   const aside = `${dir}-aside`;

@@ -201,7 +201,7 @@ const MOUNT_OPTIONS = {
   'chunk-size': { type: 'string', describe: 'chunk size when this mount formats a new volume' },
   'cache-mb': { type: 'number', default: 64, describe: 'MiB of file data cached in memory' },
   'write-buffer-mb': { type: 'number', default: 64, describe: 'MiB of write-back buffers before writes commit early' },
-  'attr-timeout': { type: 'number', describe: 'seconds the kernel caches attributes (default 1 on a shared store, 3600 on a local or memory one; 0 with --driver libfuse)' },
+  'attr-timeout': { type: 'number', describe: 'seconds the kernel caches attributes (default 1 on a shared store, 3600 on a local or memory one; 0 with --driver libfuse; a directory\'s 1 at most)' },
   'entry-timeout': { type: 'number', describe: 'seconds the kernel caches names (default 1 on a shared store, 3600 on a local or memory one; 1 with --driver libfuse)' },
   'debug': { type: 'boolean', describe: 'log every FUSE request' },
   ...STORE_OPTIONS,

@@ -74,11 +74,6 @@ export class Published {
     this.index?.retractAttr?.(ino);
   }
 
-  /** directories whose attributes are published */
-  get attrCount(): number {
-    return this.attrs.size;
-  }
-
   /** whether the file has nothing uncommitted (false: before any change is acknowledged) */
   setClean(ino: Ino, clean: boolean): void {
     if (!this.index || this.clean.has(ino) === clean) return;

@@ -22,6 +22,18 @@ t.setTimeout(180_000);
 
 interface Stats { channel: { fastGetattrs: number; publishedAttrs: number } }
 
+/** the daemon's channel figures, once its control socket answers (it opens just after the mount appears) */
+async function channelStats(mnt: string): Promise<Stats['channel']> {
+  for (let tries = 1; ; tries++) {
+    try {
+      return ((await daemonStats(mnt)) as unknown as Stats).channel;
+    } catch (e) {
+      if (tries >= 100) throw e;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+}
+
 // Each step changes directory D, then compares stat(D) now (the readers' answer when published) with stat(D)
 // after the kernel dropped it (the core's answer), and checks what the step must have changed.
 const STEPS = String.raw`
@@ -114,7 +126,7 @@ t.test('local store: directory attributes answered by the readers are always the
   const url = `local:${join(dir, 'volume')}`;
   expectExit(t, await kvfs(['format', url], { dataDir: dir }), 'format');
   const m = await mountKvfs(t, { driver: 'default', store: url });
-  const stats = async () => ((await daemonStats(m.mnt)) as unknown as Stats).channel;
+  const stats = () => channelStats(m.mnt);
 
   const before = await stats();
   const r = await run(PYTHON, ['-c', STEPS, m.mnt], { timeout: 60_000 });

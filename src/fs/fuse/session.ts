@@ -385,10 +385,11 @@ export class Session {
   }
 
   entryOut(attr: Attr) {
+    const [s, ns] = this.attrValidFor(attr);
     return {
       nodeid: attr.ino, generation: 0,
       entry_valid: this.entryValid[0], entry_valid_nsec: this.entryValid[1],
-      attr_valid: this.attrValidFor(attr)[0], attr_valid_nsec: this.attrValidFor(attr)[1],
+      attr_valid: s, attr_valid_nsec: ns,
       attr: { ...attr, blksize: (attr.mode & S_IFMT) === S_IFREG ? 1 << 20 : 4096 },
     };
   }

@@ -7,6 +7,7 @@
  * clear EIO in bounded time, never other bytes; with the files back, reads are right again.
  */
 import t from 'tap';
+import type { Test } from 'tap';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { expectExit } from '../helpers/assert.js';
@@ -15,7 +16,25 @@ import { daemonStats } from '../../bin/diag.js';
 
 t.setTimeout(180_000);
 
-interface Stats { channel: { fileReads: number; fileReadMisses: number } }
+interface Stats { channel: { fileReads: number; fileReadMisses: number; readAheadMarks: number } }
+
+/**
+ * A fresh LMDB volume mounted with a 1 MiB blob cache (four chunks: reads cannot live off it), and a file `f` on
+ * it of `mib` MiB of `byte(i)`, written through dd with an fsync; `src` holds the same bytes for comparisons.
+ */
+async function scene(t: Test, prefix: string, mib: number, byte: (i: number) => number) {
+  const dir = tempDir(t, prefix);
+  const storeDir = join(dir, 'volume');
+  const url = `local:${storeDir}`;
+  expectExit(t, await kvfs(['format', url], { dataDir: dir }), 'format');
+  const m = await mountKvfs(t, { driver: 'default', store: url, args: ['--cache-mb', '1'] });
+  const src = join(dir, 'src');
+  writeFileSync(src, Buffer.from(Array.from({ length: mib << 20 }, (_, i) => byte(i) & 0xff)));
+  const file = join(m.mnt, 'f');
+  expectExit(t, await run('dd', [`if=${src}`, `of=${file}`, 'bs=1M', 'conv=fsync', 'status=none']), `write ${mib} MiB`);
+  const stats = async () => ((await daemonStats(m.mnt)) as unknown as Stats).channel;
+  return { dir, storeDir, m, src, file, stats };
+}
 
 // One process, one descriptor (a close of the last one takes the file's published chunks back): reads, then
 // moves every blob file aside and reads, then moves them back and reads. Prints the EIO count of each phase.
@@ -56,16 +75,7 @@ print(len(moved) // 2, *out)
 `;
 
 t.test('small random reads are answered from blob files, and a missing file gives EIO, never other bytes', async (t) => {
-  const dir = tempDir(t, 'kvfs-test-blobfiles-');
-  const storeDir = join(dir, 'volume');
-  const url = `local:${storeDir}`;
-  expectExit(t, await kvfs(['format', url], { dataDir: dir }), 'format');
-  const m = await mountKvfs(t, { driver: 'default', store: url, args: ['--cache-mb', '1'] });
-  const src = join(dir, 'src');
-  writeFileSync(src, Buffer.from(Array.from({ length: 8 << 20 }, (_, i) => (i * 7 + (i >> 12)) & 0xff)));
-  const file = join(m.mnt, 'f');
-  expectExit(t, await run('dd', [`if=${src}`, `of=${file}`, 'bs=1M', 'conv=fsync', 'status=none']), 'write 8 MiB');
-  const stats = async () => ((await daemonStats(m.mnt)) as unknown as Stats).channel;
+  const { dir, storeDir, m, src, file, stats } = await scene(t, 'kvfs-test-blobfiles-', 8, (i) => i * 7 + (i >> 12));
 
   const r = await run(PYTHON, ['-c', READS, file, src, join(storeDir, 'blobs'), join(dir, 'aside')], { timeout: 120_000 });
   expectExit(t, r, 'random 4 KiB O_DIRECT reads: 3,000; 200 with the blob files moved away; 1,000 with them back; each EIO or the bytes written');
@@ -85,20 +95,12 @@ t.test('small random reads are answered from blob files, and a missing file give
 // sequential read by reading the files themselves, window after window, with the blob cache far too small to
 // hold a window (1 MiB). The bytes are checked against the source, through the page cache and with O_DIRECT.
 t.test('a sequential read is answered from blob files, window after window', async (t) => {
-  const dir = tempDir(t, 'kvfs-test-blobfiles-seq-');
-  const url = `local:${join(dir, 'volume')}`;
-  expectExit(t, await kvfs(['format', url], { dataDir: dir }), 'format');
-  const m = await mountKvfs(t, { driver: 'default', store: url, args: ['--cache-mb', '1'] });
-  const src = join(dir, 'src');
-  writeFileSync(src, Buffer.from(Array.from({ length: 48 << 20 }, (_, i) => (i * 13 + (i >> 16)) & 0xff)));
-  const file = join(m.mnt, 'f');
-  expectExit(t, await run('dd', [`if=${src}`, `of=${file}`, 'bs=1M', 'conv=fsync', 'status=none']), 'write 48 MiB');
-  const stats = async () => (await daemonStats(m.mnt)) as unknown as { channel: { fileReads: number; readAheadMarks: number; fastReads: number } };
+  const { m, src, file, stats } = await scene(t, 'kvfs-test-blobfiles-seq-', 48, (i) => i * 13 + (i >> 16));
   for (const flag of ['', 'iflag=direct']) {
-    const before = (await stats()).channel;
+    const before = await stats();
     const r = await run('sh', ['-c', `echo 3 > /proc/sys/vm/drop_caches; dd if=${file} bs=1M ${flag} status=none | cmp - ${src}`]);
     expectExit(t, r, `read back ${flag || 'through the page cache'}: the bytes written`);
-    const after = (await stats()).channel;
+    const after = await stats();
     const files = after.fileReads - before.fileReads;
     const marks = after.readAheadMarks - before.readAheadMarks;
     // 48 MiB in READs of at most 1 MiB (128 KiB through the page cache): well over 48 of them from files

@@ -89,6 +89,8 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap> {
                         InstanceMethod("reply", &ChannelWrap::Reply), InstanceMethod("stop", &ChannelWrap::Stop),
                         InstanceMethod("stats", &ChannelWrap::Stats),
                         InstanceMethod("enableFastReads", &ChannelWrap::EnableFastReads),
+                        InstanceMethod("enableEarlyWrites", &ChannelWrap::EnableEarlyWrites),
+                        InstanceMethod("endWrite", &ChannelWrap::EndWrite),
                         InstanceMethod("publish", &ChannelWrap::Publish),
                         InstanceMethod("publishFile", &ChannelWrap::PublishFile),
                         InstanceMethod("publishAttr", &ChannelWrap::PublishAttr),
@@ -182,6 +184,17 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap> {
 
   Napi::Value EnableFastReads(const Napi::CallbackInfo& info) {
     channel_->EnableFastReads(info[0].ToBoolean().Value());
+    return info.Env().Undefined();
+  }
+
+  Napi::Value EnableEarlyWrites(const Napi::CallbackInfo& info) {
+    channel_->EnableEarlyWrites(info[0].ToBoolean().Value());
+    return info.Env().Undefined();
+  }
+
+  // endWrite(ino): JS applied an early write of ino (read-index.h EndWrite)
+  Napi::Value EndWrite(const Napi::CallbackInfo& info) {
+    channel_->read_index().EndWrite(static_cast<uint64_t>(info[0].As<Napi::Number>().Int64Value()));
     return info.Env().Undefined();
   }
 
@@ -279,6 +292,7 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap> {
     o.Set("fileReadMisses", Num(info.Env(), static_cast<double>(r.file_misses)));
     o.Set("publishedAttrs", Num(info.Env(), static_cast<double>(r.attrs)));
     o.Set("fastGetattrs", Num(info.Env(), static_cast<double>(r.attr_served)));
+    o.Set("earlyWrites", Num(info.Env(), static_cast<double>(r.early_writes)));
     return o;
   }
 
@@ -302,6 +316,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("recordSize", Num(env, kvfs::kRecordSize));
   exports.Set("inlineBody", Num(env, kvfs::kInlineBody));
   exports.Set("hintOpcode", Num(env, kvfs::kHintOpcode));
+  exports.Set("answeredFlag", Num(env, kvfs::kAnswered));
   return exports;
 }
 

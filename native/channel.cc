@@ -57,6 +57,9 @@ class Reader {
       }
       if (r == 0) continue;
       ch_->Push(rec);
+      // An early write is answered once its record is queued: every request the kernel sends after this
+      // reply reaches JavaScript behind it.
+      if (early_size_ >= 0) AnswerWrite(rec);
     }
     ch_->ReaderDone();
   }
@@ -84,6 +87,7 @@ class Reader {
     }
     PutU32(b + 40, index_);
     PutU32(b + 44, body);
+    early_size_ = -1;
     if (body <= static_cast<uint32_t>(kInlineBody)) {
       PutU32(b + 48, kInline);
       PutU32(b + 52, kInline);
@@ -97,6 +101,7 @@ class Reader {
         if (op == kFuseFlush && ServeFlush(b)) return 0;
         if (op == kFuseGetattr && ServeGetattr(b)) return 0;
       }
+      TakeEarlyWrite(b, b + 56, body);
       return 1;
     }
     int cls;
@@ -113,7 +118,38 @@ class Reader {
     PutU32(b + 52, static_cast<uint32_t>(cls));
     ssize_t r = ReadFull(pipe_r_, ch_->arena_ + off, body);
     if (r < 0) return static_cast<int>(r);
+    TakeEarlyWrite(b, ch_->arena_ + off, body);
     return 1;
+  }
+
+  // Early writes: a WRITE is answered by this thread, before JavaScript applies it, when the channel allows
+  // it and the request is well formed with an end JavaScript accepts (2^53 - 1: beyond, JS answers EFBIG).
+  // The record is flagged (kAnswered in the reader field) so that JS applies it without a reply, reports a
+  // failure at the file's next FLUSH or FSYNC, and calls EndWrite. Until then the read index serves nothing
+  // of the file (BeginWrite), so no READ or FLUSH answered here can pass the write.
+  void TakeEarlyWrite(uint8_t* b, const uint8_t* body, uint32_t len) {
+    if (!ch_->early_writes_ || U32(b + 4) != kFuseWrite || len < kWriteInSize) return;
+    uint64_t offset;
+    memcpy(&offset, body + 8, 8);
+    uint32_t size = U32(body + 16);
+    if (size != len - kWriteInSize || offset > kMaxEnd - size) return;
+    uint64_t nodeid;
+    memcpy(&nodeid, b + 16, 8);
+    ch_->read_index_.BeginWrite(nodeid);
+    PutU32(b + 40, index_ | kAnswered);
+    early_size_ = size;
+  }
+
+  void AnswerWrite(const Record& rec) {
+    uint64_t unique;
+    memcpy(&unique, rec.bytes + 8, 8);
+    uint8_t out[24];
+    PutOutHeader(out, sizeof out, unique);
+    PutU32(out + 16, static_cast<uint32_t>(early_size_));  // fuse_write_out: size, padding
+    PutU32(out + 20, 0);
+    struct iovec iov = {out, sizeof out};
+    ch_->Reply(index_, &iov, 1);
+    early_size_ = -1;
   }
 
   // A READ of published data is answered here, without JavaScript (read-index.h). True when answered.
@@ -194,6 +230,11 @@ class Reader {
   static constexpr uint32_t kFuseFlush = 25;
   static constexpr uint32_t kFuseGetattr = 3;
   static constexpr uint32_t kReadInSize = 40;
+  static constexpr uint32_t kFuseWrite = 16;
+  static constexpr uint32_t kWriteInSize = 40;
+  static constexpr uint64_t kMaxEnd = (1ull << 53) - 1;
+  // the size an early write is answered with once its record is queued (-1: none)
+  int64_t early_size_ = -1;
   Channel* ch_;
   uint8_t reply_header_[16];
   struct iovec iov_[kMaxIov];

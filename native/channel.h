@@ -18,6 +18,11 @@
 //    chunk, the reader queues a hint record (opcode kHintOpcode) so that JS publishes what comes next. A
 //    GETATTR of an inode whose attributes the core published, and a FLUSH of a file with nothing uncommitted,
 //    are answered the same way.
+//  - Early writes (EnableEarlyWrites). A well-formed WRITE is answered by its reader as soon as its record is
+//    queued, flagged kAnswered in the record's reader field: JS applies it in order and sends no reply. The
+//    caller takes on reporting a write that fails (at the file's next FLUSH or FSYNC) and calls
+//    ReadIndex::EndWrite for each such record once applied. Pool buffers stay held until JS is done with them,
+//    so what is answered and not yet applied stays bounded by the pool.
 //  - End. ENODEV from the device means unmounted: readers stop, and JS is woken with the closed flag set.
 //
 // Transport: each reader moves one whole request into its own pipe with splice, reads the header from the
@@ -49,10 +54,12 @@ constexpr size_t kMaxQueue = 1024;
 // The opcode of a hint record (not a request: no reply): a fast read used a marked chunk (read-index.h).
 // Its header carries the inode in nodeid, its 8-byte body the chunk index.
 constexpr uint32_t kHintOpcode = 0xffffff01u;
+// Set in a record's reader field: the request was answered already (an early write).
+constexpr uint32_t kAnswered = 0x80000000u;
 
 // The layout of one record (little-endian), as JS reads it:
 //   [0, 40)    fuse_in_header as the kernel sent it
-//   [40, 44)   u32 reader index (the fd to answer on)
+//   [40, 44)   u32 reader index (the fd to answer on), | kAnswered for an early write
 //   [44, 48)   u32 body length
 //   [48, 52)   u32 body location: kInline, or the buffer's offset in the arena
 //   [52, 56)   u32 size class of that buffer (kInline for inline)
@@ -96,6 +103,7 @@ class Channel {
   // The published file data readers answer READ requests from (read-index.h). Off until EnableFastReads.
   ReadIndex& read_index() { return read_index_; }
   void EnableFastReads(bool on) { fast_reads_.store(on); }
+  void EnableEarlyWrites(bool on) { early_writes_.store(on); }
   size_t max_body() const { return max_body_; }
 
  private:
@@ -127,6 +135,7 @@ class Channel {
   std::vector<int> pipes_;  // read end, write end per reader
   ReadIndex read_index_;
   std::atomic<bool> fast_reads_{false};
+  std::atomic<bool> early_writes_{false};
 };
 
 }  // namespace kvfs

@@ -102,7 +102,7 @@ int ReadIndex::Serve(uint32_t reader, uint64_t ino, uint64_t unique, uint64_t of
   if (reader >= busy_.size() || max_iov < 2) return 0;
   std::unique_lock<std::mutex> lock(mu_);
   auto it = files_.find(ino);
-  if (it == files_.end()) {
+  if (it == files_.end() || pending_.count(ino)) {
     missed_++;
     return 0;
   }
@@ -237,9 +237,21 @@ void ReadIndex::SetClean(uint64_t ino, bool clean) {
   }
 }
 
+void ReadIndex::BeginWrite(uint64_t ino) {
+  std::lock_guard<std::mutex> lock(mu_);
+  pending_[ino]++;
+  early_writes_++;
+}
+
+void ReadIndex::EndWrite(uint64_t ino) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = pending_.find(ino);
+  if (it != pending_.end() && --it->second == 0) pending_.erase(it);
+}
+
 bool ReadIndex::ServeFlush(uint64_t ino) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (!clean_.count(ino)) return false;
+  if (!clean_.count(ino) || pending_.count(ino)) return false;
   flushes_++;
   return true;
 }
@@ -257,6 +269,7 @@ ReadIndex::Stats ReadIndex::GetStats() {
   s.file_misses = file_misses_;
   s.attrs = attrs_.size();
   s.attr_served = attr_served_;
+  s.early_writes = early_writes_;
   return s;
 }
 

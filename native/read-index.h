@@ -16,6 +16,9 @@
 //    took back, so JavaScript may then drop or reuse that memory.
 //  - SetClean(ino, true) says the file has nothing uncommitted: a FLUSH of it (close) is answered at once
 //    (ServeFlush). JavaScript sets it false, synchronously, before it acknowledges any change to the file.
+//  - BeginWrite(ino) says a reader answered a WRITE of ino before JavaScript applied it (channel.h, early
+//    writes); EndWrite(ino) that JavaScript applied it (and retracted what it made stale). While any is
+//    pending, nothing of ino is served here (READ, FLUSH): what is published may predate the write.
 //  - Serve answers a READ when every chunk it covers (up to the file's size) is published; otherwise it
 //    returns false and the request goes to JavaScript as usual. A READ at or past the end gets 0 bytes.
 //  - PublishAttr(ino, body) says: a GETATTR of ino is answered with this reply body (fuse_attr_out, exactly as
@@ -85,6 +88,9 @@ class ReadIndex {
   bool ServeGetattr(uint32_t reader, uint64_t ino, uint8_t* out);
   void AttrDone(uint32_t reader);
 
+  void BeginWrite(uint64_t ino);
+  void EndWrite(uint64_t ino);
+
   void SetClean(uint64_t ino, bool clean);
   // true when a FLUSH of ino may be answered with success now (nothing of it is uncommitted)
   bool ServeFlush(uint64_t ino);
@@ -100,6 +106,7 @@ class ReadIndex {
     uint64_t file_misses = 0;
     uint64_t attrs = 0;
     uint64_t attr_served = 0;
+    uint64_t early_writes = 0;
   };
   Stats GetStats();
 
@@ -129,6 +136,9 @@ class ReadIndex {
   uint64_t file_reads_ = 0;
   uint64_t file_misses_ = 0;
   std::unordered_set<uint64_t> clean_;
+  // writes answered early and not yet applied by JavaScript, per inode
+  std::unordered_map<uint64_t, uint32_t> pending_;
+  uint64_t early_writes_ = 0;
   std::vector<std::unique_ptr<std::mutex>> busy_;
   // GETATTR reply bodies, and each reader's lock held while it writes one (the grace period of PublishAttr and
   // RetractAttr; apart from busy_, which a reader holds through file reads)

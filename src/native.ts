@@ -29,9 +29,14 @@ export interface NativeChannelHandle {
     fileReadMisses: number;
     publishedAttrs: number;
     fastGetattrs: number;
+    earlyWrites: number;
   };
   /** readers answer READs of published data themselves (native/read-index.h) */
   enableFastReads(on: boolean): void;
+  /** readers answer WRITEs as soon as they are queued (native/channel.h, early writes) */
+  enableEarlyWrites(on: boolean): void;
+  /** an early write of ino was applied (each answered WRITE's record, once) */
+  endWrite(ino: number): void;
   /** chunk idx of ino holds data (null: a hole), the file is size bytes; mark: report its first use; 0 or -EINVAL */
   publish(ino: number, size: number, chunkSize: number, idx: number, data: Uint8Array | null, mark: boolean): number;
   publishFile(ino: number, size: number, chunkSize: number, idx: number, path: string, length: number, mark: boolean): number;
@@ -67,6 +72,8 @@ interface Addon {
   inlineBody: number;
   /** the opcode of hint records (a fast read used a marked chunk): not requests */
   hintOpcode: number;
+  /** set in a record's reader field: the request was answered already (an early write) */
+  answeredFlag: number;
 }
 
 /** the package root: the nearest folder above this file (src/ or dist/src/) that has binding.gyp */

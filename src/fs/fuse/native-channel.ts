@@ -26,6 +26,11 @@ export interface RawRequest {
   body: Buffer;
   /** the pool buffer holding the body, when it is not inline */
   poolBuffer?: Buffer;
+  /**
+   * A WRITE the reader thread answered already (early writes, native/channel.h): it is applied without a reply,
+   * a failure is reported at the file's next FLUSH or FSYNC, and `endWrite` is called once it is applied.
+   */
+  answered?: boolean;
 }
 
 export interface ChannelStats {
@@ -51,6 +56,8 @@ export interface ChannelStats {
   /** directories whose GETATTR the reader threads answer, and GETATTRs they answered */
   publishedAttrs: number;
   fastGetattrs: number;
+  /** WRITEs the reader threads answered before JavaScript applied them */
+  earlyWrites: number;
 }
 
 const BATCH = 256;
@@ -61,6 +68,7 @@ export class NativeChannel implements ReadIndex {
   private readonly ch: NativeChannelHandle;
   private readonly recordSize: number;
   private readonly hintOpcode: number;
+  private readonly answeredFlag: number;
   private readonly onReadHint: ((ino: number, idx: number) => void) | undefined;
   private readonly batchArea: Buffer;
   private readonly status = new Uint32Array(2);
@@ -87,6 +95,7 @@ export class NativeChannel implements ReadIndex {
     const n = native();
     this.recordSize = n.recordSize;
     this.hintOpcode = n.hintOpcode;
+    this.answeredFlag = n.answeredFlag;
     this.onReadHint = opts.onReadHint;
     this.batchArea = Buffer.alloc(BATCH * this.recordSize);
     this.classSizes = pool.stats().classes.map((c) => c.size);
@@ -112,6 +121,19 @@ export class NativeChannel implements ReadIndex {
    */
   enableFastReads(on: boolean): void {
     this.ch.enableFastReads(on);
+  }
+
+  /**
+   * Early writes (native/channel.h): the readers answer a WRITE once it is queued; the session applies it
+   * without a reply, reports a failure at the file's next FLUSH or FSYNC, and calls endWrite.
+   */
+  enableEarlyWrites(on: boolean): void {
+    this.ch.enableEarlyWrites(on);
+  }
+
+  /** an answered WRITE of ino was applied: the readers may serve the file again once none is pending */
+  endWrite(ino: number): void {
+    this.ch.endWrite(ino);
   }
 
   publish(ino: number, size: number, chunkSize: number, idx: number, data: Uint8Array | null, mark = false): void {
@@ -227,7 +249,9 @@ export class NativeChannel implements ReadIndex {
       this.onReadHint?.(Number(rec.readBigUInt64LE(at + 16)), Number(rec.readBigUInt64LE(at + 56)));
       return;
     }
-    const reader = rec.readUInt32LE(at + 40);
+    const tagged = rec.readUInt32LE(at + 40);
+    const answered = (tagged & this.answeredFlag) !== 0;
+    const reader = answered ? tagged & ~this.answeredFlag : tagged;
     const bodyLen = rec.readUInt32LE(at + 44);
     const where = rec.readUInt32LE(at + 48);
     const cls = rec.readUInt32LE(at + 52);
@@ -243,7 +267,7 @@ export class NativeChannel implements ReadIndex {
       body = poolBuffer.subarray(0, bodyLen);
       this.topUp(cls);
     }
-    this.onRequest({ reader, header, body, poolBuffer });
+    this.onRequest(answered ? { reader, header, body, poolBuffer, answered } : { reader, header, body, poolBuffer });
   }
 
   /**

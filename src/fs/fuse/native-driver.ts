@@ -33,6 +33,11 @@ export interface NativeMountOptions {
   requestTimeout?: number;
   /** reader threads answer READs of data the core published (default true; KVFS_FAST_READS=0 turns it off) */
   fastReads?: boolean;
+  /**
+   * reader threads answer WRITEs once queued, before JavaScript applies them; a failure is reported by the
+   * file's next fsync or close (default true; KVFS_EARLY_WRITES=0 turns it off)
+   */
+  earlyWrites?: boolean;
 }
 
 export interface NativeMount {
@@ -146,6 +151,7 @@ export async function mountNative(fs: Filesystem, mnt: string, opts: NativeMount
     fs.setReadIndex(channel);
     channel.enableFastReads(true);
   }
+  if (opts.earlyWrites ?? process.env.KVFS_EARLY_WRITES !== '0') channel.enableEarlyWrites(true);
   try {
     channel.start();
   } catch (e) {

@@ -13,6 +13,10 @@
  *  - A reply that cannot be encoded (a value out of range) is answered EIO, with the error logged.
  *  - A handler that has not answered within `requestTimeout` seconds is answered EIO (logged with its
  *    opcode), so no caller waits forever on a request that was lost; its late result is dropped.
+ *  - Early writes (RawRequest.answered: the reader thread answered the WRITE when it queued it) are applied in
+ *    order per inode, and every later request about that inode waits until they are: a READ, FLUSH, FSYNC,
+ *    SETATTR ... sees what the caller was told is written. One that fails is logged, and its errno answers the
+ *    file's next FLUSH (close) or FSYNC in place of success, as the kernel's own writeback reports errors.
  */
 import { Latencies, type LatencySummary } from '../../diag/latency.js';
 import { log, logEnabled } from '../../log.js';
@@ -53,6 +57,8 @@ export interface Transport {
   /** writes (or copies) the reply's bytes before it returns: the session reuses its buffers for the next reply */
   reply(reader: number, header: Uint8Array, body?: Uint8Array, data?: Uint8Array): number;
   done(req: RawRequest): void;
+  /** an early write (RawRequest.answered) of ino was applied, or failed */
+  endWrite?(ino: number): void;
 }
 
 export interface SessionOptions {
@@ -119,6 +125,14 @@ const S_IFDIR = 0o040000;
  */
 const DIR_ATTR_SECONDS = 1;
 
+/** inodes whose failed early write waits for a FLUSH or FSYNC to report it, at most (the oldest go first) */
+const MAX_DEFERRED = 4096;
+
+/** the second inode a request is about: the destination of COPY_FILE_RANGE (0: none) */
+function nodeOut(req: Request): number {
+  return req.op === 'COPY_FILE_RANGE' ? Number(req.nodeid_out) : 0;
+}
+
 function seconds(t: number): [number, number] {
   const s = Math.floor(t);
   return [s, Math.round((t - s) * 1e9)];
@@ -137,6 +151,10 @@ export class Session {
   private readonly latency = new Latencies();
   private readonly scratch = new Map<number, { buf: Buffer; dv: DataView }>();
   private readonly log: (msg: string) => void;
+  /** per inode, the early writes not yet applied (the tail of their chain) */
+  private readonly writing = new Map<number, Promise<void>>();
+  /** per inode, the errno of an early write that failed, for its next FLUSH or FSYNC */
+  private readonly deferred = new Map<number, number>();
 
   constructor(private readonly transport: Transport, private readonly ops: OpTable, opts: SessionOptions) {
     this.entryValid = seconds(opts.entryTimeout);
@@ -214,26 +232,72 @@ export class Session {
       this.transport.done(raw);
       return;
     }
+    if (raw.answered) return this.applyEarly(raw, req, handler);
     const cx = info.replies ? new InFlight(performance.now(), req.op, raw) : NO_REQUEST;
     if (info.replies) this.inflight.set(unique, cx);
     const started = performance.now();
     let out: Promise<Reply>;
-    try {
-      out = Promise.resolve(handler(req as RequestOf<OpName>, cx));
-    } catch (e) {
-      out = Promise.reject(e);
+    const ino = Number(req.header.nodeid);
+    const gate = this.writing.size ? this.writing.get(ino) ?? this.writing.get(nodeOut(req)) : undefined;
+    if (gate) {
+      out = gate.then(() => handler(req as RequestOf<OpName>, cx));
+    } else {
+      try {
+        out = Promise.resolve(handler(req as RequestOf<OpName>, cx));
+      } catch (e) {
+        out = Promise.reject(e);
+      }
     }
     out.then(
       (r) => {
         this.answered(req, started);
-        this.finish(raw, req, r, info.replies);
+        const late = (req.op === 'FLUSH' || req.op === 'FSYNC') && this.takeDeferred(ino);
+        if (late) this.fail(raw, req, late, info.replies);
+        else this.finish(raw, req, r, info.replies);
       },
       (e) => {
         const errno = e instanceof WireParseError ? e.errno : toErrno(e);
         this.answered(req, started, errno);
+        if (req.op === 'FLUSH' || req.op === 'FSYNC') this.takeDeferred(ino);
         this.fail(raw, req, errno, info.replies);
       },
     );
+  }
+
+  /**
+   * Applies an early write after the inode's earlier ones. No reply: a failure is kept for the file's next
+   * FLUSH or FSYNC (the first one wins) and logged.
+   */
+  private applyEarly(raw: RawRequest, req: Request, handler: OpHandler<OpName>): void {
+    const ino = Number(req.header.nodeid);
+    const started = performance.now();
+    const prev = this.writing.get(ino);
+    const run = (prev ?? Promise.resolve()).then(() => handler(req as RequestOf<OpName>, NO_REQUEST));
+    const tail = run.then(
+      () => this.answered(req, started),
+      (e) => {
+        const errno = e instanceof WireParseError ? e.errno : toErrno(e);
+        this.answered(req, started, errno);
+        this.stat.errors++;
+        if (!this.deferred.has(ino)) {
+          this.log(`a write to inode ${ino} failed after it was acknowledged (errno ${errno}): the file's next ` +
+            `fsync or close reports it: ${(e as Error)?.message ?? e}`);
+          if (this.deferred.size >= MAX_DEFERRED) this.deferred.delete(this.deferred.keys().next().value!);
+          this.deferred.set(ino, errno);
+        }
+      },
+    ).finally(() => {
+      if (this.writing.get(ino) === tail) this.writing.delete(ino);
+      this.transport.endWrite?.(ino);
+      this.transport.done(raw);
+    });
+    this.writing.set(ino, tail);
+  }
+
+  private takeDeferred(ino: number): number | undefined {
+    const errno = this.deferred.get(ino);
+    if (errno !== undefined) this.deferred.delete(ino);
+    return errno;
   }
 
   /**

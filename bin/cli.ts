@@ -19,8 +19,8 @@ import { Filesystem } from '../src/fs/filesystem.js';
 import { mountLibfuse } from '../src/fs/fuse/libfuse-driver.js';
 import { mountNative, type NativeMount } from '../src/fs/fuse/native-driver.js';
 import { isKvfsMount, mountAt, mountHolding, unmount, UnmountError, type MountEntry } from '../src/fs/fuse/mount-table.js';
-import { K } from '../src/fs/schema.js';
-import { chunkSizeProblem, formatVolume, readVolume } from '../src/fs/volume.js';
+import { K } from '../src/volume/schema.js';
+import { chunkSizeProblem, formatVolume, readVolume } from '../src/volume/format.js';
 import { errnoName, fuseDeviceProblem, native } from '../src/native.js';
 import {
   daemonOf, holdersOf, isAlive, isStopped, lockStoreDir, processState, readRecord, removeRecord, writeRecord,

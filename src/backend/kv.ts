@@ -50,7 +50,7 @@ export interface KvEngineInfo {
   engine: string;
   /**
    * bytes the store may hold in all (every volume in it, and its own bookkeeping), when it has a limit it can
-   * tell; undefined when unknown. statfs reports it as a volume's total (src/fs/volume-space.ts).
+   * tell; undefined when unknown. statfs reports it as a volume's total (src/volume/space.ts).
    */
   capacityBytes?: number;
   /** bytes the store can still take (at most capacityBytes), when known; statfs's available space is no more */

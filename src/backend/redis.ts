@@ -3,7 +3,7 @@
  * through ioredis over RESP2. Engines that speak the same protocol (Apache Kvrocks in cluster mode) work the
  * same way. URLs and credentials: redis-url.ts. Retries, deadlines and error mapping: redis-retry.ts.
  *
- * Key layout of volume VOL (KV keys are those of src/fs/schema.ts):
+ * Key layout of volume VOL (KV keys are those of src/volume/schema.ts):
  *   kvfs:{VOL}:<key>               a metadata key, a Redis string. Every one carries the hash tag {VOL}, so
  *                                  all metadata of a volume lives in one slot and one script changes any of it
  *   kvfs:{VOL}#<collection>        the collection's index: a sorted set of its members' names (score 0, so

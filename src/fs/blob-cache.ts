@@ -5,7 +5,7 @@
  */
 import { LRUCache } from 'lru-cache';
 import type { KvStore } from '../backend/kv.js';
-import { K, isCombinedKey } from './schema.js';
+import { K, isCombinedKey } from '../volume/schema.js';
 
 export class BlobCache {
   private readonly lru: LRUCache<string, Uint8Array> | undefined;

@@ -9,29 +9,8 @@ import { log } from '../log.js';
 import { constants } from 'node:os';
 import { StoreError } from '../backend/errors.js';
 
-export type Errno = keyof typeof constants.errno;
-
-export class FsError extends Error {
-  readonly code: Errno;
-  constructor(code: Errno, message?: string) {
-    // An FsError is an answer (ENOENT for every lookup of a new name), never logged: no stack to capture.
-    const limit = Error.stackTraceLimit;
-    Error.stackTraceLimit = 0;
-    super(message ?? code);
-    Error.stackTraceLimit = limit;
-    this.name = 'FsError';
-    this.code = code;
-  }
-}
-
-/** shorthand: throw fsErr('ENOENT') */
-export function fsErr(code: Errno, message?: string): FsError {
-  return new FsError(code, message);
-}
-
-export function errnoOf(code: Errno): number {
-  return constants.errno[code];
-}
+export { FsError, fsErr, errnoOf, type Errno } from '../volume/errors.js';
+import { FsError } from '../volume/errors.js';
 
 let logUnknown: (e: unknown) => void = (e) => {
   log.error(`unexpected error, answering EIO: ${e instanceof Error ? e.stack : String(e)}`);

@@ -27,15 +27,15 @@ import { fsErr } from './errors.js';
 import {
   K, chunkIndexOf, decodeChunk, decodeInode, encodeEntry, encodeInode, entryBlobs, entryExtent, entryKey,
   entryStored, nowTs, type ChunkEntry, type Inode, type Slice,
-} from './schema.js';
-import { transact } from './txn.js';
+} from '../volume/schema.js';
+import { transact } from '../volume/txn.js';
 import type { Ino, Timespec } from './types.js';
 import type { BlobCache } from './blob-cache.js';
 import type { Counters } from './counters.js';
 import type { Published } from './published.js';
 
-/** How many stale chunk entries one truncate/purge commit deletes. */
-export const DELETE_BATCH = 512;
+/** How many stale chunk entries one truncate commit deletes: as many as a purge commit (queues.ts). */
+import { DELETE_BATCH } from '../volume/queues.js';
 
 /** Bytes that moved, for `kvfs status` and the benches: what the store costs per byte a caller read or wrote. */
 export interface IoStats {

@@ -2,32 +2,10 @@
  * The shapes the filesystem core speaks in. Drivers (src/fs/fuse) translate these to and from the wire.
  * Inode numbers are plain numbers (safe integers; the root is 1). File handles are numbers the core hands out.
  */
-export type Ino = number;
+export type { Attr, Ino, Timespec } from '../volume/types.js';
+export { RENAME_EXCHANGE, RENAME_NOREPLACE, ROOT_INO } from '../volume/types.js';
+import type { Attr, Ino, Timespec } from '../volume/types.js';
 export type Fh = number;
-
-export const ROOT_INO: Ino = 1;
-
-/** A timestamp: whole seconds and nanoseconds since the epoch. */
-export interface Timespec {
-  sec: number;
-  nsec: number;
-}
-
-export interface Attr {
-  ino: Ino;
-  /** type and permission bits, as st_mode */
-  mode: number;
-  nlink: number;
-  uid: number;
-  gid: number;
-  rdev: number;
-  size: number;
-  /** 512-byte blocks actually stored */
-  blocks: number;
-  atime: Timespec;
-  mtime: Timespec;
-  ctime: Timespec;
-}
 
 /** Who is asking: the caller's credentials as the kernel reported them. */
 export interface Ctx {
@@ -69,10 +47,6 @@ export interface StatFs {
   ffree: number;
   namemax: number;
 }
-
-/** rename(2) flags, as in <linux/fs.h> */
-export const RENAME_NOREPLACE = 1;
-export const RENAME_EXCHANGE = 2;
 
 /** setxattr flags */
 export const XATTR_CREATE = 1;

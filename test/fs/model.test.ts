@@ -41,11 +41,11 @@ import { openStore } from '../../src/backend/open-store.js';
 import { RedisCluster, redisAvailable } from '../helpers/redis-cluster.js';
 import { FsError } from '../../src/fs/errors.js';
 import { Filesystem, type FsOptions } from '../../src/fs/filesystem.js';
-import { K, decodeChunk, decodeDirent, decodeInode, entryBlobs, entryExtent, entryStored } from '../../src/fs/schema.js';
+import { K, decodeChunk, decodeDirent, decodeInode, entryBlobs, entryExtent, entryStored } from '../../src/volume/schema.js';
 import {
   RENAME_EXCHANGE, RENAME_NOREPLACE, ROOT_INO, XATTR_CREATE, XATTR_REPLACE, type Attr, type Ctx, type Fh, type Ino,
 } from '../../src/fs/types.js';
-import { formatVolume } from '../../src/fs/volume.js';
+import { formatVolume } from '../../src/volume/format.js';
 import { prng } from '../helpers/prng.js';
 
 const CTX: Ctx = { uid: 0, gid: 0, pid: 1 };

@@ -13,9 +13,9 @@ import type { KvStore } from '../../src/backend/kv.js';
 import { MemoryStore } from '../../src/backend/memory.js';
 import { openStore } from '../../src/backend/open-store.js';
 import { Filesystem } from '../../src/fs/filesystem.js';
-import { FORMAT_VERSION, K, decodeChunk, decodeVolume, encodeVolume, entryBlobs } from '../../src/fs/schema.js';
+import { FORMAT_VERSION, K, decodeChunk, decodeVolume, encodeVolume, entryBlobs } from '../../src/volume/schema.js';
 import { ROOT_INO, type Ctx } from '../../src/fs/types.js';
-import { formatVolume, readVolume } from '../../src/fs/volume.js';
+import { formatVolume, readVolume } from '../../src/volume/format.js';
 import { prng } from '../helpers/prng.js';
 
 const CTX: Ctx = { uid: 0, gid: 0, pid: 1 };

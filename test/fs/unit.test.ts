@@ -13,12 +13,12 @@ import { Published } from '../../src/fs/published.js';
 import {
   FORMAT_VERSION, K, chunkIndexOf, decodeChunk, decodeDirent, decodeInode, decodeVolume, encodeChunk, encodeDirent,
   encodeInode, encodeVolume, memberOf, nowTs, toAttr, type Inode,
-} from '../../src/fs/schema.js';
-import { transact } from '../../src/fs/txn.js';
+} from '../../src/volume/schema.js';
+import { transact } from '../../src/volume/txn.js';
 import { ROOT_INO } from '../../src/fs/types.js';
 import {
   DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, chunkSizeProblem, formatVolume, readVolume,
-} from '../../src/fs/volume.js';
+} from '../../src/volume/format.js';
 
 /** asserts that fn throws (or p rejects) with an error carrying this code */
 async function throwsCode(t: Test, what: string, code: string, fn: () => unknown): Promise<void> {

@@ -11,7 +11,7 @@ function script(body: string): string {
   const dist = (p: string) => JSON.stringify('file://' + join(REPO, 'dist', 'src', p));
   return `
 import { openStore } from ${dist('backend/open-store.js')};
-import { K, decodeVolume, encodeVolume, FORMAT_VERSION } from ${dist('fs/schema.js')};
+import { K, decodeVolume, encodeVolume, FORMAT_VERSION } from ${dist('volume/schema.js')};
 const url = process.argv[1];
 const store = await openStore(url);
 try {

@@ -1,5 +1,5 @@
 /**
- * Space on the default LMDB store, through a real mount (src/backend/lmdb-space.ts, src/fs/volume-space.ts).
+ * Space on the default LMDB store, through a real mount (src/backend/lmdb-space.ts, src/volume/space.ts).
  *
  *  A. statfs: `df` of an LMDB volume shows the volume's own bytes as used (not the host disk's), a total no
  *     larger than what the disk under the store can still give plus the store's file, and used drops after rm.

@@ -22,7 +22,7 @@ import { fsBridge } from '../../../src/fs/fuse/fs-bridge.js';
 import { Session } from '../../../src/fs/fuse/session.js';
 import type { RawRequest } from '../../../src/fs/fuse/native-channel.js';
 import { ROOT_INO, type Ctx } from '../../../src/fs/types.js';
-import { formatVolume } from '../../../src/fs/volume.js';
+import { formatVolume } from '../../../src/volume/format.js';
 import { u16, u32, u64, zero } from '../../helpers/bytes.js';
 
 const OPENDIR = 27;

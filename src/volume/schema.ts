@@ -19,7 +19,7 @@
  *   w/<session>/<ino>      shared stores: this mount holds the file open (empty value)   collection w/<session>/
  *
  * Invariants:
- *  - every metadata change is one `commit` (src/fs/txn.ts); blobs are `put` before a commit references them.
+ *  - every metadata change is one `commit` (src/volume/txn.ts); blobs are `put` before a commit references them.
  *  - a chunk's blob holds at most the bytes of the chunk that lie below the file's size: reads past a blob's
  *    end inside the file are zeros (holes), and extending a file never exposes old bytes.
  *  - while an inode's `truncFrom` is non-zero, chunk entries at or above it are stale and are deleted before

@@ -1,8 +1,8 @@
 /**
- * statfs arithmetic for a volume (src/fs/volume-space.ts): pure.
+ * statfs arithmetic for a volume (src/volume/space.ts): pure.
  */
 import t from 'tap';
-import { STATFS_BLOCK, UNKNOWN_FREE, volumeSpace } from '../../src/fs/volume-space.js';
+import { STATFS_BLOCK, UNKNOWN_FREE, volumeSpace } from '../../src/volume/space.js';
 
 const MiB = 1 << 20;
 const B = STATFS_BLOCK;

@@ -20,7 +20,8 @@ import { mountLibfuse } from '../src/fs/fuse/libfuse-driver.js';
 import { mountNative, type NativeMount } from '../src/fs/fuse/native-driver.js';
 import { isKvfsMount, mountAt, mountHolding, unmount, UnmountError, type MountEntry } from '../src/fs/fuse/mount-table.js';
 import { K } from '../src/volume/schema.js';
-import { chunkSizeProblem, formatVolume, readVolume } from '../src/volume/format.js';
+import { humanBytes } from '../src/volume/limits.js';
+import { MIN_CAPACITY, MIN_INODES, chunkSizeProblem, configureVolume, formatVolume, readVolume } from '../src/volume/format.js';
 import { errnoName, fuseDeviceProblem, native } from '../src/native.js';
 import {
   daemonOf, holdersOf, isAlive, isStopped, lockStoreDir, processState, readRecord, removeRecord, writeRecord,
@@ -44,12 +45,33 @@ function dataDir(): string {
 
 const defaultStore = () => `local:${join(dataDir(), 'default')}`;
 
-/** "256K", "1M", "65536" -> bytes; undefined for anything else */
+/** "256K", "1M", "10G", "2T", "65536" -> bytes (binary units); undefined for anything else */
 function parseSize(s: string | number): number | undefined {
-  const m = /^(\d+)\s*([kmg]i?b?)?$/i.exec(String(s).trim());
+  const m = /^(\d+)\s*([kmgt]i?b?)?$/i.exec(String(s).trim());
   if (!m) return undefined;
   const unit = (m[2] ?? '').toLowerCase()[0];
-  return Number(m[1]) * (unit === 'k' ? 1024 : unit === 'm' ? 1 << 20 : unit === 'g' ? 1 << 30 : 1);
+  const n = Number(m[1]) * (unit === 'k' ? 2 ** 10 : unit === 'm' ? 2 ** 20 : unit === 'g' ? 2 ** 30 : unit === 't' ? 2 ** 40 : 1);
+  return Number.isSafeInteger(n) ? n : undefined;
+}
+
+/** --capacity: a size, or "none" (null: no quota); undefined when not given */
+function capacityArg(v: string | number | undefined): number | null | undefined {
+  if (v === undefined) return undefined;
+  if (String(v).trim().toLowerCase() === 'none') return null;
+  const n = parseSize(v);
+  if (n === undefined) fail(`bad capacity '${v}': give a size like 500M, 20G or 2T, or none`);
+  if (n! < MIN_CAPACITY) fail(`bad capacity '${v}': a volume's capacity is at least 1M`);
+  return n;
+}
+
+/** --inodes: a count, or "none" (null: no limit); undefined when not given */
+function inodesArg(v: string | number | undefined): number | null | undefined {
+  if (v === undefined) return undefined;
+  if (String(v).trim().toLowerCase() === 'none') return null;
+  const n = /^\d+$/.test(String(v).trim()) ? Number(v) : NaN;
+  if (!Number.isSafeInteger(n)) fail(`bad inode limit '${v}': give a whole number, or none`);
+  if (n < MIN_INODES) fail(`bad inode limit '${v}': a volume holds at least ${MIN_INODES} inodes`);
+  return n;
 }
 
 function chunkSizeArg(v: string | number | undefined): number | undefined {
@@ -114,8 +136,10 @@ async function withStore<T>(url: string, args: StoreArgs, fn: (s: KvStore) => Pr
 
 // ------------------------------------------------------------------ format
 
-async function format(argv: { store?: string; name?: string; chunkSize?: string } & StoreArgs): Promise<void> {
+async function format(argv: { store?: string; name?: string; chunkSize?: string; capacity?: string; inodes?: string } & StoreArgs): Promise<void> {
   const url = argv.store ?? defaultStore();
+  const capacity = capacityArg(argv.capacity) ?? undefined;
+  const inodeCapacity = inodesArg(argv.inodes) ?? undefined;
   // a Redis volume is named by its URL
   const name = argv.name ?? (isRedisUrl(url) ? parseRedisUrl(url).volume : undefined);
   const chunkSize = chunkSizeArg(argv.chunkSize);
@@ -140,8 +164,36 @@ async function format(argv: { store?: string; name?: string; chunkSize?: string 
     }
   }
   await withStore(url, argv, async (store) => {
-    const vol = await formatVolume(store, { name, chunkSize });
-    console.log(`kvfs: formatted ${describeStore(url)}: volume '${vol.name}', chunk size ${vol.chunkSize}`);
+    const vol = await formatVolume(store, { name, chunkSize, capacity, inodeCapacity });
+    console.log(`kvfs: formatted ${describeStore(url)}: volume '${vol.name}', chunk size ${vol.chunkSize}${limitsText(vol)}`);
+    printWarnings();
+  });
+}
+
+/** ", capacity 20.0 GiB, 100000 inodes" for the limits a volume has */
+function limitsText(v: { capacity?: number; inodeCapacity?: number }): string {
+  return (v.capacity !== undefined ? `, capacity ${humanBytes(v.capacity)}` : '') +
+    (v.inodeCapacity !== undefined ? `, at most ${v.inodeCapacity} inodes` : '');
+}
+
+// ------------------------------------------------------------------ config
+
+/** sets or removes a volume's quota; live mounts take it within a few seconds */
+async function config(argv: { store: string; capacity?: string; inodes?: string } & StoreArgs): Promise<void> {
+  const url = argv.store;
+  const capacity = capacityArg(argv.capacity);
+  const inodeCapacity = inodesArg(argv.inodes);
+  if (url.startsWith('memory:')) fail('a memory: volume lives in its daemon only: there is nothing to configure from here');
+  mustExist(url);
+  await withStore(url, argv, async (store) => {
+    const before = await readVolume(store).catch((e: unknown) => (e instanceof StoreError && e.code === 'NOVOLUME' ? fail(noVolume(url)) : Promise.reject(e)));
+    const vol = capacity === undefined && inodeCapacity === undefined ? before : await configureVolume(store, { capacity, inodeCapacity });
+    const used = await store.incr(K.byteCount, 0);
+    const inodes = await store.incr(K.inodeCount, 0);
+    console.log(`kvfs: volume '${vol.name}' in ${describeStore(url)}: ` +
+      `capacity ${vol.capacity !== undefined ? humanBytes(vol.capacity) : 'none (the store\'s room)'} (${humanBytes(used)} used), ` +
+      `inodes ${vol.inodeCapacity ?? 'no limit'} (${inodes} in use)`);
+    if (vol.capacity !== undefined && used > vol.capacity) console.log(`kvfs: the volume holds more than its capacity: new data is refused until files are deleted`);
     printWarnings();
   });
 }
@@ -300,7 +352,9 @@ async function mount(argv: MountArgs): Promise<void> {
       await formatVolume(store, { chunkSize });
       log(`formatted a new volume in ${describeStore(url)}`);
     }
-    fs = await Filesystem.open(store, { blobCacheBytes: argv.cacheMb << 20, writeBufferBytes: argv.writeBufferMb << 20 });
+    fs = await Filesystem.open(store, {
+      blobCacheBytes: argv.cacheMb << 20, writeBufferBytes: argv.writeBufferMb << 20, storeName: canonicalStoreUrl(url),
+    });
   } catch (e) {
     await store.close().catch(() => undefined);
     throw e;
@@ -506,6 +560,8 @@ async function volumeLines(store: KvStore, url: string): Promise<string[]> {
     `created:        ${new Date(vol.created).toISOString()}`,
     `inodes:         ${inodes}`,
     `bytes:          ${bytes}`,
+    `capacity:       ${vol.capacity ?? 'none'}`,
+    `inode limit:    ${vol.inodeCapacity ?? 'none'}`,
     ...(info.freeBytes !== undefined ? [`store free:     ${info.freeBytes}`] : []),
   ];
 }
@@ -691,10 +747,20 @@ async function main(args: string[]): Promise<void> {
       .positional('store', { type: 'string', describe: 'store URL (default: the per-user default store)' })
       .option('name', { type: 'string', describe: 'volume name ([A-Za-z0-9_-])' })
       .option('chunk-size', { type: 'string', describe: 'chunk size, a power of two from 4K to 64M (default 256K)' })
+      .option('capacity', { type: 'string', describe: 'the volume\'s quota of file data, e.g. 100G (default: none, the store\'s room)' })
+      .option('inodes', { type: 'string', describe: 'the most files, directories and links the volume may hold (default: no limit)' })
       .example('$0 format local:/srv/kvfs', 'format an LMDB store in /srv/kvfs')
       .example('$0 format local:./data --chunk-size 1M', 'with 1 MiB chunks')
-      .example('$0 format redis-cluster://10.0.0.1:7000/vol1', 'a volume named vol1 on a Redis Cluster'),
+      .example('$0 format redis-cluster://10.0.0.1:7000/vol1', 'a volume named vol1 on a Redis Cluster')
+      .example('$0 format local:/srv/kvfs --capacity 500G', 'with a quota: df shows 500G, writes past it get ENOSPC'),
     (a) => format(a as never))
+    .command('config <store>', 'show or change a volume\'s quota (mounted or not: mounts take it within 5 s)', (y) => y.options(STORE_OPTIONS)
+      .positional('store', { type: 'string', describe: 'store URL' })
+      .option('capacity', { type: 'string', describe: 'quota of file data, e.g. 100G, or none' })
+      .option('inodes', { type: 'string', describe: 'most inodes, or none' })
+      .example('$0 config local:/srv/kvfs --capacity 1T', 'raise the quota to 1 TiB')
+      .example('$0 config local:/srv/kvfs --capacity none', 'remove it'),
+    (a) => config(a as never))
     .command('mount <first> [second]', 'mount a volume: kvfs mount [STORE] MOUNTPOINT (a bare mountpoint mounts the default store, formatting it on first use)', (y) => y.options(MOUNT_OPTIONS)
       .positional('first', { type: 'string', describe: 'STORE URL, or the MOUNTPOINT when it is the only argument' })
       .positional('second', { type: 'string', describe: 'MOUNTPOINT' })

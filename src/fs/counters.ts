@@ -8,6 +8,8 @@ import type { KvStore } from '../backend/kv.js';
 
 export class Counters {
   private readonly pending = new Map<string, number>();
+  /** each counter's stored value as last seen (read or flushed), and when */
+  private readonly seen = new Map<string, { value: number; at: number }>();
   private timer: NodeJS.Timeout | undefined;
   private flushing: Promise<void> | undefined;
 
@@ -27,7 +29,16 @@ export class Counters {
 
   /** the stored value plus what this mount has not written yet */
   async read(key: string): Promise<number> {
-    return (await this.store.incr(key, 0)) + (this.pending.get(key) ?? 0);
+    const value = await this.store.incr(key, 0);
+    this.seen.set(key, { value, at: Date.now() });
+    return value + (this.pending.get(key) ?? 0);
+  }
+
+  /** as read, from the stored value seen within maxAgeMs when there is one (no store call) */
+  async recent(key: string, maxAgeMs: number): Promise<number> {
+    const s = this.seen.get(key);
+    if (s && Date.now() - s.at <= maxAgeMs) return s.value + (this.pending.get(key) ?? 0);
+    return this.read(key);
   }
 
   async flush(): Promise<void> {
@@ -38,7 +49,8 @@ export class Counters {
     this.flushing = (async () => {
       for (const [key, delta] of batch) {
         try {
-          await this.store.incr(key, delta);
+          const value = await this.store.incr(key, delta);
+          this.seen.set(key, { value, at: Date.now() });
         } catch (e) {
           this.pending.set(key, (this.pending.get(key) ?? 0) + delta);
           throw e;

@@ -75,6 +75,8 @@ export interface DataContext {
   storedChanged(ino: Ino): void;
   /** usage counters (batched) */
   counters: Counters;
+  /** NOSPACE when `bytes` more of file data would pass the volume's capacity (src/volume/limits.ts) */
+  admit(bytes: number): Promise<void>;
 }
 
 /**
@@ -686,6 +688,8 @@ export class FileData {
     const size = this.size;
     try {
       await Promise.all(batch.map((c) => this.prepare(c)));
+      // the volume's quota: new data is refused past it; a shrinking truncate only ever frees space
+      if (extra.truncFrom === undefined) await this.cx.admit(batch.reduce((n, c) => n + (c.slices ? lengthOf(c.slices) : c.length), 0));
       const puts: [string, Uint8Array][] = [];
       for (const c of batch) {
         if (c.blobId) puts.push([c.blobId, c.buf.subarray(0, c.length)]);

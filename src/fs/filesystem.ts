@@ -42,10 +42,13 @@ import {
 } from './types.js';
 import { readVolume, upgradeVolume } from '../volume/format.js';
 import { STATFS_BLOCK, volumeSpace } from '../volume/space.js';
+import { Limits, VOLUME_REFRESH_MS } from '../volume/limits.js';
 
 export { xattrStored } from './xattrs.js';
 
 const S_ISGID = 0o2000;
+/** how old the usage counters may be when a quota decides (a mount's own changes always count at once) */
+const USAGE_AGE_MS = 1000;
 const S_ISUID = 0o4000;
 
 export interface FsOptions {
@@ -53,6 +56,8 @@ export interface FsOptions {
   blobCacheBytes?: number;
   /** bytes of write-back buffers across all files before writes commit early (default 64 MiB) */
   writeBufferBytes?: number;
+  /** how users name the store (its URL), for the commands messages suggest */
+  storeName?: string;
 }
 
 export interface FsStats {
@@ -75,8 +80,11 @@ export interface FsStats {
 }
 
 export class Filesystem {
-  readonly volume: VolumeRecord;
+  private record: VolumeRecord;
   readonly session: string;
+  /** the volume's quota (src/volume/limits.ts), from its record as last read */
+  private readonly limits: Limits;
+  private refresher: NodeJS.Timeout | undefined;
   private readonly locks = new KeyedMutex();
   private inoNext = 0;
   private inoEnd = -1;
@@ -115,7 +123,8 @@ export class Filesystem {
   }
 
   private constructor(private readonly store: KvStore, volume: VolumeRecord, opts: FsOptions, shared: boolean, inProcess: boolean) {
-    this.volume = volume;
+    this.record = volume;
+    this.limits = new Limits(volume, opts.storeName ?? 'STORE');
     this.shared = shared;
     this.session = randomBytes(6).toString('base64url');
     this.blobs = new BlobCache(store, inProcess ? 0 : opts.blobCacheBytes ?? 64 << 20, inProcess);
@@ -133,6 +142,9 @@ export class Filesystem {
       newBlobId: () => `${this.session}.${(this.blobSeq++).toString(36)}`,
       kickJanitor: () => this.janitor.kick(),
       storedChanged: (ino) => this.onInodeChanged?.(ino),
+      admit: async (bytes) => {
+        if (this.limits.capacity !== undefined) this.limits.admitBytes(await this.counters.recent(K.byteCount, USAGE_AGE_MS), bytes);
+      },
     };
     this.vol = new Volume(store, {
       written: (tx, n) => {
@@ -173,11 +185,25 @@ export class Filesystem {
     const fs = new Filesystem(store, vol, opts, !!info.shared, inProcess);
     await fs.lifetime.start();
     fs.janitor.kick();
+    fs.refresher = setInterval(() => void fs.refreshVolume().catch(() => undefined), VOLUME_REFRESH_MS);
+    fs.refresher.unref?.();
     return fs;
+  }
+
+  /** the volume record as last read (its limits change under a mount: `kvfs config`) */
+  get volume(): VolumeRecord {
+    return this.record;
+  }
+
+  /** reads the volume record again: a quota set or changed by `kvfs config` applies from here */
+  async refreshVolume(): Promise<void> {
+    this.record = await readVolume(this.store);
+    this.limits.update(this.record);
   }
 
   /** Commits every open file and stops background work. The store stays open (the caller owns it). */
   async close(): Promise<void> {
+    clearInterval(this.refresher);
     await Promise.all([...this.handles.files.values()].map((f) => f.flush().catch(() => undefined)));
     // Shared stores: files still open here are released (the last user of an unlinked one removes it).
     await this.lifetime.stop();
@@ -266,6 +292,7 @@ export class Filesystem {
     extra: { rdev?: number; target?: string } = {}): Promise<Attr> {
     checkName(name);
     if (name === '.' || name === '..') throw fsErr('EEXIST');
+    if (this.limits.inodeCapacity !== undefined) this.limits.admitInode(await this.counters.recent(K.inodeCount, USAGE_AGE_MS));
     const ino = await this.allocIno();
     const n = await this.locks.with([parent], () => transact(this.store, (tx) => this.vol.addNode(tx, parent, name, (dir, t) => {
       let gid = ctx.gid;
@@ -469,14 +496,17 @@ export class Filesystem {
 
   // ------------------------------------------------------------------ the volume
 
-  /** space: the volume's bytes against what its store can hold (src/volume/space.ts); files: the volume's inodes */
+  /**
+   * space: the volume's bytes against its capacity, or what its store can hold (src/volume/space.ts); files: the
+   * volume's inodes against its inode limit
+   */
   async statfs(): Promise<StatFs> {
     const info = await this.store.info();
     const used = await this.counters.read(K.byteCount);
     const inodes = Math.max(0, await this.counters.read(K.inodeCount));
-    const maxFiles = 2 ** 30;
+    const maxFiles = this.limits.inodeCapacity ?? 2 ** 30;
     return {
-      bsize: STATFS_BLOCK, frsize: STATFS_BLOCK, ...volumeSpace(used, info),
+      bsize: STATFS_BLOCK, frsize: STATFS_BLOCK, ...volumeSpace(used, info, this.limits.capacity),
       files: maxFiles, ffree: Math.max(0, maxFiles - inodes), namemax: NAME_MAX,
     };
   }

@@ -18,6 +18,9 @@ export interface FormatOptions {
   /** owner of the root directory */
   uid?: number;
   gid?: number;
+  /** a quota: bytes of file data, and inodes (limits.ts) */
+  capacity?: number;
+  inodeCapacity?: number;
 }
 
 /** Checks a chunk size; returns an error message, or undefined when it is good. */
@@ -43,7 +46,8 @@ export async function formatVolume(store: KvStore, opts: FormatOptions = {}): Pr
   if (problem) throw new StoreError('INVALID', problem);
   const name = opts.name ?? 'kvfs';
   checkVolumeName(name);
-  const vol: VolumeRecord = { name, chunkSize, created: Date.now(), formatVersion: FORMAT_VERSION };
+  const limits = checkLimits({ capacity: opts.capacity, inodeCapacity: opts.inodeCapacity });
+  const vol: VolumeRecord = { name, chunkSize, created: Date.now(), formatVersion: FORMAT_VERSION, ...limits };
   const t = nowTs();
   const root = encodeInode({
     ino: ROOT_INO, version: 1, mode: 0o40755, nlink: 2, uid: opts.uid ?? process.getuid?.() ?? 0,
@@ -93,4 +97,52 @@ export async function upgradeVolume(store: KvStore, vol: VolumeRecord): Promise<
     if (await store.commit([{ key: K.volume, value: raw }], [{ key: K.volume, value: encodeVolume(next) }])) return next;
   }
   return vol;
+}
+
+/** the smallest quota a volume takes: one chunk of the largest size, and the root and a few files */
+export const MIN_CAPACITY = 1 << 20;
+export const MIN_INODES = 16;
+
+/** a change of a volume's limits: a number sets one, null removes it, absent keeps it */
+export interface LimitsChange {
+  capacity?: number | null;
+  inodeCapacity?: number | null;
+}
+
+/** checks limits (INVALID with what is wrong) and returns those set, without the removed ones */
+function checkLimits(l: LimitsChange): { capacity?: number; inodeCapacity?: number } {
+  const out: { capacity?: number; inodeCapacity?: number } = {};
+  if (l.capacity != null) {
+    if (!Number.isSafeInteger(l.capacity) || l.capacity < MIN_CAPACITY) {
+      throw new StoreError('INVALID', `bad capacity ${l.capacity}: a volume's capacity is at least ${MIN_CAPACITY} bytes (1M)`);
+    }
+    out.capacity = l.capacity;
+  }
+  if (l.inodeCapacity != null) {
+    if (!Number.isSafeInteger(l.inodeCapacity) || l.inodeCapacity < MIN_INODES) {
+      throw new StoreError('INVALID', `bad inode limit ${l.inodeCapacity}: a volume holds at least ${MIN_INODES} inodes`);
+    }
+    out.inodeCapacity = l.inodeCapacity;
+  }
+  return out;
+}
+
+/**
+ * Sets or removes a volume's quota (capacity in bytes, inodes). Mounts take the new limits within
+ * VOLUME_REFRESH_MS (limits.ts); what the volume already holds beyond a lowered limit stays, and only new data
+ * is refused. Returns the new record.
+ */
+export async function configureVolume(store: KvStore, change: LimitsChange): Promise<VolumeRecord> {
+  const set = checkLimits(change);
+  for (let attempt = 0; ; attempt++) {
+    if (attempt === 5) throw new StoreError('THROTTLED', 'the volume record kept changing while it was configured');
+    const raw = await store.get(K.volume);
+    if (!raw) throw new StoreError('NOVOLUME', 'the store holds no kvfs volume (run `kvfs format STORE` first)');
+    const next: VolumeRecord = { ...decodeVolume(raw) };
+    for (const f of ['capacity', 'inodeCapacity'] as const) {
+      if (change[f] === null) delete next[f];
+      else if (set[f] !== undefined) next[f] = set[f];
+    }
+    if (await store.commit([{ key: K.volume, value: raw }], [{ key: K.volume, value: encodeVolume(next) }])) return next;
+  }
 }

@@ -1,7 +1,7 @@
 /**
  * The volume's key schema and value encodings. This file is the one place that names keys.
  *
- *   v                      volume record, JSON: { name, chunkSize, created, formatVersion }
+ *   v                      volume record, JSON: { name, chunkSize, created, formatVersion, capacity?, inodeCapacity? }
  *   n/ino                  counter: highest inode number handed out (mounts take ranges of INO_BATCH)
  *   n/inodes               counter: live inodes
  *   n/bytes                counter: bytes held in live blobs
@@ -79,6 +79,10 @@ export interface VolumeRecord {
   chunkSize: number;
   created: number;
   formatVersion: number;
+  /** the volume's quota in bytes of file data (absent: none; the store's own room is the limit) */
+  capacity?: number;
+  /** the most inodes the volume may hold (absent: no limit of its own) */
+  inodeCapacity?: number;
 }
 
 export function encodeVolume(v: VolumeRecord): Uint8Array {
@@ -89,6 +93,9 @@ export function decodeVolume(b: Uint8Array): VolumeRecord {
   try {
     const v = JSON.parse(Buffer.from(b).toString('utf8')) as VolumeRecord;
     if (typeof v.chunkSize !== 'number' || typeof v.formatVersion !== 'number') throw new Error('fields missing');
+    for (const f of ['capacity', 'inodeCapacity'] as const) {
+      if (v[f] !== undefined && !(Number.isSafeInteger(v[f]) && v[f]! > 0)) throw new Error(`bad ${f} ${JSON.stringify(v[f])}`);
+    }
     return v;
   } catch (e) {
     throw new StoreError('CORRUPT', `the volume record cannot be read: ${(e as Error).message}`);

@@ -21,10 +21,11 @@ import { mountNative, type NativeMount } from '../src/fs/fuse/native-driver.js';
 import { isKvfsMount, mountAt, mountHolding, unmount, UnmountError, type MountEntry } from '../src/fs/fuse/mount-table.js';
 import { K } from '../src/volume/schema.js';
 import { humanBytes } from '../src/volume/limits.js';
+import { collectGarbage } from '../src/volume/gc.js';
 import { MIN_CAPACITY, MIN_INODES, chunkSizeProblem, configureVolume, formatVolume, readVolume } from '../src/volume/format.js';
 import { errnoName, fuseDeviceProblem, native } from '../src/native.js';
 import {
-  daemonOf, holdersOf, isAlive, isStopped, lockStoreDir, processState, readRecord, removeRecord, writeRecord,
+  daemonOf, holdersOf, isAlive, isStopped, lockStoreDir, unlockStoreDir, processState, readRecord, removeRecord, writeRecord,
   type DaemonRecord,
 } from './daemons.js';
 import { Lifecycle } from './lifecycle.js';
@@ -174,6 +175,47 @@ async function format(argv: { store?: string; name?: string; chunkSize?: string;
 function limitsText(v: { capacity?: number; inodeCapacity?: number }): string {
   return (v.capacity !== undefined ? `, capacity ${humanBytes(v.capacity)}` : '') +
     (v.inodeCapacity !== undefined ? `, at most ${v.inodeCapacity} inodes` : '');
+}
+
+// ------------------------------------------------------------------ gc
+
+/** collects a volume's garbage (src/volume/gc.ts): safe beside live mounts */
+async function gc(argv: { store: string; sweep?: boolean; dryRun?: boolean; grace: number } & StoreArgs): Promise<void> {
+  const url = argv.store;
+  if (url.startsWith('memory:')) fail('a memory: volume lives in its daemon only: its own janitor collects it');
+  if (!Number.isFinite(argv.grace) || argv.grace < 0) fail(`bad --grace '${argv.grace}': give seconds, 0 or more`);
+  mustExist(url);
+  // A local store serves one daemon at a time: when gc gets its lock, no mount runs, and every session is dead.
+  const dir = localStoreDir(url);
+  let lock: number | undefined;
+  if (dir) {
+    try {
+      lock = lockStoreDir(dir, { what: 'gc' });
+    } catch {
+      // mounted: gc runs beside the mount, and leaves what its live session may still commit
+    }
+  }
+  await withStore(url, argv, async (store) => {
+    await readVolume(store).catch((e: unknown) => (e instanceof StoreError && e.code === 'NOVOLUME' ? fail(noVolume(url)) : Promise.reject(e)));
+    let last = 0;
+    const r = await collectGarbage(store, {
+      dryRun: argv.dryRun, sweep: argv.sweep, graceMs: argv.grace * 1000, noLiveSessions: lock !== undefined,
+      progress: (phase, done, total) => {
+        const now = Date.now();
+        if (now - last < 2000) return;
+        last = now;
+        console.log(`kvfs gc: ${phase}: ${done}${total !== undefined ? ` of ${total}` : ''}`);
+      },
+    });
+    const verb = r.dryRun ? 'would remove' : 'removed';
+    console.log(`kvfs gc: ${r.dryRun ? 'dry run, nothing changed: ' : ''}` +
+      `orphans ${r.orphans}, dead sessions ${r.sessions}, purged inodes ${r.purged}, ` +
+      `queued blobs ${r.collected} (${humanBytes(r.collectedBytes)})` +
+      (argv.sweep ? `, leaked blobs ${r.leaked} (${humanBytes(r.leakedBytes)}) ${verb}` +
+        (r.leakedLive ? `, ${r.leakedLive} unreferenced blobs of live mounts left for later` : '') : ''));
+    console.log(`kvfs gc: ${JSON.stringify(r)}`);
+    printWarnings();
+  }).finally(() => { if (lock !== undefined) unlockStoreDir(lock); });
 }
 
 // ------------------------------------------------------------------ config
@@ -754,6 +796,13 @@ async function main(args: string[]): Promise<void> {
       .example('$0 format redis-cluster://10.0.0.1:7000/vol1', 'a volume named vol1 on a Redis Cluster')
       .example('$0 format local:/srv/kvfs --capacity 500G', 'with a quota: df shows 500G, writes past it get ENOSPC'),
     (a) => format(a as never))
+    .command('gc <store>', 'collect a volume\'s garbage: purge and GC queues, orphans of gone mounts; --sweep: blobs a crash left unreferenced (safe beside live mounts)', (y) => y.options(STORE_OPTIONS)
+      .positional('store', { type: 'string', describe: 'store URL' })
+      .option('sweep', { type: 'boolean', describe: 'also find blobs nothing references (left by a crash) and delete them' })
+      .option('dry-run', { type: 'boolean', describe: 'change nothing; report what would go' })
+      .option('grace', { type: 'number', default: 60, describe: 'seconds a leaked blob must stay unreferenced before --sweep deletes it' })
+      .example('$0 gc local:/srv/kvfs --sweep --dry-run', 'what a sweep would reclaim'),
+    (a) => gc(a as never))
     .command('config <store>', 'show or change a volume\'s quota (mounted or not: mounts take it within 5 s)', (y) => y.options(STORE_OPTIONS)
       .positional('store', { type: 'string', describe: 'store URL' })
       .option('capacity', { type: 'string', describe: 'quota of file data, e.g. 100G, or none' })

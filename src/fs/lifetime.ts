@@ -16,17 +16,13 @@ import { log } from '../log.js';
 import type { KvStore } from '../backend/kv.js';
 import { DELETE_BATCH } from '../volume/queues.js';
 import type { Drop, Volume } from '../volume/inodes.js';
-import { K, decodeInode, memberOf, type Inode } from '../volume/schema.js';
-import { scanPages } from '../volume/scan.js';
+import { K, decodeInode, type Inode } from '../volume/schema.js';
+import { SESSION_TTL_MS, Sessions } from '../volume/sessions.js';
 import { transact, type Txn } from '../volume/txn.js';
 import type { Ino } from './types.js';
 
-/** a mount's session record lives this long without a heartbeat */
-const SESSION_TTL_MS = 30_000;
 /** how long the orphans the kernel forgets gather before one commit removes them (queueReap) */
 const REAP_DELAY_MS = 20;
-/** the page size of the scans of sessions, orphans and open files */
-const PAGE = 256;
 
 export interface LifetimeContext {
   store: KvStore;
@@ -51,12 +47,19 @@ export class Lifetime {
   private beat: NodeJS.Timeout | undefined;
   private reaper: NodeJS.Timeout | undefined;
 
-  constructor(private readonly cx: LifetimeContext) {}
+  private readonly sessions: Sessions;
+
+  constructor(private readonly cx: LifetimeContext) {
+    this.sessions = new Sessions({
+      store: cx.store, vol: cx.vol, session: cx.session, shared: cx.shared,
+      inUse: (ino) => this.inUse(ino), kept: (ino) => this.orphans.add(ino),
+    });
+  }
 
   /** registers the session with a heartbeat and removes the orphans that ended mounts left */
   async start(): Promise<void> {
-    await this.heartbeat();
-    this.beat = setInterval(() => void this.heartbeat().catch(() => undefined), SESSION_TTL_MS / 3);
+    await this.sessions.heartbeat();
+    this.beat = setInterval(() => void this.sessions.heartbeat().catch(() => undefined), SESSION_TTL_MS / 3);
     this.beat.unref?.();
     // Mounts that ended without cleaning up (killed, machine lost) leave orphans: each live mount looks for
     // them once per session lifetime, so they go even when no new mount starts.
@@ -70,16 +73,12 @@ export class Lifetime {
     clearInterval(this.beat);
     clearInterval(this.reaper);
     await this.reapOrphanBatch(this.reapQueue.splice(0)).catch(() => undefined);
-    if (this.cx.shared) await this.releaseSession(this.cx.session).catch(() => undefined);
+    if (this.cx.shared) await this.sessions.releaseSession(this.cx.session).catch(() => undefined);
   }
 
   /** the session record goes (orphans still in use here go with it: the next mount reaps them) */
   async end(): Promise<void> {
     await this.cx.store.del([K.session(this.cx.session)]).catch(() => undefined);
-  }
-
-  private async heartbeat(): Promise<void> {
-    await this.cx.store.put(K.session(this.cx.session), Buffer.from(String(Date.now() + SESSION_TTL_MS)));
   }
 
   /** true while this mount must keep an inode: open here, or known to the kernel (lookup count > 0) */
@@ -93,7 +92,7 @@ export class Lifetime {
    * ends; on a shared store, while another mount holds it open, it stays (nlink 0) until the last release.
    */
   readonly drop: Drop = async (tx: Txn, n: Inode) => {
-    if (!this.inUse(n.ino) && (await this.openElsewhere(tx, n.ino))) {
+    if (!this.inUse(n.ino) && (await this.sessions.openElsewhere(tx, n.ino))) {
       this.cx.vol.put(tx, n);
       return;
     }
@@ -109,85 +108,19 @@ export class Lifetime {
     }
   };
 
-  /** whether another mount of a shared store holds ino open (its u/<ino> count), as read inside tx */
-  private async openElsewhere(tx: Txn, ino: Ino): Promise<boolean> {
-    return this.cx.shared && (await this.usersOf(tx, ino)) > 0;
-  }
-
-  /** shared stores: how many mounts hold ino open (u/<ino>), as read inside tx */
-  private async usersOf(tx: Txn, ino: Ino): Promise<number> {
-    const raw = await tx.get(K.users(ino));
-    return raw ? Number(Buffer.from(raw).toString()) || 0 : 0;
-  }
-
   /** shared stores: this mount holds ino open from this commit on (see releaseUse) */
-  async takeUse(tx: Txn, ino: Ino): Promise<void> {
-    tx.set(K.users(ino), Buffer.from(String((await this.usersOf(tx, ino)) + 1)));
-    tx.set(K.use(this.cx.session, ino), Buffer.alloc(0));
+  takeUse(tx: Txn, ino: Ino): Promise<void> {
+    return this.sessions.takeUse(tx, ino);
   }
 
-  /**
-   * Shared stores: one fewer mount (`session`) holds ino open. The mount that brings the count to 0 removes an
-   * inode with no links left, unless this mount's kernel still knows it (then it becomes this mount's orphan).
-   */
-  async releaseUse(session: string, ino: Ino): Promise<void> {
-    await transact(this.cx.store, async (tx) => {
-      if ((await tx.get(K.use(session, ino))) === undefined) return;
-      const left = (await this.usersOf(tx, ino)) - 1;
-      if (left > 0) tx.set(K.users(ino), Buffer.from(String(left)));
-      else tx.del(K.users(ino));
-      tx.del(K.use(session, ino));
-      const raw = left > 0 ? undefined : await tx.get(K.inode(ino));
-      if (!raw || decodeInode(ino, raw).nlink !== 0) return;
-      if (this.inUse(ino)) {
-        tx.set(K.orphan(ino), Buffer.from(this.cx.session));
-        tx.after.push(() => this.orphans.add(ino));
-      } else {
-        tx.del(K.orphan(ino));
-        await this.cx.vol.removeInode(tx, ino);
-      }
-    });
+  /** shared stores: one fewer mount holds ino open (sessions.ts) */
+  releaseUse(session: string, ino: Ino): Promise<void> {
+    return this.sessions.releaseUse(session, ino);
   }
 
-  /** Orphans whose mount is gone (no live session) are removed; those of live mounts are left alone. */
+  /** removes the orphans whose mount is gone (sessions.ts) */
   async reapOrphans(): Promise<void> {
-    if (this.cx.shared) await this.reapSessions();
-    for await (const page of scanPages(this.cx.store, K.orphanPrefix, PAGE)) {
-      for (const [key, owner] of page) {
-        const sid = Buffer.from(owner).toString();
-        const beat = await this.cx.store.get(K.session(sid));
-        if (sid === this.cx.session || (beat && Number(Buffer.from(beat).toString()) > Date.now())) continue;
-        const ino = Number(memberOf(key, K.orphanPrefix));
-        await transact(this.cx.store, async (tx) => {
-          tx.del(key);
-          const raw = await tx.get(K.inode(ino));
-          // on a shared store, a mount that still holds it open removes it at its release
-          if (raw && decodeInode(ino, raw).nlink === 0 && !(await this.openElsewhere(tx, ino))) this.cx.vol.queuePurge(tx, ino);
-        });
-        // (on a shared store reapSessions removes dead sessions, after releasing their open files)
-        if (beat && !this.cx.shared) await this.cx.store.del([K.session(sid)]);
-      }
-    }
-  }
-
-  /** Shared stores: releases every file a session holds open (w/<session>/). */
-  private async releaseSession(sid: string): Promise<void> {
-    for await (const page of scanPages(this.cx.store, K.usePrefix(sid), PAGE)) {
-      for (const [u] of page) await this.releaseUse(sid, Number(memberOf(u, K.usePrefix(sid))));
-    }
-  }
-
-  /** Shared stores: the open files of mounts whose session expired (killed, machine lost) are released. */
-  private async reapSessions(): Promise<void> {
-    for await (const page of scanPages(this.cx.store, K.sessionPrefix, PAGE)) {
-      for (const [key, beat] of page) {
-        const sid = memberOf(key, K.sessionPrefix);
-        if (sid === this.cx.session || Number(Buffer.from(beat).toString()) > Date.now()) continue;
-        await this.releaseSession(sid);
-        // its orphans (o/) go in reapOrphans, which finds no live session for them
-        await this.cx.store.del([key]);
-      }
-    }
+    await this.sessions.reapOrphans();
   }
 
   /** removes the orphans of this mount among inos that nothing uses any more, in one commit */
@@ -200,7 +133,7 @@ export class Lifetime {
         tx.del(K.orphan(ino));
         const raw = await tx.get(K.inode(ino));
         // on a shared store, another mount that holds it open removes it at its release (releaseUse)
-        if (raw && decodeInode(ino, raw).nlink === 0 && !(await this.openElsewhere(tx, ino))) await this.cx.vol.removeInode(tx, ino);
+        if (raw && decodeInode(ino, raw).nlink === 0 && !(await this.sessions.openElsewhere(tx, ino))) await this.cx.vol.removeInode(tx, ino);
       }
     });
   }

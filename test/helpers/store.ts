@@ -11,7 +11,7 @@ function script(body: string): string {
   const dist = (p: string) => JSON.stringify('file://' + join(REPO, 'dist', 'src', p));
   return `
 import { openStore } from ${dist('backend/open-store.js')};
-import { K, decodeVolume, encodeVolume, FORMAT_VERSION } from ${dist('volume/schema.js')};
+import { K, decodeChunk, decodeVolume, encodeVolume, entryBlobs, FORMAT_VERSION } from ${dist('volume/schema.js')};
 const url = process.argv[1];
 const store = await openStore(url);
 try {
@@ -51,4 +51,29 @@ export function readVolumeRecord(url: string): Promise<RunResult> {
 /** opens (and so creates) the store and closes it without writing a volume */
 export function createEmptyStore(url: string): Promise<RunResult> {
   return node(`  await store.sync();`, url);
+}
+
+/**
+ * Audits the blobs of a store directly (no mount may run on it): prints JSON { blobs, named, queued, unreferenced,
+ * unreferencedBytes }, where named are the blobs chunk maps name, queued those in the GC queue, and
+ * unreferenced those neither names.
+ */
+export function auditBlobs(url: string): Promise<RunResult> {
+  return node(
+    `  const named = new Set();
+  for (const k of await store.keys('c/')) {
+    const v = await store.get(k);
+    if (v) for (const b of entryBlobs(decodeChunk(v))) named.add(b.blobId);
+  }
+  const queued = new Set((await store.keys('g/')).map((k) => k.slice(2)));
+  const blobs = (await store.keys('b/')).map((k) => k.slice(2));
+  let unreferenced = 0, unreferencedBytes = 0;
+  for (const id of blobs) {
+    if (named.has(id) || queued.has(id)) continue;
+    unreferenced++;
+    unreferencedBytes += (await store.get('b/' + id))?.length ?? 0;
+  }
+  console.log(JSON.stringify({ blobs: blobs.length, named: named.size, queued: queued.size, unreferenced, unreferencedBytes }));`,
+    url,
+  );
 }

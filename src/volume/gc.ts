@@ -1,0 +1,151 @@
+/**
+ * Collecting a volume's garbage without a mount (`kvfs gc`), safe beside live mounts, on shared stores too.
+ *
+ *  1. Sessions: the orphans of mounts that are gone (files unlinked while open there) are removed, and on a
+ *     shared store the files dead sessions held open are released (sessions.ts).
+ *  2. The queues: every removed inode's chunk entries and xattrs are deleted, and every blob no chunk map names
+ *     any more (queues.ts), with the usage counters following.
+ *  3. Sweep (`sweep`): blobs that nothing names at all, neither a chunk map nor the GC queue: a commit that a
+ *     crash cut short after its blobs were written. A blob is taken only when its session (the writer named by
+ *     its id, `<session>.<n>`) is not live, so a live mount's commit in flight is never robbed; and only when it
+ *     is still unreferenced after `graceMs`, found by a second look at the chunk maps, so a mount that was
+ *     stalled past its session's expiry and committed meanwhile keeps its blob. Leaked blobs of a live session
+ *     wait for its end.
+ * On a local store whose daemon lock gc holds (no mount can run), every session is dead (`noLiveSessions`).
+ * `dryRun` changes nothing and reports what would go. Memory: the queues and sessions are walked a page at a
+ * time; the sweep holds the names of the volume's blob and chunk keys (KvStore.keys is not paged).
+ */
+import type { KvStore } from '../backend/kv.js';
+import { Queues } from './queues.js';
+import { K, decodeChunk, entryBlobs, memberOf } from './schema.js';
+import { scanPages } from './scan.js';
+import { Sessions } from './sessions.js';
+import { Volume } from './inodes.js';
+
+export interface GcOptions {
+  dryRun?: boolean;
+  sweep?: boolean;
+  /** how long a leaked blob must stay unreferenced before the sweep takes it (default 60 s) */
+  graceMs?: number;
+  /**
+   * no mount can be live (a local store whose daemon lock the caller holds): every session is dead, so the sweep
+   * need not wait for any
+   */
+  noLiveSessions?: boolean;
+  /** what the collector is doing, and how far it got (for a progress line or bar) */
+  progress?(phase: string, done: number, total?: number): void;
+}
+
+export interface GcReport {
+  dryRun: boolean;
+  /** orphans of gone mounts removed (found, in a dry run) */
+  orphans: number;
+  /** dead sessions whose open files were released (shared stores) */
+  sessions: number;
+  /** removed inodes whose chunks and xattrs were purged (queued, in a dry run) */
+  purged: number;
+  /** blobs of the GC queue deleted, and their bytes (queued, in a dry run) */
+  collected: number;
+  collectedBytes: number;
+  /** blobs nothing named, deleted by the sweep (found, in a dry run), and their bytes */
+  leaked: number;
+  leakedBytes: number;
+  /** unreferenced blobs of live sessions, left for later */
+  leakedLive: number;
+}
+
+const PAGE = 1024;
+/** leaked blobs read (to count their bytes) and deleted at once */
+const SWEEP_BATCH = 16;
+
+export async function collectGarbage(store: KvStore, opts: GcOptions = {}): Promise<GcReport> {
+  const dryRun = !!opts.dryRun;
+  const progress = opts.progress ?? (() => undefined);
+  const report: GcReport = {
+    dryRun, orphans: 0, sessions: 0, purged: 0, collected: 0, collectedBytes: 0, leaked: 0, leakedBytes: 0, leakedLive: 0,
+  };
+  const shared = !!(await store.info()).shared;
+  const vol = new Volume(store, { counted: (d) => void store.incr(K.inodeCount, d).catch(() => undefined) });
+  // a session of its own that never registers: every live mount's orphans are left alone
+  const sessions = new Sessions({ store, vol, session: `gc-${process.pid}-${Date.now()}`, shared, inUse: () => false, kept: () => undefined });
+
+  progress('sessions', 0);
+  if (dryRun) {
+    for await (const page of scanPages(store, K.orphanPrefix, PAGE)) {
+      for (const [, owner] of page) if (!(await sessions.isLive(Buffer.from(owner).toString()))) report.orphans++;
+    }
+    for await (const page of scanPages(store, K.purgePrefix, PAGE)) report.purged += page.length;
+    for await (const page of scanPages(store, K.gcPrefix, PAGE)) {
+      report.collected += page.length;
+      for (const [, v] of page) report.collectedBytes += Number(Buffer.from(v).toString()) || 0;
+    }
+  } else {
+    const reaped = await sessions.reapOrphans();
+    report.orphans = reaped.orphans;
+    report.sessions = reaped.sessions;
+    const queues = new Queues(store, {
+      purged: (n) => {
+        report.purged += n;
+        progress('purge', report.purged);
+      },
+      collected: (count, bytes) => {
+        report.collected += count;
+        report.collectedBytes += bytes;
+        progress('collect', report.collected);
+      },
+    });
+    await queues.drain();
+    if (report.purged) await store.incr(K.inodeCount, -report.purged);
+    if (report.collectedBytes) await store.incr(K.byteCount, -report.collectedBytes);
+  }
+  if (opts.sweep) await sweep(store, (sid) => (opts.noLiveSessions ? Promise.resolve(false) : sessions.isLive(sid)), opts.graceMs ?? 60_000, dryRun, report, progress);
+  return report;
+}
+
+/** the ids of the volume's blobs that neither a chunk map nor the GC queue names */
+async function unreferenced(store: KvStore, progress: (phase: string, done: number, total?: number) => void): Promise<string[]> {
+  const named = new Set<string>();
+  const chunkKeys = await store.keys('c/');
+  for (let i = 0; i < chunkKeys.length; i += PAGE) {
+    const vals = await store.getMany(chunkKeys.slice(i, i + PAGE));
+    for (const v of vals) if (v) for (const b of entryBlobs(decodeChunk(v))) named.add(b.blobId);
+    progress('chunk maps', Math.min(i + PAGE, chunkKeys.length), chunkKeys.length);
+  }
+  for await (const page of scanPages(store, K.gcPrefix, PAGE)) for (const [k] of page) named.add(memberOf(k, K.gcPrefix));
+  const blobs = await store.keys('b/');
+  return blobs.map((k) => memberOf(k, 'b/')).filter((id) => !named.has(id));
+}
+
+async function sweep(store: KvStore, sessionLive: (sid: string) => Promise<boolean>, graceMs: number, dryRun: boolean, report: GcReport,
+  progress: (phase: string, done: number, total?: number) => void): Promise<void> {
+  const live = new Map<string, boolean>();
+  const isLive = async (id: string): Promise<boolean> => {
+    const sid = id.slice(0, id.lastIndexOf('.'));
+    if (!live.has(sid)) live.set(sid, await sessionLive(sid));
+    return live.get(sid)!;
+  };
+  const candidates: string[] = [];
+  for (const id of await unreferenced(store, progress)) {
+    if (await isLive(id)) report.leakedLive++;
+    else candidates.push(id);
+  }
+  if (!candidates.length) return;
+  if (!dryRun && graceMs > 0) {
+    progress('grace', 0, graceMs);
+    await new Promise((r) => setTimeout(r, graceMs));
+  }
+  // a second look: what a commit named meanwhile stays, and so do blobs whose session came back
+  live.clear();
+  const still = dryRun ? new Set(candidates) : new Set(await unreferenced(store, progress));
+  const gone: string[] = [];
+  for (const id of candidates) if (still.has(id) && !(await isLive(id))) gone.push(id);
+  // a few at a time: their bytes are read to be counted (a blob may be a whole chunk)
+  for (let i = 0; i < gone.length; i += SWEEP_BATCH) {
+    const part = gone.slice(i, i + SWEEP_BATCH);
+    const vals = await store.getMany(part.map((id) => K.blob(id)));
+    for (const v of vals) if (v) report.leakedBytes += v.length;
+    if (!dryRun) await store.del(part.map((id) => K.blob(id)));
+    report.leaked += part.length;
+    progress('sweep', report.leaked, gone.length);
+  }
+}

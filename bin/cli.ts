@@ -22,6 +22,7 @@ import { isKvfsMount, mountAt, mountHolding, unmount, UnmountError, type MountEn
 import { K } from '../src/volume/schema.js';
 import { humanBytes } from '../src/volume/limits.js';
 import { collectGarbage } from '../src/volume/gc.js';
+import { fsck } from '../src/volume/fsck.js';
 import { MIN_CAPACITY, MIN_INODES, chunkSizeProblem, configureVolume, formatVolume, readVolume } from '../src/volume/format.js';
 import { errnoName, fuseDeviceProblem, native } from '../src/native.js';
 import {
@@ -216,6 +217,51 @@ async function gc(argv: { store: string; sweep?: boolean; dryRun?: boolean; grac
     console.log(`kvfs gc: ${JSON.stringify(r)}`);
     printWarnings();
   }).finally(() => { if (lock !== undefined) unlockStoreDir(lock); });
+}
+
+// ------------------------------------------------------------------ fsck
+
+/**
+ * checks a volume's invariants (src/volume/fsck.ts); exit status as e2fsck's: 0 clean, 1 problems found and all
+ * repaired, 4 problems left
+ */
+async function fsckCmd(argv: { store: string; repair?: boolean; json?: boolean } & StoreArgs): Promise<void> {
+  const url = argv.store;
+  if (url.startsWith('memory:')) fail('a memory: volume lives in its daemon only: there is nothing to check from here');
+  mustExist(url);
+  const dir = localStoreDir(url);
+  let lock: number | undefined;
+  if (dir) {
+    try {
+      lock = lockStoreDir(dir, { what: 'fsck' });
+    } catch (e) {
+      // a live mount changes the volume under the check: its report may show changes in flight
+      if (argv.repair) fail(`${(e as Error).message}; fsck --repair needs the volume unmounted`);
+    }
+  }
+  let left = 0;
+  let found = 0;
+  await withStore(url, argv, async (store) => {
+    await readVolume(store).catch((e: unknown) => (e instanceof StoreError && e.code === 'NOVOLUME' ? fail(noVolume(url)) : Promise.reject(e)));
+    let last = 0;
+    const r = await fsck(store, {
+      repair: argv.repair,
+      progress: (phase, done, total) => {
+        const now = Date.now();
+        if (now - last < 2000) return;
+        last = now;
+        console.log(`kvfs fsck: ${phase}: ${done}${total !== undefined ? ` of ${total}` : ''}`);
+      },
+    });
+    for (const p of r.problems) console.log(`kvfs fsck: ${p.kind}: ${p.what}${p.repaired ? ` [repaired: ${p.repaired}]` : ''}`);
+    found = r.problems.length;
+    left = r.problems.filter((p) => !p.repaired).length;
+    console.log(`kvfs fsck: ${r.inodes} inodes, ${r.entries} entries, ${r.chunks} chunk entries: ` +
+      (found === 0 ? 'clean' : `${found} problem(s), ${found - left} repaired, ${left} left`));
+    if (argv.json) console.log(JSON.stringify(r));
+    printWarnings();
+  }).finally(() => { if (lock !== undefined) unlockStoreDir(lock); });
+  if (found) process.exitCode = left ? 4 : 1;
 }
 
 // ------------------------------------------------------------------ config
@@ -803,6 +849,11 @@ async function main(args: string[]): Promise<void> {
       .option('grace', { type: 'number', default: 60, describe: 'seconds a leaked blob must stay unreferenced before --sweep deletes it' })
       .example('$0 gc local:/srv/kvfs --sweep --dry-run', 'what a sweep would reclaim'),
     (a) => gc(a as never))
+    .command('fsck <store>', 'check a volume\'s invariants (entries, link counts, chunk maps, blobs, counters); --repair fixes what it can. Exit 0: clean, 1: repaired, 4: problems left', (y) => y.options(STORE_OPTIONS)
+      .positional('store', { type: 'string', describe: 'store URL' })
+      .option('repair', { type: 'boolean', describe: 'fix what can be fixed (the volume must not be mounted), and say what was done' })
+      .option('json', { type: 'boolean', describe: 'also print the report as one JSON line' }),
+    (a) => fsckCmd(a as never))
     .command('config <store>', 'show or change a volume\'s quota (mounted or not: mounts take it within 5 s)', (y) => y.options(STORE_OPTIONS)
       .positional('store', { type: 'string', describe: 'store URL' })
       .option('capacity', { type: 'string', describe: 'quota of file data, e.g. 100G, or none' })
@@ -868,7 +919,7 @@ async function main(args: string[]): Promise<void> {
       .option('uninstall', { type: 'boolean', describe: 'remove the helper instead' })
       .option('dir', { type: 'string', default: '/usr/sbin', describe: 'where mount(8) looks for helpers' }),
     (a) => installHelper(a as never))
-    .demandCommand(1, 'name a command: format, mount, umount, status, stats, profile, log-level or install-helper')
+    .demandCommand(1, 'name a command: format, mount, umount, status, config, gc, fsck, stats, profile, log-level or install-helper')
     .strict()
     .help()
     .fail((msg, err) => {

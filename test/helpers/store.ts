@@ -11,7 +11,7 @@ function script(body: string): string {
   const dist = (p: string) => JSON.stringify('file://' + join(REPO, 'dist', 'src', p));
   return `
 import { openStore } from ${dist('backend/open-store.js')};
-import { K, decodeChunk, decodeVolume, encodeVolume, entryBlobs, FORMAT_VERSION } from ${dist('volume/schema.js')};
+import { K, decodeChunk, decodeDirent, decodeInode, decodeVolume, encodeChunk, encodeDirent, encodeInode, encodeVolume, entryBlobs, FORMAT_VERSION } from ${dist('volume/schema.js')};
 const url = process.argv[1];
 const store = await openStore(url);
 try {
@@ -76,4 +76,12 @@ export function auditBlobs(url: string): Promise<RunResult> {
   console.log(JSON.stringify({ blobs: blobs.length, named: named.size, queued: queued.size, unreferenced, unreferencedBytes }));`,
     url,
   );
+}
+
+/**
+ * Runs `body` against the store (no mount may run on it), with `store` and the schema's K, encode* and decode*
+ * in scope; what it prints is the result's stdout. For planting damage a mount cannot make.
+ */
+export function onStore(url: string, body: string): Promise<RunResult> {
+  return node(body, url);
 }

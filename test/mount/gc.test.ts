@@ -4,7 +4,8 @@
  *     that no chunk map names (commits cut short after their blobs were written): the raw store is audited
  *     before (test/helpers/store.ts auditBlobs, independent of gc's own code); `kvfs gc --sweep --dry-run`
  *     reports exactly them and changes nothing; `kvfs gc --sweep` deletes them (counts and bytes); the audit
- *     then finds no unreferenced blob; every file the writer fsynced reads back intact after a remount.
+ *     then finds no unreferenced blob; fsck reports after the crash with an exit status that says so, and is
+ *     clean after gc and fsck --repair; every file closed before the kill reads back intact after a remount.
  *     The crash is repeated (up to 6 times) until it leaves a leak, so the claim is never vacuous.
  *  2. Sweeps beside a live mount that is writing (the store's lock is the daemon's, so gc leaves the live
  *     session's blobs alone): many sweeps during a minute of writes and rewrites, then every file reads back.
@@ -108,6 +109,12 @@ t.test('kill -9 mid-write leaks blobs; gc --sweep reclaims exactly them; fsynced
   }
   t.ok(audit && audit.unreferenced > 0, `the kill left blobs no chunk map names: ${audit?.unreferenced} (${audit?.unreferencedBytes} bytes)`);
 
+  // fsck after the crash: what it finds (counters a kill cut short, say), and an exit status that says so
+  const fs1 = await kvfs(['fsck', url, '--json'], { dataDir, timeout: 120_000 });
+  const found = (JSON.parse(fs1.stdout.split('\n').find((l) => l.startsWith('{')) ?? '{"problems":null}') as { problems: { kind: string }[] | null }).problems;
+  t.ok(found !== null, 'fsck after the crash reports', { stdout: fs1.stdout, stderr: fs1.stderr });
+  t.equal(fs1.code, found?.length ? 4 : 0, `fsck's exit status (${fs1.code}) says whether it found problems: ${found?.map((p) => p.kind).join(', ') || 'none'}`);
+
   const dry = await kvfs(['gc', url, '--sweep', '--dry-run', '--grace', '0'], { dataDir, timeout: 120_000 });
   expectExit(t, dry, 'kvfs gc --sweep --dry-run');
   const d = report(dry.stdout);
@@ -127,6 +134,11 @@ t.test('kill -9 mid-write leaks blobs; gc --sweep reclaims exactly them; fsynced
   t.comment(`before: ${JSON.stringify(audit)}; after: ${JSON.stringify(after)}`);
   const again = report((await kvfs(['gc', url, '--sweep', '--dry-run', '--grace', '0'], { dataDir, timeout: 120_000 })).stdout);
   t.equal(again?.leaked, 0, 'a second dry run finds nothing');
+  const fs2 = await kvfs(['fsck', url, '--repair'], { dataDir, timeout: 120_000 });
+  t.ok(fs2.code === 0 || fs2.code === 1, `fsck --repair after gc repairs whatever is left (exit ${fs2.code})`, { stdout: fs2.stdout });
+  const fs3 = await kvfs(['fsck', url], { dataDir, timeout: 120_000 });
+  expectExit(t, fs3, 'fsck after gc and repair');
+  t.match(fs3.stdout, /: clean/, 'the volume is clean');
 
   await m.remount();
   const check = await run(PYTHON, ['-c', CHECK], { input: fsynced(survivors), timeout: 120_000 });

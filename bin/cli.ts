@@ -180,33 +180,53 @@ function limitsText(v: { capacity?: number; inodeCapacity?: number }): string {
 
 // ------------------------------------------------------------------ gc
 
+/**
+ * Runs a maintenance command on a volume: the store opened, its volume checked, and on a local store the daemon
+ * lock taken when no daemon holds it (`locked` then says no mount runs; `busy` is called when one does).
+ */
+async function onVolume(url: string, argv: StoreArgs, what: string, busy: (e: Error) => void,
+  fn: (store: KvStore, locked: boolean) => Promise<void>): Promise<void> {
+  mustExist(url);
+  const dir = localStoreDir(url);
+  let lock: number | undefined;
+  if (dir) {
+    try {
+      lock = lockStoreDir(dir, { what });
+    } catch (e) {
+      busy(e as Error);
+    }
+  }
+  try {
+    await withStore(url, argv, async (store) => {
+      await readVolume(store).catch((e: unknown) => (e instanceof StoreError && e.code === 'NOVOLUME' ? fail(noVolume(url)) : Promise.reject(e)));
+      await fn(store, lock !== undefined);
+      printWarnings();
+    });
+  } finally {
+    if (lock !== undefined) unlockStoreDir(lock);
+  }
+}
+
+/** a progress callback that prints "kvfs CMD: phase: done of total" every 2 s at most */
+function progressLines(cmd: string): (phase: string, done: number, total?: number) => void {
+  let last = 0;
+  return (phase, done, total) => {
+    const now = Date.now();
+    if (now - last < 2000) return;
+    last = now;
+    console.log(`kvfs ${cmd}: ${phase}: ${done}${total !== undefined ? ` of ${total}` : ''}`);
+  };
+}
+
 /** collects a volume's garbage (src/volume/gc.ts): safe beside live mounts */
 async function gc(argv: { store: string; sweep?: boolean; dryRun?: boolean; grace: number } & StoreArgs): Promise<void> {
   const url = argv.store;
   if (url.startsWith('memory:')) fail('a memory: volume lives in its daemon only: its own janitor collects it');
   if (!Number.isFinite(argv.grace) || argv.grace < 0) fail(`bad --grace '${argv.grace}': give seconds, 0 or more`);
-  mustExist(url);
-  // A local store serves one daemon at a time: when gc gets its lock, no mount runs, and every session is dead.
-  const dir = localStoreDir(url);
-  let lock: number | undefined;
-  if (dir) {
-    try {
-      lock = lockStoreDir(dir, { what: 'gc' });
-    } catch {
-      // mounted: gc runs beside the mount, and leaves what its live session may still commit
-    }
-  }
-  await withStore(url, argv, async (store) => {
-    await readVolume(store).catch((e: unknown) => (e instanceof StoreError && e.code === 'NOVOLUME' ? fail(noVolume(url)) : Promise.reject(e)));
-    let last = 0;
+  // mounted: gc runs beside the mount, and leaves what its live session may still commit
+  await onVolume(url, argv, 'gc', () => undefined, async (store, locked) => {
     const r = await collectGarbage(store, {
-      dryRun: argv.dryRun, sweep: argv.sweep, graceMs: argv.grace * 1000, noLiveSessions: lock !== undefined,
-      progress: (phase, done, total) => {
-        const now = Date.now();
-        if (now - last < 2000) return;
-        last = now;
-        console.log(`kvfs gc: ${phase}: ${done}${total !== undefined ? ` of ${total}` : ''}`);
-      },
+      dryRun: argv.dryRun, sweep: argv.sweep, graceMs: argv.grace * 1000, noLiveSessions: locked, progress: progressLines('gc'),
     });
     const verb = r.dryRun ? 'would remove' : 'removed';
     console.log(`kvfs gc: ${r.dryRun ? 'dry run, nothing changed: ' : ''}` +
@@ -215,8 +235,7 @@ async function gc(argv: { store: string; sweep?: boolean; dryRun?: boolean; grac
       (argv.sweep ? `, leaked blobs ${r.leaked} (${humanBytes(r.leakedBytes)}) ${verb}` +
         (r.leakedLive ? `, ${r.leakedLive} unreferenced blobs of live mounts left for later` : '') : ''));
     console.log(`kvfs gc: ${JSON.stringify(r)}`);
-    printWarnings();
-  }).finally(() => { if (lock !== undefined) unlockStoreDir(lock); });
+  });
 }
 
 // ------------------------------------------------------------------ fsck
@@ -228,39 +247,18 @@ async function gc(argv: { store: string; sweep?: boolean; dryRun?: boolean; grac
 async function fsckCmd(argv: { store: string; repair?: boolean; json?: boolean } & StoreArgs): Promise<void> {
   const url = argv.store;
   if (url.startsWith('memory:')) fail('a memory: volume lives in its daemon only: there is nothing to check from here');
-  mustExist(url);
-  const dir = localStoreDir(url);
-  let lock: number | undefined;
-  if (dir) {
-    try {
-      lock = lockStoreDir(dir, { what: 'fsck' });
-    } catch (e) {
-      // a live mount changes the volume under the check: its report may show changes in flight
-      if (argv.repair) fail(`${(e as Error).message}; fsck --repair needs the volume unmounted`);
-    }
-  }
   let left = 0;
   let found = 0;
-  await withStore(url, argv, async (store) => {
-    await readVolume(store).catch((e: unknown) => (e instanceof StoreError && e.code === 'NOVOLUME' ? fail(noVolume(url)) : Promise.reject(e)));
-    let last = 0;
-    const r = await fsck(store, {
-      repair: argv.repair,
-      progress: (phase, done, total) => {
-        const now = Date.now();
-        if (now - last < 2000) return;
-        last = now;
-        console.log(`kvfs fsck: ${phase}: ${done}${total !== undefined ? ` of ${total}` : ''}`);
-      },
-    });
+  // mounted: the check runs beside the mount (its report may show changes in flight); a repair does not
+  await onVolume(url, argv, 'fsck', (e) => { if (argv.repair) fail(`${e.message}; fsck --repair needs the volume unmounted`); }, async (store) => {
+    const r = await fsck(store, { repair: argv.repair, progress: progressLines('fsck') });
     for (const p of r.problems) console.log(`kvfs fsck: ${p.kind}: ${p.what}${p.repaired ? ` [repaired: ${p.repaired}]` : ''}`);
     found = r.problems.length;
     left = r.problems.filter((p) => !p.repaired).length;
     console.log(`kvfs fsck: ${r.inodes} inodes, ${r.entries} entries, ${r.chunks} chunk entries: ` +
       (found === 0 ? 'clean' : `${found} problem(s), ${found - left} repaired, ${left} left`));
     if (argv.json) console.log(JSON.stringify(r));
-    printWarnings();
-  }).finally(() => { if (lock !== undefined) unlockStoreDir(lock); });
+  });
   if (found) process.exitCode = left ? 4 : 1;
 }
 

@@ -7,6 +7,8 @@
  *     then finds no unreferenced blob; fsck reports after the crash with an exit status that says so, and is
  *     clean after gc and fsck --repair; every file closed before the kill reads back intact after a remount.
  *     The crash is repeated (up to 6 times) until it leaves a leak, so the claim is never vacuous.
+ *     The same on a 3-master Redis Cluster, where the sweep first leaves the killed mount's blobs alone (its
+ *     session is live until its heartbeat expires, 30 s) and then reclaims them.
  *  2. Sweeps beside a live mount that is writing (the store's lock is the daemon's, so gc leaves the live
  *     session's blobs alone): many sweeps during a minute of writes and rewrites, then every file reads back.
  *  3. Bad input: a store without a volume, a memory: store, a negative grace: one-line errors.
@@ -16,6 +18,9 @@ import { join } from 'node:path';
 import { expectCliError, expectExit } from '../helpers/assert.js';
 import { kvfs, mountKvfs, PYTHON, run, start, tempDir } from '../helpers/mount.js';
 import { auditBlobs } from '../helpers/store.js';
+import { RedisCluster, redisAvailable } from '../helpers/redis-cluster.js';
+
+const NO_PW = { KVFS_REDIS_PASSWORD: undefined, KVFS_REDIS_PASSWORD_FILE: undefined };
 
 t.setTimeout(300_000);
 
@@ -146,6 +151,64 @@ t.test('kill -9 mid-write leaks blobs; gc --sweep reclaims exactly them; fsynced
   const c = JSON.parse(check.stdout || '{}') as { files: number; bad: unknown[] };
   t.ok(c.files > 0, `the writers closed ${c.files} files`);
   t.same(c.bad, [], 'every one reads back intact after the sweep');
+  await m.unmount();
+});
+
+t.test('on a 3-master Redis Cluster: kill -9 mid-write, the sweep waits for the dead session, then reclaims', { skip: redisAvailable() ?? false }, async (t) => {
+  const cluster = await RedisCluster.start(t, { masters: 3 });
+  const url = cluster.url('gc');
+  const dataDir = tempDir(t, 'kvfs-test-gc-');
+  expectExit(t, await kvfs(['format', url], { dataDir, env: NO_PW }), 'format');
+  const m = await mountKvfs(t, { store: url, dataDir, env: NO_PW, args: ['--write-buffer-mb', '4'] });
+  let audit: Audit | undefined;
+  let survivors = '';
+  for (let round = 0; round < 6; round++) {
+    if (round > 0) await m.remount();
+    const started = await Promise.all([0, 1, 2].map(async (k) => {
+      const dir = join(m.mnt, `d${k}`);
+      await run('mkdir', ['-p', dir]);
+      return start(PYTHON, ['-c', WRITER, dir, String(40 + 3 * round + k)], { timeout: 120_000 });
+    }));
+    await new Promise((r) => setTimeout(r, 2000 + 500 * round));
+    await m.kill9();
+    for (const w of started) survivors += (await w.result).stdout;
+    expectExit(t, await kvfs(['umount', m.mnt], { dataDir, env: NO_PW }), `round ${round}: kvfs umount of the dead mount`);
+    audit = JSON.parse((await auditBlobs(url)).stdout || '{}') as Audit;
+    t.comment(`round ${round}: ${JSON.stringify(audit)}`);
+    if (audit.unreferenced > 0) break;
+  }
+  t.ok(audit && audit.unreferenced > 0, `the kill left blobs no chunk map names: ${audit?.unreferenced} (${audit?.unreferencedBytes} bytes)`);
+
+  // the killed mount's session is live until its heartbeat expires (30 s): the sweep leaves its blobs till then
+  const first = report((await kvfs(['gc', url, '--sweep', '--dry-run', '--grace', '0'], { dataDir, env: NO_PW, timeout: 120_000 })).stdout);
+  t.comment(`right after the kill: ${JSON.stringify(first)}`);
+  let dry: Report | undefined;
+  const until = Date.now() + 60_000;
+  for (;;) {
+    dry = report((await kvfs(['gc', url, '--sweep', '--dry-run', '--grace', '0'], { dataDir, env: NO_PW, timeout: 120_000 })).stdout);
+    if (dry?.leakedLive === 0 || Date.now() > until) break;
+    await new Promise((r) => setTimeout(r, 2000));
+  }
+  t.equal(dry?.leakedLive, 0, 'within a minute the dead session no longer counts as live');
+  t.equal(dry?.leaked, audit?.unreferenced, 'then the dry run finds exactly the unreferenced blobs', { report: dry });
+  const fs1 = await kvfs(['fsck', url], { dataDir, env: NO_PW, timeout: 120_000 });
+  t.ok(fs1.code === 0 || fs1.code === 4, `fsck after the crash: exit ${fs1.code}`, { stdout: fs1.stdout });
+  const real = report((await kvfs(['gc', url, '--sweep', '--grace', '0'], { dataDir, env: NO_PW, timeout: 120_000 })).stdout);
+  t.equal(real?.leaked, audit?.unreferenced, `gc deleted them: ${real?.leaked} blobs, ${real?.leakedBytes} bytes`);
+  const after = JSON.parse((await auditBlobs(url)).stdout || '{}') as Audit;
+  t.equal(after.unreferenced, 0, 'the cluster holds no blob that nothing references');
+  t.comment(`before: ${JSON.stringify(audit)}; after: ${JSON.stringify(after)}`);
+  const fs2 = await kvfs(['fsck', url, '--repair'], { dataDir, env: NO_PW, timeout: 120_000 });
+  t.ok(fs2.code === 0 || fs2.code === 1, `fsck --repair (exit ${fs2.code})`, { stdout: fs2.stdout });
+  const fs3 = await kvfs(['fsck', url], { dataDir, env: NO_PW, timeout: 120_000 });
+  expectExit(t, fs3, 'fsck after gc and repair');
+  t.match(fs3.stdout, /: clean/, 'the volume is clean');
+  await m.remount();
+  const check = await run(PYTHON, ['-c', CHECK], { input: fsynced(survivors), timeout: 120_000 });
+  expectExit(t, check, 'read back every file closed before the kills');
+  const c = JSON.parse(check.stdout || '{}') as { files: number; bad: unknown[] };
+  t.ok(c.files > 0, `the writers closed ${c.files} files`);
+  t.same(c.bad, [], 'every one reads back intact');
   await m.unmount();
 });
 

@@ -21,6 +21,7 @@ import { mountNative, type NativeMount } from '../src/fs/fuse/native-driver.js';
 import { isKvfsMount, mountAt, mountHolding, unmount, UnmountError, type MountEntry } from '../src/fs/fuse/mount-table.js';
 import { K } from '../src/volume/schema.js';
 import { humanBytes } from '../src/volume/limits.js';
+import cliProgress from 'cli-progress';
 import { collectGarbage } from '../src/volume/gc.js';
 import { fsck } from '../src/volume/fsck.js';
 import { MIN_CAPACITY, MIN_INODES, chunkSizeProblem, configureVolume, formatVolume, readVolume } from '../src/volume/format.js';
@@ -207,14 +208,41 @@ async function onVolume(url: string, argv: StoreArgs, what: string, busy: (e: Er
   }
 }
 
-/** a progress callback that prints "kvfs CMD: phase: done of total" every 2 s at most */
-function progressLines(cmd: string): (phase: string, done: number, total?: number) => void {
+/**
+ * A progress callback: on a terminal, a bar per phase (cli-progress) with counts and rate; otherwise a plain line
+ * "kvfs CMD: phase: done of total" every 2 s at most. `done()` ends the bar before the summary is printed.
+ */
+function progressReporter(cmd: string): { progress: (phase: string, done: number, total?: number) => void; done: () => void } {
+  if (process.stdout.isTTY) {
+    let bar: cliProgress.SingleBar | undefined;
+    let current = '';
+    const done = () => { bar?.stop(); bar = undefined; };
+    return {
+      done,
+      progress: (phase, n, total) => {
+        if (phase !== current || !bar) {
+          done();
+          current = phase;
+          bar = new cliProgress.SingleBar({
+            format: `kvfs ${cmd}: ${phase.padEnd(10)} {bar} {value}${total !== undefined ? '/{total} | {eta_formatted} left' : ''}`,
+            hideCursor: true, clearOnComplete: false,
+          }, cliProgress.Presets.shades_classic);
+          bar.start(total ?? Math.max(n, 1), n);
+        }
+        if (total === undefined) bar.setTotal(Math.max(n, 1));
+        bar.update(n);
+      },
+    };
+  }
   let last = 0;
-  return (phase, done, total) => {
-    const now = Date.now();
-    if (now - last < 2000) return;
-    last = now;
-    console.log(`kvfs ${cmd}: ${phase}: ${done}${total !== undefined ? ` of ${total}` : ''}`);
+  return {
+    done: () => undefined,
+    progress: (phase, n, total) => {
+      const now = Date.now();
+      if (now - last < 2000) return;
+      last = now;
+      console.log(`kvfs ${cmd}: ${phase}: ${n}${total !== undefined ? ` of ${total}` : ''}`);
+    },
   };
 }
 
@@ -225,9 +253,10 @@ async function gc(argv: { store: string; sweep?: boolean; dryRun?: boolean; grac
   if (!Number.isFinite(argv.grace) || argv.grace < 0) fail(`bad --grace '${argv.grace}': give seconds, 0 or more`);
   // mounted: gc runs beside the mount, and leaves what its live session may still commit
   await onVolume(url, argv, 'gc', () => undefined, async (store, locked) => {
+    const p = progressReporter('gc');
     const r = await collectGarbage(store, {
-      dryRun: argv.dryRun, sweep: argv.sweep, graceMs: argv.grace * 1000, noLiveSessions: locked, progress: progressLines('gc'),
-    });
+      dryRun: argv.dryRun, sweep: argv.sweep, graceMs: argv.grace * 1000, noLiveSessions: locked, progress: p.progress,
+    }).finally(p.done);
     const verb = r.dryRun ? 'would remove' : 'removed';
     console.log(`kvfs gc: ${r.dryRun ? 'dry run, nothing changed: ' : ''}` +
       `orphans ${r.orphans}, dead sessions ${r.sessions}, purged inodes ${r.purged}, ` +
@@ -251,7 +280,8 @@ async function fsckCmd(argv: { store: string; repair?: boolean; json?: boolean }
   let found = 0;
   // mounted: the check runs beside the mount (its report may show changes in flight); a repair does not
   await onVolume(url, argv, 'fsck', (e) => { if (argv.repair) fail(`${e.message}; fsck --repair needs the volume unmounted`); }, async (store) => {
-    const r = await fsck(store, { repair: argv.repair, progress: progressLines('fsck') });
+    const p = progressReporter('fsck');
+    const r = await fsck(store, { repair: argv.repair, progress: p.progress }).finally(p.done);
     for (const p of r.problems) console.log(`kvfs fsck: ${p.kind}: ${p.what}${p.repaired ? ` [repaired: ${p.repaired}]` : ''}`);
     found = r.problems.length;
     left = r.problems.filter((p) => !p.repaired).length;

@@ -16,7 +16,7 @@
 import t from 'tap';
 import { join } from 'node:path';
 import { expectCliError, expectExit } from '../helpers/assert.js';
-import { kvfs, mountKvfs, PYTHON, run, start, tempDir } from '../helpers/mount.js';
+import { kvfs, mountKvfs, PYTHON, REPO, run, start, tempDir } from '../helpers/mount.js';
 import { auditBlobs } from '../helpers/store.js';
 import { RedisCluster, redisAvailable } from '../helpers/redis-cluster.js';
 
@@ -251,4 +251,11 @@ t.test('gc: bad input is a one-line error', async (t) => {
   const ok = await kvfs(['gc', url], { dataDir });
   expectExit(t, ok, 'gc of a clean volume');
   t.match(ok.stdout, /orphans 0, dead sessions 0, purged inodes 0, queued blobs 0/, 'nothing to do on a clean volume');
+  t.notMatch(ok.stdout, /\x1b\[/, 'not on a terminal: plain lines, no escape sequences');
+  // on a terminal (script(1) gives it one): a progress bar
+  const tty = await run('script', ['-qec', `${process.execPath} ${join(REPO, 'bin', 'kvfs.js')} gc ${url} --sweep --grace 0`, '/dev/null'],
+    { env: { KVFS_DATA_DIR: dataDir }, timeout: 60_000 });
+  expectExit(t, tty, 'gc on a terminal');
+  t.match(tty.stdout, /kvfs gc: sessions\s+[\u2588\u2591]+ \d/, 'a progress bar is drawn', { out: tty.stdout.slice(0, 400) });
+  t.match(tty.stdout, /leaked blobs 0 \(0 B\) removed/, 'and the summary follows it');
 });

@@ -38,6 +38,7 @@ const TIERS = {
     req('C compiler for warm-memory and the ceiling', 'gcc'),
     req('C library headers', 'libc6-dev'),
     req('rclone for the bench\'s rclone mount target', 'rclone'),
+    req('GNU time for peak RSS (bench:volume-tools)', 'time'),
   ],
 };
 const ORDER = ['runtime', 'test', 'bench'];

@@ -220,7 +220,7 @@ t.test('sweeps beside a live mount that is writing never take what it commits', 
   const writer = start(PYTHON, ["-c", WRITER, m.mnt, "91"], { timeout: 120_000 });
   let sweeps = 0;
   let live = 0;
-  const until = Date.now() + 20_000;
+  const until = Date.now() + 8_000;
   while (Date.now() < until) {
     const g = await kvfs(['gc', url, '--sweep', '--grace', '0'], { dataDir, timeout: 120_000 });
     if (!expectExit(t, g, `sweep ${sweeps + 1} beside the mount`)) break;
@@ -231,7 +231,7 @@ t.test('sweeps beside a live mount that is writing never take what it commits', 
   }
   writer.kill();
   const w = await writer.result;
-  t.ok(sweeps >= 5, `${sweeps} sweeps ran while the mount wrote`);
+  t.ok(sweeps >= 3, `${sweeps} sweeps ran while the mount wrote`);
   t.comment(`unreferenced blobs of the live mount seen (left alone): ${live}`);
   const check = await run(PYTHON, ['-c', CHECK], { input: fsynced(w.stdout), timeout: 120_000 });
   expectExit(t, check, 'read back every file closed before the kill');

@@ -7,7 +7,8 @@
  *     then finds no unreferenced blob; fsck reports after the crash with an exit status that says so, and is
  *     clean after gc and fsck --repair; every file closed before the kill reads back intact after a remount.
  *     The crash is repeated (up to 6 times) until it leaves a leak, so the claim is never vacuous.
- *     The same on a 3-master Redis Cluster, where the sweep first leaves the killed mount's blobs alone (its
+ *     The same on a 3-master Redis Cluster (the kill falls while the metadata's master is paused with CLIENT PAUSE
+ *     WRITE, so commits wait while their blobs are written elsewhere), where the sweep first leaves the killed mount's blobs alone (its
  *     session is live until its heartbeat expires, 30 s) and then reclaims them.
  *  2. Sweeps beside a live mount that is writing (the store's lock is the daemon's, so gc leaves the live
  *     session's blobs alone): many sweeps during a minute of writes and rewrites, then every file reads back.
@@ -157,6 +158,7 @@ t.test('kill -9 mid-write leaks blobs; gc --sweep reclaims exactly them; fsynced
 t.test('on a 3-master Redis Cluster: kill -9 mid-write, the sweep waits for the dead session, then reclaims', { skip: redisAvailable() ?? false }, async (t) => {
   const cluster = await RedisCluster.start(t, { masters: 3 });
   const url = cluster.url('gc');
+  const ports = (await cluster.masters()).map((x) => x.port);
   const dataDir = tempDir(t, 'kvfs-test-gc-');
   expectExit(t, await kvfs(['format', url], { dataDir, env: NO_PW }), 'format');
   const m = await mountKvfs(t, { store: url, dataDir, env: NO_PW, args: ['--write-buffer-mb', '4'] });
@@ -169,8 +171,14 @@ t.test('on a 3-master Redis Cluster: kill -9 mid-write, the sweep waits for the 
       await run('mkdir', ['-p', dir]);
       return start(PYTHON, ['-c', WRITER, dir, String(40 + 3 * round + k)], { timeout: 120_000 });
     }));
-    await new Promise((r) => setTimeout(r, 2000 + 500 * round));
+    await new Promise((r) => setTimeout(r, 1500 + 500 * round));
+    // the metadata's master stops taking writes (a real server's CLIENT PAUSE): commits wait while the blobs of
+    // their chunks, on the other masters, are written; the kill then falls between a commit's blobs and the commit
+    const meta = await cluster.slotOwner(Number((await cluster.cli(ports[0]!, 'CLUSTER', 'KEYSLOT', 'gc')).trim()));
+    await cluster.cli(meta, 'CLIENT', 'PAUSE', '5000', 'WRITE');
+    await new Promise((r) => setTimeout(r, 1000));
     await m.kill9();
+    await cluster.cli(meta, 'CLIENT', 'UNPAUSE');
     for (const w of started) survivors += (await w.result).stdout;
     expectExit(t, await kvfs(['umount', m.mnt], { dataDir, env: NO_PW }), `round ${round}: kvfs umount of the dead mount`);
     audit = JSON.parse((await auditBlobs(url)).stdout || '{}') as Audit;

@@ -14,14 +14,15 @@
  *     session's blobs alone): many sweeps during a minute of writes and rewrites, then every file reads back.
  *  3. Bad input: a store without a volume, a memory: store, a negative grace: one-line errors.
  */
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { join } from 'node:path';
 import { expectCliError, expectExit } from '../helpers/assert.js';
-import { kvfs, mountKvfs, PYTHON, REPO, run, start, tempDir } from '../helpers/mount.js';
+import { kvfs, mountKvfs, PYTHON, REPO, run, start, tempDir, type Mounted } from '../helpers/mount.js';
 import { auditBlobs } from '../helpers/store.js';
 import { RedisCluster, redisAvailable } from '../helpers/redis-cluster.js';
 
 const NO_PW = { KVFS_REDIS_PASSWORD: undefined, KVFS_REDIS_PASSWORD_FILE: undefined };
+type Env = Record<string, string | undefined>;
 
 t.setTimeout(300_000);
 
@@ -87,33 +88,63 @@ function fsynced(stdout: string): string {
   return [...last.values()].filter(Boolean).join('\n');
 }
 
+/**
+ * Crashes the mount (kill -9 while three writers, in their own directories, keep commits under way) until the
+ * crash leaves blobs no chunk map names (six rounds at most; the writers run firstMs, then 500 ms more each round). `beforeKill` runs just before each kill and returns
+ * what to undo after it. Returns the last audit of the raw store and every writer's output.
+ */
+async function crashUntilLeak(t: Test, m: Mounted, url: string, dataDir: string, env: Env, seed: number, firstMs: number,
+  beforeKill: () => Promise<() => Promise<void>>): Promise<{ audit: Audit | undefined; survivors: string }> {
+  let audit: Audit | undefined;
+  let survivors = '';
+  for (let round = 0; round < 6; round++) {
+    if (round > 0) await m.remount();
+    const started = await Promise.all([0, 1, 2].map(async (k) => {
+      const dir = join(m.mnt, `d${k}`);
+      await run('mkdir', ['-p', dir]);
+      return start(PYTHON, ['-c', WRITER, dir, String(seed + 3 * round + k)], { timeout: 120_000 });
+    }));
+    await new Promise((r) => setTimeout(r, firstMs + 500 * round));
+    const undo = await beforeKill();
+    await m.kill9();
+    await undo();
+    for (const w of started) survivors += (await w.result).stdout;
+    expectExit(t, await kvfs(['umount', m.mnt], { dataDir, env }), `round ${round}: kvfs umount of the dead mount`);
+    const a = await auditBlobs(url);
+    expectExit(t, a, `round ${round}: audit the raw store`);
+    audit = JSON.parse(a.stdout || '{}') as Audit;
+    t.comment(`round ${round}: ${JSON.stringify(audit)}`);
+    if (audit.unreferenced > 0) break;
+  }
+  t.ok(audit && audit.unreferenced > 0, `the kill left blobs no chunk map names: ${audit?.unreferenced} (${audit?.unreferencedBytes} bytes)`);
+  return { audit, survivors };
+}
+
+/** fsck --repair repairs whatever is left (exit 0 or 1), then fsck finds the volume clean */
+async function repairedClean(t: Test, url: string, dataDir: string, env: Env): Promise<void> {
+  const fixed = await kvfs(['fsck', url, '--repair'], { dataDir, env, timeout: 120_000 });
+  t.ok(fixed.code === 0 || fixed.code === 1, `fsck --repair repairs whatever is left (exit ${fixed.code})`, { stdout: fixed.stdout });
+  const after = await kvfs(['fsck', url], { dataDir, env, timeout: 120_000 });
+  expectExit(t, after, 'fsck after gc and repair');
+  t.match(after.stdout, /: clean/, 'the volume is clean');
+}
+
+/** every file the writers' output shows closed (and not cut off since) reads back with its sha256 */
+async function readBack(t: Test, writerOutput: string, what: string): Promise<void> {
+  const check = await run(PYTHON, ['-c', CHECK], { input: fsynced(writerOutput), timeout: 120_000 });
+  expectExit(t, check, `read back every file closed ${what}`);
+  const c = JSON.parse(check.stdout || '{}') as { files: number; bad: unknown[] };
+  t.ok(c.files > 0, `the writers closed ${c.files} files`);
+  t.same(c.bad, [], 'every one reads back intact');
+}
+
 t.test('kill -9 mid-write leaks blobs; gc --sweep reclaims exactly them; fsynced files intact', async (t) => {
   const dataDir = tempDir(t, 'kvfs-test-gc-');
   const url = `local:${join(dataDir, 'vol')}`;
   expectExit(t, await kvfs(['format', url], { dataDir }), 'format');
   // small write-back buffers: commits are frequent, so a kill often falls between a commit's blobs and the commit
   const m = await mountKvfs(t, { store: url, dataDir, args: ['--write-buffer-mb', '4'] });
-  let audit: Audit | undefined;
-  let survivors = '';
-  for (let round = 0; round < 6; round++) {
-    if (round > 0) await m.remount();
-    // three writers in their own directories, so that some commit is nearly always under way
-    const writers = [0, 1, 2].map((k) => {
-      const dir = join(m.mnt, `d${k}`);
-      return run('mkdir', ['-p', dir]).then(() => start(PYTHON, ['-c', WRITER, dir, String(70 + 3 * round + k)], { timeout: 120_000 }));
-    });
-    const started = await Promise.all(writers);
-    await new Promise((r) => setTimeout(r, 2000 + 500 * round));
-    await m.kill9();
-    for (const w of started) survivors += (await w.result).stdout;
-    expectExit(t, await kvfs(['umount', m.mnt], { dataDir }), `round ${round}: kvfs umount of the dead mount`);
-    const a = await auditBlobs(url);
-    expectExit(t, a, `round ${round}: audit the raw store`);
-    audit = JSON.parse(a.stdout) as Audit;
-    t.comment(`round ${round}: ${JSON.stringify(audit)}`);
-    if (audit.unreferenced > 0) break;
-  }
-  t.ok(audit && audit.unreferenced > 0, `the kill left blobs no chunk map names: ${audit?.unreferenced} (${audit?.unreferencedBytes} bytes)`);
+  const { audit, survivors } = await crashUntilLeak(t, m, url, dataDir, {}, 70, 2000, async () => async () => undefined);
 
   // fsck after the crash: what it finds (counters a kill cut short, say), and an exit status that says so
   const fs1 = await kvfs(['fsck', url, '--json'], { dataDir, timeout: 120_000 });
@@ -140,18 +171,10 @@ t.test('kill -9 mid-write leaks blobs; gc --sweep reclaims exactly them; fsynced
   t.comment(`before: ${JSON.stringify(audit)}; after: ${JSON.stringify(after)}`);
   const again = report((await kvfs(['gc', url, '--sweep', '--dry-run', '--grace', '0'], { dataDir, timeout: 120_000 })).stdout);
   t.equal(again?.leaked, 0, 'a second dry run finds nothing');
-  const fs2 = await kvfs(['fsck', url, '--repair'], { dataDir, timeout: 120_000 });
-  t.ok(fs2.code === 0 || fs2.code === 1, `fsck --repair after gc repairs whatever is left (exit ${fs2.code})`, { stdout: fs2.stdout });
-  const fs3 = await kvfs(['fsck', url], { dataDir, timeout: 120_000 });
-  expectExit(t, fs3, 'fsck after gc and repair');
-  t.match(fs3.stdout, /: clean/, 'the volume is clean');
+  await repairedClean(t, url, dataDir, {});
 
   await m.remount();
-  const check = await run(PYTHON, ['-c', CHECK], { input: fsynced(survivors), timeout: 120_000 });
-  expectExit(t, check, 'read back every file closed before the kill');
-  const c = JSON.parse(check.stdout || '{}') as { files: number; bad: unknown[] };
-  t.ok(c.files > 0, `the writers closed ${c.files} files`);
-  t.same(c.bad, [], 'every one reads back intact after the sweep');
+  await readBack(t, survivors, 'before the kills');
   await m.unmount();
 });
 
@@ -162,30 +185,14 @@ t.test('on a 3-master Redis Cluster: kill -9 mid-write, the sweep waits for the 
   const dataDir = tempDir(t, 'kvfs-test-gc-');
   expectExit(t, await kvfs(['format', url], { dataDir, env: NO_PW }), 'format');
   const m = await mountKvfs(t, { store: url, dataDir, env: NO_PW, args: ['--write-buffer-mb', '4'] });
-  let audit: Audit | undefined;
-  let survivors = '';
-  for (let round = 0; round < 6; round++) {
-    if (round > 0) await m.remount();
-    const started = await Promise.all([0, 1, 2].map(async (k) => {
-      const dir = join(m.mnt, `d${k}`);
-      await run('mkdir', ['-p', dir]);
-      return start(PYTHON, ['-c', WRITER, dir, String(40 + 3 * round + k)], { timeout: 120_000 });
-    }));
-    await new Promise((r) => setTimeout(r, 1500 + 500 * round));
-    // the metadata's master stops taking writes (a real server's CLIENT PAUSE): commits wait while the blobs of
-    // their chunks, on the other masters, are written; the kill then falls between a commit's blobs and the commit
-    const meta = await cluster.slotOwner(Number((await cluster.cli(ports[0]!, 'CLUSTER', 'KEYSLOT', 'gc')).trim()));
+  // Just before each kill the metadata's master stops taking writes (a real server's CLIENT PAUSE): commits wait
+  // while the blobs of their chunks, on the other masters, are written; the kill falls between them.
+  const meta = await cluster.slotOwner(Number((await cluster.cli(ports[0]!, 'CLUSTER', 'KEYSLOT', 'gc')).trim()));
+  const { audit, survivors } = await crashUntilLeak(t, m, url, dataDir, NO_PW, 40, 1500, async () => {
     await cluster.cli(meta, 'CLIENT', 'PAUSE', '5000', 'WRITE');
     await new Promise((r) => setTimeout(r, 1000));
-    await m.kill9();
-    await cluster.cli(meta, 'CLIENT', 'UNPAUSE');
-    for (const w of started) survivors += (await w.result).stdout;
-    expectExit(t, await kvfs(['umount', m.mnt], { dataDir, env: NO_PW }), `round ${round}: kvfs umount of the dead mount`);
-    audit = JSON.parse((await auditBlobs(url)).stdout || '{}') as Audit;
-    t.comment(`round ${round}: ${JSON.stringify(audit)}`);
-    if (audit.unreferenced > 0) break;
-  }
-  t.ok(audit && audit.unreferenced > 0, `the kill left blobs no chunk map names: ${audit?.unreferenced} (${audit?.unreferencedBytes} bytes)`);
+    return async () => void await cluster.cli(meta, 'CLIENT', 'UNPAUSE');
+  });
 
   // the killed mount's session is live until its heartbeat expires (30 s): the sweep leaves its blobs till then
   const first = report((await kvfs(['gc', url, '--sweep', '--dry-run', '--grace', '0'], { dataDir, env: NO_PW, timeout: 120_000 })).stdout);
@@ -206,17 +213,9 @@ t.test('on a 3-master Redis Cluster: kill -9 mid-write, the sweep waits for the 
   const after = JSON.parse((await auditBlobs(url)).stdout || '{}') as Audit;
   t.equal(after.unreferenced, 0, 'the cluster holds no blob that nothing references');
   t.comment(`before: ${JSON.stringify(audit)}; after: ${JSON.stringify(after)}`);
-  const fs2 = await kvfs(['fsck', url, '--repair'], { dataDir, env: NO_PW, timeout: 120_000 });
-  t.ok(fs2.code === 0 || fs2.code === 1, `fsck --repair (exit ${fs2.code})`, { stdout: fs2.stdout });
-  const fs3 = await kvfs(['fsck', url], { dataDir, env: NO_PW, timeout: 120_000 });
-  expectExit(t, fs3, 'fsck after gc and repair');
-  t.match(fs3.stdout, /: clean/, 'the volume is clean');
+  await repairedClean(t, url, dataDir, NO_PW);
   await m.remount();
-  const check = await run(PYTHON, ['-c', CHECK], { input: fsynced(survivors), timeout: 120_000 });
-  expectExit(t, check, 'read back every file closed before the kills');
-  const c = JSON.parse(check.stdout || '{}') as { files: number; bad: unknown[] };
-  t.ok(c.files > 0, `the writers closed ${c.files} files`);
-  t.same(c.bad, [], 'every one reads back intact');
+  await readBack(t, survivors, 'before the kills');
   await m.unmount();
 });
 
@@ -241,11 +240,7 @@ t.test('sweeps beside a live mount that is writing never take what it commits', 
   const w = await writer.result;
   t.ok(sweeps >= 3, `${sweeps} sweeps ran while the mount wrote`);
   t.comment(`unreferenced blobs of the live mount seen (left alone): ${live}`);
-  const check = await run(PYTHON, ['-c', CHECK], { input: fsynced(w.stdout), timeout: 120_000 });
-  expectExit(t, check, 'read back every file closed before the kill');
-  const c = JSON.parse(check.stdout || '{}') as { files: number; bad: unknown[] };
-  t.ok(c.files > 0, `${c.files} files written meanwhile`);
-  t.same(c.bad, [], 'every one reads back intact');
+  await readBack(t, w.stdout, 'while gc swept');
   await m.unmount();
 });
 

@@ -345,6 +345,7 @@ interface MountArgs extends StoreArgs {
   writebackCache?: boolean;
   debugBuffers?: boolean;
   requestTimeout: number;
+  sessionTtl: number;
   logFile?: string;
   metrics?: string;
 }
@@ -371,6 +372,7 @@ const MOUNT_OPTIONS = {
   'write-buffer-mb': { type: 'number', default: 64, describe: 'MiB of write-back buffers before writes commit early' },
   'attr-timeout': { type: 'number', describe: 'seconds the kernel caches attributes (default 1 on a shared store, 3600 on a local or memory one; 0 with --driver libfuse; a directory\'s 1 at most)' },
   'entry-timeout': { type: 'number', describe: 'seconds the kernel caches names (default 1 on a shared store, 3600 on a local or memory one; 1 with --driver libfuse)' },
+  'session-ttl': { type: 'number', default: 30, describe: 'seconds this mount counts as live after its last heartbeat: what a killed mount leaves (files unlinked while open) is reclaimed after it' },
   'debug': { type: 'boolean', describe: 'log every FUSE request' },
   ...STORE_OPTIONS,
 } as const;
@@ -415,6 +417,7 @@ async function mount(argv: MountArgs): Promise<void> {
   inRange('attr-timeout', argv.attrTimeout, 0, 86400);
   inRange('entry-timeout', argv.entryTimeout, 0, 86400);
   inRange('request-timeout', argv.requestTimeout, 0, 86400);
+  inRange('session-ttl', argv.sessionTtl, 3, 86400);
   let metricsAt: { host: string; port: number } | undefined;
   try {
     metricsAt = argv.metrics === undefined ? undefined : parseListenAddress(argv.metrics);
@@ -469,7 +472,7 @@ async function mount(argv: MountArgs): Promise<void> {
       log(`formatted a new volume in ${describeStore(url)}`);
     }
     fs = await Filesystem.open(store, {
-      blobCacheBytes: argv.cacheMb << 20, writeBufferBytes: argv.writeBufferMb << 20, storeName: canonicalStoreUrl(url),
+      blobCacheBytes: argv.cacheMb << 20, writeBufferBytes: argv.writeBufferMb << 20, sessionTtlMs: argv.sessionTtl * 1000, storeName: canonicalStoreUrl(url),
     });
   } catch (e) {
     await store.close().catch(() => undefined);

@@ -58,6 +58,8 @@ export interface FsOptions {
   writeBufferBytes?: number;
   /** how users name the store (its URL), for the commands messages suggest */
   storeName?: string;
+  /** how long this mount's session outlives its last heartbeat: a killed mount's orphans wait this long (default 30 s) */
+  sessionTtlMs?: number;
 }
 
 export interface FsStats {
@@ -159,7 +161,7 @@ export class Filesystem {
       counted: (delta) => this.counters.add(K.inodeCount, delta),
     });
     this.lifetime = new Lifetime({
-      store, vol: this.vol, session: this.session, shared,
+      store, vol: this.vol, session: this.session, shared, sessionTtlMs: opts.sessionTtlMs,
       openRefs: (ino) => this.handles.refs(ino),
       unlinkedWhileOpen: (ino) => this.handles.unlinked(ino),
       forgotten: (ino) => this.published.retractAttr(ino),

@@ -28,6 +28,8 @@ export interface LifetimeContext {
   store: KvStore;
   vol: Volume;
   session: string;
+  /** how long this mount's session record lives without a heartbeat (default SESSION_TTL_MS) */
+  sessionTtlMs?: number;
   shared: boolean;
   /** handles this mount holds open on ino */
   openRefs(ino: Ino): number;
@@ -51,7 +53,7 @@ export class Lifetime {
 
   constructor(private readonly cx: LifetimeContext) {
     this.sessions = new Sessions({
-      store: cx.store, vol: cx.vol, session: cx.session, shared: cx.shared,
+      store: cx.store, vol: cx.vol, session: cx.session, shared: cx.shared, ttlMs: cx.sessionTtlMs,
       inUse: (ino) => this.inUse(ino), kept: (ino) => this.orphans.add(ino),
     });
   }
@@ -59,11 +61,12 @@ export class Lifetime {
   /** registers the session with a heartbeat and removes the orphans that ended mounts left */
   async start(): Promise<void> {
     await this.sessions.heartbeat();
-    this.beat = setInterval(() => void this.sessions.heartbeat().catch(() => undefined), SESSION_TTL_MS / 3);
+    const ttl = this.cx.sessionTtlMs ?? SESSION_TTL_MS;
+    this.beat = setInterval(() => void this.sessions.heartbeat().catch(() => undefined), ttl / 3);
     this.beat.unref?.();
     // Mounts that ended without cleaning up (killed, machine lost) leave orphans: each live mount looks for
     // them once per session lifetime, so they go even when no new mount starts.
-    this.reaper = setInterval(() => void this.reapOrphans().catch(() => undefined), SESSION_TTL_MS);
+    this.reaper = setInterval(() => void this.reapOrphans().catch(() => undefined), ttl);
     this.reaper.unref?.();
     await this.reapOrphans();
   }

@@ -4,7 +4,8 @@
  * count of mounts holding each inode open (u/<ino>, one w/<session>/<ino> each).
  *
  * Contract:
- *  - A session is live while its record's expiry lies ahead; a mount renews it every SESSION_TTL_MS / 3.
+ *  - A session is live while its record's expiry lies ahead; a mount renews it every third of its TTL (ttlMs,
+ *    SESSION_TTL_MS unless the mount chose another). The record holds the expiry, so mounts with other TTLs agree.
  *  - The orphans of sessions that are not live are removed by whoever reaps (any mount, or `kvfs gc`); on a
  *    shared store a dead session's open files are released first, and the inode goes with the last holder.
  *  - `inUse(ino)` says whether the caller itself still needs an inode (a mount: open, or known to its kernel);
@@ -17,7 +18,7 @@ import { scanPages } from './scan.js';
 import { transact, type Txn } from './txn.js';
 import type { Ino } from './types.js';
 
-/** a mount's session record lives this long without a heartbeat */
+/** a mount's session record lives this long without a heartbeat (the default of `kvfs mount --session-ttl`) */
 export const SESSION_TTL_MS = 30_000;
 /** the page size of the scans of sessions, orphans and open files */
 const PAGE = 256;
@@ -27,6 +28,8 @@ export interface SessionsContext {
   vol: Volume;
   /** the caller's own session id (its orphans are its own business) */
   session: string;
+  /** how long the caller's record lives without a heartbeat (default SESSION_TTL_MS) */
+  ttlMs?: number;
   shared: boolean;
   inUse(ino: Ino): boolean;
   /** ino became the caller's orphan (it was in use when its last link or holder went) */
@@ -38,7 +41,7 @@ export class Sessions {
 
   /** renews the caller's session record */
   async heartbeat(): Promise<void> {
-    await this.cx.store.put(K.session(this.cx.session), Buffer.from(String(Date.now() + SESSION_TTL_MS)));
+    await this.cx.store.put(K.session(this.cx.session), Buffer.from(String(Date.now() + (this.cx.ttlMs ?? SESSION_TTL_MS))));
   }
 
   /** whether session sid is live (its record's expiry lies ahead) */

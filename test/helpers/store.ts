@@ -5,7 +5,7 @@
  */
 import { join } from 'node:path';
 import { REPO } from './mount.js';
-import { run, type RunResult } from './run.js';
+import { run, start, type RunResult } from './run.js';
 
 function script(body: string): string {
   const dist = (p: string) => JSON.stringify('file://' + join(REPO, 'dist', 'src', p));
@@ -84,4 +84,25 @@ export function auditBlobs(url: string): Promise<RunResult> {
  */
 export function onStore(url: string, body: string): Promise<RunResult> {
   return node(body, url);
+}
+
+/**
+ * Holds the write lock of the LMDB environment in directory `dir` from another process (LMDB's own lock, shared
+ * by every process that opens the environment) for `ms` milliseconds: a daemon's next write transaction waits for
+ * it, as a Redis master's writes wait under CLIENT PAUSE WRITE. Resolves once the lock is held; `done` once it is
+ * released.
+ */
+export async function holdLmdbWriteLock(dir: string, ms: number): Promise<{ done: Promise<RunResult> }> {
+  const body = `
+import { open } from 'lmdb';
+const db = open({ path: process.argv[1], noSubdir: false, encoding: 'binary' });
+db.transactionSync(() => {
+  console.log('held');
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, Number(process.argv[2]));
+});
+await db.close();`;
+  const s = start(process.execPath, ['--input-type=module', '-e', body, dir, String(ms)], { cwd: REPO, timeout: ms + 30_000 });
+  s.end();
+  await s.waitFor(/^held$/, 20_000);
+  return { done: s.result };
 }

@@ -214,6 +214,8 @@ t.test('mount: option values out of range are refused before anything is mounted
     [['--write-buffer-mb', '0'], /write-buffer-mb/],
     [['--attr-timeout', '-1'], /attr-timeout/],
     [['--request-timeout', 'soon'], /request-timeout/],
+    [['--session-ttl', '1'], /bad --session-ttl 1: give a number from 3 to 86400/],
+    [['--session-ttl', 'forever'], /bad --session-ttl: not a number/],
     [['--chunk-size', '3000'], /chunk size/],
   ];
   for (const [args, msg] of cases) {

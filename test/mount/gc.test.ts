@@ -6,10 +6,12 @@
  *     reports exactly them and changes nothing; `kvfs gc --sweep` deletes them (counts and bytes); the audit
  *     then finds no unreferenced blob; fsck reports after the crash with an exit status that says so, and is
  *     clean after gc and fsck --repair; every file closed before the kill reads back intact after a remount.
- *     The crash is repeated (up to 6 times) until it leaves a leak, so the claim is never vacuous.
- *     The same on a 3-master Redis Cluster (the kill falls while the metadata's master is paused with CLIENT PAUSE
- *     WRITE, so commits wait while their blobs are written elsewhere), where the sweep first leaves the killed mount's blobs alone (its
- *     session is live until its heartbeat expires, 30 s) and then reclaims them.
+ *     The kill falls while the daemon writes a 32 MiB file and another process holds LMDB's write lock, so the
+ *     blobs are written and the commit that would name them waits (crashUntilLeak); the crash is repeated (up to 6
+ *     times) until it leaves a leak, so the claim is never vacuous. The same on a 3-master Redis Cluster (the kill
+ *     falls while the metadata's master is paused with CLIENT PAUSE WRITE, so commits wait while their blobs are
+ *     written to the other masters), where the sweep first leaves the killed mount's blobs alone (its session is
+ *     live until its heartbeat expires: --session-ttl 12) and then reclaims them.
  *  2. Sweeps beside a live mount that is writing (the store's lock is the daemon's, so gc leaves the live
  *     session's blobs alone): many sweeps during a minute of writes and rewrites, then every file reads back.
  *  3. Bad input: a store without a volume, a memory: store, a negative grace: one-line errors.
@@ -18,7 +20,7 @@ import t, { type Test } from 'tap';
 import { join } from 'node:path';
 import { expectCliError, expectExit } from '../helpers/assert.js';
 import { kvfs, mountKvfs, PYTHON, REPO, run, start, tempDir, type Mounted } from '../helpers/mount.js';
-import { auditBlobs } from '../helpers/store.js';
+import { auditBlobs, holdLmdbWriteLock } from '../helpers/store.js';
 import { RedisCluster, redisAvailable } from '../helpers/redis-cluster.js';
 
 const NO_PW = { KVFS_REDIS_PASSWORD: undefined, KVFS_REDIS_PASSWORD_FILE: undefined };
@@ -88,13 +90,33 @@ function fsynced(stdout: string): string {
   return [...last.values()].filter(Boolean).join('\n');
 }
 
+// Holds a file open in DIR (created and committed first), prints "ready", and on a line on stdin writes 32 MiB
+// into it in 1 MiB writes: far past the mount's write-back budget, so the daemon puts blobs and commits them.
+const BIG_WRITER = String.raw`
+import os, sys
+f = os.open(os.path.join(sys.argv[1], "big"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+os.fsync(f)
+print("ready", flush=True)
+sys.stdin.readline()
+block = os.urandom(1 << 20)
+try:
+    for i in range(32):
+        os.write(f, block)
+    os.fsync(f)
+except OSError:
+    pass
+`;
+
 /**
- * Crashes the mount (kill -9 while three writers, in their own directories, keep commits under way) until the
- * crash leaves blobs no chunk map names (six rounds at most; the writers run firstMs, then 500 ms more each round). `beforeKill` runs just before each kill and returns
- * what to undo after it. Returns the last audit of the raw store and every writer's output.
+ * Crashes the mount until the crash leaves blobs no chunk map names (six rounds at most). Each round three
+ * writers, in their own directories, write for firstMs; then they are stopped (SIGSTOP) and `block` makes the
+ * store hold back commits (LMDB: another process takes its write lock; Redis: the metadata's master is paused);
+ * a fourth writer then writes 32 MiB into a file it opened before: the daemon puts the blobs of its chunks and
+ * waits in the commit that would name them, and the kill -9 falls there. `block` returns its undo. Returns the
+ * last audit of the raw store and every writer's output (for the read back).
  */
 async function crashUntilLeak(t: Test, m: Mounted, url: string, dataDir: string, env: Env, seed: number, firstMs: number,
-  beforeKill: () => Promise<() => Promise<void>>): Promise<{ audit: Audit | undefined; survivors: string }> {
+  block: () => Promise<() => Promise<void>>): Promise<{ audit: Audit | undefined; survivors: string }> {
   let audit: Audit | undefined;
   let survivors = '';
   for (let round = 0; round < 6; round++) {
@@ -104,11 +126,19 @@ async function crashUntilLeak(t: Test, m: Mounted, url: string, dataDir: string,
       await run('mkdir', ['-p', dir]);
       return start(PYTHON, ['-c', WRITER, dir, String(seed + 3 * round + k)], { timeout: 120_000 });
     }));
-    await new Promise((r) => setTimeout(r, firstMs + 500 * round));
-    const undo = await beforeKill();
+    const big = start(PYTHON, ['-c', BIG_WRITER, m.mnt], { timeout: 120_000 });
+    await big.waitFor(/^ready$/, 30_000);
+    await new Promise((r) => setTimeout(r, firstMs));
+    for (const w of started) w.kill('SIGSTOP');
+    await new Promise((r) => setTimeout(r, 300)); // the requests they had under way are answered
+    const undo = await block();
+    big.write('go\n');
+    await new Promise((r) => setTimeout(r, 1500));
     await m.kill9();
     await undo();
+    for (const w of started) w.kill('SIGCONT');
     for (const w of started) survivors += (await w.result).stdout;
+    await big.result;
     expectExit(t, await kvfs(['umount', m.mnt], { dataDir, env }), `round ${round}: kvfs umount of the dead mount`);
     const a = await auditBlobs(url);
     expectExit(t, a, `round ${round}: audit the raw store`);
@@ -142,9 +172,13 @@ t.test('kill -9 mid-write leaks blobs; gc --sweep reclaims exactly them; fsynced
   const dataDir = tempDir(t, 'kvfs-test-gc-');
   const url = `local:${join(dataDir, 'vol')}`;
   expectExit(t, await kvfs(['format', url], { dataDir }), 'format');
-  // small write-back buffers: commits are frequent, so a kill often falls between a commit's blobs and the commit
+  // small write-back buffers: commits are frequent. Before each kill another process takes LMDB's write lock
+  // (LMDB's own, shared by every process that opens the environment): the daemon's next commit waits for it.
   const m = await mountKvfs(t, { store: url, dataDir, args: ['--write-buffer-mb', '4'] });
-  const { audit, survivors } = await crashUntilLeak(t, m, url, dataDir, {}, 70, 2000, async () => async () => undefined);
+  const { audit, survivors } = await crashUntilLeak(t, m, url, dataDir, {}, 70, 2000, async () => {
+    const lock = await holdLmdbWriteLock(join(dataDir, 'vol'), 3000);
+    return async () => void await lock.done;
+  });
 
   // fsck after the crash: what it finds (counters a kill cut short, say), and an exit status that says so
   const fs1 = await kvfs(['fsck', url, '--json'], { dataDir, timeout: 120_000 });
@@ -184,19 +218,21 @@ t.test('on a 3-master Redis Cluster: kill -9 mid-write, the sweep waits for the 
   const ports = (await cluster.masters()).map((x) => x.port);
   const dataDir = tempDir(t, 'kvfs-test-gc-');
   expectExit(t, await kvfs(['format', url], { dataDir, env: NO_PW }), 'format');
-  const m = await mountKvfs(t, { store: url, dataDir, env: NO_PW, args: ['--write-buffer-mb', '4'] });
+  // sessions of 12 s (not 30): the killed session is still live at the first sweep (a heartbeat every 4 s leaves
+  // it at least 8 s), and the wait for it to expire is short
+  const m = await mountKvfs(t, { store: url, dataDir, env: NO_PW, args: ['--write-buffer-mb', '4', '--session-ttl', '12'] });
   // Just before each kill the metadata's master stops taking writes (a real server's CLIENT PAUSE): commits wait
   // while the blobs of their chunks, on the other masters, are written; the kill falls between them.
   const meta = await cluster.slotOwner(Number((await cluster.cli(ports[0]!, 'CLUSTER', 'KEYSLOT', 'gc')).trim()));
   const { audit, survivors } = await crashUntilLeak(t, m, url, dataDir, NO_PW, 40, 1500, async () => {
     await cluster.cli(meta, 'CLIENT', 'PAUSE', '5000', 'WRITE');
-    await new Promise((r) => setTimeout(r, 1000));
     return async () => void await cluster.cli(meta, 'CLIENT', 'UNPAUSE');
   });
 
-  // the killed mount's session is live until its heartbeat expires (30 s): the sweep leaves its blobs till then
+  // the killed mount's session is live until its heartbeat expires: the sweep leaves its blobs till then
   const first = report((await kvfs(['gc', url, '--sweep', '--dry-run', '--grace', '0'], { dataDir, env: NO_PW, timeout: 120_000 })).stdout);
-  t.comment(`right after the kill: ${JSON.stringify(first)}`);
+  t.ok(first && first.leaked === 0 && first.leakedLive === audit?.unreferenced,
+    `right after the kill the sweep leaves the dead mount's ${first?.leakedLive} blobs alone: its session may still be live`, { report: first });
   let dry: Report | undefined;
   const until = Date.now() + 60_000;
   for (;;) {

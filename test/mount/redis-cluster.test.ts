@@ -355,7 +355,8 @@ t.test('two mounts of one volume: close-to-open, names within the entry timeout,
   const cluster = await RedisCluster.start(t, { masters: 3 });
   const volume = 'shared';
   const { url } = await formatVolume(t, cluster, volume);
-  const args = ['--entry-timeout', '1', '--attr-timeout', '1'];
+  // sessions of 6 s (not 30): the killed mount's orphans go within ~12 s, so the test need not wait a minute
+  const args = ['--entry-timeout', '1', '--attr-timeout', '1', '--session-ttl', '6'];
   const mount = () => mountKvfs(t, { store: url, dataDir: tempDir(t, 'kvfs-test-data-'), args });
   const A = await mount();
   const B = await mount();
@@ -491,23 +492,23 @@ t.test('two mounts of one volume: close-to-open, names within the entry timeout,
     }
   });
 
-  // ---- the orphans of the killed mount C go: its session expires 30 s after its last heartbeat, and each
-  // live mount reaps orphans every 30 s
+  // ---- the orphans of the killed mount C go: its session expires 6 s (--session-ttl) after its last heartbeat,
+  // and each live mount reaps orphans every 6 s
   const goneAfter = new Map<string, number>();
-  while (goneAfter.size < held.length && Date.now() - killedAt < 75_000) {
+  while (goneAfter.size < held.length && Date.now() - killedAt < 45_000) {
     for (const h of held) if (!goneAfter.has(h.name) && (await blobsLeft(h.blobs)) === 0) goneAfter.set(h.name, Date.now() - killedAt);
     if (goneAfter.size < held.length) await sleep(1000);
   }
   for (const h of held) {
     const took = goneAfter.get(h.name);
     t.ok(took !== undefined, `${h.name}: its blobs are removed by the live mounts after C was killed ` +
-      `(${took === undefined ? 'not within 75 s' : `${secs(took)} after the kill`}; blobs left at the kill: ${h.atKill})`);
+      `(${took === undefined ? 'not within 45 s' : `${secs(took)} after the kill`}; blobs left at the kill: ${h.atKill})`);
     // where the clean-up stands in the store: orphan record, inode, purge queue entry, first chunk entry
     const state: string[] = [];
     for (const k of ['o', 'i', 'p']) state.push(`${k}/${h.ino}: ${await cluster.cli(metaOwner, 'EXISTS', `kvfs:{${volume}}:${k}/${h.ino}`)}`);
     state.push(`c/${h.ino}/00000000: ${await cluster.cli(metaOwner, 'EXISTS', `kvfs:{${volume}}:c/${h.ino}/00000000`)}`);
     t.comment(`orphan ${h.name} (unlinked on ${h.by}): ${h.atKill} of 4 blobs left at kill -9 of C; all gone ` +
-      `${took === undefined ? 'not within 75 s' : `${secs(took)} after it`}; keys now: ${state.join(', ')}`);
+      `${took === undefined ? 'not within 45 s' : `${secs(took)} after it`}; keys now: ${state.join(', ')}`);
   }
 
   await a.close();

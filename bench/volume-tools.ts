@@ -9,7 +9,7 @@
  * tool runs once as its own process under /usr/bin/time -v (peak RSS: "Maximum resident set size"), and the
  * report says seconds, files/s and peak RSS. Saved to bench/out/VOLTOOLS-<date>.md.
  */
-import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -72,14 +72,38 @@ async function build(): Promise<number> {
   return (performance.now() - t0) / 1000;
 }
 
-interface Measured { seconds: number; rssMiB: number; exit: number | null; tail: string }
+interface Measured { seconds: number; rssMiB: number; anonMiB: number; fileMiB: number; exit: number | null; tail: string }
 
+/**
+ * Runs a kvfs command under /usr/bin/time -v (its peak RSS: "Maximum resident set size") and samples the node
+ * process's /proc/PID/status every 20 ms for the peaks of RssAnon (the heap, buffers) and RssFile (mapped file
+ * pages: LMDB's data file, which a walk maps page by page; the kernel drops them under memory pressure).
+ */
 async function measure(argv: string[]): Promise<Measured> {
+  const peaks = { anon: 0, file: 0 };
+  let stop = false;
+  const sampler = (async () => {
+    while (!stop) {
+      for (const pid of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
+        try {
+          const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+          if (!cmd.startsWith(process.execPath + '\0') || !cmd.includes(argv.join('\0'))) continue;
+          const st = readFileSync(`/proc/${pid}/status`, 'utf8');
+          const kb = (name: string) => Number(new RegExp(`${name}:\\s+(\\d+)`).exec(st)?.[1] ?? 0);
+          peaks.anon = Math.max(peaks.anon, kb('RssAnon'));
+          peaks.file = Math.max(peaks.file, kb('RssFile'));
+        } catch { /* gone */ }
+      }
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  })();
   const r = await run('/usr/bin/time', ['-v', process.execPath, kvfsBin, ...argv], { timeoutMs: 3_600_000 });
+  stop = true;
+  await sampler;
   const rss = Number(/Maximum resident set size \(kbytes\): (\d+)/.exec(r.stderr)?.[1] ?? NaN) / 1024;
   const wall = /Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (?:(\d+):)?(\d+):([\d.]+)/.exec(r.stderr);
   const seconds = wall ? Number(wall[1] ?? 0) * 3600 + Number(wall[2]) * 60 + Number(wall[3]) : NaN;
-  return { seconds, rssMiB: rss, exit: r.code, tail: r.stdout.trim().split('\n').slice(-2).join(' / ') };
+  return { seconds, rssMiB: rss, anonMiB: peaks.anon / 1024, fileMiB: peaks.file / 1024, exit: r.code, tail: r.stdout.trim().split('\n').slice(-2).join(' / ') };
 }
 
 try {
@@ -93,10 +117,10 @@ try {
   const lines = [
     `# kvfs gc and fsck on ${files} small files (${stamp(new Date())}, ${gitVersion()})`, '',
     `Volume: local: (LMDB), ${files} files of 100 bytes in directories of ${perDir}, built through the volume layer in ${fmt(built)} s.`, '',
-    '| tool | exit | seconds | files/s | peak RSS (MiB) | last lines |', '|---|---:|---:|---:|---:|---|',
+    '| tool | exit | seconds | files/s | peak RSS (MiB) | peak RssAnon | peak RssFile | last lines |', '|---|---:|---:|---:|---:|---:|---:|---|',
     ...[['kvfs gc --sweep --grace 0', gc], ['kvfs fsck', fsck]].map(([name, m]) => {
       const x = m as Measured;
-      return `| ${name} | ${x.exit} | ${fmt(x.seconds)} | ${fmt(files / x.seconds)} | ${fmt(x.rssMiB)} | ${x.tail.replace(/\|/g, '/')} |`;
+      return `| ${name} | ${x.exit} | ${fmt(x.seconds)} | ${fmt(files / x.seconds)} | ${fmt(x.rssMiB)} | ${fmt(x.anonMiB)} | ${fmt(x.fileMiB)} | ${x.tail.replace(/\|/g, '/')} |`;
     }),
   ];
   const out = path.join(repoRoot, 'bench', 'out');
@@ -106,5 +130,5 @@ try {
   console.log(lines.join('\n'));
   say(`saved to ${path.relative(repoRoot, file)}`);
 } finally {
-  removeWork(work);
+  if (process.env.KVFS_BENCH_KEEP) say(`kept ${work} (KVFS_BENCH_KEEP)`); else removeWork(work);
 }

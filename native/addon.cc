@@ -11,6 +11,7 @@
 #include "channel.h"
 #include "daemon-files.h"
 #include "fuse-dev.h"
+#include "mapped.h"
 
 namespace {
 
@@ -38,6 +39,10 @@ Napi::Value FusermountMount(const Napi::CallbackInfo& info) {
 
 Napi::Value LockFile(const Napi::CallbackInfo& info) {
   return Num(info.Env(), kvfs::LockFile(info[0].As<Napi::String>()));
+}
+
+Napi::Value ReleaseMapped(const Napi::CallbackInfo& info) {
+  return Num(info.Env(), static_cast<double>(kvfs::ReleaseMapped(info[0].As<Napi::String>())));
 }
 
 Napi::Value RedirectOutput(const Napi::CallbackInfo& info) {
@@ -310,6 +315,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("closeFd", Napi::Function::New(env, CloseFd));
   exports.Set("lockFile", Napi::Function::New(env, LockFile));
   exports.Set("redirectOutput", Napi::Function::New(env, RedirectOutput));
+  exports.Set("releaseMapped", Napi::Function::New(env, ReleaseMapped));
   exports.Set("peerUid", Napi::Function::New(env, PeerUid));
   exports.Set("syncfs", Napi::Function::New(env, Syncfs));
   exports.Set("NativeChannel", ChannelWrap::Define(env));

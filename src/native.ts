@@ -60,6 +60,11 @@ interface Addon {
   closeFd(fd: number): number;
   /** an exclusive flock(2) on path (created 0600): the fd holding it, -EWOULDBLOCK when held elsewhere, or -errno */
   lockFile(path: string): number;
+  /**
+   * drops this process's page-table entries for its shared mappings of the file at path (resolved), which stay in
+   * the page cache: the bytes advised, or -errno (native/mapped.h)
+   */
+  releaseMapped(path: string): number;
   /** descriptors 1 and 2 to the end of path (created 0600): 0 or -errno */
   redirectOutput(path: string): number;
   /** the uid of the peer of a connected Unix socket (SO_PEERCRED), or -errno */

@@ -21,7 +21,7 @@
  *  4. Reads of a blob that has no file fall back to `legacy` (blobs that an older layout kept inside LMDB).
  */
 import { mkdirSync } from 'node:fs';
-import { open, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { open, opendir, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { StoreError } from './errors.js';
 import { errnoName, native } from '../native.js';
@@ -156,16 +156,27 @@ export class BlobFiles {
     }));
   }
 
-  /** every blob key with a file, in byte order (maintenance: collectors, tests) */
-  async keys(prefix: string): Promise<string[]> {
-    const out: string[] = [];
-    for (const ff of await readdir(this.root).catch(() => [] as string[])) {
-      for (const id of await readdir(join(this.root, ff)).catch(() => [] as string[])) {
-        const key = BLOB_PREFIX + id;
-        if (key.startsWith(prefix)) out.push(key);
+  /** every blob key with a file under prefix, `limit` at a time, directory by directory (maintenance walks) */
+  async *keyPages(prefix: string, limit: number): AsyncGenerator<string[]> {
+    let page: string[] = [];
+    for (const ff of (await readdir(this.root).catch(() => [] as string[])).sort()) {
+      let dir;
+      try {
+        dir = await opendir(join(this.root, ff), { bufferSize: 256 });
+      } catch {
+        continue; // not a directory of ours, or gone
+      }
+      for await (const d of dir) {
+        const key = BLOB_PREFIX + d.name;
+        if (!key.startsWith(prefix)) continue;
+        page.push(key);
+        if (page.length >= limit) {
+          yield page;
+          page = [];
+        }
       }
     }
-    return out.sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
+    if (page.length) yield page;
   }
 
   /**

@@ -1,6 +1,7 @@
 /**
- * Rules of the KV interface (kv.ts) that every engine enforces the same way: what a scan may ask for, and
- * how a counter is stored and added to (decimal ASCII within +-2^53, as Redis INCRBY keeps it).
+ * Rules of the KV interface (kv.ts) that every engine enforces the same way: what a scan may ask for, how a
+ * counter is stored and added to (decimal ASCII within +-2^53, as Redis INCRBY keeps it), and keys() as the
+ * sorted union of an engine's keyPages.
  */
 import { StoreError } from './errors.js';
 import type { ScanOptions } from './kv.js';
@@ -21,4 +22,24 @@ export function addCounter(key: string, stored: Uint8Array | undefined, delta: n
   const next = Number(text) + delta;
   if (!Number.isSafeInteger(next)) throw new StoreError('INVALID', `incr of '${key}' would overflow (${text} + ${delta})`);
   return next;
+}
+
+/** the page size of keyPages unless the caller asks for another */
+export const KEY_PAGE = 1024;
+
+/** throws INVALID unless limit (of keyPages) is a positive integer */
+export function checkPageLimit(limit: number): void {
+  if (!(Number.isInteger(limit) && limit > 0)) throw new StoreError('INVALID', `key page limit must be a positive integer, got ${limit}`);
+}
+
+/** KvStore.keys from an engine's keyPages: every key once, in byte order */
+export async function collectKeys(pages: AsyncIterable<string[]>): Promise<string[]> {
+  const all = new Set<string>();
+  for await (const page of pages) for (const k of page) all.add(k);
+  return [...all].sort(byteOrder);
+}
+
+/** byte order of two keys' UTF-8 encodings (code point order, which UTF-16 order is not) */
+export function byteOrder(a: string, b: string): number {
+  return a === b ? 0 : Buffer.compare(Buffer.from(a), Buffer.from(b));
 }

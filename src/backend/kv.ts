@@ -83,10 +83,18 @@ export interface KvStore {
   /** members of one collection, in key order (see above) */
   scan(prefix: string, opts?: ScanOptions): Promise<[string, Uint8Array][]>;
   /**
-   * Every key that starts with `prefix`, of any collection, in byte order: for maintenance (fsck, collecting
-   * leaked blobs, tests), not for the request path; it may walk the whole keyspace.
+   * Every key that starts with `prefix`, of any collection, in byte order, all at once: for tests and small
+   * collections; maintenance walks of a whole volume use keyPages.
    */
   keys(prefix: string): Promise<string[]>;
+  /**
+   * Every key that starts with `prefix`, of any collection, a page of at most `limit` keys (default 1,024) at a
+   * time, so that a walk of the whole keyspace (fsck, gc) holds one page, never the key list. Not for the request
+   * path. Order is the engine's (byte order within LMDB, hash order on Redis and among blob files). A key present
+   * for the whole walk appears in it; keys put or deleted meanwhile may or may not. A key may appear twice (Redis's
+   * SCAN, when the server resizes its table during the walk): callers that count tolerate it or say so.
+   */
+  keyPages(prefix: string, limit?: number): AsyncIterable<string[]>;
   /** adds delta to a 64-bit signed counter stored at key (absent is 0) and returns the new value */
   incr(key: string, delta: number): Promise<number>;
   /**

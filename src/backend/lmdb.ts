@@ -1,9 +1,12 @@
+import { realpathSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
 import { open, type RootDatabase } from 'lmdb';
 import { BLOB_PREFIX, BlobFiles } from './blob-files.js';
-import { addCounter, checkScan } from './kv-rules.js';
+import { addCounter, checkPageLimit, checkScan, collectKeys, KEY_PAGE } from './kv-rules.js';
 import { FullEpisodes, StoreError, isStoreError } from './errors.js';
 import type { KvCheck, KvEngineInfo, KvStore, KvWrite, ScanOptions } from './kv.js';
+import { native } from '../native.js';
 import { available, capacity, kindOf, LmdbSpace, needOf, reusable, type LmdbFigures, type WriteKind } from './lmdb-space.js';
 
 /**
@@ -58,6 +61,8 @@ export class LmdbStore implements KvStore {
   readonly dir: string;
   readonly #db: RootDatabase<Buffer, string>;
   readonly #blobs: BlobFiles;
+  /** the data file's resolved path, as /proc/self/maps names it (#releaseMapped) */
+  #dataFile: string | undefined;
   /** small blobs waiting for their transaction (#putSmall) */
   #small: { writes: { key: string; value: Buffer }[]; done: Promise<void>; run: () => void } | undefined;
   /** whether LMDB itself holds blobs (small ones, or a store written before blob files): reads look there first */
@@ -241,19 +246,40 @@ export class LmdbStore implements KvStore {
     });
   }
 
-  async keys(prefix: string): Promise<string[]> {
-    const db = this.#ready();
-    const inDb = this.#read(() => {
-      const out: string[] = [];
-      for (const key of db.getKeys({ start: prefix })) {
-        if (!key.startsWith(prefix)) break;
-        out.push(key);
-      }
-      return out;
-    });
-    if (!BLOB_PREFIX.startsWith(prefix) && !prefix.startsWith(BLOB_PREFIX)) return inDb;
-    const files = await this.#blobs.keys(prefix).catch((e: unknown) => { throw translate(e, this.dir, {}); });
-    return [...new Set([...inDb, ...files])].sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
+  keys(prefix: string): Promise<string[]> {
+    return collectKeys(this.keyPages(prefix));
+  }
+
+  async *keyPages(prefix: string, limit = KEY_PAGE): AsyncGenerator<string[]> {
+    checkPageLimit(limit);
+    // the database's keys, a read transaction per page (each page starts after the last key of the one before)
+    let after: string | undefined;
+    for (let pages = 1; ; pages++) {
+      if (pages % RELEASE_EVERY === 0) this.#releaseMapped();
+      const db = this.#ready();
+      const start = after;
+      const page = this.#read(() => {
+        const out: string[] = [];
+        for (const key of db.getKeys({ start: start ?? prefix })) {
+          if (key === start) continue;
+          if (!key.startsWith(prefix) || out.length >= limit) break;
+          out.push(key);
+        }
+        return out;
+      });
+      if (page.length) yield page;
+      if (page.length < limit) break;
+      after = page[page.length - 1];
+    }
+    this.#releaseMapped();
+    // blob files (a blob is in the database or in a file, never both)
+    if (!BLOB_PREFIX.startsWith(prefix) && !prefix.startsWith(BLOB_PREFIX)) return;
+    this.#ready();
+    try {
+      yield* this.#blobs.keyPages(prefix, limit);
+    } catch (e) {
+      throw translate(e, this.dir, {});
+    }
   }
 
   async incr(key: string, delta: number): Promise<number> {
@@ -335,6 +361,19 @@ export class LmdbStore implements KvStore {
   #live(): RootDatabase<Buffer, string> {
     if (this.#closed) throw new StoreError('CLOSED', `LMDB store at ${this.dir} is closed`);
     return this.#db;
+  }
+
+  /**
+   * A walk of the whole keyspace (keyPages, and the values its caller reads page by page) maps the data file page
+   * by page, and each page it touched would count in this process's RSS until the end: a maintenance command over a
+   * volume of a million files would show the whole file. Every RELEASE_EVERY pages of keys the mapping's pages are
+   * handed back (native/mapped.h: they stay in the page cache). A failure only leaves them counted.
+   */
+  #releaseMapped(): void {
+    try {
+      this.#dataFile ??= realpathSync(join(this.dir, 'data.mdb'));
+      native().releaseMapped(this.#dataFile);
+    } catch { /* counted, not lost */ }
   }
 
   #read<T>(fn: () => T): T {
@@ -422,6 +461,9 @@ export class LmdbStore implements KvStore {
 }
 
 const isBlob = (key: string) => key.startsWith(BLOB_PREFIX);
+
+/** a walk of the keys hands the data file's mapped pages back every this many pages of keys (#releaseMapped) */
+const RELEASE_EVERY = 4;
 
 /** blobs of at most this many bytes are kept in LMDB, not as files */
 export const SMALL_BLOB = 16 << 10;

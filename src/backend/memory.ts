@@ -1,5 +1,5 @@
 import { freemem } from 'node:os';
-import { addCounter, checkScan } from './kv-rules.js';
+import { addCounter, checkPageLimit, checkScan, collectKeys, KEY_PAGE } from './kv-rules.js';
 import { StoreError } from './errors.js';
 import { SlabStore } from './slab-store.js';
 import type { KvCheck, KvEngineInfo, KvStore, KvWrite, ScanOptions } from './kv.js';
@@ -73,14 +73,18 @@ export class MemoryStore implements KvStore {
     return out;
   }
 
-  async keys(prefix: string): Promise<string[]> {
-    const db = this.#db;
-    const out: string[] = [];
-    for (const [c, keys] of db.collections) {
-      if (c.startsWith(prefix)) out.push(...keys);
-      else if (prefix.startsWith(c)) out.push(...keys.filter((k) => k.startsWith(prefix)));
+  keys(prefix: string): Promise<string[]> {
+    return collectKeys(this.keyPages(prefix));
+  }
+
+  async *keyPages(prefix: string, limit = KEY_PAGE): AsyncGenerator<string[]> {
+    checkPageLimit(limit);
+    for (const [c, keys] of this.#db.collections) {
+      if (!c.startsWith(prefix) && !prefix.startsWith(c)) continue;
+      // a copy: deletes during the walk must not shift keys past it (the store is in memory anyway)
+      const mine = c.startsWith(prefix) ? keys.slice() : keys.filter((k) => k.startsWith(prefix));
+      for (let i = 0; i < mine.length; i += limit) yield mine.slice(i, i + limit);
     }
-    return out.sort((a, b) => (byteLess(a, b) ? -1 : byteLess(b, a) ? 1 : 0));
   }
 
   async incr(key: string, delta: number): Promise<number> {

@@ -41,7 +41,7 @@
 import { log } from '../log.js';
 import { randomBytes } from 'node:crypto';
 import { Cluster, Redis, type RedisOptions } from 'ioredis';
-import { checkScan } from './kv-rules.js';
+import { byteOrder, checkPageLimit, checkScan, collectKeys, KEY_PAGE } from './kv-rules.js';
 import { StoreError } from './errors.js';
 import type { KvCheck, KvEngineInfo, KvStore, KvWrite, ScanOptions } from './kv.js';
 import { DEFAULT_RETRY, classify, errorText, withRetry, type RetryHooks, type RetryPolicy } from './redis-retry.js';
@@ -133,7 +133,6 @@ redis.call('ZADD', KEYS[5], 0, ARGV[4])${txRecord('s')}
 const isBlob = (key: string) => key.startsWith('b/');
 const collectionOf = (key: string) => key.slice(0, key.lastIndexOf('/') + 1);
 const buf = (u: Uint8Array) => Buffer.from(u.buffer, u.byteOffset, u.byteLength);
-const utf8Compare = (a: string, b: string) => Buffer.compare(Buffer.from(a), Buffer.from(b));
 const globEscape = (s: string) => s.replace(/[*?[\]\\{}^]/g, (c) => `\\${c}`);
 
 /** `k:v` lines of an INFO reply */
@@ -396,13 +395,13 @@ export class RedisStore implements KvStore {
     if (isBlob(prefix)) {
       // Blobs have no index (they are not in the volume's slot): a maintenance walk of the keyspace.
       let ks = (await this.keys(prefix)).filter((k) => collectionOf(k) === prefix);
-      if (after !== undefined) ks = ks.filter((k) => utf8Compare(k, after) > 0);
+      if (after !== undefined) ks = ks.filter((k) => byteOrder(k, after) > 0);
       if (limit !== undefined) ks = ks.slice(0, limit);
       const vals = await this.getMany(ks);
       return ks.flatMap((k, i) => (vals[i] ? [[k, vals[i]!] as [string, Uint8Array]] : []));
     }
     let min: string | Buffer = '-';
-    if (after !== undefined && utf8Compare(after, prefix) > 0) {
+    if (after !== undefined && byteOrder(after, prefix) > 0) {
       // every member starts with prefix: an `after` above prefix without it sorts after every member
       if (!after.startsWith(prefix)) return [];
       min = Buffer.concat([Buffer.from('('), Buffer.from(after.slice(prefix.length))]);
@@ -417,24 +416,68 @@ export class RedisStore implements KvStore {
     return keys.flatMap((k, i) => (vals[i] ? [[k, vals[i]!] as [string, Uint8Array]] : []));
   }
 
-  async keys(prefix: string): Promise<string[]> {
+  keys(prefix: string): Promise<string[]> {
+    return collectKeys(this.keyPages(prefix));
+  }
+
+  /**
+   * SCAN of every master, for the volume's metadata keys and its blobs under prefix. SCAN of a master sees the keys
+   * it holds; a key that moves to another master during the walk (resharding) could be missed, so the walk reads
+   * the cluster's layout before and after and fails (UNAVAILABLE) when slots are moving or moved meanwhile.
+   */
+  async *keyPages(prefix: string, limit = KEY_PAGE): AsyncGenerator<string[]> {
     this.#open();
+    checkPageLimit(limit);
+    const before = await this.#layout(prefix);
     const patterns = [`${globEscape(this.#meta + prefix)}*`, `${globEscape(this.#blob + prefix)}*`];
-    const found = new Set<string>();
     for (const node of this.#masters()) {
       for (const match of patterns) {
         let cursor = '0';
         do {
-          const [next, ks] = await this.#retry(`listing keys under ${prefix}`, () => node.scan(cursor, 'MATCH', match, 'COUNT', 1000));
+          const [next, ks] = await this.#retry(`listing keys under ${prefix}`, () => node.scan(cursor, 'MATCH', match, 'COUNT', limit));
           cursor = next;
+          const page = new Set<string>();
           for (const k of ks) {
-            if (k.startsWith(this.#meta)) found.add(k.slice(this.#meta.length));
-            else if (k.startsWith(this.#blob)) found.add(k.slice(this.#blob.length));
+            const key = k.startsWith(this.#meta) ? k.slice(this.#meta.length) : k.startsWith(this.#blob) ? k.slice(this.#blob.length) : undefined;
+            if (key?.startsWith(prefix)) page.add(key);
           }
+          // COUNT is a hint: a call may return more
+          const keys = [...page];
+          for (let i = 0; i < keys.length; i += limit) yield keys.slice(i, i + limit);
         } while (cursor !== '0');
       }
     }
-    return [...found].filter((k) => k.startsWith(prefix)).sort(utf8Compare);
+    if ((await this.#layout(prefix)) !== before) {
+      throw new StoreError('UNAVAILABLE', `the cluster ${this.#target.label} moved slots between its masters while kvfs walked its keys (under ${prefix}): run the command again`);
+    }
+  }
+
+  /**
+   * Which master serves which slots, as the masters themselves say (CLUSTER NODES), for a walk of every master's
+   * keys: '' for a plain server. UNAVAILABLE while slots are moving (a master reports a slot migrating or
+   * importing) or when a master serves slots that this client does not walk.
+   */
+  async #layout(prefix: string): Promise<string> {
+    if (!(this.#client instanceof Cluster)) return '';
+    const walked = new Map<string, string>();
+    let all = '';
+    for (const node of this.#masters()) {
+      const text = String(await this.#retry('reading the cluster layout', () => node.cluster('NODES')));
+      if (/\[\d+-[<>]-/.test(text)) {
+        throw new StoreError('UNAVAILABLE', `the cluster ${this.#target.label} is moving slots between its masters (resharding): ` +
+          `kvfs cannot walk its keys (under ${prefix}) meanwhile; run the command again when it is done`);
+      }
+      const self = text.split('\n').find((l) => l.split(' ')[2]?.split(',').includes('myself'));
+      if (self) walked.set(self.split(' ')[0]!, self.split(' ').slice(8).join(' '));
+      all ||= text;
+    }
+    for (const line of all.split('\n')) {
+      const f = line.split(' ');
+      if (f[2]?.split(',').includes('master') && f.length > 8 && !walked.has(f[0]!)) {
+        throw new StoreError('UNAVAILABLE', `the cluster ${this.#target.label} has a master (${f[1]}) this client does not know yet: run the command again`);
+      }
+    }
+    return [...walked].map(([id, slots]) => `${id} ${slots}`).sort().join('\n');
   }
 
   async incr(key: string, delta: number): Promise<number> {

@@ -18,17 +18,19 @@
  * what it read, so a volume that changes meanwhile (a live mount) is never damaged by it; run fsck on an
  * unmounted volume for a clean report.
  *
- * Memory: fsck keeps a small record per inode and the names of the volume's chunk and blob keys
- * (KvStore.keys is not paged): about 200 bytes per inode.
+ * Memory: every collection is walked a page at a time (KvStore.keyPages); fsck keeps about 45 bytes per inode
+ * (Table) and 8 per blob (a hash), whatever the volume's size.
  */
 import type { KvStore } from '../backend/kv.js';
 import { fsErr } from './errors.js';
-import { isDir, Volume } from './inodes.js';
+import { isDir, S_IFDIR, Volume } from './inodes.js';
 import {
   K, chunkIndexOf, decodeChunk, decodeDirent, decodeInode, encodeDirent, entryBlobs, entryStored, memberOf, nowTs,
   type ChunkEntry, type Inode,
 } from './schema.js';
 import { readVolume } from './format.js';
+import { SortedNumbers, idHash, rankOf } from './numbers.js';
+import { keyValuePages } from './scan.js';
 import { transact } from './txn.js';
 import { ROOT_INO, type Ino } from './types.js';
 
@@ -57,31 +59,97 @@ export interface FsckOptions {
 
 const PAGE = 1024;
 const LOST_FOUND = 'lost+found';
+const NONE = -1;
+/** a directory's file type (mode >> 12) */
+const DIR = S_IFDIR >>> 12;
 
-interface Node {
-  mode: number;
-  nlink: number;
-  children: number;
-  parent: Ino;
-  size: number;
-  stored: number;
-  truncFrom: number;
+/**
+ * What fsck knows of each inode it found, as columns indexed by the inode's rank among them (inos ascending):
+ * what the inode record says that the walks need, and what the walks counted. 37 bytes an inode.
+ */
+class Table {
+  readonly inos: Float64Array;
+  /** the file type (mode >> 12) */
+  readonly type: Uint8Array;
+  /** chunks at or past this index lie past the file's size (ceil(size / chunk size), at most 2^32 - 1) */
+  readonly firstPast: Uint32Array;
+  /** pending truncates' first chunks, by rank (rare: a truncate not finished) */
+  readonly truncFrom: Map<number, number>;
   /** counted: entries naming it, subdirectories, entries in it, bytes of its chunk entries */
-  links: number;
-  subdirs: number;
-  entries: number;
-  chunkBytes: number;
-  /** the directory an entry of this directory inode was found in (directories) */
-  foundIn?: Ino;
+  readonly links: Uint32Array;
+  readonly subdirs: Uint32Array;
+  readonly entries: Uint32Array;
+  readonly chunkBytes: Float64Array;
+  /** 1 + the rank of the directory an entry naming this directory was found in (0: not found) */
+  readonly foundIn: Uint32Array;
+  /** directories linked into a /lost+found that fsck made (not in the table): rank -> its ino */
+  readonly adopted = new Map<number, Ino>();
+
+  /** columns read in any order (truncFrom by position in that order): sorted by ino into the table */
+  constructor(inos: SortedNumbers, cols: { type: Grow<Uint8Array>; firstPast: Grow<Uint32Array> }, truncFrom: Map<number, number>) {
+    const n = inos.size;
+    const raw = inos.added();
+    const order = new Uint32Array(n);
+    for (let i = 0; i < n; i++) order[i] = i;
+    order.sort((a, b) => raw[a]! - raw[b]!);
+    const gather = <T extends Float64Array | Uint32Array | Uint8Array>(src: T, make: (n: number) => T): T => {
+      const out = make(n);
+      for (let i = 0; i < n; i++) out[i] = src[order[i]!]!;
+      return out;
+    };
+    this.inos = gather(raw, (k) => new Float64Array(k));
+    this.type = gather(cols.type.view(), (k) => new Uint8Array(k));
+    this.firstPast = gather(cols.firstPast.view(), (k) => new Uint32Array(k));
+    this.truncFrom = new Map();
+    if (truncFrom.size) for (let i = 0; i < n; i++) if (truncFrom.has(order[i]!)) this.truncFrom.set(i, truncFrom.get(order[i]!)!);
+    this.links = new Uint32Array(n);
+    this.subdirs = new Uint32Array(n);
+    this.entries = new Uint32Array(n);
+    this.chunkBytes = new Float64Array(n);
+    this.foundIn = new Uint32Array(n);
+  }
+
+  get size(): number {
+    return this.inos.length;
+  }
+
+  /** the rank of ino, or -1 when fsck did not find it */
+  at(ino: Ino): number {
+    return rankOf(this.inos, ino);
+  }
 }
 
-/** reads keys' values a page at a time */
-async function* values(store: KvStore, keys: string[]): AsyncGenerator<[string, Uint8Array | undefined]> {
-  for (let i = 0; i < keys.length; i += PAGE) {
-    const part = keys.slice(i, i + PAGE);
-    const vals = await store.getMany(part);
-    for (let j = 0; j < part.length; j++) yield [part[j]!, vals[j]];
+/** a typed array that grows by doubling, for columns filled in one walk */
+class Grow<T extends Uint8Array | Uint32Array> {
+  #a: T;
+  #n = 0;
+  constructor(private readonly make: (n: number) => T, expected: number) {
+    this.#a = make(Math.max(16, Math.ceil(expected)));
   }
+  push(x: number): void {
+    if (this.#n === this.#a.length) {
+      const grown = this.make(Math.max(1024, this.#a.length * 2));
+      grown.set(this.#a);
+      this.#a = grown;
+    }
+    this.#a[this.#n++] = x;
+  }
+  view(): T {
+    return this.#a.subarray(0, this.#n) as T;
+  }
+  /** lets the memory go */
+  clear(): void {
+    this.#a = this.make(0);
+    this.#n = 0;
+  }
+}
+
+/** a number of the members of a collection (o/, p/, u/: inos) */
+async function inoSet(store: KvStore, prefix: string): Promise<SortedNumbers> {
+  const set = new SortedNumbers();
+  for await (const page of store.keyPages(prefix, PAGE)) for (const k of page) set.add(Number(memberOf(k, prefix)));
+  set.sorted();
+  return set;
 }
 
 export async function fsck(store: KvStore, opts: FsckOptions = {}): Promise<FsckReport> {
@@ -91,165 +159,190 @@ export async function fsck(store: KvStore, opts: FsckOptions = {}): Promise<Fsck
   const cs = record.chunkSize;
   const vol = new Volume(store);
   const problems: Problem[] = [];
-  const nodes = new Map<Ino, Node>();
+  const expected = await store.incr(K.inodeCount, 0); // for progress, and for room (a wrong counter costs doublings)
 
-  // inodes
-  const inodeKeys = await store.keys('i/');
-  let n = 0;
-  for await (const [key, raw] of values(store, inodeKeys)) {
-    if (!raw) continue;
-    const ino = Number(memberOf(key, 'i/'));
-    const i = decodeInode(ino, raw);
-    nodes.set(ino, {
-      mode: i.mode, nlink: i.nlink, children: i.children, parent: i.parent, size: i.size, stored: i.stored,
-      truncFrom: i.truncFrom, links: 0, subdirs: 0, entries: 0, chunkBytes: 0,
-    });
-    if (++n % PAGE === 0) progress('inodes', n, inodeKeys.length);
+  // inodes: what the other walks need of each
+  // room for what the counter says, and a little more: no doubling of a million-member column
+  const room = Math.min(Math.max(expected, 0) * 1.01 + 1024, 1 << 22);
+  const found = new SortedNumbers(room);
+  const cols = { type: new Grow((n) => new Uint8Array(n), room), firstPast: new Grow((n) => new Uint32Array(n), room) };
+  const truncFrom = new Map<number, number>();
+  for await (const page of keyValuePages(store, 'i/', PAGE)) {
+    for (const [key, raw] of page) {
+      const i = decodeInode(Number(memberOf(key, 'i/')), raw);
+      found.add(i.ino);
+      cols.type.push(i.mode >>> 12);
+      cols.firstPast.push(Math.min(Math.ceil(i.size / cs), 0xffffffff));
+      if (i.truncFrom) truncFrom.set(found.size - 1, i.truncFrom);
+    }
+    progress('inodes', found.size, expected);
   }
+  const t = new Table(found, cols, truncFrom);
+  found.clear();
+  cols.type.clear();
+  cols.firstPast.clear();
 
   // directory entries
-  const entryKeys = await store.keys('d/');
   let entries = 0;
-  for await (const [key, raw] of values(store, entryKeys)) {
-    if (!raw) continue;
-    entries++;
-    const dirIno = Number(key.slice(2, key.indexOf('/', 2)));
-    const name = key.slice(key.indexOf('/', 2) + 1);
-    const e = decodeDirent(raw);
-    const dir = nodes.get(dirIno);
-    const child = nodes.get(e.ino);
-    if (!dir || !child) {
-      const p: Problem = { kind: 'dangling-entry', what: `entry '${name}' in directory ${dirIno} names ${!dir ? 'a directory' : 'an inode'} that does not exist (inode ${!dir ? dirIno : e.ino})` };
-      if (repair && await commitIf(store, [[key, raw]], () => [[key, null]])) {
-        p.repaired = 'entry removed';
-      } else if (dir) {
-        // still there: the directory's counts include it
-        dir.entries++;
-        if (isDir(e.type)) dir.subdirs++;
-      }
-      problems.push(p);
-      continue;
-    }
-    dir.entries++;
-    child.links++;
-    if (isDir(child.mode)) {
-      dir.subdirs++;
-      child.foundIn = dirIno;
-    }
-    if (entries % PAGE === 0) progress('entries', entries, entryKeys.length);
-  }
-
-  // orphans and pending purges
-  const orphans = new Set((await store.keys(K.orphanPrefix)).map((k) => Number(memberOf(k, K.orphanPrefix))));
-  const purging = new Set((await store.keys(K.purgePrefix)).map((k) => Number(memberOf(k, K.purgePrefix))));
-  // shared stores: inodes with no links that other mounts still hold open (u/<ino>)
-  const held = new Set((await store.keys('u/')).map((k) => Number(memberOf(k, 'u/'))));
-
-  // chunk entries and blobs
-  const blobs = new Set((await store.keys('b/')).map((k) => memberOf(k, 'b/')));
-  const chunkKeys = await store.keys('c/');
-  let bytes = 0;
-  let chunks = 0;
-  for await (const [key, raw] of values(store, chunkKeys)) {
-    if (!raw) continue;
-    chunks++;
-    const ino = Number(key.slice(2, key.indexOf('/', 2)));
-    const idx = chunkIndexOf(key);
-    const e: ChunkEntry = decodeChunk(raw);
-    const node = nodes.get(ino);
-    if (!node) {
-      if (purging.has(ino)) {
-        bytes += entryStored(e); // the purge queues its blobs
+  for await (const page of keyValuePages(store, 'd/', PAGE)) {
+    for (const [key, raw] of page) {
+      entries++;
+      const dirIno = Number(key.slice(2, key.indexOf('/', 2)));
+      const name = key.slice(key.indexOf('/', 2) + 1);
+      const e = decodeDirent(raw);
+      const dir = t.at(dirIno);
+      const child = t.at(e.ino);
+      if (dir < 0 || child < 0) {
+        const p: Problem = { kind: 'dangling-entry', what: `entry '${name}' in directory ${dirIno} names ${dir < 0 ? 'a directory' : 'an inode'} that does not exist (inode ${dir < 0 ? dirIno : e.ino})` };
+        if (repair && await commitIf(store, [[key, raw]], () => [[key, null]])) {
+          p.repaired = 'entry removed';
+        } else if (dir >= 0) {
+          // still there: the directory's counts include it
+          t.entries[dir]!++;
+          if (isDir(e.type)) t.subdirs[dir]!++;
+        }
+        problems.push(p);
         continue;
       }
-      problems.push(await dropChunk(store, key, raw, e, repair, 'stray-chunk', `chunk ${idx} of inode ${ino}, which does not exist`));
-      continue;
+      t.entries[dir]!++;
+      t.links[child]!++;
+      if (t.type[child] === DIR) {
+        t.subdirs[dir]!++;
+        t.foundIn[child] = dir + 1;
+      }
     }
-    if (idx * cs >= node.size && !(node.truncFrom && idx >= node.truncFrom)) {
-      problems.push(await dropChunk(store, key, raw, e, repair, 'chunk-past-end', `chunk ${idx} of inode ${ino} lies past its size ${node.size}`));
-      continue;
-    }
-    const missing = entryBlobs(e).filter((b) => !blobs.has(b.blobId));
-    if (missing.length) {
-      problems.push(await dropChunk(store, key, raw, e, repair, 'missing-blob',
-        `chunk ${idx} of inode ${ino} names ${missing.length} blob(s) the store does not hold (${missing.map((b) => b.blobId).join(', ')}): its bytes are lost`, true));
-      continue;
-    }
-    node.chunkBytes += entryStored(e);
-    bytes += entryStored(e);
-    if (chunks % PAGE === 0) progress('chunks', chunks, chunkKeys.length);
+    progress('entries', entries);
   }
-  for await (const [, v] of values(store, await store.keys(K.gcPrefix))) if (v) bytes += Number(Buffer.from(v).toString()) || 0;
+
+  // orphans and pending purges; shared stores: inodes with no links that mounts still hold open (u/<ino>)
+  const orphans = await inoSet(store, K.orphanPrefix);
+  const purging = await inoSet(store, K.purgePrefix);
+  const held = await inoSet(store, 'u/');
+
+  // chunk entries and blobs (blob ids as 53-bit hashes: a missing blob whose hash a present one shares, odds
+  // n / 2^53, goes unreported)
+  const blobs = new SortedNumbers(room); // a blob a file, as a guess
+  for await (const page of store.keyPages('b/', PAGE)) for (const k of page) blobs.add(idHash(memberOf(k, 'b/')));
+  blobs.sorted();
+  let bytes = 0;
+  let chunks = 0;
+  for await (const page of keyValuePages(store, 'c/', PAGE)) {
+    for (const [key, raw] of page) {
+      chunks++;
+      const ino = Number(key.slice(2, key.indexOf('/', 2)));
+      const idx = chunkIndexOf(key);
+      const e: ChunkEntry = decodeChunk(raw);
+      const at = t.at(ino);
+      if (at < 0) {
+        if (purging.has(ino)) {
+          bytes += entryStored(e); // the purge queues its blobs
+          continue;
+        }
+        problems.push(await dropChunk(store, key, raw, e, repair, 'stray-chunk', `chunk ${idx} of inode ${ino}, which does not exist`));
+        continue;
+      }
+      const trunc = t.truncFrom.get(at);
+      if (idx >= t.firstPast[at]! && !(trunc && idx >= trunc)) {
+        problems.push(await dropChunk(store, key, raw, e, repair, 'chunk-past-end', `chunk ${idx} of inode ${ino} lies past its size`));
+        continue;
+      }
+      const missing = entryBlobs(e).filter((b) => !blobs.has(idHash(b.blobId)));
+      if (missing.length) {
+        problems.push(await dropChunk(store, key, raw, e, repair, 'missing-blob',
+          `chunk ${idx} of inode ${ino} names ${missing.length} blob(s) the store does not hold (${missing.map((b) => b.blobId).join(', ')}): its bytes are lost`, true));
+        continue;
+      }
+      t.chunkBytes[at] += entryStored(e);
+      bytes += entryStored(e);
+    }
+    progress('chunks', chunks);
+  }
+  for await (const page of keyValuePages(store, K.gcPrefix, PAGE)) for (const [, v] of page) bytes += Number(Buffer.from(v).toString()) || 0;
 
   // unreachable inodes: linked into /lost+found
-  for (const [ino, node] of nodes) {
-    if (ino === ROOT_INO || node.links > 0 || orphans.has(ino) || held.has(ino)) continue;
-    const p: Problem = { kind: 'unreachable', what: `inode ${ino} (${isDir(node.mode) ? 'a directory' : 'a file'}) is named by no entry and is no mount's orphan` };
+  let lf: { ino: Ino; at: number } | undefined;
+  let made = 0;
+  for (let at = 0; at < t.size; at++) {
+    const ino = t.inos[at]!;
+    if (ino === ROOT_INO || t.links[at]! > 0 || orphans.has(ino) || held.has(ino)) continue;
+    const dir = t.type[at] === DIR;
+    const p: Problem = { kind: 'unreachable', what: `inode ${ino} (${dir ? 'a directory' : 'a file'}) is named by no entry and is no mount's orphan` };
     if (repair) {
-      const lf = await lostFound(store, vol, nodes);
+      if (!lf) {
+        const got = await lostFound(store, vol, t);
+        lf = got.lf;
+        made += got.made;
+      }
+      const into = lf.ino;
       await transact(store, async (tx) => {
-        const dir = await vol.dirInode(tx, lf);
+        const d = await vol.dirInode(tx, into);
         const name = `#${ino}`;
-        if (await vol.entry(tx, lf, name)) return;
-        tx.set(K.dirent(lf, name), encodeDirent(ino, node.mode));
-        dir.children++;
-        if (isDir(node.mode)) dir.nlink++;
-        vol.touchDir(tx, dir, nowTs());
+        if (await vol.entry(tx, into, name)) return;
+        tx.set(K.dirent(into, name), encodeDirent(ino, t.type[at]! << 12));
+        d.children++;
+        if (dir) d.nlink++;
+        vol.touchDir(tx, d, nowTs());
       });
-      node.links++;
-      // what the commit stored, and what is now counted
-      const lfNode = nodes.get(lf)!;
-      lfNode.children++;
-      lfNode.entries++;
-      if (isDir(node.mode)) {
-        lfNode.nlink++;
-        lfNode.subdirs++;
-        node.foundIn = lf;
+      // what is now counted (a /lost+found fsck made itself is not in the table: it was made right)
+      t.links[at]!++;
+      if (dir && lf.at >= 0) t.foundIn[at] = lf.at + 1;
+      else if (dir) t.adopted.set(at, into);
+      if (lf.at >= 0) {
+        t.entries[lf.at]!++;
+        if (dir) t.subdirs[lf.at]!++;
       }
       p.repaired = `linked as /${LOST_FOUND}/#${ino}`;
     }
     problems.push(p);
   }
 
-  // the counts each inode keeps
-  for (const [ino, node] of nodes) {
-    const want: Partial<Inode> = {};
-    const dir = isDir(node.mode);
-    const nlink = dir ? 2 + node.subdirs : node.links;
-    if (node.nlink !== nlink && !(node.nlink === 0 && (orphans.has(ino) || held.has(ino)))) {
-      want.nlink = nlink;
-      problems.push({ kind: 'nlink', what: `inode ${ino} has nlink ${node.nlink}, ${dir ? 'its subdirectories make' : 'its entries make'} ${nlink}` });
-    }
-    if (dir && node.children !== node.entries) {
-      want.children = node.entries;
-      problems.push({ kind: 'children', what: `directory ${ino} counts ${node.children} entries, it holds ${node.entries}` });
-    }
-    if (dir && ino !== ROOT_INO && node.foundIn !== undefined && node.parent !== node.foundIn) {
-      want.parent = node.foundIn;
-      problems.push({ kind: 'parent', what: `directory ${ino} names ${node.parent} as its parent, it lies in ${node.foundIn}` });
-    }
-    if (!dir && node.stored !== node.chunkBytes) {
-      want.stored = node.chunkBytes;
-      problems.push({ kind: 'stored', what: `inode ${ino} says it stores ${node.stored} bytes, its chunk entries hold ${node.chunkBytes}` });
-    }
-    if (repair && Object.keys(want).length) {
-      const fixed = await transact(store, async (tx) => {
-        const raw = await tx.get(K.inode(ino));
-        if (!raw) return false;
-        const i = decodeInode(ino, raw);
-        Object.assign(i, want);
-        vol.put(tx, i);
-        return true;
-      });
-      if (fixed) {
-        const at = problems.length - Object.keys(want).length;
-        for (const p of problems.slice(at)) p.repaired = 'set to what was counted';
+  // the counts each inode keeps, read again (an inode made since the first walk is not checked)
+  let checked = 0;
+  for await (const page of keyValuePages(store, 'i/', PAGE)) {
+    for (const [key, raw] of page) {
+      const ino = Number(memberOf(key, 'i/'));
+      const at = t.at(ino);
+      if (at < 0) continue;
+      const node = decodeInode(ino, raw);
+      const want: Partial<Inode> = {};
+      const before = problems.length;
+      const dir = isDir(node.mode);
+      const nlink = dir ? 2 + t.subdirs[at]! : t.links[at]!;
+      if (node.nlink !== nlink && !(node.nlink === 0 && (orphans.has(ino) || held.has(ino)))) {
+        want.nlink = nlink;
+        problems.push({ kind: 'nlink', what: `inode ${ino} has nlink ${node.nlink}, ${dir ? 'its subdirectories make' : 'its entries make'} ${nlink}` });
+      }
+      if (dir && node.children !== t.entries[at]) {
+        want.children = t.entries[at]!;
+        problems.push({ kind: 'children', what: `directory ${ino} counts ${node.children} entries, it holds ${t.entries[at]}` });
+      }
+      const foundIn = t.foundIn[at] ? t.inos[t.foundIn[at]! - 1]! : t.adopted.get(at) ?? NONE;
+      if (dir && ino !== ROOT_INO && foundIn !== NONE && node.parent !== foundIn) {
+        want.parent = foundIn;
+        problems.push({ kind: 'parent', what: `directory ${ino} names ${node.parent} as its parent, it lies in ${foundIn}` });
+      }
+      if (!dir && node.stored !== t.chunkBytes[at]) {
+        want.stored = t.chunkBytes[at]!;
+        problems.push({ kind: 'stored', what: `inode ${ino} says it stores ${node.stored} bytes, its chunk entries hold ${t.chunkBytes[at]}` });
+      }
+      if (repair && problems.length > before) {
+        const fixed = await transact(store, async (tx) => {
+          const cur = await tx.get(K.inode(ino));
+          if (!cur) return false;
+          const i = decodeInode(ino, cur);
+          Object.assign(i, want);
+          vol.put(tx, i);
+          return true;
+        });
+        if (fixed) for (const p of problems.slice(before)) p.repaired = 'set to what was counted';
       }
     }
+    progress('counts', (checked += page.length), expected);
   }
 
   // the counters
-  for (const [key, counted, what] of [[K.inodeCount, nodes.size, 'inodes'], [K.byteCount, bytes, 'bytes']] as const) {
+  const inodes = t.size + made;
+  for (const [key, counted, what] of [[K.inodeCount, inodes, 'inodes'], [K.byteCount, bytes, 'bytes']] as const) {
     const stored = await store.incr(key, 0);
     if (stored === counted) continue;
     const p: Problem = { kind: 'counter', what: `the volume counts ${stored} ${what}, it holds ${counted}` };
@@ -259,7 +352,7 @@ export async function fsck(store: KvStore, opts: FsckOptions = {}): Promise<Fsck
     }
     problems.push(p);
   }
-  return { inodes: nodes.size, entries, chunks, problems };
+  return { inodes, entries, chunks, problems };
 }
 
 /** applies writes when the keys still hold what was read (one commit); false when they changed */
@@ -279,26 +372,24 @@ async function dropChunk(store: KvStore, key: string, raw: Uint8Array, e: ChunkE
   return p;
 }
 
-/** the inode of /lost+found, made when missing */
-async function lostFound(store: KvStore, vol: Volume, nodes: Map<Ino, Node>): Promise<Ino> {
+/** the inode of /lost+found and its rank in the table (-1: made here), made when missing (`made`: 1) */
+async function lostFound(store: KvStore, vol: Volume, t: Table): Promise<{ lf: { ino: Ino; at: number }; made: number }> {
   const found = await vol.entry(store, ROOT_INO, LOST_FOUND);
   if (found) {
     if (!isDir(found.type)) throw fsErr('ENOTDIR', `/${LOST_FOUND} is not a directory: move it away and run fsck --repair again`);
-    return found.ino;
+    return { lf: { ino: found.ino, at: t.at(found.ino) }, made: 0 };
   }
   const ino = (await store.incr(K.inoCounter, 1));
-  const node = await transact(store, (tx) => vol.addNode(tx, ROOT_INO, LOST_FOUND, (_dir, t) => ({
-    ino, version: 0, mode: 0o40700, nlink: 2, uid: 0, gid: 0, rdev: 0, size: 4096, atime: t, mtime: t, ctime: t,
+  await transact(store, (tx) => vol.addNode(tx, ROOT_INO, LOST_FOUND, (_dir, ts) => ({
+    ino, version: 0, mode: 0o40700, nlink: 2, uid: 0, gid: 0, rdev: 0, size: 4096, atime: ts, mtime: ts, ctime: ts,
     parent: ROOT_INO, children: 0, stored: 0, truncFrom: 0,
   })));
   await store.incr(K.inodeCount, 1);
-  nodes.set(ino, { mode: node.mode, nlink: 2, children: 0, parent: ROOT_INO, size: 4096, stored: 0, truncFrom: 0, links: 1, subdirs: 0, entries: 0, chunkBytes: 0, foundIn: ROOT_INO });
-  const root = nodes.get(ROOT_INO);
-  if (root) {
-    root.entries++;
-    root.subdirs++;
-    root.children++;
-    root.nlink++;
+  // the root's new entry and subdirectory, as counted
+  const root = t.at(ROOT_INO);
+  if (root >= 0) {
+    t.entries[root]!++;
+    t.subdirs[root]!++;
   }
-  return ino;
+  return { lf: { ino, at: -1 }, made: 1 };
 }

@@ -12,13 +12,14 @@
  *     stalled past its session's expiry and committed meanwhile keeps its blob. Leaked blobs of a live session
  *     wait for its end.
  * On a local store whose daemon lock gc holds (no mount can run), every session is dead (`noLiveSessions`).
- * `dryRun` changes nothing and reports what would go. Memory: the queues and sessions are walked a page at a
- * time; the sweep holds the names of the volume's blob and chunk keys (KvStore.keys is not paged).
+ * `dryRun` changes nothing and reports what would go. Memory: every collection is walked a page at a time; the
+ * sweep holds 8 bytes per blob the volume names and per leaked blob (sweep).
  */
 import type { KvStore } from '../backend/kv.js';
 import { Queues } from './queues.js';
 import { K, decodeChunk, entryBlobs, memberOf } from './schema.js';
-import { scanPages } from './scan.js';
+import { SortedNumbers, idHash } from './numbers.js';
+import { keyValuePages, scanPages } from './scan.js';
 import { Sessions } from './sessions.js';
 import { Volume } from './inodes.js';
 
@@ -102,20 +103,34 @@ export async function collectGarbage(store: KvStore, opts: GcOptions = {}): Prom
   return report;
 }
 
-/** the ids of the volume's blobs that neither a chunk map nor the GC queue names */
-async function unreferenced(store: KvStore, progress: (phase: string, done: number, total?: number) => void): Promise<string[]> {
-  const named = new Set<string>();
-  const chunkKeys = await store.keys('c/');
-  for (let i = 0; i < chunkKeys.length; i += PAGE) {
-    const vals = await store.getMany(chunkKeys.slice(i, i + PAGE));
-    for (const v of vals) if (v) for (const b of entryBlobs(decodeChunk(v))) named.add(b.blobId);
-    progress('chunk maps', Math.min(i + PAGE, chunkKeys.length), chunkKeys.length);
+/**
+ * The blobs the volume names: every blob of every chunk map and of the GC queue, as 53-bit hashes (numbers.ts).
+ * Two ids sharing a hash err on the safe side: a leaked blob whose hash a named one has is kept.
+ */
+async function namedBlobs(store: KvStore, progress: (phase: string, done: number, total?: number) => void): Promise<SortedNumbers> {
+  const named = new SortedNumbers();
+  let chunks = 0;
+  for await (const page of keyValuePages(store, 'c/', PAGE)) {
+    for (const [, v] of page) for (const b of entryBlobs(decodeChunk(v))) named.add(idHash(b.blobId));
+    progress('chunk maps', (chunks += page.length));
   }
-  for await (const page of scanPages(store, K.gcPrefix, PAGE)) for (const [k] of page) named.add(memberOf(k, K.gcPrefix));
-  const blobs = await store.keys('b/');
-  return blobs.map((k) => memberOf(k, 'b/')).filter((id) => !named.has(id));
+  for await (const page of store.keyPages(K.gcPrefix, PAGE)) for (const k of page) named.add(idHash(memberOf(k, K.gcPrefix)));
+  named.sorted();
+  return named;
 }
 
+/** the ids of the volume's blobs that `named` does not hold, a page of the blob walk at a time */
+async function* unnamedBlobs(store: KvStore, named: SortedNumbers): AsyncGenerator<string[]> {
+  for await (const page of store.keyPages('b/', PAGE)) {
+    const ids = page.map((k) => memberOf(k, 'b/')).filter((id) => !named.has(idHash(id)));
+    if (ids.length) yield ids;
+  }
+}
+
+/**
+ * Memory: the hashes of the named blobs (8 bytes a blob) and of the candidates (8 bytes a leaked blob); keys are
+ * walked a page at a time (KvStore.keyPages).
+ */
 async function sweep(store: KvStore, sessionLive: (sid: string) => Promise<boolean>, graceMs: number, dryRun: boolean, report: GcReport,
   progress: (phase: string, done: number, total?: number) => void): Promise<void> {
   const live = new Map<string, boolean>();
@@ -124,28 +139,38 @@ async function sweep(store: KvStore, sessionLive: (sid: string) => Promise<boole
     if (!live.has(sid)) live.set(sid, await sessionLive(sid));
     return live.get(sid)!;
   };
-  const candidates: string[] = [];
-  for (const id of await unreferenced(store, progress)) {
-    if (await isLive(id)) report.leakedLive++;
-    else candidates.push(id);
+  // leaked blobs are read (their bytes counted) and deleted a few at a time: a blob may be a whole chunk
+  const take = async (ids: string[]): Promise<void> => {
+    for (let i = 0; i < ids.length; i += SWEEP_BATCH) {
+      const part = ids.slice(i, i + SWEEP_BATCH).map((id) => K.blob(id));
+      const vals = await store.getMany(part);
+      for (const v of vals) if (v) report.leakedBytes += v.length;
+      if (!dryRun) await store.del(part);
+      report.leaked += part.length;
+      progress('sweep', report.leaked);
+    }
+  };
+  // first look: unreferenced blobs of sessions that are not live are candidates (a dry run counts them)
+  const candidates = new SortedNumbers();
+  for await (const ids of unnamedBlobs(store, await namedBlobs(store, progress))) {
+    const dead: string[] = [];
+    for (const id of ids) {
+      if (await isLive(id)) report.leakedLive++;
+      else dead.push(id);
+    }
+    if (dryRun) await take(dead);
+    else for (const id of dead) candidates.add(idHash(id));
   }
-  if (!candidates.length) return;
-  if (!dryRun && graceMs > 0) {
+  if (dryRun || !candidates.size) return;
+  if (graceMs > 0) {
     progress('grace', 0, graceMs);
     await new Promise((r) => setTimeout(r, graceMs));
   }
   // a second look: what a commit named meanwhile stays, and so do blobs whose session came back
   live.clear();
-  const still = dryRun ? new Set(candidates) : new Set(await unreferenced(store, progress));
-  const gone: string[] = [];
-  for (const id of candidates) if (still.has(id) && !(await isLive(id))) gone.push(id);
-  // a few at a time: their bytes are read to be counted (a blob may be a whole chunk)
-  for (let i = 0; i < gone.length; i += SWEEP_BATCH) {
-    const part = gone.slice(i, i + SWEEP_BATCH);
-    const vals = await store.getMany(part.map((id) => K.blob(id)));
-    for (const v of vals) if (v) report.leakedBytes += v.length;
-    if (!dryRun) await store.del(part.map((id) => K.blob(id)));
-    report.leaked += part.length;
-    progress('sweep', report.leaked, gone.length);
+  for await (const ids of unnamedBlobs(store, await namedBlobs(store, progress))) {
+    const gone: string[] = [];
+    for (const id of ids) if (candidates.has(idHash(id)) && !(await isLive(id))) gone.push(id);
+    await take(gone);
   }
 }

@@ -20,3 +20,16 @@ export async function* scanPages(store: KvStore, prefix: string, limit = SCAN_PA
     after = page[page.length - 1]![0];
   }
 }
+
+/**
+ * Every key under prefix (of any collection) with its value, a page at a time (KvStore.keyPages, then one getMany
+ * per page): for walks of a whole volume. A key deleted between the two reads is left out.
+ */
+export async function* keyValuePages(store: KvStore, prefix: string, limit = SCAN_PAGE): AsyncGenerator<[string, Uint8Array][]> {
+  for await (const keys of store.keyPages(prefix, limit)) {
+    const vals = await store.getMany(keys);
+    const page: [string, Uint8Array][] = [];
+    for (let i = 0; i < keys.length; i++) if (vals[i]) page.push([keys[i]!, vals[i]!]);
+    if (page.length) yield page;
+  }
+}

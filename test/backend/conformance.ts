@@ -179,6 +179,37 @@ export function conformance(t: Test, name: string, factory: () => Promise<KvStor
       t.same(await s.keys('q/'), []);
     });
 
+    t.test('keyPages walks every key under a prefix, of every collection, in pages of at most limit', async (t) => {
+      const s = await open(t);
+      const meta = Array.from({ length: 53 }, (_, i) => `w/${i % 3}/${String(i).padStart(3, '0')}`);
+      // blobs: small ones (which the embedded engine keeps in LMDB) and chunk-sized ones (in files)
+      const blobs = Array.from({ length: 21 }, (_, i) => `b/walk.${i}`);
+      for (const k of meta) await s.put(k, enc(k));
+      for (const [i, k] of blobs.entries()) await s.put(k, i % 2 ? new Uint8Array(256 << 10).fill(i) : enc(k));
+      for (const k of ['wz/1', 'v/1']) await s.put(k, enc(k));
+      const walk = async (prefix: string, limit?: number) => {
+        const pages: string[][] = [];
+        for await (const p of s.keyPages(prefix, limit)) pages.push(p);
+        return pages;
+      };
+      const pages = await walk('w/', 10);
+      t.ok(pages.every((p) => p.length >= 1 && p.length <= 10), `pages of 1 to 10 keys (${pages.map((p) => p.length).join(' ')})`);
+      t.same([...new Set(pages.flat())].sort(), [...meta].sort(), 'every key under w/ (not wz/), of every collection');
+      t.equal(pages.flat().length, new Set(pages.flat()).size, 'each once');
+      t.same([...new Set((await walk('b/walk.', 4)).flat())].sort(), [...blobs].sort(), 'blobs, in the database and in files');
+      t.same((await walk('w/1/')).flat().sort(), meta.filter((k) => k.startsWith('w/1/')).sort(), 'a collection, default page size');
+      t.same(await walk('q/'), [], 'nothing under an unused prefix: no page at all');
+      // a walk that deletes what it met goes on to the keys it has not met
+      const seen: string[] = [];
+      for await (const p of s.keyPages('w/', 7)) {
+        seen.push(...p);
+        await s.del(p);
+      }
+      t.same([...new Set(seen)].sort(), [...meta].sort(), 'deleting each page as it comes does not hide later keys');
+      t.same(await s.keys('w/'), [], 'and they are gone');
+      await rejectsWith(t, (async () => { for await (const p of s.keyPages('w/', 0)) void p; })(), 'INVALID', 'keyPages limit 0');
+    });
+
     t.test('scan rejects a prefix that is not a collection', async (t) => {
       const s = await open(t);
       await rejectsWith(t, s.scan('d/1'), 'INVALID', "scan('d/1')");

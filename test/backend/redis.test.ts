@@ -202,6 +202,24 @@ t.test('real Redis servers', { skip: redisAvailable() }, async (t) => {
     t.match(clients, /name=kvfs .*resp=2/, 'connections speak RESP2');
   });
 
+  t.test('a walk of the keys refuses a cluster whose slots are moving, and works again once they stopped', async (t) => {
+    const s = await open(vol('walk'));
+    t.teardown(() => s.close());
+    for (let i = 0; i < 32; i++) await s.put(`b/w${i}`, enc('x'));
+    const [from, to] = await cluster.masters();
+    const slot = from!.slots[0]![0];
+    // a real migration's first step: the source says the slot is migrating, the target that it is importing
+    await cluster.cli(to!.port, 'CLUSTER', 'SETSLOT', String(slot), 'IMPORTING', from!.id);
+    await cluster.cli(from!.port, 'CLUSTER', 'SETSLOT', String(slot), 'MIGRATING', to!.id);
+    try {
+      await rejectsStore(t, s.keys('b/'), 'UNAVAILABLE', /moving slots between its masters \(resharding\).*run the command again/);
+    } finally {
+      await cluster.cli(from!.port, 'CLUSTER', 'SETSLOT', String(slot), 'STABLE');
+      await cluster.cli(to!.port, 'CLUSTER', 'SETSLOT', String(slot), 'STABLE');
+    }
+    t.equal((await s.keys('b/w')).length, 32, 'every key once the slot is stable again');
+  });
+
   t.test('a retried commit applies once: its transaction id is found', async (t) => {
     const s = await open(vol('txid'));
     t.teardown(() => s.close());

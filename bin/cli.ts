@@ -33,6 +33,7 @@ import {
 import { Lifecycle } from './lifecycle.js';
 import { configureLog, log as daemonLog, logsJson } from '../src/log.js';
 import { connectTo, human, logLevelCommand, profileCommand, startControl, statsCommand } from './diag.js';
+import { loadCommand } from './load.js';
 import { parseListenAddress, startMetrics, type DaemonStats } from '../src/diag/metrics.js';
 import { countStoreCalls } from '../src/diag/store-calls.js';
 
@@ -885,6 +886,23 @@ async function main(args: string[]): Promise<void> {
       .option('repair', { type: 'boolean', describe: 'fix what can be fixed (the volume must not be mounted), and say what was done' })
       .option('json', { type: 'boolean', describe: 'also print the report as one JSON line' }),
     (a) => fsckCmd(a as never))
+    .command('load [source] [target]', 'load a local directory\'s contents into a volume, straight into the store (no FUSE): a job that resumes, can be canceled, and waits out a throttling store', (y) => y.options(STORE_OPTIONS)
+      .positional('source', { type: 'string', describe: 'SRC_DIR (with --status, --cancel, --clear: STORE[:/PATH])' })
+      .positional('target', { type: 'string', describe: 'STORE[:/PATH]: the store (default: the per-user default store) and the path in it (default /; made when missing); :/PATH alone names a path of the default store' })
+      .option('jobs', { type: 'number', default: 16, describe: 'writes under way at most (lowered while the store throttles, raised when it recovers)' })
+      .option('deadline', { type: 'number', default: 300, describe: 'seconds without a file written before the job fails (a store that stays down)' })
+      .option('verify', { type: 'boolean', default: true, describe: 'read every file back and compare checksums (--no-verify skips it)' })
+      .option('status', { type: 'boolean', describe: 'show the job of STORE[:/PATH], or every job of STORE' })
+      .option('cancel', { type: 'boolean', describe: 'stop the job at its next safe point (with --force: at once)' })
+      .option('force', { type: 'boolean', describe: 'with --cancel: stop at once and mark the job canceled' })
+      .option('clear', { type: 'boolean', describe: 'remove an ended or canceled job and what it left unfinished' })
+      .option('json', { type: 'boolean', describe: 'with --status: also print the jobs as JSON' })
+      .example('$0 load ./dataset local:/srv/kvfs:/data', 'load ./dataset into /data of a local volume')
+      .example('$0 load --status local:/srv/kvfs', 'every load job of the volume')
+      .example('$0 load --cancel local:/srv/kvfs:/data', 'stop it at its next safe point'),
+    (a) => loadCommand(a as never, {
+      fail, defaultStore, onVolume: (url, what, busy, fn) => onVolume(url, a as never as StoreArgs, what, busy, fn),
+    }))
     .command('config <store>', 'show or change a volume\'s quota (mounted or not: mounts take it within 5 s)', (y) => y.options(STORE_OPTIONS)
       .positional('store', { type: 'string', describe: 'store URL' })
       .option('capacity', { type: 'string', describe: 'quota of file data, e.g. 100G, or none' })

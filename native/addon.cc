@@ -12,6 +12,7 @@
 #include "daemon-files.h"
 #include "fuse-dev.h"
 #include "mapped.h"
+#include "xattrs.h"
 
 namespace {
 
@@ -43,6 +44,24 @@ Napi::Value LockFile(const Napi::CallbackInfo& info) {
 
 Napi::Value ReleaseMapped(const Napi::CallbackInfo& info) {
   return Num(info.Env(), static_cast<double>(kvfs::ReleaseMapped(info[0].As<Napi::String>())));
+}
+
+// names of a file's xattrs (not following a symlink): an array of strings, or -errno
+Napi::Value ListXattrs(const Napi::CallbackInfo& info) {
+  int err = 0;
+  std::vector<std::string> names = kvfs::ListXattrs(info[0].As<Napi::String>(), &err);
+  if (err) return Num(info.Env(), err);
+  Napi::Array out = Napi::Array::New(info.Env(), names.size());
+  for (size_t i = 0; i < names.size(); i++) out.Set(static_cast<uint32_t>(i), Napi::String::New(info.Env(), names[i]));
+  return out;
+}
+
+// one xattr's value (not following a symlink): a Buffer, or -errno
+Napi::Value GetXattr(const Napi::CallbackInfo& info) {
+  int err = 0;
+  std::string v = kvfs::GetXattr(info[0].As<Napi::String>(), info[1].As<Napi::String>(), &err);
+  if (err) return Num(info.Env(), err);
+  return Napi::Buffer<char>::Copy(info.Env(), v.data(), v.size());
 }
 
 Napi::Value RedirectOutput(const Napi::CallbackInfo& info) {
@@ -316,6 +335,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("lockFile", Napi::Function::New(env, LockFile));
   exports.Set("redirectOutput", Napi::Function::New(env, RedirectOutput));
   exports.Set("releaseMapped", Napi::Function::New(env, ReleaseMapped));
+  exports.Set("listXattrs", Napi::Function::New(env, ListXattrs));
+  exports.Set("getXattr", Napi::Function::New(env, GetXattr));
   exports.Set("peerUid", Napi::Function::New(env, PeerUid));
   exports.Set("syncfs", Napi::Function::New(env, Syncfs));
   exports.Set("NativeChannel", ChannelWrap::Define(env));

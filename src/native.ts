@@ -65,6 +65,10 @@ interface Addon {
    * the page cache: the bytes advised, or -errno (native/mapped.h)
    */
   releaseMapped(path: string): number;
+  /** the names of path's extended attributes, not following a symlink, or -errno */
+  listXattrs(path: string): string[] | number;
+  /** the value of path's extended attribute name, not following a symlink, or -errno */
+  getXattr(path: string, name: string): Buffer | number;
   /** descriptors 1 and 2 to the end of path (created 0600): 0 or -errno */
   redirectOutput(path: string): number;
   /** the uid of the peer of a connected Unix socket (SO_PEERCRED), or -errno */

@@ -8,17 +8,13 @@
  */
 import { fsErr } from './errors.js';
 import type { KeyedMutex } from './keyed-mutex.js';
-import type { Volume } from '../volume/inodes.js';
+import { XATTR_NAME_MAX, XATTR_SIZE_MAX, xattrStored, type Volume } from '../volume/inodes.js';
 import { K, memberOf, nowTs } from '../volume/schema.js';
 import { scanPages } from '../volume/scan.js';
 import { transact, type Txn } from '../volume/txn.js';
 import { XATTR_CREATE, XATTR_REPLACE, type Ino } from './types.js';
 
-const XATTR_NAME_MAX = 255;
-const XATTR_SIZE_MAX = 65536;
-
-/** whether a volume stores the xattr `name` (see above) */
-export const xattrStored = (name: string) => /^(user|trusted|security)\./.test(name) && name !== 'security.selinux';
+export { xattrStored } from '../volume/inodes.js';
 
 export class Xattrs {
   constructor(private readonly vol: Volume, private readonly locks: KeyedMutex) {}

@@ -139,16 +139,12 @@ async function sweep(store: KvStore, sessionLive: (sid: string) => Promise<boole
     if (!live.has(sid)) live.set(sid, await sessionLive(sid));
     return live.get(sid)!;
   };
-  // leaked blobs are read (their bytes counted) and deleted a few at a time: a blob may be a whole chunk
   const take = async (ids: string[]): Promise<void> => {
-    for (let i = 0; i < ids.length; i += SWEEP_BATCH) {
-      const part = ids.slice(i, i + SWEEP_BATCH).map((id) => K.blob(id));
-      const vals = await store.getMany(part);
-      for (const v of vals) if (v) report.leakedBytes += v.length;
-      if (!dryRun) await store.del(part);
-      report.leaked += part.length;
+    await deleteBlobs(store, ids, dryRun, (count, bytes) => {
+      report.leaked += count;
+      report.leakedBytes += bytes;
       progress('sweep', report.leaked);
-    }
+    });
   };
   // first look: unreferenced blobs of sessions that are not live are candidates (a dry run counts them)
   const candidates = new SortedNumbers();
@@ -172,5 +168,31 @@ async function sweep(store: KvStore, sessionLive: (sid: string) => Promise<boole
     const gone: string[] = [];
     for (const id of ids) if (candidates.has(idHash(id)) && !(await isLive(id))) gone.push(id);
     await take(gone);
+  }
+}
+
+/**
+ * Deletes the blobs that nothing names of the sessions `mine` picks (sessions the caller knows are over: a load
+ * job's runs, kvfs load --clear), at once, without a grace period. Returns how many went, and their bytes.
+ */
+export async function sweepSessions(store: KvStore, mine: (sid: string) => boolean): Promise<{ count: number; bytes: number }> {
+  const out = { count: 0, bytes: 0 };
+  for await (const ids of unnamedBlobs(store, await namedBlobs(store, () => undefined))) {
+    await deleteBlobs(store, ids.filter((id) => mine(id.slice(0, id.lastIndexOf('.')))), false, (count, bytes) => {
+      out.count += count;
+      out.bytes += bytes;
+    });
+  }
+  return out;
+}
+
+/** reads (to count their bytes) and deletes blobs a few at a time (a blob may be a whole chunk); a dry run only counts */
+async function deleteBlobs(store: KvStore, ids: string[], dryRun: boolean, done: (count: number, bytes: number) => void): Promise<void> {
+  for (let i = 0; i < ids.length; i += SWEEP_BATCH) {
+    const part = ids.slice(i, i + SWEEP_BATCH).map((id) => K.blob(id));
+    let bytes = 0;
+    for (const v of await store.getMany(part)) if (v) bytes += v.length;
+    if (!dryRun) await store.del(part);
+    done(part.length, bytes);
   }
 }

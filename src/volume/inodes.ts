@@ -26,6 +26,14 @@ export const S_IFDIR = 0o040000;
 export const S_IFREG = 0o100000;
 export const S_IFLNK = 0o120000;
 export const NAME_MAX = 255;
+export const XATTR_NAME_MAX = 255;
+export const XATTR_SIZE_MAX = 65536;
+
+/**
+ * Whether a volume stores the xattr `name`: the user, trusted and security namespaces but security.selinux
+ * (src/fs/xattrs.ts says why); others are the kernel's business (system.posix_acl_* among them).
+ */
+export const xattrStored = (name: string) => /^(user|trusted|security)\./.test(name) && name !== 'security.selinux';
 /** st_size of a directory */
 export const DIR_SIZE = 4096;
 /** an inode removed with at most this many xattrs is removed in its unlink's commit (more: the purge queue) */

@@ -17,6 +17,7 @@
  *   s/<session>            a live mount: value: the time (ms) its heartbeat expires          collection s/
  *   u/<ino>                shared stores: how many mounts hold the file open (decimal; absent is 0)
  *   w/<session>/<ino>      shared stores: this mount holds the file open (empty value)   collection w/<session>/
+ *   j/<target>             a bulk load's job (load-job.ts), JSON; <target> the volume path URI-encoded  collection j/
  *
  * Invariants:
  *  - every metadata change is one `commit` (src/volume/txn.ts); blobs are `put` before a commit references them.
@@ -62,6 +63,8 @@ export const K = {
   users: (ino: Ino) => `u/${ino}`,
   usePrefix: (session: string) => `w/${session}/`,
   use: (session: string, ino: Ino) => `w/${session}/${ino}`,
+  jobPrefix: 'j/',
+  job: (target: string) => `j/${target}`,
 } as const;
 
 /** the chunk index encoded in a chunk key */

@@ -15,9 +15,8 @@ import { StoreError } from '../src/backend/errors.js';
 import type { KvStore } from '../src/backend/kv.js';
 import { canonicalStoreUrl, describeStore, localStoreDir, openStore, type OpenStoreOptions } from '../src/backend/open-store.js';
 import { isRedisUrl, parseRedisUrl } from '../src/backend/redis-url.js';
-import { Filesystem } from '../src/fs/filesystem.js';
-import { mountLibfuse } from '../src/fs/fuse/libfuse-driver.js';
-import { mountNative, type NativeMount } from '../src/fs/fuse/native-driver.js';
+import type { Filesystem } from '../src/fs/filesystem.js';
+import type { NativeMount } from '../src/fs/fuse/native-driver.js';
 import { isKvfsMount, mountAt, mountHolding, unmount, UnmountError, type MountEntry } from '../src/fs/fuse/mount-table.js';
 import { K } from '../src/volume/schema.js';
 import { humanBytes } from '../src/volume/limits.js';
@@ -34,8 +33,7 @@ import { Lifecycle } from './lifecycle.js';
 import { configureLog, log as daemonLog, logsJson } from '../src/log.js';
 import { connectTo, human, logLevelCommand, profileCommand, startControl, statsCommand } from './diag.js';
 import { loadCommand } from './load.js';
-import { parseListenAddress, startMetrics, type DaemonStats } from '../src/diag/metrics.js';
-import { countStoreCalls } from '../src/diag/store-calls.js';
+import type { DaemonStats } from '../src/diag/metrics.js';
 
 class CliError extends Error {}
 const fail = (msg: string): never => { throw new CliError(msg); };
@@ -184,14 +182,16 @@ function limitsText(v: { capacity?: number; inodeCapacity?: number }): string {
 
 /**
  * Runs a maintenance command on a volume: the store opened, its volume checked, and on a local store the daemon
- * lock taken when no daemon holds it (`locked` then says no mount runs; `busy` is called when one does).
+ * lock taken when no daemon holds it (`locked` then says no mount runs; `busy` is called when one does; a null
+ * `busy` takes no lock: for commands whose every write checks what it read, which must never keep a mount or
+ * a loader from starting).
  */
-async function onVolume(url: string, argv: StoreArgs, what: string, busy: (e: Error) => void,
+async function onVolume(url: string, argv: StoreArgs, what: string, busy: ((e: Error) => void) | null,
   fn: (store: KvStore, locked: boolean) => Promise<void>): Promise<void> {
   mustExist(url);
   const dir = localStoreDir(url);
   let lock: number | undefined;
-  if (dir) {
+  if (dir && busy) {
     try {
       lock = lockStoreDir(dir, { what });
     } catch (e) {
@@ -419,6 +419,10 @@ async function mount(argv: MountArgs): Promise<void> {
   inRange('entry-timeout', argv.entryTimeout, 0, 86400);
   inRange('request-timeout', argv.requestTimeout, 0, 86400);
   inRange('session-ttl', argv.sessionTtl, 3, 86400);
+  // what only a daemon needs loads here, not with every kvfs command (prom-client, the drivers, the core)
+  const [{ parseListenAddress, startMetrics }, { countStoreCalls }, { Filesystem }] = await Promise.all([
+    import('../src/diag/metrics.js'), import('../src/diag/store-calls.js'), import('../src/fs/filesystem.js'),
+  ]);
   let metricsAt: { host: string; port: number } | undefined;
   try {
     metricsAt = argv.metrics === undefined ? undefined : parseListenAddress(argv.metrics);
@@ -480,10 +484,10 @@ async function mount(argv: MountArgs): Promise<void> {
     throw e;
   }
   const mounting = argv.driver === 'libfuse'
-    ? mountLibfuse(fs, mnt, {
+    ? (await import('../src/fs/fuse/libfuse-driver.js')).mountLibfuse(fs, mnt, {
       allowOther: argv.allowOther, debug: argv.debug, attrTimeout: argv.attrTimeout, entryTimeout: argv.entryTimeout, source,
     })
-    : mountNative(fs, mnt, {
+    : (await import('../src/fs/fuse/native-driver.js')).mountNative(fs, mnt, {
       allowOther: argv.allowOther, attrTimeout: argv.attrTimeout, entryTimeout: argv.entryTimeout,
       poolBytes: argv.bufferPoolMb << 20, readers: argv.readers, writebackCache: argv.writebackCache,
       debugPool: argv.debugBuffers, requestTimeout: argv.requestTimeout, source,

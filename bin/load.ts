@@ -33,8 +33,11 @@ export interface LoadArgs {
 export interface LoadContext {
   fail(msg: string): never;
   defaultStore(): string;
-  /** runs fn on the volume; `busy` is called when a mount (or another loader) holds a local store */
-  onVolume(url: string, what: string, busy: (e: Error) => void, fn: (store: KvStore, locked: boolean) => Promise<void>): Promise<void>;
+  /**
+   * runs fn on the volume; on a local store it takes the store's lock, and `busy` is called when a mount (or
+   * another loader) holds it; null: no lock
+   */
+  onVolume(url: string, what: string, busy: ((e: Error) => void) | null, fn: (store: KvStore, locked: boolean) => Promise<void>): Promise<void>;
 }
 
 /** STORE[:/PATH] -> the store URL and the absolute volume path */
@@ -64,11 +67,18 @@ export async function loadCommand(argv: LoadArgs, cx: LoadContext): Promise<void
     if (argv.target !== undefined) cx.fail('--status, --cancel and --clear take one argument: STORE[:/PATH]');
     const { url, path, explicit } = parseTarget(argv.source, cx.defaultStore(), cx.fail);
     if (url.startsWith('memory:')) cx.fail('a memory: volume lives in its daemon only: there is no load job to find from here');
-    // the job record is written with its own checks: beside a mount or a running loader is fine
-    await cx.onVolume(url, 'load', () => undefined, async (store) => {
-      if (argv.status) await status(store, url, explicit ? path : undefined, !!argv.json, cx);
-      else if (argv.cancel) await cancel(store, url, path, !!argv.force);
-      else await clear(store, url, path);
+    // the job record is written with its own checks: beside a mount or a running loader is fine, and no lock
+    // is taken (it would keep a loader that starts meanwhile from starting)
+    await cx.onVolume(url, 'load', null, async (store) => {
+      try {
+        if (argv.status) await status(store, url, explicit ? path : undefined, !!argv.json, cx);
+        else if (argv.cancel) await cancel(store, url, path, !!argv.force);
+        else await clear(store, url, path);
+      } catch (e) {
+        if (!(e instanceof LoadError)) throw e;
+        if (e.exitCode) cx.fail(e.message);
+        console.log(`kvfs load: ${e.message}`);
+      }
     });
     return;
   }
@@ -76,8 +86,8 @@ export async function loadCommand(argv: LoadArgs, cx: LoadContext): Promise<void
   const source = resolve(argv.source!);
   const { url, path } = parseTarget(argv.target, cx.defaultStore(), cx.fail);
   if (url.startsWith('memory:')) cx.fail('a memory: volume lives in the daemon that mounts it: copy into the mount instead');
-  await cx.onVolume(url, 'load', (e) => cx.fail(`${e.message}: kvfs load writes past a mount of a local store, which would not ` +
-    'see the new files (it caches names for long): unmount it first, or copy through the mount'), async (store) => {
+  await cx.onVolume(url, 'load', (e) => cx.fail(/\(load\)/.test(e.message) ? e.message : `${e.message} (kvfs load writes into the store ` +
+    'directly, and a mount of a local store would not see the new files: it caches names for long)'), async (store) => {
     const view = progressView(!!process.stdout.isTTY);
     let interrupted = false;
     const onInt = () => {
@@ -143,7 +153,7 @@ async function cancel(store: KvStore, url: string, path: string, force: boolean)
     // it stops once the files under way are written: wait for that, a minute at most
     const until = Date.now() + 60_000;
     for (;;) {
-      await new Promise((r) => setTimeout(r, 500));
+      await new Promise((r) => setTimeout(r, 200));
       const now = await readJob(store, path);
       if (!now || FINISHED.includes(now.state)) {
         console.log(`kvfs load: ${path}: ${now?.state ?? 'gone'}`);
@@ -162,6 +172,7 @@ async function cancel(store: KvStore, url: string, path: string, force: boolean)
     throw e;
   }
 }
+
 
 async function clear(store: KvStore, url: string, path: string): Promise<void> {
   const r = await clearLoad(store, path, url);

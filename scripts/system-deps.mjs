@@ -31,6 +31,7 @@ const TIERS = {
     req('redis-server for the Redis backend tests', 'redis-server'),
     req('mount/umount', 'mount'),
     req('util-linux (findmnt)', 'util-linux'),
+    req('getfattr and setfattr for the xattr tests', 'attr'),
   ],
   bench: [
     req('libfuse3 headers for the C ceiling', 'libfuse3-dev'),

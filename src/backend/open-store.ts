@@ -1,9 +1,9 @@
 import { resolve } from 'node:path';
 import { StoreError } from './errors.js';
 import type { KvStore } from './kv.js';
-import { LmdbStore, type LmdbStoreOptions } from './lmdb.js';
+import type { LmdbStoreOptions } from './lmdb.js';
 import { MemoryStore } from './memory.js';
-import { RedisStore, type RedisStoreOptions } from './redis.js';
+import type { RedisStoreOptions } from './redis.js';
 import { isRedisUrl, parseRedisUrl } from './redis-url.js';
 
 /** options for openStore; each applies to the engines that name it */
@@ -27,8 +27,9 @@ const namedMemory = new Map<string, MemoryStore>();
  */
 export async function openStore(url: string, opts: OpenStoreOptions = {}): Promise<KvStore> {
   const u = parseStoreUrl(url);
-  if (u.scheme === 'local') return LmdbStore.open(u.dir, opts);
-  if (u.scheme === 'redis') return RedisStore.open(u.url, opts);
+  // each engine's module (lmdb-js, ioredis) loads when a store of it is opened: every kvfs command starts faster
+  if (u.scheme === 'local') return (await import('./lmdb.js')).LmdbStore.open(u.dir, opts);
+  if (u.scheme === 'redis') return (await import('./redis.js')).RedisStore.open(u.url, opts);
   if (u.name === '') return new MemoryStore();
   let origin = namedMemory.get(u.name);
   if (!origin) namedMemory.set(u.name, (origin = new MemoryStore()));

@@ -10,7 +10,7 @@
  * process of this machine that is gone, has no live owner and may be taken over by the same command (resume),
  * canceled or cleared. A cancel is a request in the record (`cancel`): 'safe' lets the owner stop at its next safe
  * point (the files under way finish), 'force' marks the job canceled at once and the owner stops at its next
- * heartbeat without another write. `sessions` lists every session the job's runs wrote blobs under, for `--clear`.
+ * heartbeat, its only write then taking its name off the job. `sessions` lists every session the job's runs wrote blobs under, for `--clear`.
  */
 import { hostname } from 'node:os';
 import type { KvStore } from '../backend/kv.js';
@@ -23,7 +23,7 @@ export type JobState = 'pending' | 'scanning' | 'loading' | 'verifying' | 'succe
 export const FINISHED: readonly JobState[] = ['succeeded', 'failed', 'canceled'];
 
 /** a job's owner renews its heartbeat this often, and is taken for gone this long after the last one */
-export const JOB_BEAT_MS = 1000;
+export const JOB_BEAT_MS = 500;
 export const JOB_TTL_MS = 10_000;
 
 /** at most this many failed files are named in the record (the rest are counted) */

@@ -4,6 +4,7 @@
  * its owner's runtime directory (daemons.ts), so the CLI finds it from the mountpoint, for the owner and root.
  */
 import { readFileSync, writeFileSync } from 'node:fs';
+import { native } from '../src/native.js';
 import { getHeapStatistics } from 'node:v8';
 import { ControlClient, CONTROL_VERSION, ControlError, ControlServer, type ControlCommand } from '../src/diag/control.js';
 import { Profilers } from '../src/diag/profilers.js';
@@ -25,19 +26,34 @@ export interface DaemonView {
 /**
  * What the daemon's memory is made of, adding up to its RSS: the parts the daemon counts itself (`offHeap`:
  * the pool's arena, the blob cache, write-back buffers), other Buffers and ArrayBuffers (V8's external memory
- * less those), V8's heap (its resident pages), files mapped in (RssFile: code, libraries, an LMDB store's map), and
- * `other`: the rest of the anonymous memory (native allocations: libuv, the addon's read index and reader
- * scratch, thread stacks, malloc's free lists). `other` is what the daemon cannot explain.
+ * less those), V8's heap (its resident pages), files mapped in (RssFile: code, libraries, an LMDB store's map),
+ * malloc's blocks beyond the Buffers (libuv, the addon's read index and reader scratch, V8's own structures) and
+ * what malloc keeps free for reuse (mallinfo2), and `other`: the rest of the anonymous memory (thread stacks,
+ * memory mapped without malloc). `other` is what the daemon cannot explain.
  */
+/** glibc malloc's figures (zeros where the addon cannot say) */
+function mallocFigures(): { inUse: number; free: number } {
+  try {
+    return native().mallocInfo();
+  } catch {
+    return { inUse: 0, free: 0 };
+  }
+}
+
 export function memoryReport(offHeap: OffHeapPart[]): { rss: number; parts: { name: string; bytes: number }[] } {
   const m = process.memoryUsage();
   const status = readStatus();
   const counted = offHeap.reduce((n, p) => n + p.bytes, 0);
+  const malloc = mallocFigures();
   const parts = [
     ...offHeap.map((p) => ({ name: p.name, bytes: p.bytes })),
     { name: 'other buffers', bytes: Math.max(0, m.external - counted) },
     { name: 'V8 heap', bytes: getHeapStatistics().total_physical_size },
     { name: 'mapped files', bytes: status.RssFile ?? 0 },
+    // malloc's blocks that are not Buffers (libuv, the addon's read index, V8's own structures), and memory the
+    // program freed that malloc keeps for reuse
+    { name: 'native allocations', bytes: Math.max(0, malloc.inUse - m.external) },
+    { name: 'malloc free lists', bytes: malloc.free },
   ];
   const explained = parts.reduce((n, p) => n + p.bytes, 0);
   return { rss: m.rss, parts: [...parts, { name: 'other', bytes: m.rss - explained }] };

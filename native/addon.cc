@@ -46,6 +46,15 @@ Napi::Value ReleaseMapped(const Napi::CallbackInfo& info) {
   return Num(info.Env(), static_cast<double>(kvfs::ReleaseMapped(info[0].As<Napi::String>())));
 }
 
+// glibc malloc's figures: { inUse, free } bytes
+Napi::Value MallocInfo(const Napi::CallbackInfo& info) {
+  kvfs::MallocFigures m = kvfs::MallocInfo();
+  Napi::Object o = Napi::Object::New(info.Env());
+  o.Set("inUse", Num(info.Env(), static_cast<double>(m.in_use)));
+  o.Set("free", Num(info.Env(), static_cast<double>(m.free)));
+  return o;
+}
+
 // names of a file's xattrs (not following a symlink): an array of strings, or -errno
 Napi::Value ListXattrs(const Napi::CallbackInfo& info) {
   int err = 0;
@@ -336,6 +345,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("redirectOutput", Napi::Function::New(env, RedirectOutput));
   exports.Set("releaseMapped", Napi::Function::New(env, ReleaseMapped));
   exports.Set("listXattrs", Napi::Function::New(env, ListXattrs));
+  exports.Set("mallocInfo", Napi::Function::New(env, MallocInfo));
   exports.Set("getXattr", Napi::Function::New(env, GetXattr));
   exports.Set("peerUid", Napi::Function::New(env, PeerUid));
   exports.Set("syncfs", Napi::Function::New(env, Syncfs));

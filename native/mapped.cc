@@ -3,6 +3,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <malloc.h>
 #include <sys/mman.h>
 
 namespace kvfs {
@@ -32,6 +33,11 @@ long long ReleaseMapped(const std::string& path) {
   }
   fclose(maps);
   return released || !err ? released : -err;
+}
+
+MallocFigures MallocInfo() {
+  struct mallinfo2 m = mallinfo2();
+  return {static_cast<long long>(m.uordblks + m.hblkhd), static_cast<long long>(m.fordblks)};
 }
 
 }  // namespace kvfs

@@ -12,4 +12,12 @@ namespace kvfs {
 // their changes). Returns the bytes of the ranges advised, or -errno.
 long long ReleaseMapped(const std::string& path);
 
+// glibc's malloc, as mallinfo2(3) counts it: bytes handed out (arenas and mmapped blocks) and bytes it keeps free
+// in its arenas (freed by the program, kept for reuse: resident until reused or trimmed).
+struct MallocFigures {
+  long long in_use;
+  long long free;
+};
+MallocFigures MallocInfo();
+
 }  // namespace kvfs

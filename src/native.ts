@@ -65,6 +65,8 @@ interface Addon {
    * the page cache: the bytes advised, or -errno (native/mapped.h)
    */
   releaseMapped(path: string): number;
+  /** glibc malloc's bytes handed out, and the bytes it keeps free in its arenas (mallinfo2) */
+  mallocInfo(): { inUse: number; free: number };
   /** the names of path's extended attributes, not following a symlink, or -errno */
   listXattrs(path: string): string[] | number;
   /** the value of path's extended attribute name, not following a symlink, or -errno */

@@ -127,8 +127,8 @@ const STORE_OPTIONS = {
   'tls-key': { type: 'string', describe: 'client key file for rediss:// URLs' },
 } as const;
 
-async function withStore<T>(url: string, args: StoreArgs, fn: (s: KvStore) => Promise<T>): Promise<T> {
-  const store = await openStore(url, storeOptions(args));
+async function withStore<T>(url: string, args: StoreArgs, fn: (s: KvStore) => Promise<T>, more: Partial<OpenStoreOptions> = {}): Promise<T> {
+  const store = await openStore(url, { ...storeOptions(args), ...more });
   try {
     return await fn(store);
   } finally {
@@ -199,11 +199,12 @@ async function onVolume(url: string, argv: StoreArgs, what: string, busy: ((e: E
     }
   }
   try {
+    // a walk of the whole volume would leave LMDB's map resident: its pages go back every 32 MiB touched
     await withStore(url, argv, async (store) => {
       await readVolume(store).catch((e: unknown) => (e instanceof StoreError && e.code === 'NOVOLUME' ? fail(noVolume(url)) : Promise.reject(e)));
       await fn(store, lock !== undefined);
       printWarnings();
-    });
+    }, { releaseMappedEvery: 32 << 20 });
   } finally {
     if (lock !== undefined) unlockStoreDir(lock);
   }

@@ -20,6 +20,12 @@ export const DEFAULT_MAP_SIZE = 2 ** 30;
 export interface LmdbStoreOptions {
   /** initial map size in bytes (default DEFAULT_MAP_SIZE); the map still grows beyond it on demand */
   mapSize?: number;
+  /**
+   * hand the data file's mapped pages back (they stay in the page cache) after this many bytes of values read or
+   * written (maintenance commands that touch the whole volume: gc, fsck, load; off by default: a mount's hot
+   * pages stay mapped)
+   */
+  releaseMappedEvery?: number;
 }
 
 /**
@@ -63,6 +69,9 @@ export class LmdbStore implements KvStore {
   readonly #blobs: BlobFiles;
   /** the data file's resolved path, as /proc/self/maps names it (#releaseMapped) */
   #dataFile: string | undefined;
+  /** LmdbStoreOptions.releaseMappedEvery (0: off), and the bytes of values read and written since the last release */
+  #releaseEvery = 0;
+  #touchedBytes = 0;
   /** small blobs waiting for their transaction (#putSmall) */
   #small: { writes: { key: string; value: Buffer }[]; done: Promise<void>; run: () => void } | undefined;
   /** whether LMDB itself holds blobs (small ones, or a store written before blob files): reads look there first */
@@ -103,7 +112,9 @@ export class LmdbStore implements KvStore {
         eventTurnBatching: false,
         mapSize: opts.mapSize ?? DEFAULT_MAP_SIZE,
       });
-      return new LmdbStore(dir, db);
+      const store = new LmdbStore(dir, db);
+      store.#releaseEvery = opts.releaseMappedEvery ?? 0;
+      return store;
     } catch (e) {
       let err: StoreError | undefined;
       try {
@@ -117,13 +128,22 @@ export class LmdbStore implements KvStore {
   async get(key: string): Promise<Uint8Array | undefined> {
     const db = this.#ready();
     if (isBlob(key)) return this.#getBlob(key);
-    return this.#read(() => db.get(key));
+    return this.#touched(this.#read(() => db.get(key)));
   }
 
   async getMany(keys: readonly string[]): Promise<(Uint8Array | undefined)[]> {
     const db = this.#ready();
-    if (!keys.some(isBlob)) return this.#read(() => keys.map((k) => db.get(k)));
-    return Promise.all(keys.map((k) => (isBlob(k) ? this.#getBlob(k) : this.#read(() => db.get(k)))));
+    if (!keys.some(isBlob)) return this.#read(() => keys.map((k) => this.#touched(db.get(k))));
+    return Promise.all(keys.map((k) => (isBlob(k) ? this.#getBlob(k) : this.#touched(this.#read(() => db.get(k))))));
+  }
+
+  /** counts a value read through the map (releaseMappedEvery) */
+  #touched<T extends Uint8Array | undefined>(v: T): T {
+    if (this.#releaseEvery && v && (this.#touchedBytes += v.length + 64) >= this.#releaseEvery) {
+      this.#touchedBytes = 0;
+      this.#releaseMapped();
+    }
+    return v;
   }
 
   async put(key: string, value: Uint8Array): Promise<void> {
@@ -208,7 +228,7 @@ export class LmdbStore implements KvStore {
 
   /** a blob LMDB holds (a small one, or one of a store written before blob files) */
   #blobInDb(key: string): Uint8Array | undefined {
-    return this.#blobsInDb ? this.#read(() => this.#db.get(key)) : undefined;
+    return this.#blobsInDb ? this.#touched(this.#read(() => this.#db.get(key))) : undefined;
   }
 
   /** a blob from LMDB, else from its file */
@@ -416,6 +436,7 @@ export class LmdbStore implements KvStore {
   async #write<T>(
     writes: readonly { key: string; value: Uint8Array | null }[], kind: WriteKind, fn: () => T | Promise<T>, named = false,
   ): Promise<T> {
+    if (this.#releaseEvery) for (const w of writes) this.#touched(w.value ?? undefined);
     const space = this.#space;
     let need: number;
     let refusedBy: LmdbFigures | undefined;

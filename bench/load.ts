@@ -27,7 +27,8 @@
  *     then `cp -r small/. MNT/cp/small/` and `cp -r big/. MNT/cp/big/`, each timed from spawn until `cp` returns
  *     (each close(2) commits its file) plus an fsync(2) of MNT (the store synced, as the loader's exit syncs it;
  *     see syncMount), with the daemon's peak RSS (VmHWM, reset first).
- *  3. The checks, through the same mount after the timings: `diff -r --no-dereference` of small/ against
+ *  3. The checks, through the same mount after the timings: the type, mode, owner, link count, mtime (ns) and
+ *     symlink target of every entry of MNT/load/small against small/ (find -printf), `diff -r --no-dereference` of small/ against
  *     MNT/load/small and MNT/cp/small, the hard links of MNT/load/small (one inode per pair), its xattrs
  *     (getfattr), the size of every big file and `cmp` of the first against MNT/load/big and MNT/cp/big. Then
  *     `kvfs umount`, and the daemon's log must hold nothing unexpected.
@@ -509,6 +510,17 @@ async function checks(res: StoreResult, trees: { small: Tree; big: Tree }, mnt: 
     }
     note(!badX.length, `xattrs in MNT/load/small: ${trees.small.xattrs.size - badX.length} of ${trees.small.xattrs.size} as in the source` +
       `${badX.length ? ` (not: ${badX.join('; ')})` : ''}`);
+    // type, mode, owner, link count, mtime in ns and symlink target of every entry, as find(1) prints them
+    const listing = async (dir: string): Promise<string[]> => {
+      const r = await run('bash', ['-o', 'pipefail', '-c', `cd "$1" && find . -mindepth 1 -printf '%P|%y|%m|%U|%G|%n|%T@|%l\\n' | LC_ALL=C sort`, 'bash', dir],
+        { timeoutMs: 3_600_000 });
+      return r.code === 0 ? r.stdout.split('\n') : [`find failed: ${r.stderr.trim()}`];
+    };
+    const [want, got] = [await listing(trees.small.dir), await listing(at)];
+    const inGot = new Set(got);
+    const differ = want.filter((l) => !inGot.has(l));
+    note(!differ.length && want.length === got.length, `modes, owners, link counts, mtimes (ns) and symlink targets of MNT/load/small: ` +
+      `${want.length - differ.length} of ${want.length} entries as in the source${differ.length ? ` (not: ${differ.slice(0, 3).join(' / ')})` : ''}`);
   }
   if (res.loads.big) await cmp('load/big');
   if (res.cps.small) await diff('cp/small');

@@ -199,12 +199,12 @@ async function onVolume(url: string, argv: StoreArgs, what: string, busy: ((e: E
     }
   }
   try {
-    // a walk of the whole volume would leave LMDB's map resident: its pages go back every 32 MiB touched
+    // a walk of the whole volume would leave LMDB's map resident: its pages go back every 8 MiB touched
     await withStore(url, argv, async (store) => {
       await readVolume(store).catch((e: unknown) => (e instanceof StoreError && e.code === 'NOVOLUME' ? fail(noVolume(url)) : Promise.reject(e)));
       await fn(store, lock !== undefined);
       printWarnings();
-    }, { releaseMappedEvery: 32 << 20 });
+    }, { releaseMappedEvery: 8 << 20 });
   } finally {
     if (lock !== undefined) unlockStoreDir(lock);
   }

@@ -14,7 +14,7 @@ import cliProgress from 'cli-progress';
 import type { KvStore } from '../src/backend/kv.js';
 import { humanBytes } from '../src/volume/limits.js';
 import { FINISHED, allJobs, describeJob, readJob, type LoadJob } from '../src/volume/load-job.js';
-import { LoadError, cancelLoad, clearLoad, runLoad, targetName } from '../src/volume/load.js';
+import { LoadError, cancelLoad, clearLoad, runLoad, targetName } from '../src/volume/load-run.js';
 
 export interface LoadArgs {
   source?: string;

@@ -137,9 +137,12 @@ export class LmdbStore implements KvStore {
     return Promise.all(keys.map((k) => (isBlob(k) ? this.#getBlob(k) : this.#touched(this.#read(() => db.get(k))))));
   }
 
-  /** counts a value read through the map (releaseMappedEvery) */
+  /**
+   * counts a value read or written through the map (releaseMappedEvery): at least a page, and one more for the
+   * way down the B-tree (a write copies the pages it changes out of the map)
+   */
   #touched<T extends Uint8Array | undefined>(v: T): T {
-    if (this.#releaseEvery && v && (this.#touchedBytes += v.length + 64) >= this.#releaseEvery) {
+    if (this.#releaseEvery && v && (this.#touchedBytes += Math.max(v.length, PAGE) + PAGE) >= this.#releaseEvery) {
       this.#touchedBytes = 0;
       this.#releaseMapped();
     }
@@ -485,6 +488,8 @@ const isBlob = (key: string) => key.startsWith(BLOB_PREFIX);
 
 /** a walk of the keys hands the data file's mapped pages back every this many pages of keys (#releaseMapped) */
 const RELEASE_EVERY = 4;
+/** LMDB's page size here (what a value touches at least) */
+const PAGE = 4096;
 
 /** blobs of at most this many bytes are kept in LMDB, not as files */
 export const SMALL_BLOB = 16 << 10;

@@ -103,6 +103,14 @@ t.test('local store: a tree of every kind of entry, loaded, identical through a 
   await sameTree(t, src, join(m2.mnt, 'data'), 'after the repair');
   await m2.unmount();
   t.match((await kvfs(['load', '--status', url], { dataDir })).stdout, /\/data <- .*: succeeded, no loader; files \d+\/\d+/, '--status lists the job');
+  t.notMatch(first.stdout, /\x1b\[/, 'not on a terminal: plain lines, no escape sequences');
+  // on a terminal (script(1) gives it one): a bar with files, bytes, rates, retries; then the summary
+  const tty = await run('script', ['-qec', `${process.execPath} ${kvfsBin()} load ${src} ${url}:/tty`, '/dev/null'],
+    { env: { KVFS_DATA_DIR: dataDir }, timeout: 60_000 });
+  expectExit(t, tty, 'kvfs load on a terminal');
+  t.match(tty.stdout, /kvfs load: (scanning|loading|verifying|succeeded)\s+[\u2588\u2591]+ \d+\/\d+ \| \d+\/\d+ (files|verified), .* files\/s, .* MB\/s, \d+ retried, \d+ failed/,
+    'a progress bar is drawn', { out: tty.stdout.slice(0, 600) });
+  t.match(tty.stdout, /succeeded: \d+ written/, 'and the summary follows it');
 });
 
 t.test('on a 3-master Redis Cluster: throttled, filled, down: it completes or fails clearly; a live mount sees it', { skip: redisAvailable() ?? false }, async (t) => {

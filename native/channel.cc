@@ -106,7 +106,8 @@ class Reader {
     }
     int cls;
     uint32_t off;
-    if (!ch_->TakeBuffer(body, &cls, &off)) {
+    bool tight = false;
+    if (!ch_->TakeBuffer(body, &cls, &off, &tight)) {
       // Stopping, or no class can hold the body: drop the body; JS answers from the header alone.
       Drain(body);
       PutU32(b + 44, 0);
@@ -118,7 +119,11 @@ class Reader {
     PutU32(b + 52, static_cast<uint32_t>(cls));
     ssize_t r = ReadFull(pipe_r_, ch_->arena_ + off, body);
     if (r < 0) return static_cast<int>(r);
-    TakeEarlyWrite(b, ch_->arena_ + off, body);
+    // An early answer lets the kernel send the next write at once, and this one keeps its buffer until
+    // JavaScript applies it: only while the pool has room. When the buffer was the last of its class (or had to
+    // be waited for), JavaScript answers after applying it, and the writers wait as they would without early
+    // writes (a 4 MiB pool under 16 writers otherwise filled with answered writes and hung).
+    if (!tight) TakeEarlyWrite(b, ch_->arena_ + off, body);
     return 1;
   }
 
@@ -287,7 +292,7 @@ int Channel::Start() {
   return 0;
 }
 
-bool Channel::TakeBuffer(uint32_t body_len, int* cls, uint32_t* offset) {
+bool Channel::TakeBuffer(uint32_t body_len, int* cls, uint32_t* offset, bool* tight) {
   std::unique_lock<std::mutex> lock(mu_);
   int first = -1;
   for (size_t c = 0; c < class_sizes_.size(); c++) {
@@ -305,6 +310,7 @@ bool Channel::TakeBuffer(uint32_t body_len, int* cls, uint32_t* offset) {
         *cls = static_cast<int>(c);
         *offset = stock_[c].back();
         stock_[c].pop_back();
+        if (tight) *tight = waited || stock_[c].empty();
         return true;
       }
     }

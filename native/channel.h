@@ -108,7 +108,8 @@ class Channel {
 
  private:
   friend class Reader;
-  bool TakeBuffer(uint32_t body_len, int* cls, uint32_t* offset);  // blocks while nothing fits
+  // blocks while nothing fits; *tight (when given): the buffer had to be waited for, or was its class's last in stock
+  bool TakeBuffer(uint32_t body_len, int* cls, uint32_t* offset, bool* tight = nullptr);
   void Push(const Record& r);
   void ReaderDone();
 

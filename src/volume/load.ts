@@ -191,7 +191,7 @@ export class Loader {
 
   private async newIno(): Promise<Ino> {
     if (this.inoNext > this.inoEnd) {
-      const end = await this.store.incr(K.inoCounter, INO_BATCH);
+      const end = await this.retrying('taking inode numbers', () => this.store.incr(K.inoCounter, INO_BATCH));
       this.inoNext = Math.max(end - INO_BATCH + 1, ROOT_INO + 1);
       this.inoEnd = end;
     }
@@ -309,7 +309,7 @@ export class Loader {
     const parts = path.split('/').filter(Boolean);
     for (const [i, name] of parts.entries()) {
       const where = '/' + parts.slice(0, i + 1).join('/');
-      const e = await this.vol.entry(this.store, ino, name);
+      const e = await this.retrying('reading the target', () => this.vol.entry(this.store, ino, name));
       if (e) {
         if (!isDir(e.type)) throw new LoadError(`the target ${where} is not a directory in the volume`);
         ino = e.ino;
@@ -477,7 +477,7 @@ export class Loader {
       this.fail(rel, `cannot read it: ${code}`);
       return;
     }
-    this.abort(new LoadError(`writing ${rel || '.'} failed: ${(e as Error).message ?? String(e)}`));
+    this.abort(new LoadError(`the load stopped at ${rel || '.'}: ${(e as Error).message ?? String(e)}`));
   }
 
   // ---------------------------------------------------------------------------------------------------------
@@ -830,7 +830,7 @@ export class Loader {
       } else if (ok && st.isFile()) {
         const want = this.sums.get(w.rel) ?? (await this.sourceHash(w.abs));
         this.sums.delete(w.rel);
-        ok = want === (await this.volumeHash(n));
+        ok = want === (await this.retrying('reading the volume', () => this.volumeHash(n)));
       }
       if (ok) continue;
       this.counters.repaired++;
@@ -873,7 +873,7 @@ export class Loader {
     };
     for await (const page of scanPages(this.store, K.chunkPrefix(n.ino), 64)) {
       const entries = page.map(([k, v]) => [Number.parseInt(k.slice(k.lastIndexOf('/') + 1), 16), decodeChunk(v)] as const);
-      const blobs = await this.retrying('reading the volume', () => this.store.getMany(entries.map(([, e]) => K.blob(e.blobId))));
+      const blobs = await this.store.getMany(entries.map(([, e]) => K.blob(e.blobId)));
       for (const [i, [idx, e]] of entries.entries()) {
         if (idx * cs >= n.size) break;
         zeros(idx * cs - at);

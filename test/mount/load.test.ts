@@ -20,9 +20,9 @@ import t, { type Test } from 'tap';
 import { chmodSync, chownSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { expectCliError, expectExit, sameLines } from '../helpers/assert.js';
-import { kvfs, kvfsBin, mountKvfs, run, start, tempDir } from '../helpers/mount.js';
+import { kvfs, kvfsBin, mountKvfs, run, start, tempDir, type Started } from '../helpers/mount.js';
 import { ensureUser, TEST_USER } from '../helpers/run.js';
-import { describeTree, makeTree } from '../helpers/load-tree.js';
+import { describeTree, makeTree, type TreeSpec } from '../helpers/load-tree.js';
 import { onStore } from '../helpers/store.js';
 import { RedisCluster, redisAvailable } from '../helpers/redis-cluster.js';
 
@@ -47,6 +47,23 @@ async function jobOf(target: string, dataDir: string, env: Env = {}): Promise<Jo
   return line ? (JSON.parse(line) as JobView[])[0] : undefined;
 }
 
+/** a data dir, a source tree in it (makeTree) and a local volume formatted with `format` arguments */
+async function localScene(t: Test, spec: TreeSpec, format: string[] = []): Promise<{ dataDir: string; src: string; url: string }> {
+  const dataDir = tempDir(t, 'kvfs-test-load-');
+  const src = join(dataDir, 'src');
+  await makeTree(t, src, spec);
+  const url = `local:${join(dataDir, 'vol')}`;
+  expectExit(t, await kvfs(['format', url, ...format], { dataDir }), 'format');
+  return { dataDir, src, url };
+}
+
+/** a `kvfs` process left running (its stdin closed), for a test to act while it works */
+function startKvfs(args: string[], env: Env, timeout = 120_000): Started {
+  const s = start(process.execPath, [kvfsBin(), ...args], { env, timeout });
+  s.end();
+  return s;
+}
+
 /** the mount's copy described as the source is, and compared line for line */
 async function sameTree(t: Test, source: string, copy: string, what: string): Promise<void> {
   const [a, b] = [await describeTree(source), await describeTree(copy)];
@@ -57,12 +74,8 @@ async function sameTree(t: Test, source: string, copy: string, what: string): Pr
 }
 
 t.test('local store: a tree of every kind of entry, loaded, identical through a mount; a rerun writes nothing; verify repairs', async (t) => {
-  const dataDir = tempDir(t, 'kvfs-test-load-');
-  const src = join(dataDir, 'src');
   // a 64 KiB chunk: the 17 MiB file has more than 256 chunks (it is made as an orphan and linked at the end)
-  await makeTree(t, src, { small: 300, big: [1_500_000, 17 << 20] });
-  const url = `local:${join(dataDir, 'vol')}`;
-  expectExit(t, await kvfs(['format', url, '--chunk-size', '64K'], { dataDir }), 'format');
+  const { dataDir, src, url } = await localScene(t, { small: 300, big: [1_500_000, 17 << 20] }, ['--chunk-size', '64K']);
   const first = await kvfs(['load', src, `${url}:/data`], { dataDir, timeout: 120_000 });
   expectExit(t, first, 'kvfs load');
   const s1 = summary(first.stdout);
@@ -127,9 +140,7 @@ t.test('on a 3-master Redis Cluster: throttled, filled, down: it completes or fa
 
   await t.test('bursts of CLIENT PAUSE WRITE on every master: the loader retries and completes', async (t) => {
     // a store call gives up after 1 s, so the pauses reach the loader (its retries, its gate), not only the engine
-    const load = start(process.execPath, [kvfsBin(), 'load', src, `${url}:/burst`, '--store-timeout', '1', '--jobs', '8'],
-      { env: { ...NO_PW, KVFS_DATA_DIR: dataDir }, timeout: 120_000 });
-    load.end();
+    const load = startKvfs(['load', src, `${url}:/burst`, '--store-timeout', '1', '--jobs', '8'], { ...NO_PW, KVFS_DATA_DIR: dataDir }, 120_000);
     await load.waitFor(/loading/, 30_000);
     for (let i = 0; i < 2; i++) {
       await pauseAll(1500);
@@ -148,9 +159,7 @@ t.test('on a 3-master Redis Cluster: throttled, filled, down: it completes or fa
   await t.test('a full store (maxmemory) waits; raised mid-load, the load completes', async (t) => {
     const used = await Promise.all(ports.map(async (p) => Number(/used_memory:(\d+)/.exec(await cluster.cli(p, 'INFO', 'memory'))?.[1])));
     await Promise.all(ports.map((p, i) => cluster.cli(p, 'CONFIG', 'SET', 'maxmemory', String(used[i]! + (2 << 20)))));
-    const load = start(process.execPath, [kvfsBin(), 'load', src, `${url}:/full`, '--store-timeout', '1', '--deadline', '60'],
-      { env: { ...NO_PW, KVFS_DATA_DIR: dataDir }, timeout: 120_000 });
-    load.end();
+    const load = startKvfs(['load', src, `${url}:/full`, '--store-timeout', '1', '--deadline', '60'], { ...NO_PW, KVFS_DATA_DIR: dataDir }, 120_000);
     try {
       await load.waitFor(/the store is full .*waiting for space/, 60_000);
     } finally {
@@ -165,8 +174,7 @@ t.test('on a 3-master Redis Cluster: throttled, filled, down: it completes or fa
 
   await t.test('a store down past --deadline: the job fails with a clear message in bounded time; the same command resumes', async (t) => {
     const args = ['load', src, `${url}:/down`, '--store-timeout', '1', '--deadline', '4'];
-    const load = start(process.execPath, [kvfsBin(), ...args], { env: { ...NO_PW, KVFS_DATA_DIR: dataDir }, timeout: 120_000 });
-    load.end();
+    const load = startKvfs(args, { ...NO_PW, KVFS_DATA_DIR: dataDir }, 120_000);
     await load.waitFor(/loading/, 30_000);
     const at = Date.now();
     await pauseAll(30_000);
@@ -190,8 +198,7 @@ t.test('on a 3-master Redis Cluster: throttled, filled, down: it completes or fa
     await sameTree(t, src, join(live.mnt, 'down'), 'the tree after the outage');
   });
   await t.test('a second loader of the same target, from anywhere: refused by the job in the store', async (t) => {
-    const first = start(process.execPath, [kvfsBin(), 'load', src, `${url}:/twice`], { env: { ...NO_PW, KVFS_DATA_DIR: dataDir, KVFS_LOAD_HOLD: 'loading' }, timeout: 60_000 });
-    first.end();
+    const first = startKvfs(['load', src, `${url}:/twice`], { ...NO_PW, KVFS_DATA_DIR: dataDir, KVFS_LOAD_HOLD: 'loading' }, 60_000);
     await first.waitFor(/loading/, 20_000);
     const other = tempDir(t, 'kvfs-test-load-other-');
     expectCliError(t, await kvfs(['load', src, `${url}:/twice`], { dataDir: other, env: NO_PW }), 'a second load of the same target',
@@ -203,16 +210,11 @@ t.test('on a 3-master Redis Cluster: throttled, filled, down: it completes or fa
 });
 
 t.test('kill -9 mid-load, the same command again: identical tree, succeeded; --clear takes what the kill left', async (t) => {
-  const dataDir = tempDir(t, 'kvfs-test-load-');
-  const src = join(dataDir, 'src');
-  await makeTree(t, src, { small: 2000, big: [20 << 20, 20 << 20], perDir: 500 });
-  const url = `local:${join(dataDir, 'vol')}`;
-  expectExit(t, await kvfs(['format', url, '--chunk-size', '64K'], { dataDir }), 'format');
+  const { dataDir, src, url } = await localScene(t, { small: 2000, big: [20 << 20, 20 << 20], perDir: 500 }, ['--chunk-size', '64K']);
   const args = ['load', src, `${url}:/data`, '--jobs', '2'];
   // the kill falls while a batch waits between its blob puts and its transaction (KVFS_LOAD_HOLD=commit, a test
   // hook: the loader is fast enough here that a kill at a moment chosen from outside would often miss the load)
-  const load = start(process.execPath, [kvfsBin(), ...args], { env: { KVFS_DATA_DIR: dataDir, KVFS_LOAD_HOLD: 'commit' }, timeout: 120_000 });
-  load.end();
+  const load = startKvfs(args, { KVFS_DATA_DIR: dataDir, KVFS_LOAD_HOLD: 'commit' }, 120_000);
   await load.waitFor(/holding with a batch's blobs put, before its commit/, 60_000);
   await new Promise((r) => setTimeout(r, 600)); // the job's record is renewed every 0.5 s
   load.kill('SIGKILL');
@@ -250,18 +252,12 @@ t.test('kill -9 mid-load, the same command again: identical tree, succeeded; --c
 });
 
 t.test('--cancel and --cancel --force in every state of a running job; a rerun resumes', async (t) => {
-  const dataDir = tempDir(t, 'kvfs-test-load-');
-  const src = join(dataDir, 'src');
-  await makeTree(t, src, { small: 40 });
-  const url = `local:${join(dataDir, 'vol')}`;
-  expectExit(t, await kvfs(['format', url], { dataDir }), 'format');
+  const { dataDir, src, url } = await localScene(t, { small: 40 });
   const target = `${url}:/c`;
   for (const state of ['pending', 'scanning', 'loading', 'verifying']) {
     for (const force of [false, true]) {
       const what = `${force ? '--cancel --force' : '--cancel'} while ${state}`;
-      const load = start(process.execPath, [kvfsBin(), 'load', src, target],
-        { env: { KVFS_DATA_DIR: dataDir, KVFS_LOAD_HOLD: state }, timeout: 60_000 });
-      load.end();
+      const load = startKvfs(['load', src, target], { KVFS_DATA_DIR: dataDir, KVFS_LOAD_HOLD: state }, 60_000);
       // the loader prints each state as it enters it (and holds there)
       await load.waitFor(new RegExp(`^kvfs load: ${state}:`), 20_000);
       const job = await jobOf(target, dataDir);
@@ -284,9 +280,7 @@ t.test('--cancel and --cancel --force in every state of a running job; a rerun r
   expectExit(t, resumed, 'the same command after the cancels');
   t.equal(summary(resumed.stdout)?.state, 'succeeded', 'resumes to success');
   // --clear of a running job is refused; the running one is untouched
-  const load = start(process.execPath, [kvfsBin(), 'load', src, `${url}:/held`],
-    { env: { KVFS_DATA_DIR: dataDir, KVFS_LOAD_HOLD: 'loading' }, timeout: 60_000 });
-  load.end();
+  const load = startKvfs(['load', src, `${url}:/held`], { KVFS_DATA_DIR: dataDir, KVFS_LOAD_HOLD: 'loading' }, 60_000);
   await load.waitFor(/loading/, 20_000);
   expectCliError(t, await kvfs(['load', '--clear', `${url}:/held`], { dataDir }), '--clear of a running job', /is running \(pid \d+ on .*\): stop it first with: kvfs load --cancel/);
   // on a local store the first loader holds the store's lock: a second loader (of any target) is refused by it
@@ -296,11 +290,7 @@ t.test('--cancel and --cancel --force in every state of a running job; a rerun r
 });
 
 t.test('bad input: one line, nothing written', async (t) => {
-  const dataDir = tempDir(t, 'kvfs-test-load-');
-  const src = join(dataDir, 'src');
-  await makeTree(t, src, { small: 10 });
-  const url = `local:${join(dataDir, 'vol')}`;
-  expectExit(t, await kvfs(['format', url], { dataDir }), 'format');
+  const { dataDir, src, url } = await localScene(t, { small: 10 });
   const nothing = async (what: string) => {
     const st = await kvfs(['load', '--status', url], { dataDir });
     t.match(st.stdout, /no load jobs/, `${what}: no job recorded`);

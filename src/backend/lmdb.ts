@@ -1,9 +1,10 @@
-import { realpathSync } from 'node:fs';
+import { closeSync, realpathSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { open, type RootDatabase } from 'lmdb';
 import { BLOB_PREFIX, BlobFiles } from './blob-files.js';
-import { addCounter, checkPageLimit, checkScan, collectKeys, KEY_PAGE } from './kv-rules.js';
+import { addCounter, byteOrder, checkPageLimit, checkScan, collectKeys, KEY_PAGE } from './kv-rules.js';
+import { Overlay, recover, removeFiles, WriteLog, type LogWrite } from './lmdb-log.js';
 import { FullEpisodes, StoreError, isStoreError } from './errors.js';
 import type { KvCheck, KvEngineInfo, KvStore, KvWrite, ScanOptions } from './kv.js';
 import { native } from '../native.js';
@@ -26,6 +27,14 @@ export interface LmdbStoreOptions {
    * pages stay mapped)
    */
   releaseMappedEvery?: number;
+  /**
+   * keep a write-ahead log (lmdb-log.ts) when this process can take the store's log lock (default true): writes
+   * cost an append, a sync one fdatasync, and LMDB takes them in checkpoints. false, or the lock held by another
+   * process: every write is its own durable LMDB transaction.
+   */
+  log?: boolean;
+  /** writes wait while the log holds this many bytes that LMDB does not yet (default 64 MiB) */
+  logLimitBytes?: number;
 }
 
 /**
@@ -37,19 +46,28 @@ export interface LmdbStoreOptions {
  * values are raw bytes. Blob keys are written with put and deleted with del only (kv.ts): a commit that names one
  * is INVALID. A store written before blobs had files keeps its old blobs in LMDB: they are read and deleted there.
  *
- * Order and atomicity: every write (put, del, incr, commit) is one synchronous LMDB write transaction on the
- * main thread (transactionSync), so writes apply in call order, and a commit's checks and writes see no other
- * writer in between; an error half-way through a commit aborts its transaction, so nothing of it applies.
+ * Writes, in log mode (this process holds DIR/log.lock, the first to open the store; the mount, and maintenance
+ * commands that hold the daemon lock): each write (put of metadata or a small blob, del, incr, commit) is one
+ * record appended to the write-ahead log (lmdb-log.ts: one write() call, in the page cache when the call returns)
+ * and kept in memory (an Overlay) until a checkpoint hands it to LMDB: many records in one LMDB transaction, written
+ * and fsynced by lmdb-js's writer thread, off the event loop; then the log file that held them is deleted. Reads
+ * look in the overlays first. A commit's checks and writes run in one turn of JavaScript, so no other write of this
+ * process comes between them. A checkpoint starts every CHECKPOINT_MS after a write, or at CHECKPOINT_BYTES; writes
+ * wait while the overlays hold logLimitBytes (a checkpoint that cannot finish: LMDB's write lock held elsewhere).
+ * In direct mode (another process holds the log lock, or log: false), every write is one synchronous LMDB write
+ * transaction on the main thread (transactionSync), made durable before it returns. Either way writes apply in
+ * call order. Other processes see this one's writes once a checkpoint took them (within CHECKPOINT_MS): a
+ * direct-mode writer beside a log owner (kvfs config on a mounted store) is not atomic with the owner's writes.
  * Values are copied when a write is called, except a blob file's, which is written from the caller's buffer
  * (kv.ts: unchanged until the put settles).
  *
- * Durability: commits write their pages without fsync (noSync), blob files are written without fsync. A write
- * that resolved is in the data file or its blob file (the OS page cache), so it survives a kill -9 of the process.
- * `sync()` fdatasyncs the blob files written since the last sync, then fsyncs LMDB (mdb_env_sync), so every write
- * before it survives a machine crash too, and metadata on disk never names a blob that is not; the store also
- * syncs on its own (the same way) within a second of any write. (An fsync per commit costs ~0.4 ms here; without, ~15 us.) LMDB's own caveat for MDB_NOSYNC: after
- * a machine crash, writes since the last fsync may be lost, and the file keeps its integrity only where the
- * filesystem preserves write order. doc/SEMANTICS.md says so to users.
+ * Durability: a write that resolved is in the log file (or, direct, LMDB's file), or its blob file, in the OS page
+ * cache: it survives a kill -9 of the process; the next open replays the log. `sync()` fdatasyncs the blob files
+ * written since the last sync, then the log (a SYNCED record, then fdatasync), so every write before it survives a
+ * machine crash too, and metadata on disk never names a blob that is not; the store also syncs on its own (the
+ * same way) within a second of any write. A checkpoint syncs the blob files before its LMDB transaction, which
+ * LMDB commits with its own fsyncs (no MDB_NOSYNC: its file is always whole at its last commit). After a machine
+ * crash, replay stops at the log's last SYNCED record: the store comes back as of its last completed sync.
  *
  * Space: a gate (lmdb-space.ts) admits each write only when the store has room for it, so LMDB never runs out of
  * disk mid-transaction (which makes lmdb-js print to stderr, and can abort the process). A write the gate refuses
@@ -85,6 +103,22 @@ export class LmdbStore implements KvStore {
   #behindBytes = 0;
   #behind: Promise<void> | undefined;
   #syncTimer: NodeJS.Timeout | undefined;
+  /** log mode: the log, its lock's descriptor, the writes LMDB does not hold yet (the newest first) */
+  #log: WriteLog | undefined;
+  #logLock: number | undefined;
+  #mem = new Overlay();
+  /** the writes a checkpoint is handing to LMDB, and the log file they end in */
+  #frozen: Overlay | undefined;
+  #frozenEnd = 0;
+  #checkpointing: Promise<void> | undefined;
+  #checkpointTimer: NodeJS.Timeout | undefined;
+  /** the last checkpoint's failure (sync reports it; the writes stay in the log and the overlays) */
+  #checkpointError: unknown;
+  #logLimit = DEFAULT_LOG_LIMIT;
+  /** writes waiting for the overlays to drain (in call order) */
+  #stall: Promise<void> | undefined;
+  /** counts, for stats and tests */
+  readonly logStats = { checkpoints: 0, replayed: 0, dropped: 0, stalls: 0 };
 
   private constructor(dir: string, db: RootDatabase<Buffer, string>) {
     this.dir = dir;
@@ -103,7 +137,7 @@ export class LmdbStore implements KvStore {
         path: dir,
         noSubdir: false, // lmdb-js would take a path with a '.' in it for a file name
         encoding: 'binary',
-        noSync: true, // see Durability above
+        noSync: false, // LMDB commits only in checkpoints (log mode), each durable: see Durability above
 
         overlappingSync: false,
         // with event-turn batching, lmdb-js leaves the promise of each batch's start unhandled, so a failed commit
@@ -114,6 +148,8 @@ export class LmdbStore implements KvStore {
       });
       const store = new LmdbStore(dir, db);
       store.#releaseEvery = opts.releaseMappedEvery ?? 0;
+      store.#logLimit = opts.logLimitBytes ?? DEFAULT_LOG_LIMIT;
+      store.#openLog(opts.log ?? true);
       return store;
     } catch (e) {
       let err: StoreError | undefined;
@@ -125,16 +161,64 @@ export class LmdbStore implements KvStore {
     }
   }
 
+  /**
+   * Log mode, if this process can take the log lock: replays what a killed owner left in the log (one durable LMDB
+   * transaction), deletes it, and starts a new log file. Without the lock, direct mode.
+   */
+  #openLog(want: boolean): void {
+    if (!want) return;
+    const fd = native().lockFile(join(this.dir, 'log.lock'));
+    if (fd < 0) return;
+    this.#logLock = fd;
+    try {
+      const r = recover(this.dir);
+      if (r.writes.length) {
+        const db = this.#db;
+        db.transactionSync(() => {
+          for (const w of r.writes) {
+            if (w.value === null) db.removeSync(w.key);
+            else db.putSync(w.key, w.value);
+          }
+        });
+        if (r.writes.some((w) => isBlob(w.key))) this.#blobsInDb = true;
+      }
+      removeFiles(r.files);
+      this.logStats.replayed = r.writes.length;
+      this.logStats.dropped = r.dropped;
+      this.#log = new WriteLog(this.dir, r.next);
+    } catch (e) {
+      closeSync(fd);
+      this.#logLock = undefined;
+      throw e;
+    }
+  }
+
+  /** whether writes go to the log (this process holds its lock) */
+  get logged(): boolean {
+    return this.#log !== undefined;
+  }
+
+  /** the value a metadata key (or small blob) holds: the overlays first, then LMDB */
+  #value(key: string): Buffer | undefined {
+    if (this.#log) {
+      const m = this.#mem.values.get(key);
+      if (m !== undefined) return m ?? undefined;
+      const f = this.#frozen?.values.get(key);
+      if (f !== undefined) return f ?? undefined;
+    }
+    return this.#db.get(key);
+  }
+
   async get(key: string): Promise<Uint8Array | undefined> {
-    const db = this.#ready();
+    this.#ready();
     if (isBlob(key)) return this.#getBlob(key);
-    return this.#touched(this.#read(() => db.get(key)));
+    return this.#touched(this.#read(() => this.#value(key)));
   }
 
   async getMany(keys: readonly string[]): Promise<(Uint8Array | undefined)[]> {
-    const db = this.#ready();
-    if (!keys.some(isBlob)) return this.#read(() => keys.map((k) => this.#touched(db.get(k))));
-    return Promise.all(keys.map((k) => (isBlob(k) ? this.#getBlob(k) : this.#touched(this.#read(() => db.get(k))))));
+    this.#ready();
+    if (!keys.some(isBlob)) return this.#read(() => keys.map((k) => this.#touched(this.#value(k))));
+    return Promise.all(keys.map((k) => (isBlob(k) ? this.#getBlob(k) : this.#touched(this.#read(() => this.#value(k))))));
   }
 
   /**
@@ -150,8 +234,8 @@ export class LmdbStore implements KvStore {
   }
 
   async put(key: string, value: Uint8Array): Promise<void> {
-    const db = this.#live();
-    if (isBlob(key) && value.byteLength <= SMALL_BLOB) return this.#putSmall(db, key, value);
+    this.#live();
+    if (isBlob(key) && value.byteLength <= SMALL_BLOB) return this.#putSmall(key, value);
     this.#flushSmall();
     if (isBlob(key)) {
       // the gate still admits it: blob files and LMDB share the disk, and LMDB must keep room for deletes
@@ -160,18 +244,23 @@ export class LmdbStore implements KvStore {
       return;
     }
     const bytes = Buffer.from(value);
-    await this.#write([{ key, value: bytes }], 'grow', () => db.transactionSync(() => void db.putSync(key, bytes)), true);
+    await this.#write([{ key, value: bytes }], 'grow', () => this.#atomic((set) => set(key, bytes)), true);
   }
 
   async del(keys: readonly string[]): Promise<void> {
-    const db = this.#ready();
+    this.#ready();
     if (keys.length === 0) return;
     const ks = this.#blobsInDb ? [...keys] : keys.filter((k) => !isBlob(k));
     // a blob LMDB held (a small one) has no file to unlink
     const inDb = new Set<string>();
     if (ks.length) {
-      await this.#write(ks.map((key) => ({ key, value: null })), 'free',
-        () => db.transactionSync(() => ks.forEach((k) => { if (db.removeSync(k) && isBlob(k)) inDb.add(k); })));
+      await this.#write(ks.map((key) => ({ key, value: null })), 'free', () => this.#atomic((set) => {
+        for (const k of ks) {
+          if (this.#value(k) === undefined) continue;
+          set(k, null);
+          if (isBlob(k)) inDb.add(k);
+        }
+      }));
     }
     const files = keys.filter((k) => isBlob(k) && !inDb.has(k));
     if (files.length) await this.#blobs.del(files).catch((e: unknown) => { throw translate(e, this.dir, {}); });
@@ -203,7 +292,7 @@ export class LmdbStore implements KvStore {
    * next microtask or as soon as any other call comes (so writes still apply in call order, and a get sees every
    * put before it); each put resolves when its batch is written.
    */
-  #putSmall(db: RootDatabase<Buffer, string>, key: string, value: Uint8Array): Promise<void> {
+  #putSmall(key: string, value: Uint8Array): Promise<void> {
     this.#blobs.path(key); // the same ids as files take (kv.ts), wherever a blob is kept
     this.#blobsInDb = true;
     let batch = this.#small;
@@ -214,7 +303,7 @@ export class LmdbStore implements KvStore {
         run = () => {
           if (this.#small !== batch) return;
           this.#small = undefined;
-          this.#write(writes, 'grow', () => db.transactionSync(() => { for (const w of writes) db.putSync(w.key, w.value); }), true)
+          this.#write(writes, 'grow', () => this.#atomic((set) => { for (const w of writes) set(w.key, w.value); }), true)
             .then(() => resolve(), reject);
         };
       });
@@ -231,7 +320,7 @@ export class LmdbStore implements KvStore {
 
   /** a blob LMDB holds (a small one, or one of a store written before blob files) */
   #blobInDb(key: string): Uint8Array | undefined {
-    return this.#blobsInDb ? this.#touched(this.#read(() => this.#db.get(key))) : undefined;
+    return this.#blobsInDb ? this.#touched(this.#read(() => this.#value(key))) : undefined;
   }
 
   /** a blob from LMDB, else from its file */
@@ -254,7 +343,35 @@ export class LmdbStore implements KvStore {
       const values = await this.getMany(keys);
       return keys.flatMap((k, i) => (values[i] ? [[k, values[i]!] as [string, Uint8Array]] : []));
     }
-    // the collection is the key range [prefix, end): prefix with its final '/' raised to '0'
+    const over = this.#overlayOf(prefix, after);
+    if (!over) return this.#scanDb(db, prefix, after, limit);
+    // LMDB's rows merged with the overlays': each deleted key there can hide one row of LMDB's, so `dead` more rows
+    // make the first `limit` of the merge exact (every key up to LMDB's last row read is in one or the other)
+    let dead = 0;
+    for (const v of over.values()) if (v === null) dead++;
+    const out = this.#scanDb(db, prefix, after, limit + dead).filter(([k]) => !over.has(k));
+    for (const [k, v] of over) if (v) out.push([k, v]);
+    sortRows(out);
+    return out.length > limit ? out.slice(0, limit) : out;
+  }
+
+  /** members of collection `prefix` after `after` that the overlays hold (newest wins), or undefined for none */
+  #overlayOf(prefix: string, after: string | undefined): Map<string, Buffer | null> | undefined {
+    if (!this.#log) return undefined;
+    let over: Map<string, Buffer | null> | undefined;
+    for (const o of [this.#frozen, this.#mem]) {
+      const keys = o?.collection(prefix);
+      if (!keys) continue;
+      for (const k of keys) {
+        if (after !== undefined && byteOrder(k, after) <= 0) continue;
+        (over ??= new Map()).set(k, o!.values.get(k)!);
+      }
+    }
+    return over;
+  }
+
+  /** LMDB's members of a collection: the key range [prefix, end), prefix with its final '/' raised to '0' */
+  #scanDb(db: RootDatabase<Buffer, string>, prefix: string, after: string | undefined, limit: number): [string, Uint8Array][] {
     const end = prefix.slice(0, -1) + '0';
     const start = after !== undefined && after > prefix ? after : prefix;
     if (start >= end) return [];
@@ -275,6 +392,9 @@ export class LmdbStore implements KvStore {
 
   async *keyPages(prefix: string, limit = KEY_PAGE): AsyncGenerator<string[]> {
     checkPageLimit(limit);
+    // LMDB first takes what the log holds: a key present for the whole walk is then in LMDB
+    this.#ready();
+    await this.#checkpointAll();
     // the database's keys, a read transaction per page (each page starts after the last key of the one before)
     let after: string | undefined;
     for (let pages = 1; ; pages++) {
@@ -306,35 +426,32 @@ export class LmdbStore implements KvStore {
   }
 
   async incr(key: string, delta: number): Promise<number> {
-    const db = this.#ready();
+    this.#ready();
     // a read (statfs, status) writes nothing, so it works on a full store
-    if (delta === 0) return this.#read(() => addCounter(key, db.get(key), 0));
+    if (delta === 0) return this.#read(() => addCounter(key, this.#value(key), 0));
     return this.#write([{ key, value: COUNTER }], 'free', () =>
-      db.transactionSync(() => {
-        const next = addCounter(key, db.get(key), delta);
-        db.putSync(key, Buffer.from(String(next)));
+      this.#atomic((set) => {
+        const next = addCounter(key, this.#value(key), delta);
+        set(key, Buffer.from(String(next)));
         return next;
       }),
     );
   }
 
   async commit(checks: readonly KvCheck[], writes: readonly KvWrite[], _txid?: string): Promise<boolean> {
-    const db = this.#ready();
+    this.#ready();
     const blob = [...checks, ...writes].find((c) => isBlob(c.key));
     if (blob) throw new StoreError('INVALID', `a commit cannot name the blob key '${blob.key}': blobs are written with put and deleted with del`);
     // LMDB commits are local and never retried, so txid needs no record
     const cs = checks.map((c) => ({ key: c.key, value: c.value && Buffer.from(c.value) }));
     const ws = writes.map((w) => ({ key: w.key, value: w.value && Buffer.from(w.value) }));
     return this.#write(ws, kindOf(ws), () =>
-      db.transactionSync(() => {
+      this.#atomic((set) => {
         for (const c of cs) {
-          const cur = db.get(c.key);
+          const cur = this.#value(c.key);
           if (cur === undefined || c.value === undefined ? cur !== c.value : !cur.equals(c.value)) return false;
         }
-        for (const w of ws) {
-          if (w.value === null) db.removeSync(w.key);
-          else db.putSync(w.key, w.value);
-        }
+        for (const w of ws) set(w.key, w.value);
         return true;
       }),
     );
@@ -345,10 +462,13 @@ export class LmdbStore implements KvStore {
     await this.#flush(() => this.#syncAll(db));
   }
 
-  /** blob files first, then LMDB: metadata on disk never names a blob that is not (blob-files.ts rule 2) */
+  /** blob files first, then the log (or LMDB): metadata on disk never names a blob that is not (blob-files.ts rule 2) */
   async #syncAll(db: RootDatabase<Buffer, string>): Promise<void> {
     await this.#blobs.sync();
-    await envSync(db);
+    if (this.#log) await this.#log.sync();
+    else await envSync(db);
+    // a checkpoint that keeps failing: its writes are durable in the log, but the log cannot be trimmed; say so
+    if (this.#checkpointError !== undefined) throw this.#checkpointError;
   }
 
   /** capacity: the disk's free space plus the store's file; free: what writes that grow the store can still take */
@@ -365,11 +485,150 @@ export class LmdbStore implements KvStore {
     if (this.#closed) return;
     this.#flushSmall();
     this.#closed = true;
+    clearTimeout(this.#checkpointTimer);
     const db = this.#db;
     try {
-      await this.#flush(() => this.#syncAll(db));
+      if (this.#log) {
+        // LMDB takes everything; the log is deleted only then (a failure leaves it for the next open to replay)
+        await this.#flush(() => this.#checkpointAll());
+        await this.#flush(() => this.#blobs.sync());
+        this.#log.close();
+      } else {
+        await this.#flush(() => this.#syncAll(db));
+      }
     } finally {
+      if (this.#logLock !== undefined) closeSync(this.#logLock);
       await db.close();
+    }
+  }
+
+  /**
+   * Runs fn, which reads with #value and writes with `set`, as one atomic write: in log mode as it runs (one turn of
+   * JavaScript) and then one log record and the overlay; in direct mode inside one LMDB write transaction.
+   */
+  #atomic<T>(fn: (set: (key: string, value: Buffer | null) => void) => T): T {
+    const db = this.#db;
+    if (!this.#log) {
+      return db.transactionSync(() => fn((key, value) => { if (value === null) db.removeSync(key); else db.putSync(key, value); }));
+    }
+    const writes: LogWrite[] = [];
+    const out = fn((key, value) => void writes.push({ key, value }));
+    if (writes.length) {
+      this.#log.append(writes);
+      for (const w of writes) this.#mem.set(w.key, w.value);
+      if (this.#mem.bytes >= CHECKPOINT_BYTES) void this.#checkpoint();
+      else this.#checkpointTimer ??= setTimeout(() => {
+        this.#checkpointTimer = undefined;
+        void this.#checkpoint();
+      }, CHECKPOINT_MS).unref();
+    }
+    return out;
+  }
+
+  /**
+   * Hands the writes the log holds to LMDB: freezes the overlay (reads still find it) and starts a new log file;
+   * syncs the blob files (LMDB must not name a blob that is not on disk); writes the frozen overlay into LMDB through
+   * lmdb-js's writer thread, in one or a few transactions each made durable; then deletes the older log files and
+   * the frozen overlay. One at a time; a failure keeps everything (the next attempt writes the same again) and is
+   * reported by sync.
+   */
+  #checkpoint(): Promise<void> {
+    if (this.#checkpointing) return this.#checkpointing;
+    if (!this.#log || (!this.#mem.size && !this.#frozen)) return Promise.resolve();
+    clearTimeout(this.#checkpointTimer);
+    this.#checkpointTimer = undefined;
+    const run = async () => {
+      const log = this.#log!;
+      if (!this.#frozen) {
+        const end = log.rotate();
+        this.#frozen = this.#mem;
+        this.#mem = new Overlay();
+        this.#frozenEnd = end;
+      } else if (this.#mem.size) {
+        // a failed checkpoint again: with the writes since, newest last (their deletes may be what frees the disk)
+        const end = log.rotate();
+        for (const [k, v] of this.#mem.values) this.#frozen.set(k, v);
+        this.#frozen.need += this.#mem.need;
+        this.#mem = new Overlay();
+        this.#frozenEnd = end;
+      }
+      const frozen = this.#frozen;
+      await this.#blobs.sync();
+      const db = this.#db;
+      const done: Promise<boolean>[] = [];
+      for (const [key, value] of frozen.values) done.push(value === null ? db.remove(key) : db.put(key, value));
+      try {
+        await Promise.all(done);
+      } catch (e) {
+        // lmdb-js rejects each write with a wrapper, and the commit's own error (ENOSPC, EIO) in e.commitError
+        const commitError = (e as { commitError?: Promise<unknown> } | null)?.commitError;
+        throw (commitError ? await commitError.then(() => e, (c: unknown) => c) : e);
+      }
+      log.drop(this.#frozenEnd);
+      this.#frozen = undefined;
+      this.#checkpointError = undefined;
+      this.logStats.checkpoints++;
+    };
+    const p = run()
+      .catch((e: unknown) => { this.#checkpointError = translate(e, this.dir, { write: true }); })
+      .finally(() => {
+        this.#checkpointing = undefined;
+        if (this.#closed) return;
+        // more came meanwhile; after a failure, try again later
+        if (this.#frozen || this.#mem.bytes >= CHECKPOINT_BYTES) {
+          this.#checkpointTimer ??= setTimeout(() => {
+            this.#checkpointTimer = undefined;
+            void this.#checkpoint();
+          }, this.#frozen ? CHECKPOINT_RETRY_MS : 0).unref();
+        } else if (this.#mem.size) {
+          this.#checkpointTimer ??= setTimeout(() => {
+            this.#checkpointTimer = undefined;
+            void this.#checkpoint();
+          }, CHECKPOINT_MS).unref();
+        }
+      });
+    this.#checkpointing = p;
+    return p;
+  }
+
+  /** checkpoints until LMDB holds every write called before this; throws the failure of one */
+  async #checkpointAll(): Promise<void> {
+    if (!this.#log) return;
+    for (let round = 0; round < 3 && (this.#checkpointing || this.#frozen || this.#mem.size); round++) {
+      await this.#checkpoint();
+      if (this.#checkpointError !== undefined) throw this.#checkpointError;
+    }
+  }
+
+  /** bytes the overlays hold */
+  #overlayBytes(): number {
+    return this.#mem.bytes + (this.#frozen?.bytes ?? 0);
+  }
+
+  /**
+   * Runs `fn` after the writes waiting before it (in call order): later writes wait for it. For writes that must
+   * wait for a checkpoint (#write).
+   */
+  async #inTurn(fn: () => Promise<void>): Promise<void> {
+    const before = this.#stall;
+    const mine = (async () => {
+      await before;
+      await fn();
+    })();
+    this.#stall = mine;
+    try {
+      await mine;
+    } finally {
+      if (this.#stall === mine) this.#stall = undefined;
+    }
+  }
+
+  /** waits until the overlays hold less than logLimitBytes (checkpoints; a failing one is tried again every second) */
+  async #room(): Promise<void> {
+    if (this.#overlayBytes() >= this.#logLimit) this.logStats.stalls++;
+    while (this.#overlayBytes() >= this.#logLimit && !this.#closed) {
+      await this.#checkpoint();
+      if (this.#checkpointError !== undefined) await new Promise((r) => setTimeout(r, CHECKPOINT_RETRY_MS));
     }
   }
 
@@ -441,13 +700,27 @@ export class LmdbStore implements KvStore {
   ): Promise<T> {
     if (this.#releaseEvery) for (const w of writes) this.#touched(w.value ?? undefined);
     const space = this.#space;
-    let need: number;
+    let need = 0;
     let refusedBy: LmdbFigures | undefined;
-    try {
-      need = needOf(space.pageSize, writes, named);
-      refusedBy = space.admit(need, kind);
-    } catch (e) {
-      throw translate(e, this.dir, {});
+    const log = this.#log && !(writes.length === 1 && isBlob(writes[0]!.key) && (writes[0]!.value?.length ?? 0) > SMALL_BLOB);
+    if (log && (this.#stall || this.#overlayBytes() >= this.#logLimit)) await this.#inTurn(() => this.#room());
+    let pages = 0;
+    const admit = () => {
+      try {
+        // in log mode a write takes disk twice until a checkpoint deletes its log file, and the pages of the
+        // writes the log holds are still to come: the room must hold them too
+        pages = needOf(space.pageSize, writes, named);
+        need = pages + (log ? logBytes(writes) : 0);
+        return space.admit(need + (log ? this.#mem.need + (this.#frozen?.need ?? 0) : 0), kind);
+      } catch (e) {
+        throw translate(e, this.dir, {});
+      }
+    };
+    refusedBy = admit();
+    if (refusedBy && log && (this.#mem.size || this.#frozen)) {
+      // the log's copies take disk until a checkpoint: one may free enough (a failed one leaves the refusal)
+      await this.#inTurn(() => this.#checkpointAll().catch(() => undefined));
+      refusedBy = admit();
     }
     if (refusedBy) {
       const err = new StoreError('NOSPACE', fullMessage(this.dir, space.mountPoint, refusedBy, need, space.keep));
@@ -458,6 +731,7 @@ export class LmdbStore implements KvStore {
     try {
       const out = await fn();
       // a commit whose checks failed wrote nothing
+      if (log && out !== false) this.#mem.need += pages;
       if (out !== false) {
         space.succeeded(need, kind);
         if (kind === 'grow') this.#episodes.succeeded(need);
@@ -493,6 +767,25 @@ const PAGE = 4096;
 
 /** blobs of at most this many bytes are kept in LMDB, not as files */
 export const SMALL_BLOB = 16 << 10;
+
+/** the log: a checkpoint this long after a write, or once the overlay holds this many bytes; a failed one again after */
+const CHECKPOINT_MS = 200;
+const CHECKPOINT_BYTES = 4 << 20;
+const CHECKPOINT_RETRY_MS = 1000;
+const DEFAULT_LOG_LIMIT = 64 << 20;
+
+/** bytes of the log record of these writes */
+function logBytes(writes: readonly { key: string; value: Uint8Array | null }[]): number {
+  let n = 13;
+  for (const w of writes) n += 6 + w.key.length * 3 + (w.value?.length ?? 0);
+  return n;
+}
+
+/** sorts scan rows by key in byte order (plain string order where no key has a surrogate or a char above it) */
+function sortRows(rows: [string, Uint8Array][]): void {
+  const plain = rows.every(([k]) => !/[\ud800-\uffff]/.test(k));
+  rows.sort(plain ? (a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0) : (a, b) => byteOrder(a[0], b[0]));
+}
 
 /** blob bytes written between two write-behind syncs (#writeBehind) */
 const WRITE_BEHIND_BYTES = 64 << 20;

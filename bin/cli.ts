@@ -257,7 +257,8 @@ async function gc(argv: { store: string; sweep?: boolean; dryRun?: boolean; grac
   await onVolume(url, argv, 'gc', () => undefined, async (store, locked) => {
     const p = progressReporter('gc');
     const r = await collectGarbage(store, {
-      dryRun: argv.dryRun, sweep: argv.sweep, graceMs: argv.grace * 1000, noLiveSessions: locked, progress: p.progress,
+      dryRun: argv.dryRun, sweep: argv.sweep, graceMs: argv.grace * 1000, noLiveSessions: locked,
+      unknownSessionsLive: !locked && localStoreDir(url) !== undefined, progress: p.progress,
     }).finally(p.done);
     const verb = r.dryRun ? 'would remove' : 'removed';
     console.log(`kvfs gc: ${r.dryRun ? 'dry run, nothing changed: ' : ''}` +

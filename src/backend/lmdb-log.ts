@@ -1,4 +1,4 @@
-import { closeSync, fdatasync, openSync, readdirSync, readFileSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, fdatasync, fsync, fsyncSync, ftruncateSync, openSync, readdirSync, readFileSync, renameSync, statfsSync, unlinkSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 
@@ -6,23 +6,28 @@ import { crc32 } from 'node:zlib';
  * The write-ahead log of a local (LMDB) store (lmdb.ts): every metadata write is one record appended to a log
  * file (one write() call, so a write that resolved is in the page cache and survives kill -9), and `sync` is one
  * fdatasync of the log, where an LMDB commit would write and sync B-tree pages. LMDB takes the records later, many
- * in one transaction (a checkpoint); then the log file that held them is deleted.
+ * in one transaction (a checkpoint); then the log file that held them is let go.
  *
- * Files: DIR/log.<n>, n counting up; records are appended to the newest. A checkpoint starts a new file (`rotate`)
- * and deletes the older ones (`drop`) once LMDB holds their records durably.
+ * Files: DIR/log.<n>, n counting up; records are appended to the newest. A checkpoint starts a new file (`rotate`),
+ * as does a full one, and lets the older ones go (`drop`) once LMDB holds their records durably. Files are
+ * SEGMENT_BYTES long, written whole (zeros) once when made and then reused (renamed to their next number): a record
+ * overwrites blocks the filesystem already holds, so an fdatasync writes those blocks and nothing else (appending
+ * would allocate blocks, and on ext4 every fdatasync would then wait for a journal commit, with whatever else the
+ * machine has pending in it).
  *
- * Format: a header (MAGIC, then the boot id of the machine that wrote the file, 36 bytes), then records:
- * [u32 length of body][u32 crc32 of body][body]; a body is [u8 type][...]: WRITES [u32 count] then per write
- * [u16 key bytes][key][u32 value bytes, DELETED for a delete][value], or SYNCED (empty): everything before it in
- * every log file was made durable (sync writes it, then fdatasyncs).
+ * Format: a header (MAGIC, the boot id of the machine that wrote it, 36 bytes, the file's number, u32), then
+ * records: [u32 length of body][u32 crc32 of number and body][u32 the file's number][body]; a body is [u8 type]...:
+ * WRITES [u32 count] then per write [u16 key bytes][key][u32 value bytes, DELETED for a delete][value], or SYNCED
+ * (empty): everything before it in every log file was made durable (sync writes it, then fdatasyncs). A reused file
+ * still holds records of its earlier number past the new ones: they name another number and end the replay there.
  *
- * Replay (`recover`): records in file order until the first one that is short or fails its crc (a torn tail). After
- * a kill of the process the page cache held every record written, so all of them are replayed. After a machine
- * crash (the files name another boot) records after the last SYNCED were never promised and may have reached the
- * disk in any order (a later page before an earlier one): replay stops at the last SYNCED, so the store comes back
- * exactly as of its last completed sync. Records hold the values a write left, not the operations (a counter's new
- * value, not its delta), so replaying a record LMDB already holds changes nothing: a replay over a checkpoint that
- * was under way is safe.
+ * Replay (`recover`): records in file order until the first one that is short, names another file, or fails its
+ * crc (a torn tail). After a kill of the process the page cache held every record written, so all of them are
+ * replayed. After a machine crash (the files name another boot) records after the last SYNCED were never promised
+ * and may have reached the disk in any order (a later page before an earlier one): replay stops at the last
+ * SYNCED, so the store comes back exactly as of its last completed sync. Records hold the values a write left, not
+ * the operations (a counter's new value, not its delta), so replaying a record LMDB already holds changes nothing:
+ * a replay over a checkpoint that was under way is safe.
  */
 export interface LogWrite {
   key: string;
@@ -30,14 +35,30 @@ export interface LogWrite {
   value: Buffer | null;
 }
 
-const MAGIC = Buffer.from('kvfs-log-1\n');
+const MAGIC = Buffer.from('kvfs-log-2\n');
 const BOOT_ID_BYTES = 36;
-const HEADER_BYTES = MAGIC.length + BOOT_ID_BYTES;
-const RECORD_HEAD = 8;
+const HEADER_BYTES = MAGIC.length + BOOT_ID_BYTES + 4;
+const RECORD_HEAD = 12;
 const WRITES = 1;
 const SYNCED = 2;
 const DELETED = 0xffffffff;
 const FILE = /^log\.(\d+)$/;
+const SPARE = /^log-spare\.(\d+)$/;
+/**
+ * a log file's length (a record larger than what is left of it goes on past it): 8 MiB, or a 32nd of the free space
+ * of a small filesystem (at least 64 KiB)
+ */
+const SEGMENT_BYTES = 8 << 20;
+function segmentBytes(dir: string): number {
+  try {
+    const st = statfsSync(dir);
+    return Math.max(64 << 10, Math.min(SEGMENT_BYTES, Math.floor((st.bavail * st.bsize) / 32 / 65536) * 65536));
+  } catch {
+    return SEGMENT_BYTES;
+  }
+}
+/** files kept for reuse */
+const SPARES = 2;
 
 /** the running kernel's boot id (a machine crash or a reboot changes it) */
 export function bootId(): string {
@@ -48,11 +69,11 @@ export function bootId(): string {
   }
 }
 
-/** the log files in dir, oldest first */
-function logFiles(dir: string): { n: number; path: string }[] {
+/** the files in dir whose names match re, by their number */
+function numbered(dir: string, re: RegExp): { n: number; path: string }[] {
   return readdirSync(dir)
     .flatMap((f) => {
-      const m = FILE.exec(f);
+      const m = re.exec(f);
       return m ? [{ n: Number(m[1]), path: join(dir, f) }] : [];
     })
     .sort((a, b) => a.n - b.n);
@@ -61,7 +82,7 @@ function logFiles(dir: string): { n: number; path: string }[] {
 export interface Recovered {
   /** the writes to replay, in order */
   writes: LogWrite[];
-  /** the files they came from (delete them once LMDB holds the writes durably) */
+  /** the files they came from (let them go, `WriteLog.reuse`, once LMDB holds the writes durably) */
   files: string[];
   /** the next file number */
   next: number;
@@ -69,25 +90,29 @@ export interface Recovered {
   dropped: number;
 }
 
+const crcOf = (b: Buffer, at: number, len: number) => crc32(b.subarray(at + 8, at + RECORD_HEAD + len));
+
 /** reads every log file in dir (see above); boot: this boot's id (tests pass another) */
 export function recover(dir: string, boot = bootId()): Recovered {
-  const files = logFiles(dir);
+  const files = numbered(dir, FILE);
   type Rec = { writes: LogWrite[] | undefined; crashed: boolean };
   const recs: Rec[] = [];
   let dropped = 0;
   for (const f of files) {
     const data = readFileSync(f.path);
-    if (data.length < HEADER_BYTES || !data.subarray(0, MAGIC.length).equals(MAGIC)) continue; // never got its header
-    const crashed = data.toString('latin1', MAGIC.length, HEADER_BYTES) !== boot;
+    // a file that never got its header, or reused and not yet renumbered
+    if (data.length < HEADER_BYTES || !data.subarray(0, MAGIC.length).equals(MAGIC) || data.readUInt32LE(HEADER_BYTES - 4) !== f.n) continue;
+    const crashed = data.toString('latin1', MAGIC.length, MAGIC.length + BOOT_ID_BYTES) !== boot;
     let at = HEADER_BYTES;
     while (at + RECORD_HEAD <= data.length) {
       const len = data.readUInt32LE(at);
+      if (len === 0 || at + RECORD_HEAD + len > data.length || data.readUInt32LE(at + 8) !== f.n || crcOf(data, at, len) !== data.readUInt32LE(at + 4)) break;
       const body = data.subarray(at + RECORD_HEAD, at + RECORD_HEAD + len);
-      if (len === 0 || body.length < len || crc32(body) !== data.readUInt32LE(at + 4)) break;
       recs.push({ writes: body[0] === WRITES ? decodeWrites(body) : undefined, crashed });
       at += RECORD_HEAD + len;
     }
-    if (at + RECORD_HEAD <= data.length && data.readUInt32LE(at) !== 0) dropped++;
+    // a torn record of this file (not the zeros after the last one, nor an older record of a reused file)
+    if (at + RECORD_HEAD <= data.length && data.readUInt32LE(at) !== 0 && data.readUInt32LE(at + 8) === f.n) dropped++;
   }
   // after a machine crash: only what the last SYNCED covers
   let end = recs.length;
@@ -124,46 +149,89 @@ function decodeWrites(body: Buffer): LogWrite[] {
   return out;
 }
 
+interface LogFile { n: number; fd: number; path: string }
+
 /** the log this process appends to (it holds the store's log lock: one writer) */
 export class WriteLog {
-  #dir: string;
-  #n: number;
-  #fd: number;
+  readonly #dir: string;
+  #cur: LogFile;
   #pos = HEADER_BYTES;
   /** files written since their last fdatasync (the current one, and older ones not yet dropped) */
-  #unsynced = new Map<number, string>();
+  readonly #unsynced = new Map<number, string>();
   /** files older than the current one, not yet dropped */
-  #older: { n: number; fd: number; path: string }[] = [];
-  #path: string;
+  readonly #older: LogFile[] = [];
+  /** files to reuse (their paths) */
+  readonly #spares: string[] = [];
+  #spareN = 0;
+  /** the directory, and whether a name in it changed since its last fsync */
+  readonly #dirFd: number;
+  #dirDirty = false;
   #buf = Buffer.allocUnsafe(64 << 10);
   readonly #boot = bootId();
+  readonly #segment: number;
 
-  /** starts file log.<next> in dir */
-  constructor(dir: string, next: number) {
+  /** starts file log.<next> in dir; `reuse`: files replayed into LMDB (kept as spares, or deleted) */
+  constructor(dir: string, next: number, reuse: readonly string[] = []) {
     this.#dir = dir;
-    this.#n = next;
-    this.#path = join(dir, `log.${next}`);
-    this.#fd = this.#create(this.#path);
+    this.#segment = segmentBytes(dir);
+    this.#dirFd = openSync(dir, 'r');
+    for (const f of numbered(dir, SPARE)) {
+      this.#spares.push(f.path);
+      this.#spareN = Math.max(this.#spareN, f.n + 1);
+    }
+    for (const path of reuse) this.#letGo(path);
+    this.#cur = this.#take(next);
   }
 
-  /** bytes in the current file */
-  get size(): number {
-    return this.#pos;
-  }
-
-  /** a new log file with its header (the current file stays current until the caller switches) */
-  #create(path: string): number {
-    const fd = openSync(path, 'wx', 0o600);
+  /** file n, made from a spare or written whole (zeros) and synced; with its header; not yet current */
+  #take(n: number): LogFile {
+    const path = join(this.#dir, `log.${n}`);
+    const spare = this.#spares.pop();
+    let fd: number;
+    if (spare !== undefined) {
+      renameSync(spare, path);
+      fd = openSync(path, 'r+');
+    } else {
+      fd = openSync(path, 'wx', 0o600);
+      try {
+        const zeros = Buffer.alloc(Math.min(1 << 20, this.#segment));
+        for (let at = 0; at < this.#segment; at += zeros.length) writeAll(fd, zeros, zeros.length, at);
+        fsyncSync(fd);
+      } catch {
+        // no room for a whole file: records are appended (each sync then allocates)
+        try {
+          ftruncateSync(fd, 0);
+        } catch { /* written over below */ }
+      }
+    }
     try {
-      const head = Buffer.concat([MAGIC, Buffer.from(this.#boot, 'latin1')]);
-      writeSync(fd, head, 0, head.length, 0);
+      const head = Buffer.alloc(HEADER_BYTES);
+      MAGIC.copy(head);
+      head.write(this.#boot, MAGIC.length, 'latin1');
+      head.writeUInt32LE(n, HEADER_BYTES - 4);
+      writeAll(fd, head, head.length, 0);
+      // the first record slot: zero, so that an older record there ends a replay at once
+      writeAll(fd, Buffer.alloc(RECORD_HEAD), RECORD_HEAD, HEADER_BYTES);
     } catch (e) {
       closeSync(fd);
       unlinkSync(path);
       throw e;
     }
     this.#unsynced.set(fd, path);
-    return fd;
+    this.#dirDirty = true;
+    return { n, fd, path };
+  }
+
+  /** a file LMDB holds every record of: kept to reuse, or deleted */
+  #letGo(path: string): void {
+    this.#dirDirty = true;
+    if (this.#spares.length < SPARES) {
+      const spare = join(this.#dir, `log-spare.${this.#spareN++}`);
+      renameSync(path, spare);
+      this.#spares.push(spare);
+    } else {
+      unlinkSync(path);
+    }
   }
 
   /** appends one record of writes (applied together at replay) with one write() call */
@@ -194,13 +262,18 @@ export class WriteLog {
   }
 
   #write(b: Buffer, len: number): void {
-    b.writeUInt32LE(len, 0);
-    b.writeUInt32LE(crc32(b.subarray(RECORD_HEAD, RECORD_HEAD + len)), 4);
     const total = RECORD_HEAD + len;
-    let done = 0;
-    while (done < total) done += writeSync(this.#fd, b, done, total - done, this.#pos + done);
+    // a full file: the next one (a record larger than a file goes on past its end)
+    if (this.#pos + total + RECORD_HEAD > this.#segment && this.#pos > HEADER_BYTES) this.rotate();
+    b.writeUInt32LE(len, 0);
+    b.writeUInt32LE(this.#cur.n, 8);
+    b.writeUInt32LE(crcOf(b, 0, len), 4);
+    // the slot after the record: zero, so that a replay ends there and not at an older record of a reused file
+    const end = b.length >= total + 4 ? total + 4 : total;
+    if (end > total) b.writeUInt32LE(0, total);
+    writeAll(this.#cur.fd, b, end, this.#pos);
     this.#pos += total;
-    this.#unsynced.set(this.#fd, this.#path);
+    this.#unsynced.set(this.#cur.fd, this.#cur.path);
   }
 
   /**
@@ -219,44 +292,61 @@ export class WriteLog {
       for (const [fd, path] of files) this.#unsynced.set(fd, path);
       throw e;
     }
+    await this.syncDir();
   }
 
   /**
-   * Starts a new file; records appended from now on go there. Returns a token for `drop`: the files before it can
-   * be deleted once LMDB holds their records durably.
+   * Makes the files' names durable (an fsync of the directory) when one changed since the last: a file renamed
+   * into use must keep its name with the records a sync promised, and a file let go must not come back after a
+   * machine crash and be replayed over newer state (a checkpoint calls this after `drop`, before the next).
    */
-  rotate(): number {
-    const path = join(this.#dir, `log.${this.#n + 1}`);
-    const fd = this.#create(path);
-    this.#older.push({ n: this.#n, fd: this.#fd, path: this.#path });
-    this.#n++;
-    this.#fd = fd;
-    this.#path = path;
-    this.#pos = HEADER_BYTES;
-    return this.#n - 1;
+  async syncDir(): Promise<void> {
+    if (!this.#dirDirty) return;
+    this.#dirDirty = false;
+    try {
+      await new Promise<void>((res, rej) => fsync(this.#dirFd, (e) => (e ? rej(e) : res())));
+    } catch (e) {
+      this.#dirDirty = true;
+      throw e;
+    }
   }
 
-  /** deletes the file that `rotate` returned `upTo` for, and those before it */
+  /**
+   * Starts a new file; records appended from now on go there. Returns a token for `drop`: the files up to it can
+   * be let go once LMDB holds their records durably.
+   */
+  rotate(): number {
+    const next = this.#take(this.#cur.n + 1);
+    this.#older.push(this.#cur);
+    this.#cur = next;
+    this.#pos = HEADER_BYTES;
+    return this.#cur.n - 1;
+  }
+
+  /** lets go of the file that `rotate` returned `upTo` for, and those before it */
   drop(upTo: number): void {
     while (this.#older.length && this.#older[0]!.n <= upTo) {
       const f = this.#older.shift()!;
       this.#unsynced.delete(f.fd);
       closeSync(f.fd);
-      unlinkSync(f.path);
+      this.#letGo(f.path);
     }
   }
 
-  /** closes the current file and deletes every file: LMDB holds every record (the caller checkpointed) */
+  /** closes and deletes every file, spares too: LMDB holds every record (the caller checkpointed) */
   close(): void {
     this.drop(Infinity);
-    closeSync(this.#fd);
-    unlinkSync(this.#path);
+    closeSync(this.#cur.fd);
+    unlinkSync(this.#cur.path);
+    for (const f of this.#spares.splice(0)) unlinkSync(f);
+    closeSync(this.#dirFd);
   }
 }
 
-/** deletes log files replayed into LMDB */
-export function removeFiles(files: readonly string[]): void {
-  for (const f of files) unlinkSync(f);
+/** writes all of b[0, len) at pos */
+function writeAll(fd: number, b: Buffer, len: number, pos: number): void {
+  let done = 0;
+  while (done < len) done += writeSync(fd, b, done, len - done, pos + done);
 }
 
 /**

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { open, type RootDatabase } from 'lmdb';
 import { BLOB_PREFIX, BlobFiles } from './blob-files.js';
 import { addCounter, byteOrder, checkPageLimit, checkScan, collectKeys, KEY_PAGE } from './kv-rules.js';
-import { Overlay, recover, removeFiles, WriteLog, type LogWrite } from './lmdb-log.js';
+import { Overlay, recover, WriteLog, type LogWrite } from './lmdb-log.js';
 import { FullEpisodes, StoreError, isStoreError } from './errors.js';
 import type { KvCheck, KvEngineInfo, KvStore, KvWrite, ScanOptions } from './kv.js';
 import { native } from '../native.js';
@@ -33,7 +33,7 @@ export interface LmdbStoreOptions {
    * process: every write is its own durable LMDB transaction.
    */
   log?: boolean;
-  /** writes wait while the log holds this many bytes that LMDB does not yet (default 64 MiB) */
+  /** writes wait while the log holds this many bytes that LMDB does not yet (default: env KVFS_LOG_LIMIT_BYTES, else 64 MiB) */
   logLimitBytes?: number;
 }
 
@@ -148,7 +148,7 @@ export class LmdbStore implements KvStore {
       });
       const store = new LmdbStore(dir, db);
       store.#releaseEvery = opts.releaseMappedEvery ?? 0;
-      store.#logLimit = opts.logLimitBytes ?? DEFAULT_LOG_LIMIT;
+      store.#logLimit = opts.logLimitBytes ?? (Number(process.env.KVFS_LOG_LIMIT_BYTES) || DEFAULT_LOG_LIMIT);
       store.#openLog(opts.log ?? true);
       return store;
     } catch (e) {
@@ -182,10 +182,9 @@ export class LmdbStore implements KvStore {
         });
         if (r.writes.some((w) => isBlob(w.key))) this.#blobsInDb = true;
       }
-      removeFiles(r.files);
       this.logStats.replayed = r.writes.length;
       this.logStats.dropped = r.dropped;
-      this.#log = new WriteLog(this.dir, r.next);
+      this.#log = new WriteLog(this.dir, r.next, r.files);
     } catch (e) {
       closeSync(fd);
       this.#logLock = undefined;
@@ -565,6 +564,7 @@ export class LmdbStore implements KvStore {
         throw (commitError ? await commitError.then(() => e, (c: unknown) => c) : e);
       }
       log.drop(this.#frozenEnd);
+      await log.syncDir();
       this.#frozen = undefined;
       this.#checkpointError = undefined;
       this.logStats.checkpoints++;
@@ -769,7 +769,7 @@ const PAGE = 4096;
 export const SMALL_BLOB = 16 << 10;
 
 /** the log: a checkpoint this long after a write, or once the overlay holds this many bytes; a failed one again after */
-const CHECKPOINT_MS = 200;
+const CHECKPOINT_MS = 1000;
 const CHECKPOINT_BYTES = 4 << 20;
 const CHECKPOINT_RETRY_MS = 1000;
 const DEFAULT_LOG_LIMIT = 64 << 20;

@@ -164,6 +164,11 @@ const MAX_DIRTY_ANY = 64;
  * writes send the store about 3 bytes per byte written (each slice, plus a whole chunk per 32 of them).
  */
 const MAX_SLICES = 32;
+/**
+ * A commit that would pass MAX_SLICES but not this writes slices all the same and leaves the compaction to a commit
+ * of its own right after (compactBehind), so that an fsync waits for neither the chunk's load nor a whole blob.
+ */
+const MAX_SLICES_BEHIND = 2 * MAX_SLICES;
 
 export class FileData {
   refs = 0;
@@ -195,6 +200,9 @@ export class FileData {
   private aheadFrom = -1;
   /** a commit started by a write that did not wait for it */
   private behind: Promise<void> | undefined;
+  /** chunks a commit left for compaction (MAX_SLICES_BEHIND), and the commit that compacts them */
+  private readonly toCompact = new Set<number>();
+  private compacting: Promise<void> | undefined;
 
   constructor(readonly ino: Ino, inode: Inode, private readonly cx: DataContext) {
     this.size = inode.size;
@@ -658,7 +666,37 @@ export class FileData {
 
   /** Commits every dirty chunk and the size and times: the store then holds what this mount wrote. */
   flush(): Promise<void> {
-    return this.serial(() => this.commitDirty({})).then(() => this.markIfClean());
+    return this.serial(() => this.commitDirty({})).then(() => {
+      this.markIfClean();
+      if (this.toCompact.size && !this.compacting) setImmediate(() => this.compactBehind());
+    });
+  }
+
+  /**
+   * Compacts the chunks commits left with many slices (MAX_SLICES_BEHIND), in a commit of its own: each is loaded
+   * whole into a write-back buffer (its bytes unchanged, so no time changes) and committed as one blob, and the
+   * store is asked to make it durable in the background (so that the next fsync finds its blob synced). A chunk
+   * written again meanwhile is left to the commit of that write. A failure leaves the slices (they are correct).
+   */
+  private compactBehind(): void {
+    // only while open: a FileData let go (refs 0) may have a successor with newer slices
+    if (this.compacting || !this.toCompact.size || this.unlinked || this.refs === 0) return;
+    this.compacting = this.serial(async () => {
+      if (this.unlinked || this.refs === 0) return;
+      const idxs = [...this.toCompact];
+      this.toCompact.clear();
+      for (const idx of idxs) {
+        if (this.dirty.has(idx) || this.flushing.has(idx) || idx * this.cx.chunkSize >= this.size) continue;
+        await this.writable(idx, 0, 0, () => undefined, true);
+      }
+      await this.commitDirty({});
+    })
+      .then(() => {
+        this.markIfClean();
+        return this.cx.store.sync();
+      })
+      .catch(() => undefined)
+      .finally(() => { this.compacting = undefined; });
   }
 
   /** tells the driver it may answer a FLUSH by itself, when nothing of this file is uncommitted */
@@ -778,8 +816,15 @@ export class FileData {
       const e = await this.entry(c.idx, false);
       const slices = e?.slices ?? [];
       const runs = pageRuns(m, c.length);
-      if (slices.length + runs.length <= MAX_SLICES && lengthOf(slices) + lengthOf(runs) <= this.cx.chunkSize / 2) {
+      const count = slices.length + runs.length;
+      const bytes = lengthOf(slices) + lengthOf(runs);
+      if (count <= MAX_SLICES && bytes <= this.cx.chunkSize / 2) {
         c.slices = runs.map((r) => ({ ...r, blobId: this.cx.newBlobId() }));
+        return;
+      }
+      if (count <= MAX_SLICES_BEHIND && bytes <= this.cx.chunkSize) {
+        c.slices = runs.map((r) => ({ ...r, blobId: this.cx.newBlobId() }));
+        this.toCompact.add(c.idx);
         return;
       }
       await this.complete(c.idx, c.buf);

@@ -33,6 +33,11 @@ export interface GcOptions {
    * need not wait for any
    */
   noLiveSessions?: boolean;
+  /**
+   * a session without a record counts as live (Sessions.unknownLive): a local store whose daemon lock another
+   * process holds, whose mount's newest session record may not be in LMDB yet
+   */
+  unknownSessionsLive?: boolean;
   /** what the collector is doing, and how far it got (for a progress line or bar) */
   progress?(phase: string, done: number, total?: number): void;
 }
@@ -68,7 +73,8 @@ export async function collectGarbage(store: KvStore, opts: GcOptions = {}): Prom
   const shared = !!(await store.info()).shared;
   const vol = new Volume(store, { counted: (d) => void store.incr(K.inodeCount, d).catch(() => undefined) });
   // a session of its own that never registers: every live mount's orphans are left alone
-  const sessions = new Sessions({ store, vol, session: `gc-${process.pid}-${Date.now()}`, shared, inUse: () => false, kept: () => undefined });
+  const sessions = new Sessions({ store, vol, session: `gc-${process.pid}-${Date.now()}`, shared,
+    unknownLive: !!opts.unknownSessionsLive, inUse: () => false, kept: () => undefined });
 
   progress('sessions', 0);
   if (dryRun) {

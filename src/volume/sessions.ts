@@ -31,6 +31,11 @@ export interface SessionsContext {
   /** how long the caller's record lives without a heartbeat (default SESSION_TTL_MS) */
   ttlMs?: number;
   shared: boolean;
+  /**
+   * a session without a record counts as live: a local store served by a live daemon, whose newest writes (a new
+   * session's record among them) other processes see only after its log's next checkpoint (src/backend/lmdb.ts)
+   */
+  unknownLive?: boolean;
   inUse(ino: Ino): boolean;
   /** ino became the caller's orphan (it was in use when its last link or holder went) */
   kept(ino: Ino): void;
@@ -46,8 +51,12 @@ export class Sessions {
 
   /** whether session sid is live (its record's expiry lies ahead) */
   async isLive(sid: string): Promise<boolean> {
-    const beat = await this.cx.store.get(K.session(sid));
-    return !!beat && Number(Buffer.from(beat).toString()) > Date.now();
+    return this.liveBy(await this.cx.store.get(K.session(sid)));
+  }
+
+  /** whether a session whose record holds beat (undefined: none) is live */
+  private liveBy(beat: Uint8Array | undefined): boolean {
+    return beat ? Number(Buffer.from(beat).toString()) > Date.now() : !!this.cx.unknownLive;
   }
 
   /** whether another mount of a shared store holds ino open (its u/<ino> count), as read inside tx */
@@ -101,7 +110,7 @@ export class Sessions {
       for (const [key, owner] of page) {
         const sid = Buffer.from(owner).toString();
         const beat = await this.cx.store.get(K.session(sid));
-        if (sid === this.cx.session || (beat && Number(Buffer.from(beat).toString()) > Date.now())) continue;
+        if (sid === this.cx.session || this.liveBy(beat)) continue;
         const ino = Number(memberOf(key, K.orphanPrefix));
         orphans++;
         await transact(this.cx.store, async (tx) => {

@@ -174,8 +174,9 @@ t.test('kill -9 mid-write leaks blobs; gc --sweep reclaims exactly them; fsynced
   const url = `local:${join(dataDir, 'vol')}`;
   expectExit(t, await kvfs(['format', url], { dataDir }), 'format');
   // small write-back buffers: commits are frequent. Before each kill another process takes LMDB's write lock
-  // (LMDB's own, shared by every process that opens the environment): the daemon's next commit waits for it.
-  const m = await mountKvfs(t, { store: url, dataDir, args: ['--write-buffer-mb', '4'] });
+  // (LMDB's own, shared by every process that opens the environment): the daemon's checkpoints wait for it, and
+  // with a log limit of 1 byte (lmdb.ts: every write waits for a checkpoint) its next commit waits for them.
+  const m = await mountKvfs(t, { store: url, dataDir, args: ['--write-buffer-mb', '4'], env: { KVFS_LOG_LIMIT_BYTES: '1' } });
   const { audit, survivors } = await crashUntilLeak(t, m, url, dataDir, {}, 70, 2000, async () => {
     const lock = await holdLmdbWriteLock(join(dataDir, 'vol'), 3000);
     return async () => void await lock.done;

@@ -526,6 +526,7 @@ async function mount(argv: MountArgs): Promise<void> {
         { name: 'buffer pool arena', bytes: arenaBytes },
         { name: 'blob cache', bytes: f.blobCacheBytes },
         { name: 'write-back buffers', bytes: f.writeBackBytes },
+        ...(store.heldBytes === undefined ? [] : [{ name: 'store log (writes not yet in LMDB)', bytes: store.heldBytes }]),
       ];
     },
   }).catch((e: unknown) => {

@@ -105,6 +105,11 @@ export interface KvStore {
   commit(checks: readonly KvCheck[], writes: readonly KvWrite[], txid?: string): Promise<boolean>;
   /** makes every earlier write durable on stable storage (fsync); resolves at once where the store has no such step */
   sync(): Promise<void>;
+  /**
+   * Bytes of written values the engine holds in memory until it has put them where they live (LMDB's log
+   * overlays, until a checkpoint); undefined for engines that hold none. `kvfs stats` shows it as a part.
+   */
+  readonly heldBytes?: number;
   /** what the engine knows about itself and its space */
   info(): Promise<KvEngineInfo>;
   /** releases connections and handles; later calls fail */

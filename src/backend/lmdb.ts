@@ -192,6 +192,11 @@ export class LmdbStore implements KvStore {
     }
   }
 
+  /** bytes the overlays hold (kv.ts) */
+  get heldBytes(): number {
+    return this.#overlayBytes();
+  }
+
   /** whether writes go to the log (this process holds its lock) */
   get logged(): boolean {
     return this.#log !== undefined;

@@ -18,7 +18,7 @@ import { isRedisUrl, parseRedisUrl } from '../src/backend/redis-url.js';
 import type { Filesystem } from '../src/fs/filesystem.js';
 import type { NativeMount } from '../src/fs/fuse/native-driver.js';
 import { isKvfsMount, mountAt, mountHolding, unmount, UnmountError, type MountEntry } from '../src/fs/fuse/mount-table.js';
-import { K } from '../src/volume/schema.js';
+import { K, SHARED_KEYS } from '../src/volume/schema.js';
 import { humanBytes } from '../src/volume/limits.js';
 import cliProgress from 'cli-progress';
 import { collectGarbage } from '../src/volume/gc.js';
@@ -111,7 +111,7 @@ function storeOptions(a: StoreArgs): OpenStoreOptions {
   inRange('store-timeout', a.storeTimeout, 0.1, 3600);
   return {
     timeoutMs: Math.round(a.storeTimeout * 1000), passwordFile: a.passwordFile, tlsCa: a.tlsCa, tlsCert: a.tlsCert, tlsKey: a.tlsKey,
-    warn: (m) => warnings.push(m),
+    warn: (m) => warnings.push(m), sharedKeys: SHARED_KEYS,
   };
 }
 

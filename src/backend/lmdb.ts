@@ -33,6 +33,13 @@ export interface LmdbStoreOptions {
    * process: every write is its own durable LMDB transaction.
    */
   log?: boolean;
+  /**
+   * keys other processes read and write while this one runs (a load job's record, a mount's session record, the
+   * volume record): written straight to LMDB in a durable transaction, never through the log, so that another
+   * process sees them at once and a commit on them is atomic across processes. An entry ending in '/' names a
+   * collection (and what is below it), any other one key.
+   */
+  sharedKeys?: readonly string[];
   /** writes wait while the log holds this many bytes that LMDB does not yet (default: env KVFS_LOG_LIMIT_BYTES, else 64 MiB) */
   logLimitBytes?: number;
 }
@@ -115,6 +122,7 @@ export class LmdbStore implements KvStore {
   /** the last checkpoint's failure (sync reports it; the writes stay in the log and the overlays) */
   #checkpointError: unknown;
   #logLimit = DEFAULT_LOG_LIMIT;
+  #sharedKeys: readonly string[] = [];
   /** writes waiting for the overlays to drain (in call order) */
   #stall: Promise<void> | undefined;
   /** counts, for stats and tests */
@@ -148,6 +156,7 @@ export class LmdbStore implements KvStore {
       });
       const store = new LmdbStore(dir, db);
       store.#releaseEvery = opts.releaseMappedEvery ?? 0;
+      store.#sharedKeys = opts.sharedKeys ?? [];
       store.#logLimit = opts.logLimitBytes ?? (Number(process.env.KVFS_LOG_LIMIT_BYTES) || DEFAULT_LOG_LIMIT);
       store.#openLog(opts.log ?? true);
       return store;
@@ -202,6 +211,12 @@ export class LmdbStore implements KvStore {
     return this.#log !== undefined;
   }
 
+  /** whether key is one of sharedKeys (never in the log) */
+  #isShared(key: string): boolean {
+    for (const s of this.#sharedKeys) if (s.endsWith('/') ? key.startsWith(s) : key === s) return true;
+    return false;
+  }
+
   /** the value a metadata key (or small blob) holds: the overlays first, then LMDB */
   #value(key: string): Buffer | undefined {
     if (this.#log) {
@@ -248,7 +263,7 @@ export class LmdbStore implements KvStore {
       return;
     }
     const bytes = Buffer.from(value);
-    await this.#write([{ key, value: bytes }], 'grow', () => this.#atomic((set) => set(key, bytes)), true);
+    await this.#write([{ key, value: bytes }], 'grow', () => this.#atomic((set) => set(key, bytes), [key]), true);
   }
 
   async del(keys: readonly string[]): Promise<void> {
@@ -257,14 +272,17 @@ export class LmdbStore implements KvStore {
     const ks = this.#blobsInDb ? [...keys] : keys.filter((k) => !isBlob(k));
     // a blob LMDB held (a small one) has no file to unlink
     const inDb = new Set<string>();
-    if (ks.length) {
-      await this.#write(ks.map((key) => ({ key, value: null })), 'free', () => this.#atomic((set) => {
-        for (const k of ks) {
+    // (a del need not be atomic: shared keys go apart from the rest, #atomic)
+    const shared = this.#sharedKeys.length ? ks.filter((k) => this.#isShared(k)) : [];
+    for (const part of shared.length ? [shared, ks.filter((k) => !this.#isShared(k))] : [ks]) {
+      if (!part.length) continue;
+      await this.#write(part.map((key) => ({ key, value: null })), 'free', () => this.#atomic((set) => {
+        for (const k of part) {
           if (this.#value(k) === undefined) continue;
           set(k, null);
           if (isBlob(k)) inDb.add(k);
         }
-      }));
+      }, part));
     }
     const files = keys.filter((k) => isBlob(k) && !inDb.has(k));
     if (files.length) await this.#blobs.del(files).catch((e: unknown) => { throw translate(e, this.dir, {}); });
@@ -307,7 +325,7 @@ export class LmdbStore implements KvStore {
         run = () => {
           if (this.#small !== batch) return;
           this.#small = undefined;
-          this.#write(writes, 'grow', () => this.#atomic((set) => { for (const w of writes) set(w.key, w.value); }), true)
+          this.#write(writes, 'grow', () => this.#atomic((set) => { for (const w of writes) set(w.key, w.value); }, []), true)
             .then(() => resolve(), reject);
         };
       });
@@ -438,7 +456,7 @@ export class LmdbStore implements KvStore {
         const next = addCounter(key, this.#value(key), delta);
         set(key, Buffer.from(String(next)));
         return next;
-      }),
+      }, [key]),
     );
   }
 
@@ -457,7 +475,7 @@ export class LmdbStore implements KvStore {
         }
         for (const w of ws) set(w.key, w.value);
         return true;
-      }),
+      }, ws.map((w) => w.key)),
     );
   }
 
@@ -510,9 +528,10 @@ export class LmdbStore implements KvStore {
    * Runs fn, which reads with #value and writes with `set`, as one atomic write: in log mode as it runs (one turn of
    * JavaScript) and then one log record and the overlay; in direct mode inside one LMDB write transaction.
    */
-  #atomic<T>(fn: (set: (key: string, value: Buffer | null) => void) => T): T {
+  #atomic<T>(fn: (set: (key: string, value: Buffer | null) => void) => T, keys: readonly string[]): T {
     const db = this.#db;
-    if (!this.#log) {
+    // shared keys straight to LMDB (with the rest of a commit: #write emptied the log first)
+    if (!this.#log || keys.some((k) => this.#isShared(k))) {
       return db.transactionSync(() => fn((key, value) => { if (value === null) db.removeSync(key); else db.putSync(key, value); }));
     }
     const writes: LogWrite[] = [];
@@ -707,8 +726,12 @@ export class LmdbStore implements KvStore {
     const space = this.#space;
     let need = 0;
     let refusedBy: LmdbFigures | undefined;
-    const log = this.#log && !(writes.length === 1 && isBlob(writes[0]!.key) && (writes[0]!.value?.length ?? 0) > SMALL_BLOB);
-    if (log && (this.#stall || this.#overlayBytes() >= this.#logLimit)) await this.#inTurn(() => this.#room());
+    const shared = this.#log !== undefined && writes.some((w) => this.#isShared(w.key));
+    const log = this.#log !== undefined && !shared && !(writes.length === 1 && isBlob(writes[0]!.key) && (writes[0]!.value?.length ?? 0) > SMALL_BLOB);
+    if (this.#stall || (log && this.#overlayBytes() >= this.#logLimit)) await this.#inTurn(() => this.#room());
+    // a commit of shared keys with others goes straight to LMDB too, once LMDB holds everything the log does (a
+    // later replay must not bring an older value of one of its keys back over it)
+    if (shared && writes.some((w) => !this.#isShared(w.key))) await this.#inTurn(() => this.#checkpointAll());
     let pages = 0;
     const admit = () => {
       try {

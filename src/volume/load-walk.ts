@@ -64,11 +64,14 @@ export class Gate {
     this.limit = max;
   }
 
-  /** runs task once a slot is free (waits for one: backpressure on the walk) */
+  /**
+   * runs task once a slot is free (waits for one: backpressure on the walk); a task reports its own failures (one
+   * that rejects all the same is dropped here, never left an unhandled rejection that would end the process)
+   */
   async run(task: () => Promise<void>): Promise<void> {
     while (this.active >= this.limit) await new Promise<void>((r) => this.waiters.push(r));
     this.active++;
-    const p = task().finally(() => {
+    const p: Promise<void> = task().catch(() => undefined).finally(() => {
       this.active--;
       this.running.delete(p);
       this.wake();

@@ -386,6 +386,9 @@ export class Loader {
       await this.gate.run(async () => {
         try {
           await task();
+        } catch (e) {
+          // (a batch past the deadline throws the job's end, which this records once more)
+          this.failed(d.rel, e);
         } finally {
           d.pending--;
           await settle(d);

@@ -67,6 +67,13 @@ export const K = {
   job: (target: string) => `j/${target}`,
 } as const;
 
+/**
+ * Keys other processes read and write beside a running daemon or loader (the volume record: kvfs config; session
+ * records: gc; load jobs: kvfs load --cancel): a local store writes them straight to LMDB, never through its log
+ * (LmdbStoreOptions.sharedKeys).
+ */
+export const SHARED_KEYS: readonly string[] = [K.volume, K.sessionPrefix, K.jobPrefix];
+
 /** the chunk index encoded in a chunk key */
 export function chunkIndexOf(key: string): number {
   return parseInt(key.slice(key.lastIndexOf('/') + 1), 16);

@@ -355,7 +355,8 @@ function writeAll(fd: number, b: Buffer, len: number, pos: number): void {
  */
 export class Overlay {
   readonly values = new Map<string, Buffer | null>();
-  readonly #byCollection = new Map<string, Set<string>>();
+  /** per collection its keys, in byte order (a new key is inserted where it belongs) */
+  readonly #byCollection = new Map<string, string[]>();
   /** bytes of keys and values held */
   bytes = 0;
   /** bytes of LMDB pages the writes held may take (lmdb-space.ts needOf), counted by the store */
@@ -372,15 +373,49 @@ export class Overlay {
       this.bytes += key.length + 48;
       const coll = key.slice(0, key.lastIndexOf('/') + 1);
       let keys = this.#byCollection.get(coll);
-      if (!keys) this.#byCollection.set(coll, (keys = new Set()));
-      keys.add(key);
+      if (!keys) this.#byCollection.set(coll, (keys = []));
+      if (!keys.length || keyCompare(keys[keys.length - 1]!, key) < 0) keys.push(key);
+      else keys.splice(firstAfter(keys, key), 0, key);
     }
     this.values.set(key, value);
     this.bytes += value?.length ?? 0;
   }
 
-  /** the keys held of one collection (a prefix ending in '/') */
-  collection(prefix: string): ReadonlySet<string> | undefined {
+  /** forgets key (a key made and deleted again while held, that nothing below holds: no tombstone needed) */
+  forget(key: string): void {
+    const old = this.values.get(key);
+    if (old === undefined) return;
+    this.values.delete(key);
+    this.bytes -= key.length + 48 + (old?.length ?? 0);
+    const keys = this.#byCollection.get(key.slice(0, key.lastIndexOf('/') + 1))!;
+    const at = firstAfter(keys, key) - 1;
+    if (keys[at] === key) keys.splice(at, 1);
+  }
+
+  /** the keys held of one collection (a prefix ending in '/'), in byte order */
+  collection(prefix: string): readonly string[] | undefined {
     return this.#byCollection.get(prefix);
   }
+}
+
+const HIGH = /[\ud800-\uffff]/;
+
+/** byte order of two keys' UTF-8 (string order, unless one has a surrogate or a char above: kv-rules byteOrder) */
+export function keyCompare(a: string, b: string): number {
+  if (a === b) return 0;
+  if (!HIGH.test(a) && !HIGH.test(b)) return a < b ? -1 : 1;
+  return Buffer.compare(Buffer.from(a), Buffer.from(b));
+}
+
+/** the index of the first of sorted keys that comes after key (keys.length when none does) */
+export function firstAfter(keys: readonly string[], key: string | undefined): number {
+  if (key === undefined) return 0;
+  let lo = 0;
+  let hi = keys.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (keyCompare(keys[mid]!, key) <= 0) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
 }

@@ -3,8 +3,8 @@ import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { open, type RootDatabase } from 'lmdb';
 import { BLOB_PREFIX, BlobFiles } from './blob-files.js';
-import { addCounter, byteOrder, checkPageLimit, checkScan, collectKeys, KEY_PAGE } from './kv-rules.js';
-import { Overlay, recover, WriteLog, type LogWrite } from './lmdb-log.js';
+import { addCounter, checkPageLimit, checkScan, collectKeys, KEY_PAGE } from './kv-rules.js';
+import { firstAfter, keyCompare, Overlay, recover, WriteLog, type LogWrite } from './lmdb-log.js';
 import { FullEpisodes, StoreError, isStoreError } from './errors.js';
 import type { KvCheck, KvEngineInfo, KvStore, KvWrite, ScanOptions } from './kv.js';
 import { native } from '../native.js';
@@ -365,31 +365,65 @@ export class LmdbStore implements KvStore {
       const values = await this.getMany(keys);
       return keys.flatMap((k, i) => (values[i] ? [[k, values[i]!] as [string, Uint8Array]] : []));
     }
-    const over = this.#overlayOf(prefix, after);
+    const over = this.#overlayOf(prefix, after, limit);
     if (!over) return this.#scanDb(db, prefix, after, limit);
     // LMDB's rows merged with the overlays': each deleted key there can hide one row of LMDB's, so `dead` more rows
     // make the first `limit` of the merge exact (every key up to LMDB's last row read is in one or the other)
     let dead = 0;
-    for (const v of over.values()) if (v === null) dead++;
-    const out = this.#scanDb(db, prefix, after, limit + dead).filter(([k]) => !over.has(k));
-    for (const [k, v] of over) if (v) out.push([k, v]);
-    sortRows(out);
-    return out.length > limit ? out.slice(0, limit) : out;
+    const held = new Set<string>();
+    for (const [k, v] of over) {
+      held.add(k);
+      if (v === null) dead++;
+    }
+    const rows = this.#scanDb(db, prefix, after, limit + dead);
+    const out: [string, Uint8Array][] = [];
+    let i = 0;
+    let j = 0;
+    while (out.length < limit && (i < rows.length || j < over.length)) {
+      if (i < rows.length && held.has(rows[i]![0])) {
+        i++;
+        continue;
+      }
+      if (j < over.length && over[j]![1] === null) {
+        j++;
+        continue;
+      }
+      if (j >= over.length || (i < rows.length && keyCompare(rows[i]![0], over[j]![0]) < 0)) out.push(rows[i++]!);
+      else out.push(over[j++] as [string, Buffer]);
+    }
+    return out;
   }
 
-  /** members of collection `prefix` after `after` that the overlays hold (newest wins), or undefined for none */
-  #overlayOf(prefix: string, after: string | undefined): Map<string, Buffer | null> | undefined {
+  /**
+   * Members of collection `prefix` after `after` that the overlays hold (the newest value of each; null: deleted),
+   * in byte order, up to the `limit`-th that holds a value: none after it can be among a scan's first `limit`, nor
+   * hide one of LMDB's that is. Undefined for none.
+   */
+  #overlayOf(prefix: string, after: string | undefined, limit: number): [string, Buffer | null][] | undefined {
     if (!this.#log) return undefined;
-    let over: Map<string, Buffer | null> | undefined;
-    for (const o of [this.#frozen, this.#mem]) {
-      const keys = o?.collection(prefix);
-      if (!keys) continue;
-      for (const k of keys) {
-        if (after !== undefined && byteOrder(k, after) <= 0) continue;
-        (over ??= new Map()).set(k, o!.values.get(k)!);
+    const older = this.#frozen?.collection(prefix) ?? [];
+    const newer = this.#mem.collection(prefix) ?? [];
+    if (!older.length && !newer.length) return undefined;
+    let i = firstAfter(older, after);
+    let j = firstAfter(newer, after);
+    const out: [string, Buffer | null][] = [];
+    let live = 0;
+    while (live < limit && (i < older.length || j < newer.length)) {
+      const c = i >= older.length ? 1 : j >= newer.length ? -1 : keyCompare(older[i]!, newer[j]!);
+      let key: string;
+      let value: Buffer | null;
+      if (c < 0) {
+        key = older[i++]!;
+        value = this.#frozen!.values.get(key)!;
+      } else {
+        if (c === 0) i++;
+        key = newer[j++]!;
+        value = this.#mem.values.get(key)!;
       }
+      out.push([key, value]);
+      if (value) live++;
     }
-    return over;
+    return out.length ? out : undefined;
   }
 
   /** LMDB's members of a collection: the key range [prefix, end), prefix with its final '/' raised to '0' */
@@ -538,7 +572,13 @@ export class LmdbStore implements KvStore {
     const out = fn((key, value) => void writes.push({ key, value }));
     if (writes.length) {
       this.#log.append(writes);
-      for (const w of writes) this.#mem.set(w.key, w.value);
+      for (const w of writes) {
+        // a key made and deleted while the overlay holds it, that neither the frozen overlay nor LMDB holds, needs
+        // no tombstone (a queue's entries: scans would walk past them)
+        if (w.value === null && this.#mem.values.get(w.key) && this.#frozen?.values.get(w.key) === undefined &&
+            this.#db.get(w.key) === undefined) this.#mem.forget(w.key);
+        else this.#mem.set(w.key, w.value);
+      }
       if (this.#mem.bytes >= CHECKPOINT_BYTES) void this.#checkpoint();
       else this.#checkpointTimer ??= setTimeout(() => {
         this.#checkpointTimer = undefined;
@@ -807,12 +847,6 @@ function logBytes(writes: readonly { key: string; value: Uint8Array | null }[]):
   let n = 13;
   for (const w of writes) n += 6 + w.key.length * 3 + (w.value?.length ?? 0);
   return n;
-}
-
-/** sorts scan rows by key in byte order (plain string order where no key has a surrogate or a char above it) */
-function sortRows(rows: [string, Uint8Array][]): void {
-  const plain = rows.every(([k]) => !/[\ud800-\uffff]/.test(k));
-  rows.sort(plain ? (a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0) : (a, b) => byteOrder(a[0], b[0]));
 }
 
 /** blob bytes written between two write-behind syncs (#writeBehind) */

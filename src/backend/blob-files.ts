@@ -197,6 +197,25 @@ export class BlobFiles {
     if (failed) return this.sync();
   }
 
+  /**
+   * Makes the files of these keys (written, and settled) and their directories durable, on their own: no sync under
+   * way is waited for, and later syncs do not wait for this one (the caller names these blobs only afterwards).
+   */
+  async syncOnly(keys: readonly string[]): Promise<void> {
+    const files = keys.map((k) => this.path(k));
+    for (const f of files) this.#unsynced.delete(f);
+    try {
+      await Promise.all(files.map((f) => fsyncPath(f, true)));
+      const dirs = new Set(files.map((f) => f.slice(0, f.lastIndexOf('/'))));
+      // a directory made for one of them is named in the root
+      if (this.#dirsUnsynced.has(this.root)) dirs.add(this.root);
+      await Promise.all([...dirs].map((d) => fsyncPath(d, false)));
+    } catch (e) {
+      for (const f of files) this.#unsynced.add(f);
+      throw e;
+    }
+  }
+
   async #syncNow(): Promise<void> {
     await Promise.allSettled([...this.#writing]);
     const files = [...this.#unsynced];

@@ -110,6 +110,12 @@ export interface KvStore {
    * overlays, until a checkpoint); undefined for engines that hold none. `kvfs stats` shows it as a part.
    */
   readonly heldBytes?: number;
+  /**
+   * Optional: makes these blobs (put, and settled) durable on their own, apart from every other write: it waits for
+   * no sync under way, and a sync() meanwhile does not wait for it (a blob written to be named by a later commit:
+   * compaction). Without it, callers use sync().
+   */
+  syncBlobs?(keys: readonly string[]): Promise<void>;
   /** what the engine knows about itself and its space */
   info(): Promise<KvEngineInfo>;
   /** releases connections and handles; later calls fail */

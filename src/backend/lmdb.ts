@@ -518,6 +518,12 @@ export class LmdbStore implements KvStore {
     await this.#flush(() => this.#syncAll(db));
   }
 
+  async syncBlobs(keys: readonly string[]): Promise<void> {
+    this.#ready();
+    const files = keys.filter((k) => isBlob(k) && this.#value(k) === undefined);
+    await this.#flush(() => this.#blobs.syncOnly(files));
+  }
+
   /** blob files first, then the log (or LMDB): metadata on disk never names a blob that is not (blob-files.ts rule 2) */
   async #syncAll(db: RootDatabase<Buffer, string>): Promise<void> {
     await this.#blobs.sync();

@@ -673,30 +673,72 @@ export class FileData {
   }
 
   /**
-   * Compacts the chunks commits left with many slices (MAX_SLICES_BEHIND), in a commit of its own: each is loaded
-   * whole into a write-back buffer (its bytes unchanged, so no time changes) and committed as one blob, and the
-   * store is asked to make it durable in the background (so that the next fsync finds its blob synced). A chunk
-   * written again meanwhile is left to the commit of that write. A failure leaves the slices (they are correct).
+   * Compacts the chunks commits left with many slices (MAX_SLICES_BEHIND), off the commit path: the bytes each
+   * chunk's entry defines (unchanged: no time changes) are written as one blob and made durable on their own
+   * (KvStore.syncBlobs; an fsync meanwhile waits for neither), and only then one commit swaps each entry that is
+   * still the one composed for its new blob, the old blobs to the GC queue. An entry changed meanwhile (a commit or
+   * truncate of this file) keeps its slices and the new blob goes. A failure leaves the slices (they are correct).
    */
   private compactBehind(): void {
     // only while open: a FileData let go (refs 0) may have a successor with newer slices
     if (this.compacting || !this.toCompact.size || this.unlinked || this.refs === 0) return;
-    this.compacting = this.serial(async () => {
-      if (this.unlinked || this.refs === 0) return;
-      const idxs = [...this.toCompact];
-      this.toCompact.clear();
-      for (const idx of idxs) {
-        if (this.dirty.has(idx) || this.flushing.has(idx) || idx * this.cx.chunkSize >= this.size) continue;
-        await this.writable(idx, 0, 0, () => undefined, true);
-      }
-      await this.commitDirty({});
-    })
-      .then(() => {
-        this.markIfClean();
-        return this.cx.store.sync();
-      })
+    this.compacting = this.compactChunks([...this.toCompact])
       .catch(() => undefined)
       .finally(() => { this.compacting = undefined; });
+    this.toCompact.clear();
+  }
+
+  private async compactChunks(idxs: number[]): Promise<void> {
+    const { store } = this.cx;
+    const made: { idx: number; old: ChunkEntry; next: ChunkEntry; raw: Uint8Array; applied?: boolean }[] = [];
+    try {
+      for (const idx of idxs) {
+        if (this.unlinked || this.refs === 0) break;
+        const old = await this.entry(idx, false);
+        if (!old?.slices?.length) continue;
+        const data = await this.compose(old);
+        if (!data) continue;
+        const next = { length: data.length, blobId: this.cx.newBlobId() };
+        made.push({ idx, old, next, raw: encodeEntry(old) });
+        this.cx.io.sent += data.length;
+        await store.put(K.blob(next.blobId), data);
+      }
+      if (!made.length) return;
+      await (store.syncBlobs ? store.syncBlobs(made.map((m) => K.blob(m.next.blobId))) : store.sync());
+      await this.serial(async () => {
+        let storedBefore = 0;
+        let storedAfter = 0;
+        await transact(store, async (tx) => {
+          for (const m of made) m.applied = false;
+          const raw = await tx.get(K.inode(this.ino));
+          if (!raw) throw fsErr('ESTALE', `file ${this.ino} is gone`);
+          const inode = decodeInode(this.ino, raw);
+          storedBefore = inode.stored;
+          for (const m of made) {
+            const cur = await tx.get(K.chunk(this.ino, m.idx));
+            if (!cur || !Buffer.from(cur).equals(m.raw)) continue;
+            tx.set(K.chunk(this.ino, m.idx), encodeEntry(m.next));
+            for (const b of entryBlobs(m.old)) tx.set(K.gc(b.blobId), Buffer.from(String(b.length)));
+            inode.stored += entryStored(m.next) - entryStored(m.old);
+            m.applied = true;
+          }
+          if (!made.some((m) => m.applied)) return;
+          inode.version++;
+          storedAfter = inode.stored;
+          tx.set(K.inode(this.ino), encodeInode(inode));
+          tx.after.push(() => this.cx.kickJanitor());
+        });
+        // the volume's byte count takes the new blobs now, and gives the old ones back as they are collected
+        this.cx.counters.add(K.byteCount, made.reduce((n, m) => n + (m.applied ? m.next.length : 0), 0));
+        for (const m of made) if (m.applied) this.entries.set(m.idx, m.next);
+        this.mapChanges++;
+        if (storedAfter !== storedBefore && made.some((m) => m.applied)) this.cx.storedChanged(this.ino);
+      });
+    } finally {
+      // the blobs of entries that changed meanwhile (or of a compaction that failed) name nothing
+      const unused = made.filter((m) => !m.applied).map((m) => K.blob(m.next.blobId));
+      if (unused.length) await store.del(unused).catch(() => undefined);
+    }
   }
 
   /** tells the driver it may answer a FLUSH by itself, when nothing of this file is uncommitted */

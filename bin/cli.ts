@@ -29,7 +29,7 @@ import {
   daemonOf, holdersOf, isAlive, isStopped, lockStoreDir, unlockStoreDir, processState, readRecord, removeRecord, writeRecord,
   type DaemonRecord,
 } from './daemons.js';
-import { Lifecycle } from './lifecycle.js';
+import { Lifecycle, STOP_SIGNALS } from './lifecycle.js';
 import { configureLog, log as daemonLog, logsJson } from '../src/log.js';
 import { connectTo, human, logLevelCommand, profileCommand, startControl, statsCommand } from './diag.js';
 import { loadCommand } from './load.js';
@@ -485,6 +485,12 @@ async function mount(argv: MountArgs): Promise<void> {
     await store.close().catch(() => undefined);
     throw e;
   }
+  // The mount shows in the table before the Lifecycle below takes signals (the record, the control socket come
+  // first): a SIGINT, SIGTERM or SIGHUP in between would end the daemon at once and leave a dead mount. From here
+  // on they are held, and handed to the Lifecycle once it listens.
+  const held: NodeJS.Signals[] = [];
+  const hold = (sig: NodeJS.Signals) => void held.push(sig);
+  for (const sig of STOP_SIGNALS) process.on(sig, hold);
   const mounting = argv.driver === 'libfuse'
     ? (await import('../src/fs/fuse/libfuse-driver.js')).mountLibfuse(fs, mnt, {
       allowOther: argv.allowOther, debug: argv.debug, attrTimeout: argv.attrTimeout, entryTimeout: argv.entryTimeout, source,
@@ -561,6 +567,8 @@ async function mount(argv: MountArgs): Promise<void> {
       process.exit(code);
     },
   });
+  for (const sig of STOP_SIGNALS) process.off(sig, hold);
+  for (const sig of held) process.kill(process.pid, sig);
   if (logsJson()) log(`mounted ${describeStore(url)} at ${mnt}`);
   else console.log(`kvfs: mounted ${describeStore(url)} at ${mnt}`);
   printWarnings();

@@ -15,6 +15,9 @@
 import { fuseDeviceFds, mountAt, unmount, UnmountError, type MountEntry } from '../src/fs/fuse/mount-table.js';
 import { holdersOf } from './daemons.js';
 
+/** the signals that stop a mounted daemon */
+export const STOP_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
+
 const RETRY_MS = 2000;
 const POLL_MS = 250;
 
@@ -45,7 +48,7 @@ export class Lifecycle {
 
   constructor(private readonly p: LifeParts) {
     this.fuseFds = p.closed ? [] : fuseDeviceFds();
-    for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(sig, () => this.signal(sig));
+    for (const sig of STOP_SIGNALS) process.on(sig, () => this.signal(sig));
     // The mount can leave the table from outside at any time; a stopped connection (native) ends the session.
     this.poll = setInterval(() => this.watch(), POLL_MS);
     void p.closed?.then(() => this.finish());

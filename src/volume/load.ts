@@ -497,8 +497,15 @@ export class Loader {
 
   /** `force`: written even when the volume's entry looks the same (verify found its bytes differ) */
   private async writeBatch(d: DirState, batch: Walked[], force = false): Promise<void> {
-    // what is there already (a rerun): the same entries are skipped without reading them
-    const existing = force ? [] : await this.retrying('reading the target', () => this.existing(d.ino, batch));
+    // what is there already (a rerun): the same entries are skipped without reading them. A failure here ends
+    // the batch as one later would (failed()): the task never rejects, as the gate does not wait for it
+    let existing: (Inode | undefined)[];
+    try {
+      existing = force ? [] : await this.retrying('reading the target', () => this.existing(d.ino, batch));
+    } catch (e) {
+      for (const w of batch) this.failed(w.rel, e);
+      return;
+    }
     const todo: Walked[] = [];
     for (const [i, w] of batch.entries()) {
       const n = existing[i];

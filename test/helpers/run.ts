@@ -266,12 +266,19 @@ export function ensureUser(user: string = TEST_USER): { uid: number; gid: number
   };
   const found = probe();
   if (found) return found;
-  const r = spawnSync('useradd', ['--system', '--no-create-home', '--user-group', '--shell', '/usr/sbin/nologin', user], {
-    encoding: 'utf8',
-  });
-  const made = probe();
-  if (!made) throw new Error(`cannot create test user ${user}: useradd exit ${r.status}: ${r.stderr}`);
-  return made;
+  // test files run in parallel: another one's useradd may hold /etc/passwd's lock (exit 1) or have just made the
+  // user (exit 9), so a failed useradd is tried again while the user is still missing
+  let why = '';
+  for (let attempt = 0; attempt < 20; attempt++) {
+    if (attempt > 0) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 250);
+    const r = spawnSync('useradd', ['--system', '--no-create-home', '--user-group', '--shell', '/usr/sbin/nologin', user], {
+      encoding: 'utf8',
+    });
+    const made = probe();
+    if (made) return made;
+    why = `useradd exit ${r.status}: ${r.stderr}`;
+  }
+  throw new Error(`cannot create test user ${user}: ${why}`);
 }
 
 /** Synchronously kills every tool still running (process 'exit' hook). */

@@ -82,7 +82,7 @@ function numbered(dir: string, re: RegExp): { n: number; path: string }[] {
 export interface Recovered {
   /** the writes to replay, in order */
   writes: LogWrite[];
-  /** the files they came from (let them go, `WriteLog.reuse`, once LMDB holds the writes durably) */
+  /** the files they came from (a new WriteLog takes them to reuse once LMDB holds the writes durably) */
   files: string[];
   /** the next file number */
   next: number;
@@ -156,8 +156,8 @@ export class WriteLog {
   readonly #dir: string;
   #cur: LogFile;
   #pos = HEADER_BYTES;
-  /** files written since their last fdatasync (the current one, and older ones not yet dropped) */
-  readonly #unsynced = new Map<number, string>();
+  /** descriptors of files written since their last fdatasync (the current one, and older ones not yet dropped) */
+  readonly #unsynced = new Set<number>();
   /** files older than the current one, not yet dropped */
   readonly #older: LogFile[] = [];
   /** files to reuse (their paths) */
@@ -217,7 +217,7 @@ export class WriteLog {
       unlinkSync(path);
       throw e;
     }
-    this.#unsynced.set(fd, path);
+    this.#unsynced.add(fd);
     this.#dirDirty = true;
     return { n, fd, path };
   }
@@ -236,9 +236,8 @@ export class WriteLog {
 
   /** appends one record of writes (applied together at replay) with one write() call */
   append(writes: readonly LogWrite[]): void {
-    let len = 5;
-    for (const w of writes) len += 6 + Buffer.byteLength(w.key) + (w.value?.length ?? 0);
-    const total = RECORD_HEAD + len;
+    const total = recordBytes(writes);
+    const len = total - RECORD_HEAD;
     if (this.#buf.length < total) this.#buf = Buffer.allocUnsafe(Math.max(total, this.#buf.length * 2));
     const b = this.#buf;
     let at = RECORD_HEAD;
@@ -273,7 +272,7 @@ export class WriteLog {
     if (end > total) b.writeUInt32LE(0, total);
     writeAll(this.#cur.fd, b, end, this.#pos);
     this.#pos += total;
-    this.#unsynced.set(this.#cur.fd, this.#cur.path);
+    this.#unsynced.add(this.#cur.fd);
   }
 
   /**
@@ -287,9 +286,9 @@ export class WriteLog {
     const files = [...this.#unsynced];
     this.#unsynced.clear();
     try {
-      await Promise.all(files.map(([fd]) => new Promise<void>((res, rej) => fdatasync(fd, (e) => (e ? rej(e) : res())))));
+      await Promise.all(files.map((fd) => new Promise<void>((res, rej) => fdatasync(fd, (e) => (e ? rej(e) : res())))));
     } catch (e) {
-      for (const [fd, path] of files) this.#unsynced.set(fd, path);
+      for (const fd of files) this.#unsynced.add(fd);
       throw e;
     }
     await this.syncDir();
@@ -341,6 +340,13 @@ export class WriteLog {
     for (const f of this.#spares.splice(0)) unlinkSync(f);
     closeSync(this.#dirFd);
   }
+}
+
+/** bytes of the record that holds these writes (its head, type, count, and per write its key and value) */
+export function recordBytes(writes: readonly { key: string; value: Uint8Array | null }[]): number {
+  let n = RECORD_HEAD + 5;
+  for (const w of writes) n += 6 + Buffer.byteLength(w.key) + (w.value?.length ?? 0);
+  return n;
 }
 
 /** writes all of b[0, len) at pos */

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { open, type RootDatabase } from 'lmdb';
 import { BLOB_PREFIX, BlobFiles } from './blob-files.js';
 import { addCounter, checkPageLimit, checkScan, collectKeys, KEY_PAGE } from './kv-rules.js';
-import { firstAfter, keyCompare, Overlay, recover, WriteLog, type LogWrite } from './lmdb-log.js';
+import { firstAfter, keyCompare, Overlay, recordBytes, recover, WriteLog, type LogWrite } from './lmdb-log.js';
 import { FullEpisodes, StoreError, isStoreError } from './errors.js';
 import type { KvCheck, KvEngineInfo, KvStore, KvWrite, ScanOptions } from './kv.js';
 import { native } from '../native.js';
@@ -182,13 +182,8 @@ export class LmdbStore implements KvStore {
     try {
       const r = recover(this.dir);
       if (r.writes.length) {
-        const db = this.#db;
-        db.transactionSync(() => {
-          for (const w of r.writes) {
-            if (w.value === null) db.removeSync(w.key);
-            else db.putSync(w.key, w.value);
-          }
-        });
+        const set = setIn(this.#db);
+        this.#db.transactionSync(() => { for (const w of r.writes) set(w.key, w.value); });
         if (r.writes.some((w) => isBlob(w.key))) this.#blobsInDb = true;
       }
       this.logStats.replayed = r.writes.length;
@@ -571,9 +566,7 @@ export class LmdbStore implements KvStore {
   #atomic<T>(fn: (set: (key: string, value: Buffer | null) => void) => T, keys: readonly string[]): T {
     const db = this.#db;
     // shared keys straight to LMDB (with the rest of a commit: #write emptied the log first)
-    if (!this.#log || keys.some((k) => this.#isShared(k))) {
-      return db.transactionSync(() => fn((key, value) => { if (value === null) db.removeSync(key); else db.putSync(key, value); }));
-    }
+    if (!this.#log || keys.some((k) => this.#isShared(k))) return db.transactionSync(() => fn(setIn(db)));
     const writes: LogWrite[] = [];
     const out = fn((key, value) => void writes.push({ key, value }));
     if (writes.length) {
@@ -586,10 +579,7 @@ export class LmdbStore implements KvStore {
         else this.#mem.set(w.key, w.value);
       }
       if (this.#mem.bytes >= CHECKPOINT_BYTES) void this.#checkpoint();
-      else this.#checkpointTimer ??= setTimeout(() => {
-        this.#checkpointTimer = undefined;
-        void this.#checkpoint();
-      }, CHECKPOINT_MS).unref();
+      else this.#checkpointIn(CHECKPOINT_MS);
     }
     return out;
   }
@@ -645,20 +635,19 @@ export class LmdbStore implements KvStore {
         this.#checkpointing = undefined;
         if (this.#closed) return;
         // more came meanwhile; after a failure, try again later
-        if (this.#frozen || this.#mem.bytes >= CHECKPOINT_BYTES) {
-          this.#checkpointTimer ??= setTimeout(() => {
-            this.#checkpointTimer = undefined;
-            void this.#checkpoint();
-          }, this.#frozen ? CHECKPOINT_RETRY_MS : 0).unref();
-        } else if (this.#mem.size) {
-          this.#checkpointTimer ??= setTimeout(() => {
-            this.#checkpointTimer = undefined;
-            void this.#checkpoint();
-          }, CHECKPOINT_MS).unref();
-        }
+        if (this.#frozen || this.#mem.bytes >= CHECKPOINT_BYTES) this.#checkpointIn(this.#frozen ? CHECKPOINT_RETRY_MS : 0);
+        else if (this.#mem.size) this.#checkpointIn(CHECKPOINT_MS);
       });
     this.#checkpointing = p;
     return p;
+  }
+
+  /** a checkpoint in ms, unless one is set to start already */
+  #checkpointIn(ms: number): void {
+    this.#checkpointTimer ??= setTimeout(() => {
+      this.#checkpointTimer = undefined;
+      void this.#checkpoint();
+    }, ms).unref();
   }
 
   /** checkpoints until LMDB holds every write called before this; throws the failure of one */
@@ -784,7 +773,7 @@ export class LmdbStore implements KvStore {
         // in log mode a write takes disk twice until a checkpoint deletes its log file, and the pages of the
         // writes the log holds are still to come: the room must hold them too
         pages = needOf(space.pageSize, writes, named);
-        need = pages + (log ? logBytes(writes) : 0);
+        need = pages + (log ? recordBytes(writes) : 0);
         return space.admit(need + (log ? this.#mem.need + (this.#frozen?.need ?? 0) : 0), kind);
       } catch (e) {
         throw translate(e, this.dir, {});
@@ -848,12 +837,11 @@ const CHECKPOINT_BYTES = 4 << 20;
 const CHECKPOINT_RETRY_MS = 1000;
 const DEFAULT_LOG_LIMIT = 64 << 20;
 
-/** bytes of the log record of these writes */
-function logBytes(writes: readonly { key: string; value: Uint8Array | null }[]): number {
-  let n = 13;
-  for (const w of writes) n += 6 + w.key.length * 3 + (w.value?.length ?? 0);
-  return n;
-}
+/** a direct write of one key inside an LMDB write transaction (null: delete) */
+const setIn = (db: RootDatabase<Buffer, string>) => (key: string, value: Buffer | null): void => {
+  if (value === null) db.removeSync(key);
+  else db.putSync(key, value);
+};
 
 /** blob bytes written between two write-behind syncs (#writeBehind) */
 const WRITE_BEHIND_BYTES = 64 << 20;

@@ -706,14 +706,14 @@ export class FileData {
       if (!made.length) return;
       await (store.syncBlobs ? store.syncBlobs(made.map((m) => K.blob(m.next.blobId))) : store.sync());
       await this.serial(async () => {
-        let storedBefore = 0;
-        let storedAfter = 0;
+        let storedChange = 0;
         await transact(store, async (tx) => {
+          storedChange = 0;
           for (const m of made) m.applied = false;
           const raw = await tx.get(K.inode(this.ino));
           if (!raw) throw fsErr('ESTALE', `file ${this.ino} is gone`);
           const inode = decodeInode(this.ino, raw);
-          storedBefore = inode.stored;
+          const storedBefore = inode.stored;
           for (const m of made) {
             const cur = await tx.get(K.chunk(this.ino, m.idx));
             if (!cur || !Buffer.from(cur).equals(m.raw)) continue;
@@ -724,15 +724,16 @@ export class FileData {
           }
           if (!made.some((m) => m.applied)) return;
           inode.version++;
-          storedAfter = inode.stored;
+          storedChange = inode.stored - storedBefore;
           tx.set(K.inode(this.ino), encodeInode(inode));
           tx.after.push(() => this.cx.kickJanitor());
         });
+        const applied = made.filter((m) => m.applied);
         // the volume's byte count takes the new blobs now, and gives the old ones back as they are collected
-        this.cx.counters.add(K.byteCount, made.reduce((n, m) => n + (m.applied ? m.next.length : 0), 0));
-        for (const m of made) if (m.applied) this.entries.set(m.idx, m.next);
+        this.cx.counters.add(K.byteCount, applied.reduce((n, m) => n + m.next.length, 0));
+        for (const m of applied) this.entries.set(m.idx, m.next);
         this.mapChanges++;
-        if (storedAfter !== storedBefore && made.some((m) => m.applied)) this.cx.storedChanged(this.ino);
+        if (storedChange) this.cx.storedChanged(this.ino);
       });
     } finally {
       // the blobs of entries that changed meanwhile (or of a compaction that failed) name nothing

@@ -158,6 +158,9 @@ export class WriteLog {
   #pos = HEADER_BYTES;
   /** descriptors of files written since their last fdatasync (the current one, and older ones not yet dropped) */
   readonly #unsynced = new Set<number>();
+  /** syncs under way, and descriptors of files let go meanwhile (closed when none is: a sync may be using them) */
+  #syncs = 0;
+  readonly #closeLater: number[] = [];
   /** files older than the current one, not yet dropped */
   readonly #older: LogFile[] = [];
   /** files to reuse (their paths) */
@@ -285,11 +288,15 @@ export class WriteLog {
     this.#write(b, 1);
     const files = [...this.#unsynced];
     this.#unsynced.clear();
+    this.#syncs++;
     try {
       await Promise.all(files.map((fd) => new Promise<void>((res, rej) => fdatasync(fd, (e) => (e ? rej(e) : res())))));
     } catch (e) {
-      for (const fd of files) this.#unsynced.add(fd);
+      // to sync again: the files still in use (one let go meanwhile has its records in LMDB)
+      for (const fd of files) if (fd === this.#cur.fd || this.#older.some((f) => f.fd === fd)) this.#unsynced.add(fd);
       throw e;
+    } finally {
+      if (--this.#syncs === 0) for (const fd of this.#closeLater.splice(0)) closeSync(fd);
     }
     await this.syncDir();
   }
@@ -327,7 +334,9 @@ export class WriteLog {
     while (this.#older.length && this.#older[0]!.n <= upTo) {
       const f = this.#older.shift()!;
       this.#unsynced.delete(f.fd);
-      closeSync(f.fd);
+      // a sync under way may be about to fdatasync it: closing it now would sync another file with its number, or fail
+      if (this.#syncs) this.#closeLater.push(f.fd);
+      else closeSync(f.fd);
       this.#letGo(f.path);
     }
   }
@@ -335,10 +344,13 @@ export class WriteLog {
   /** closes and deletes every file, spares too: LMDB holds every record (the caller checkpointed) */
   close(): void {
     this.drop(Infinity);
-    closeSync(this.#cur.fd);
     unlinkSync(this.#cur.path);
     for (const f of this.#spares.splice(0)) unlinkSync(f);
-    closeSync(this.#dirFd);
+    // (a background sync may still be using them)
+    for (const fd of [this.#cur.fd, this.#dirFd]) {
+      if (this.#syncs) this.#closeLater.push(fd);
+      else closeSync(fd);
+    }
   }
 }
 

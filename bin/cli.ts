@@ -345,6 +345,7 @@ interface MountArgs extends StoreArgs {
   entryTimeout?: number;
   bufferPoolMb: number;
   readers: number;
+  spinUs: number;
   writebackCache?: boolean;
   debugBuffers?: boolean;
   requestTimeout: number;
@@ -366,6 +367,7 @@ const MOUNT_OPTIONS = {
   'driver': { type: 'string', default: 'native', choices: ['native', 'libfuse'], describe: 'FUSE driver: kvfs\'s own channel to /dev/fuse, or libfuse 2 through fuse-native' },
   'buffer-pool-mb': { type: 'number', default: 64, describe: 'MiB of request and reply buffers (native driver); requests wait when they are in use' },
   'readers': { type: 'number', default: 2, describe: 'reader threads on /dev/fuse (native driver)' },
+  'spin-us': { type: 'number', default: 100, describe: 'microseconds the daemon waits on the CPU for the next request after answering the last one (native driver): a caller that waits for each answer (unlink, create, fsync loops) is then served without a thread wake-up; 0: sleep at once' },
   'debug-buffers': { type: 'boolean', describe: 'keep the stack of every buffer taken; report those never released at unmount' },
   'request-timeout': { type: 'number', default: 300, describe: 'seconds before an unanswered request is answered EIO (0: never)' },
   'metrics': { type: 'string', describe: 'serve Prometheus metrics at http://HOST:PORT/metrics (:PORT is 127.0.0.1:PORT); off by default' },
@@ -415,6 +417,7 @@ async function mount(argv: MountArgs): Promise<void> {
   inRange('buffer-pool-mb', argv.bufferPoolMb, 4, 65536);
   inRange('readers', argv.readers, 1, 64);
   if (argv.readers !== undefined && !Number.isInteger(argv.readers)) fail(`bad --readers ${argv.readers}: give a whole number`);
+  inRange('spin-us', argv.spinUs, 0, 10000);
   inRange('cache-mb', argv.cacheMb, 0, 1 << 20);
   inRange('write-buffer-mb', argv.writeBufferMb, 1, 1 << 20);
   inRange('attr-timeout', argv.attrTimeout, 0, 86400);
@@ -497,7 +500,7 @@ async function mount(argv: MountArgs): Promise<void> {
     })
     : (await import('../src/fs/fuse/native-driver.js')).mountNative(fs, mnt, {
       allowOther: argv.allowOther, attrTimeout: argv.attrTimeout, entryTimeout: argv.entryTimeout,
-      poolBytes: argv.bufferPoolMb << 20, readers: argv.readers, writebackCache: argv.writebackCache,
+      poolBytes: argv.bufferPoolMb << 20, readers: argv.readers, writebackCache: argv.writebackCache, spinUs: argv.spinUs,
       debugPool: argv.debugBuffers, requestTimeout: argv.requestTimeout, source,
     });
   const handle: NativeMount | void = await mounting.catch(async (e) => {

@@ -117,6 +117,7 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap> {
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "NativeChannel",
                        {InstanceMethod("start", &ChannelWrap::Start), InstanceMethod("poll", &ChannelWrap::Poll),
+                        InstanceMethod("spin", &ChannelWrap::Spin),
                         InstanceMethod("stock", &ChannelWrap::Stock), InstanceMethod("unstock", &ChannelWrap::Unstock),
                         InstanceMethod("unstockOne", &ChannelWrap::UnstockOne),
                         InstanceMethod("reply", &ChannelWrap::Reply), InstanceMethod("stop", &ChannelWrap::Stop),
@@ -177,6 +178,11 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap> {
     status[0] = closed ? 1 : 0;
     status[1] = needs;
     return Num(info.Env(), n);
+  }
+
+  // spin(us) -> whether a record is queued (Channel::Spin)
+  Napi::Value Spin(const Napi::CallbackInfo& info) {
+    return Napi::Boolean::New(info.Env(), channel_->Spin(info[0].As<Napi::Number>().Uint32Value()));
   }
 
   Napi::Value Stock(const Napi::CallbackInfo& info) {

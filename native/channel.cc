@@ -338,6 +338,7 @@ void Channel::Push(const Record& r) {
     std::unique_lock<std::mutex> lock(mu_);
     room_.wait(lock, [this] { return queue_.size() < kMaxQueue || stopping_; });
     queue_.push_back(r);
+    queued_.store(queue_.size(), std::memory_order_release);
     stats_.requests++;
     if (U32(r.bytes + 48) == kInline) stats_.inline_requests++;
     if (queue_.size() > stats_.max_queue) stats_.max_queue = queue_.size();
@@ -367,6 +368,7 @@ int Channel::Poll(uint8_t* out, int max, bool* closed, uint32_t* needs) {
     queue_.pop_front();
     n++;
   }
+  queued_.store(queue_.size(), std::memory_order_release);
   *needs = needs_;
   needs_ = 0;
   *closed = running_ == 0 && queue_.empty();
@@ -374,6 +376,17 @@ int Channel::Poll(uint8_t* out, int max, bool* closed, uint32_t* needs) {
   if (queue_.empty()) wake_pending_ = false;
   if (n) room_.notify_all();
   return n;
+}
+
+bool Channel::Spin(uint32_t us) {
+  auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(us);
+  for (int i = 0;; i++) {
+    if (queued_.load(std::memory_order_acquire) > 0) return true;
+    if ((i & 63) == 63 && std::chrono::steady_clock::now() >= until) return false;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+  }
 }
 
 int Channel::Stock(int cls, uint32_t offset) {

@@ -89,6 +89,10 @@ class Channel {
   // Copies up to max records into out; returns how many. Sets *closed once every reader has stopped and
   // the queue is empty; *needs gets a bit per size class that a reader waits for.
   int Poll(uint8_t* out, int max, bool* closed, uint32_t* needs);
+  // Waits up to us microseconds, on the CPU (no sleep), for a record in the queue; true when one is there. A
+  // caller with nothing else to do calls it right after a reply: the next request of a caller that waits for
+  // each answer arrives within tens of microseconds, and a thread that slept costs a wake-up (15-20 us here).
+  bool Spin(uint32_t us);
   // Adds a free buffer of size class cls at offset to the stock. Returns 0 or -EINVAL.
   int Stock(int cls, uint32_t offset);
   // Takes back one stocked buffer of class cls: its offset, or -1 when none is stocked (a reader took it).
@@ -126,6 +130,8 @@ class Channel {
   // Readers wait while the queue holds kMaxQueue records: past that the kernel keeps the backlog.
   std::condition_variable room_;
   std::deque<Record> queue_;
+  // queue_.size(), readable without mu_ (Spin)
+  std::atomic<size_t> queued_{0};
   std::vector<std::vector<uint32_t>> stock_;
   uint32_t needs_ = 0;
   bool wake_pending_ = false;

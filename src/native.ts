@@ -14,6 +14,8 @@ export interface NativeChannelHandle {
   start(): number;
   /** copies up to max records into out; status[0] = 1 once closed, status[1] = size classes readers wait for */
   poll(out: Uint8Array, max: number, status: Uint32Array): number;
+  /** waits up to us microseconds on the CPU for a queued request; true when one is queued */
+  spin(us: number): boolean;
   stock(cls: number, offset: number): number;
   /** one stocked buffer of class cls back: its offset, or -1 when a reader has taken them all */
   unstockOne(cls: number): number;

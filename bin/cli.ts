@@ -501,6 +501,7 @@ async function mount(argv: MountArgs): Promise<void> {
     : (await import('../src/fs/fuse/native-driver.js')).mountNative(fs, mnt, {
       allowOther: argv.allowOther, attrTimeout: argv.attrTimeout, entryTimeout: argv.entryTimeout,
       poolBytes: argv.bufferPoolMb << 20, readers: argv.readers, writebackCache: argv.writebackCache, spinUs: argv.spinUs,
+      storeIdle: () => counted.inFlight() === 0,
       debugPool: argv.debugBuffers, requestTimeout: argv.requestTimeout, source,
     });
   const handle: NativeMount | void = await mounting.catch(async (e) => {

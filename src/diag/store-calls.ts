@@ -2,7 +2,8 @@
  * Counts a store's calls, per method, and their failures, per StoreError code (`kvfs stats`: "store calls,
  * retries and errors per kind"). The store is wrapped, not changed: each method is called on the store itself
  * (engines keep private fields), and a method's wrapper is made once. Retries are the engine's own count where it
- * keeps one (the Redis adapter's `retries`: transient and throttled).
+ * keeps one (the Redis adapter's `retries`: transient and throttled). Calls under way are counted too (inFlight:
+ * the native channel waits on the CPU for a next request only when none is, see native-channel.ts spinNow).
  */
 import type { KvStore } from '../backend/kv.js';
 
@@ -12,8 +13,10 @@ export interface StoreCallStats {
   retries?: Record<string, number>;
 }
 
-export function countStoreCalls(store: KvStore): { store: KvStore; stats(): StoreCallStats } {
+export function countStoreCalls(store: KvStore): { store: KvStore; stats(): StoreCallStats; inFlight(): number } {
   const calls = new Map<string, number>();
+  let inFlight = 0;
+  const settled = () => void inFlight--;
   const errors = new Map<string, number>();
   const wrapped = new Map<PropertyKey, unknown>();
   const failed = (e: unknown) => {
@@ -36,7 +39,9 @@ export function countStoreCalls(store: KvStore): { store: KvStore; stats(): Stor
           } catch (e) {
             return failed(e);
           }
-          return out instanceof Promise ? out.catch(failed) : out;
+          if (!(out instanceof Promise)) return out;
+          inFlight++;
+          return out.finally(settled).catch(failed);
         };
         wrapped.set(prop, w);
       }
@@ -45,6 +50,8 @@ export function countStoreCalls(store: KvStore): { store: KvStore; stats(): Stor
   });
   return {
     store: proxy,
+    /** calls whose promise has not settled yet */
+    inFlight: () => inFlight,
     stats: () => {
       const retries = (store as { retries?: Record<string, number> }).retries;
       return { calls: Object.fromEntries(calls), errors: Object.fromEntries(errors), ...(retries ? { retries: { ...retries } } : {}) };

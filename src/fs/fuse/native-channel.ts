@@ -33,6 +33,9 @@ export interface RawRequest {
   answered?: boolean;
 }
 
+/** while waits on the CPU mostly see nothing come, one chance in this many waits */
+const SPIN_PROBE = 16;
+
 export interface ChannelStats {
   requests: number;
   inlineRequests: number;
@@ -87,7 +90,11 @@ export class NativeChannel implements ReadIndex {
   private repoll: NodeJS.Immediate | undefined;
   private spinCheck: NodeJS.Immediate | undefined;
   private readonly spinUs: number;
+  private readonly spinWhen: () => boolean;
   private spins = 0;
+  /** a moving share of waits that saw a request come (1: all) */
+  private spinScore = 1;
+  private spinSkipped = 0;
   private spinHits = 0;
   private trimTimer: NodeJS.Timeout | undefined;
 
@@ -97,7 +104,8 @@ export class NativeChannel implements ReadIndex {
     private readonly onRequest: (req: RawRequest) => void,
     private readonly onClosed: () => void,
     arena: ArrayBuffer,
-    opts: { pipeSize: number; stockTargets?: number[]; onReadHint?: (ino: number, idx: number) => void; spinUs?: number },
+    opts: { pipeSize: number; stockTargets?: number[]; onReadHint?: (ino: number, idx: number) => void; spinUs?: number;
+      spinWhen?: () => boolean },
   ) {
     const n = native();
     this.recordSize = n.recordSize;
@@ -105,6 +113,7 @@ export class NativeChannel implements ReadIndex {
     this.answeredFlag = n.answeredFlag;
     this.onReadHint = opts.onReadHint;
     this.spinUs = opts.spinUs ?? 0;
+    this.spinWhen = opts.spinWhen ?? (() => true);
     this.batchArea = Buffer.alloc(BATCH * this.recordSize);
     this.classSizes = pool.stats().classes.map((c) => c.size);
     this.stocked = this.classSizes.map(() => new Map());
@@ -192,7 +201,7 @@ export class NativeChannel implements ReadIndex {
     }
     // Below the cap again with requests left in the queue (the readers do not wake us for those): poll.
     if (this.inFlight-- === MAX_IN_FLIGHT && !this.repoll) this.schedule();
-    else if (this.inFlight === 0 && this.spinUs > 0 && !this.spinCheck) this.spinCheck = setImmediate(this.spinNow);
+    else if (this.inFlight === 0 && !req.answered && this.spinUs > 0 && !this.spinCheck) this.spinCheck = setImmediate(this.spinNow);
   }
 
   /**
@@ -200,12 +209,21 @@ export class NativeChannel implements ReadIndex {
    * (a setImmediate: it runs after the I/O callbacks and microtasks of this turn). A caller that waits for each
    * answer (unlink after unlink, fsync loops) sends its next request within tens of microseconds, and this
    * thread is then already awake to take it: the reader thread's wake-up of a sleeping event loop is saved.
+   * Only after a request this thread answered (a WRITE the reader answered early leaves its writer running:
+   * a stream of them keeps coming without a wait, and a spin would only take a CPU from the writer and the
+   * reader), and only when nothing else is under way (spinWhen: no store call): a completion of a store call (a blob write on
+   * libuv's threads, a network reply) would wait behind the spin, and a throughput job would pay for it.
    */
   private readonly spinNow = (): void => {
     this.spinCheck = undefined;
-    if (this.inFlight !== 0 || this.closed) return;
+    if (this.inFlight !== 0 || this.closed || !this.spinWhen()) return;
+    // While most waits see nothing come (a caller that does not wait for each answer, or one that thinks between
+    // calls), only every SPIN_PROBE-th chance waits, to notice when they would pay again.
+    if (this.spinScore < 0.5 && ++this.spinSkipped % SPIN_PROBE !== 0) return;
     this.spins++;
-    if (this.ch.spin(this.spinUs)) {
+    const hit = this.ch.spin(this.spinUs);
+    this.spinScore = this.spinScore * 0.875 + (hit ? 0.125 : 0);
+    if (hit) {
       this.spinHits++;
       this.wake();
     }

@@ -45,6 +45,8 @@ export interface NativeMountOptions {
    * many requests). Bounded per answer, so an idle daemon does not spin.
    */
   spinUs?: number;
+  /** whether no store call is under way: the wait on the CPU happens only then (a completion would wait behind it) */
+  storeIdle?: () => boolean;
 }
 
 /** `spinUs` when the mount does not say */
@@ -152,6 +154,7 @@ export async function mountNative(fs: Filesystem, mnt: string, opts: NativeMount
     closedResolve();
   }, pool.arena, {
     pipeSize: plan.pipeSize, onReadHint: (ino, idx) => fs.readAheadHint(ino, idx), spinUs: opts.spinUs ?? DEFAULT_SPIN_US,
+    spinWhen: opts.storeIdle,
   });
   session = new Session(channel, ops, {
     entryTimeout: opts.entryTimeout ?? cacheSeconds(fs), attrTimeout: opts.attrTimeout ?? cacheSeconds(fs), parseOptions,

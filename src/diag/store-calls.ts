@@ -16,7 +16,6 @@ export interface StoreCallStats {
 export function countStoreCalls(store: KvStore): { store: KvStore; stats(): StoreCallStats; inFlight(): number } {
   const calls = new Map<string, number>();
   let inFlight = 0;
-  const settled = () => void inFlight--;
   const errors = new Map<string, number>();
   const wrapped = new Map<PropertyKey, unknown>();
   const failed = (e: unknown) => {
@@ -41,7 +40,13 @@ export function countStoreCalls(store: KvStore): { store: KvStore; stats(): Stor
           }
           if (!(out instanceof Promise)) return out;
           inFlight++;
-          return out.finally(settled).catch(failed);
+          return out.then((v: unknown) => {
+            inFlight--;
+            return v;
+          }, (e: unknown) => {
+            inFlight--;
+            return failed(e);
+          });
         };
         wrapped.set(prop, w);
       }

@@ -1,6 +1,7 @@
 /**
  * countStoreCalls (src/diag/store-calls.ts): calls per method and failures per StoreError code, through a
- * wrapper that leaves the store working as before, LMDB's private fields included.
+ * wrapper that leaves the store working as before, LMDB's private fields included; and the calls under way
+ * (inFlight: the native channel's wait on the CPU happens only at 0), rejected ones included.
  */
 import t from 'tap';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -30,4 +31,17 @@ t.test('LMDB store (private fields): works through the wrapper', async (t) => {
   await t.rejects(store.get('i/1'), { code: 'CLOSED' }, 'closed');
   t.same(stats().calls, { commit: 1, get: 2, scan: 1, close: 1 }, 'every call counted');
   t.same(stats().errors, { CLOSED: 1 }, 'the CLOSED error counted');
+});
+
+t.test('calls under way are counted until they settle, fulfilled or rejected', async (t) => {
+  const { store, inFlight } = countStoreCalls(new MemoryStore());
+  t.equal(inFlight(), 0, 'none at first');
+  const put = store.put('i/1', Buffer.from('a'));
+  const bad = store.scan('no-slash');
+  t.equal(inFlight(), 2, 'two calls under way');
+  await put;
+  await t.rejects(bad, { code: 'INVALID' }, 'the bad scan fails as it did');
+  t.equal(inFlight(), 0, 'none once both settled');
+  t.equal((await store.get('i/1'))?.length, 1, 'a value comes through');
+  t.equal(inFlight(), 0, 'and the get is not counted once it settled');
 });

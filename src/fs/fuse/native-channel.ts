@@ -211,8 +211,9 @@ export class NativeChannel implements ReadIndex {
    * thread is then already awake to take it: the reader thread's wake-up of a sleeping event loop is saved.
    * Only after a request this thread answered (a WRITE the reader answered early leaves its writer running:
    * a stream of them keeps coming without a wait, and a spin would only take a CPU from the writer and the
-   * reader), and only when nothing else is under way (spinWhen: no store call): a completion of a store call (a blob write on
-   * libuv's threads, a network reply) would wait behind the spin, and a throughput job would pay for it.
+   * reader), and only when nothing else is under way (spinWhen: no store call): a completion of a store call
+   * (a blob write on libuv's threads, a network reply) would wait behind the spin, and a throughput job would
+   * pay for it.
    */
   private readonly spinNow = (): void => {
     this.spinCheck = undefined;

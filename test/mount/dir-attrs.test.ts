@@ -16,23 +16,11 @@ import t from 'tap';
 import { join } from 'node:path';
 import { expectExit } from '../helpers/assert.js';
 import { kvfs, mountKvfs, PYTHON, run, tempDir } from '../helpers/mount.js';
-import { daemonStats } from '../../bin/diag.js';
+import { channelStats } from '../helpers/daemon-stats.js';
 
 t.setTimeout(180_000);
 
 interface Stats { channel: { fastGetattrs: number; publishedAttrs: number } }
-
-/** the daemon's channel figures, once its control socket answers (it opens just after the mount appears) */
-async function channelStats(mnt: string): Promise<Stats['channel']> {
-  for (let tries = 1; ; tries++) {
-    try {
-      return ((await daemonStats(mnt)) as unknown as Stats).channel;
-    } catch (e) {
-      if (tries >= 100) throw e;
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
-}
 
 // Each step changes directory D, then compares stat(D) now (the readers' answer when published) with stat(D)
 // after the kernel dropped it (the core's answer), and checks what the step must have changed.
@@ -126,7 +114,7 @@ t.test('local store: directory attributes answered by the readers are always the
   const url = `local:${join(dir, 'volume')}`;
   expectExit(t, await kvfs(['format', url], { dataDir: dir }), 'format');
   const m = await mountKvfs(t, { driver: 'default', store: url });
-  const stats = () => channelStats(m.mnt);
+  const stats = () => channelStats<Stats['channel']>(m.mnt);
 
   const before = await stats();
   const r = await run(PYTHON, ['-c', STEPS, m.mnt], { timeout: 60_000 });

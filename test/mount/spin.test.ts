@@ -13,22 +13,11 @@ import t from 'tap';
 import { readFileSync } from 'node:fs';
 import { expectExit } from '../helpers/assert.js';
 import { mountKvfs, PYTHON, run } from '../helpers/mount.js';
-import { daemonStats } from '../../bin/diag.js';
+import { channelStats } from '../helpers/daemon-stats.js';
 
 t.setTimeout(120_000);
 
 interface Channel { spins: number; spinHits: number }
-
-async function channel(mnt: string): Promise<Channel> {
-  for (let tries = 1; ; tries++) {
-    try {
-      return ((await daemonStats(mnt)) as unknown as { channel: Channel }).channel;
-    } catch (e) {
-      if (tries >= 100) throw e;
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
-}
 
 /** makes, checks and removes n files one call after another; prints what went wrong, exits 1 */
 const LOOP = String.raw`
@@ -58,9 +47,9 @@ function cpuSeconds(pid: number): number {
 
 t.test('the default waits on the CPU for the next request, and the loop\'s files are right', async (t) => {
   const m = await mountKvfs(t, { store: 'memory:', driver: 'native' });
-  const before = await channel(m.mnt);
+  const before = await channelStats<Channel>(m.mnt);
   expectExit(t, await run(PYTHON, ['-c', LOOP, `${m.mnt}/d`, '500']), '500 files made, read back and removed one call after another');
-  const after = await channel(m.mnt);
+  const after = await channelStats<Channel>(m.mnt);
   const spins = after.spins - before.spins;
   const hits = after.spinHits - before.spinHits;
   t.ok(spins >= 500, `waits for a next request: ${spins} (at least one per file)`);
@@ -77,7 +66,7 @@ t.test('the default waits on the CPU for the next request, and the loop\'s files
 t.test('--spin-us 0 never waits', async (t) => {
   const m = await mountKvfs(t, { store: 'memory:', driver: 'native', args: ['--spin-us', '0'] });
   expectExit(t, await run(PYTHON, ['-c', LOOP, `${m.mnt}/d`, '200']), '200 files made, read back and removed');
-  const c = await channel(m.mnt);
+  const c = await channelStats<Channel>(m.mnt);
   t.equal(c.spins, 0, 'no waits on the CPU');
   t.equal(c.spinHits, 0, 'and none saw a request');
   await m.unmount();

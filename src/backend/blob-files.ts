@@ -15,7 +15,9 @@
  *  2. sync makes every file written since the last sync durable (fdatasync each, then fsync the directories that
  *     gained entries; from SYNCFS_FROM files on, one syncfs(2) of the filesystem instead: a file each costs its
  *     own journal commit, where one syncfs commits them all at once) before it returns; the engine syncs blob
- *     files before its metadata, so metadata durable on disk never names a blob that is not.
+ *     files before its metadata, so metadata durable on disk never names a blob that is not. A file put apart
+ *     (compaction's, which no metadata names until its writer made it durable with syncOnly) is neither waited
+ *     for nor synced: an fsync of the volume does not pay for a compaction running beside it.
  *  3. del unlinks; a missing file is not an error. Deletes need not be durable (a file back after a crash is
  *     named by nothing: a leak, never wrong data).
  *  4. Reads of a blob that has no file fall back to `legacy` (blobs that an older layout kept inside LMDB).
@@ -83,7 +85,8 @@ export class BlobFiles {
     return join(this.root, fanOut(id), id);
   }
 
-  async put(key: string, value: Uint8Array): Promise<void> {
+  /** `apart`: the caller makes it durable with syncOnly (sync neither waits for it nor syncs it: rule 2 holds, as nothing names it before) */
+  async put(key: string, value: Uint8Array, apart = false): Promise<void> {
     const path = this.path(key);
     const dir = path.slice(0, path.lastIndexOf('/'));
     if (!this.#dirsMade.has(dir)) {
@@ -96,14 +99,18 @@ export class BlobFiles {
     const bytes = Buffer.from(value.buffer, value.byteOffset, value.byteLength);
     this.#touched?.add(path);
     const p = writeFile(path, bytes);
-    this.#writing.add(p);
-    try {
+    if (apart) {
       await p;
-    } finally {
-      this.#writing.delete(p);
+    } else {
+      this.#writing.add(p);
+      try {
+        await p;
+      } finally {
+        this.#writing.delete(p);
+      }
+      this.#unsynced.add(path);
+      this.#dirsUnsynced.add(dir);
     }
-    this.#unsynced.add(path);
-    this.#dirsUnsynced.add(dir);
     this.#bytes += bytes.length;
   }
 
@@ -235,6 +242,11 @@ export class BlobFiles {
       for (const d of dirs) this.#dirsUnsynced.add(d);
       throw e;
     }
+  }
+
+  /** files written that the next sync makes durable (a put apart is not among them) */
+  get pending(): number {
+    return this.#unsynced.size;
   }
 
   /** bytes the blob files hold (those found at open join the figure as they are counted, in the background) */

@@ -45,6 +45,14 @@ export interface ScanOptions {
   limit?: number;
 }
 
+export interface PutOptions {
+  /**
+   * The caller makes this blob durable with syncBlobs before any commit names it (compaction's blobs): sync() need
+   * neither wait for it nor make it durable. Engines without syncBlobs ignore it.
+   */
+  syncApart?: boolean;
+}
+
 export interface KvEngineInfo {
   /** engine name: memory, lmdb, redis, redis-cluster */
   engine: string;
@@ -77,7 +85,7 @@ export interface KvStore {
    */
   blobFile?(key: string, length: number): string | undefined;
   /** writes one key (blobs, and metadata that needs no check) */
-  put(key: string, value: Uint8Array): Promise<void>;
+  put(key: string, value: Uint8Array, opts?: PutOptions): Promise<void>;
   /** deletes keys; missing keys are not an error */
   del(keys: readonly string[]): Promise<void>;
   /** members of one collection, in key order (see above) */

@@ -6,7 +6,7 @@ import { BLOB_PREFIX, BlobFiles } from './blob-files.js';
 import { addCounter, checkPageLimit, checkScan, collectKeys, KEY_PAGE } from './kv-rules.js';
 import { firstAfter, keyCompare, Overlay, recordBytes, recover, WriteLog, type LogWrite } from './lmdb-log.js';
 import { FullEpisodes, StoreError, isStoreError } from './errors.js';
-import type { KvCheck, KvEngineInfo, KvStore, KvWrite, ScanOptions } from './kv.js';
+import type { KvCheck, KvEngineInfo, KvStore, KvWrite, PutOptions, ScanOptions } from './kv.js';
 import { native } from '../native.js';
 import { available, capacity, kindOf, LmdbSpace, needOf, reusable, type LmdbFigures, type WriteKind } from './lmdb-space.js';
 
@@ -247,14 +247,15 @@ export class LmdbStore implements KvStore {
     return v;
   }
 
-  async put(key: string, value: Uint8Array): Promise<void> {
+  async put(key: string, value: Uint8Array, opts?: PutOptions): Promise<void> {
     this.#live();
     if (isBlob(key) && value.byteLength <= SMALL_BLOB) return this.#putSmall(key, value);
     this.#flushSmall();
     if (isBlob(key)) {
       // the gate still admits it: blob files and LMDB share the disk, and LMDB must keep room for deletes
-      await this.#write([{ key, value }], 'grow', () => this.#blobs.put(key, value), true);
-      this.#writeBehind(value.byteLength);
+      const apart = opts?.syncApart === true;
+      await this.#write([{ key, value }], 'grow', () => this.#blobs.put(key, value, apart), true);
+      if (!apart) this.#writeBehind(value.byteLength);
       return;
     }
     const bytes = Buffer.from(value);

@@ -17,44 +17,46 @@ export function countStoreCalls(store: KvStore): { store: KvStore; stats(): Stor
   const calls = new Map<string, number>();
   let inFlight = 0;
   const errors = new Map<string, number>();
-  const wrapped = new Map<PropertyKey, unknown>();
   const failed = (e: unknown) => {
     const code = typeof (e as { code?: unknown })?.code === 'string' ? (e as { code: string }).code : 'OTHER';
     errors.set(code, (errors.get(code) ?? 0) + 1);
     throw e;
   };
-  const proxy = new Proxy(store, {
-    get(target, prop) {
-      const v = Reflect.get(target, prop, target) as unknown;
-      if (typeof v !== 'function' || typeof prop !== 'string' || prop === 'constructor') return v;
-      let w = wrapped.get(prop);
-      if (!w) {
-        const f = v as (...a: unknown[]) => unknown;
-        w = (...args: unknown[]) => {
-          calls.set(prop, (calls.get(prop) ?? 0) + 1);
-          let out: unknown;
-          try {
-            out = f.apply(target, args);
-          } catch (e) {
-            return failed(e);
-          }
-          if (!(out instanceof Promise)) return out;
-          inFlight++;
-          return out.then((v: unknown) => {
-            inFlight--;
-            return v;
-          }, (e: unknown) => {
-            inFlight--;
-            return failed(e);
-          });
-        };
-        wrapped.set(prop, w);
+  // A plain object with the store's methods wrapped and its other properties forwarded, made once: every load of a
+  // method is then a fast property load (a Proxy's trap on every access cost a runtime lookup each, on the hot path)
+  const wrapper: Record<string, unknown> = {};
+  const count = (name: string, f: (...a: unknown[]) => unknown) => (...args: unknown[]) => {
+    calls.set(name, (calls.get(name) ?? 0) + 1);
+    let out: unknown;
+    try {
+      out = f.apply(store, args);
+    } catch (e) {
+      return failed(e);
+    }
+    if (!(out instanceof Promise)) return out;
+    inFlight++;
+    return out.then((v: unknown) => {
+      inFlight--;
+      return v;
+    }, (e: unknown) => {
+      inFlight--;
+      return failed(e);
+    });
+  };
+  for (let o: object | null = store; o && o !== Object.prototype; o = Object.getPrototypeOf(o) as object | null) {
+    for (const name of Object.getOwnPropertyNames(o)) {
+      if (name === 'constructor' || Object.prototype.hasOwnProperty.call(wrapper, name)) continue;
+      const d = Object.getOwnPropertyDescriptor(o, name)!;
+      if (typeof d.value === 'function') {
+        Object.defineProperty(wrapper, name, { value: count(name, d.value as (...a: unknown[]) => unknown), enumerable: true });
+      } else {
+        // fields and getters read live from the store itself (private fields need it as `this`)
+        Object.defineProperty(wrapper, name, { get: () => Reflect.get(store, name, store), enumerable: true });
       }
-      return w;
-    },
-  });
+    }
+  }
   return {
-    store: proxy,
+    store: wrapper as unknown as KvStore,
     /** calls whose promise has not settled yet */
     inFlight: () => inFlight,
     stats: () => {

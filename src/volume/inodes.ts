@@ -17,7 +17,7 @@
  */
 import type { KvStore } from '../backend/kv.js';
 import { fsErr } from './errors.js';
-import { K, decodeDirent, decodeInode, encodeDirent, encodeInode, nowTs, type Inode } from './schema.js';
+import { K, decodeChunk, decodeDirent, decodeInode, encodeDirent, encodeInode, entryBlobs, nowTs, type Inode } from './schema.js';
 import type { Txn } from './txn.js';
 import { RENAME_EXCHANGE, RENAME_NOREPLACE, ROOT_INO, type Ino, type Timespec } from './types.js';
 
@@ -53,7 +53,7 @@ export interface VolumeHooks {
   written?(tx: Txn, n: Inode): void;
   /** an inode record is deleted in tx */
   deleted?(tx: Txn, ino: Ino): void;
-  /** the purge queue gets an inode in tx */
+  /** the purge queue gets an inode, or the GC queue blobs, in tx (work for the janitor once it commits) */
   purgeQueued?(tx: Txn): void;
   /** the number of live inodes changed by delta (called once the commit is done) */
   counted?(delta: number): void;
@@ -109,21 +109,28 @@ export class Volume {
   }
 
   /**
-   * Removes an inode in use nowhere, in tx. One with no data and few xattrs (most unlinks, every rmdir) goes in
-   * this same commit; one with data goes to the purge queue. The scans need no checks: no chunk can appear for
-   * an inode in use nowhere, and an xattr set meanwhile changes the inode, which this commit checks (the caller
-   * read it in tx).
+   * Removes an inode in use nowhere, in tx. One with at most one chunk and few xattrs (most unlinks, every rmdir)
+   * goes in this same commit, its chunk's blobs to the GC queue; a larger one goes to the purge queue. The scans
+   * need no checks: no chunk can appear for an inode in use nowhere, and an xattr set meanwhile changes the inode,
+   * which this commit checks (the caller read it in tx); the one chunk is read in tx, so the commit checks it too.
    */
   async removeInode(tx: Txn, ino: Ino): Promise<void> {
-    const chunks = await this.store.scan(K.chunkPrefix(ino), { limit: 1 });
-    const xattrs = chunks.length ? [] : await this.store.scan(K.xattrPrefix(ino), { limit: INLINE_XATTRS + 1 });
-    if (!chunks.length && xattrs.length <= INLINE_XATTRS) {
-      this.dropRecord(tx, ino);
-      for (const [k] of xattrs) tx.del(k);
-      tx.after.push(() => this.hooks.counted?.(-1));
-    } else {
+    const chunks = await this.store.scan(K.chunkPrefix(ino), { limit: 2 });
+    const xattrs = chunks.length > 1 ? [] : await this.store.scan(K.xattrPrefix(ino), { limit: INLINE_XATTRS + 1 });
+    if (chunks.length > 1 || xattrs.length > INLINE_XATTRS) {
       this.queuePurge(tx, ino);
+      return;
     }
+    this.dropRecord(tx, ino);
+    for (const [k] of xattrs) tx.del(k);
+    for (const [key] of chunks) {
+      const raw = await tx.get(key);
+      if (!raw) continue;
+      tx.del(key);
+      for (const b of entryBlobs(decodeChunk(raw))) tx.set(K.gc(b.blobId), Buffer.from(String(b.length)));
+      this.hooks.purgeQueued?.(tx);
+    }
+    tx.after.push(() => this.hooks.counted?.(-1));
   }
 
   /** removes an inode whose last link went, when nothing else keeps it (the Drop of a volume without a mount) */

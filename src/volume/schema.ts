@@ -193,6 +193,17 @@ export function encodeChunk(length: number, blobId: string, slices?: readonly Sl
   return Buffer.from(s);
 }
 
+/** the encoding of an entry (encodeChunk's `raw`) with these slices added after its own (a copy: raw is unchanged) */
+export function appendSlices(raw: Uint8Array, slices: readonly Slice[]): Uint8Array {
+  let s = '';
+  for (const x of slices) s += `;${x.off}+${x.len}:${x.blobId}`;
+  const tail = Buffer.from(s);
+  const out = Buffer.allocUnsafe(raw.length + tail.length);
+  out.set(raw);
+  out.set(tail, raw.length);
+  return out;
+}
+
 export function encodeEntry(e: ChunkEntry): Uint8Array {
   return encodeChunk(e.length, e.blobId, e.slices);
 }

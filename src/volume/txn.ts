@@ -29,13 +29,17 @@ export class Txn {
     return this.reads.get(key);
   }
 
+  /** the values of many keys, in order, as get() gives them: the keys not yet read are fetched in one store call */
   async getMany(keys: readonly string[]): Promise<(Uint8Array | undefined)[]> {
     const missing = keys.filter((k) => !this.writes.has(k) && !this.reads.has(k));
     if (missing.length) {
       const vals = await this.store.getMany(missing);
       missing.forEach((k, i) => { if (!this.reads.has(k)) this.reads.set(k, vals[i]); });
     }
-    return Promise.all(keys.map((k) => this.get(k)));
+    return keys.map((k) => {
+      const w = this.writes.get(k);
+      return w !== undefined ? (w ?? undefined) : this.reads.get(k);
+    });
   }
 
   set(key: string, value: Uint8Array): void {

@@ -147,6 +147,26 @@ t.test('a sync of many blob files (one syncfs of their filesystem) makes them al
   t.ok((await blobs.get('b/more.69'))?.equals(Buffer.from(bytes(69))), 'with the files back, the next sync takes what the failed one left');
 });
 
+t.test('a blob file put apart (compaction) is left to syncOnly: a sync neither waits for it nor takes it', async (t) => {
+  const blobs = new BlobFiles(freshDir());
+  const big = new Uint8Array(1 << 20).fill(7);
+  const apart = blobs.put('b/apart', big, true);
+  await blobs.put('b/plain', new Uint8Array(64 << 10).fill(1));
+  await apart;
+  t.equal(blobs.pending, 1, 'the next sync takes the plain put only');
+  await blobs.sync();
+  t.equal(blobs.pending, 0, 'and then nothing is left to it');
+  await blobs.syncOnly(['b/apart']);
+  t.ok((await blobs.get('b/apart'))?.equals(Buffer.from(big)), 'the blob put apart holds its bytes, made durable by syncOnly');
+  // through the store: a put with syncApart, then syncBlobs, as compaction does
+  const s = await LmdbStore.open(freshDir());
+  t.teardown(() => s.close());
+  await s.put('b/c1', big, { syncApart: true });
+  await s.sync();
+  await s.syncBlobs(['b/c1']);
+  t.ok(Buffer.from((await s.get('b/c1'))!).equals(Buffer.from(big)), 'the store reads it back');
+});
+
 t.test('small blobs live in LMDB, batched: a get sees a put not yet awaited, and they survive reopen', async (t) => {
   const dir = freshDir();
   let s = await LmdbStore.open(dir);

@@ -59,8 +59,8 @@ async function randomWrites(t: Test, store: KvStore, reopen: () => Promise<KvSto
   const entries = await chunkEntries(store, attr.ino);
   const sliced = entries.filter((e) => e.slices?.length).length;
   t.ok(sliced > 0, `${sliced} of ${entries.length} chunks hold slices`);
-  // a commit that would pass 32 slices writes them and leaves the chunk to a compaction behind it (file-data.ts)
-  t.ok(entries.every((e) => (e.slices?.length ?? 0) <= 64), 'no chunk holds more than 64 slices');
+  // a commit that would pass 64 slices writes them and leaves the chunk to a compaction behind it (file-data.ts)
+  t.ok(entries.every((e) => (e.slices?.length ?? 0) <= 128), 'no chunk holds more than 128 slices');
   t.ok((await fs.read(fh, 0, FILE)).equals(model), 'the whole file reads as written, through the handle');
   await fs.release(fh);
   const fh2 = await fs.open(attr.ino, O_RDWR);

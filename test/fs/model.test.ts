@@ -1821,3 +1821,27 @@ t.test('unlinked files the kernel forgets are removed in batches: few commits, n
   t.equal((await store.keys('i/')).length, 1, 'only the root inode is left');
   t.same((await store.keys('b/')).length, 0, 'every blob collected');
 });
+
+t.test('removal: a file of one chunk goes in its unlink\'s commit, its blob to the GC queue; a larger one through the purge queue', async (t) => {
+  const { fs, store } = await freshFs(t, CHUNK);
+  const make = async (name: string, bytes: number) => {
+    const { attr, fh } = await fs.create(ROOT_INO, name, 0o644, O_RDWR, CTX);
+    await fs.write(fh, 0, Buffer.alloc(bytes, 0x5a));
+    await fs.release(fh);
+    return attr.ino;
+  };
+  const small = await make('small', CHUNK - 100);
+  const large = await make('large', 2 * CHUNK + 10);
+  await fs.unlink(ROOT_INO, 'small');
+  t.same(await store.keys(K.purgePrefix), [], 'the small file queued no purge');
+  t.same(await store.keys(K.chunkPrefix(small)), [], 'its chunk entry went in the same commit');
+  // (the janitor, woken 20 ms after the commit, may have collected it already)
+  const queued = (await store.keys(K.gcPrefix)).length;
+  t.ok(queued === 1 || (await store.keys('b/')).length === 3, 'its blob went to the GC queue');
+  t.notOk(await store.get(K.inode(small)), 'and its inode is gone');
+  await fs.unlink(ROOT_INO, 'large');
+  t.same(await store.keys(K.purgePrefix), [K.purge(large)], 'the file of three chunks went to the purge queue');
+  await fs.janitor.run();
+  for (const prefix of [K.purgePrefix, K.gcPrefix, K.chunkPrefix(large)]) t.same(await store.keys(prefix), [], `nothing left under ${prefix}`);
+  t.same(await store.keys('b/'), [], 'every blob collected');
+});

@@ -25,7 +25,7 @@ import type { KvStore } from '../backend/kv.js';
 import { StoreError } from '../backend/errors.js';
 import { fsErr } from './errors.js';
 import {
-  K, appendSlices, chunkIndexOf, decodeChunk, decodeInode, encodeEntry, encodeInode, entryBlobs, entryExtent, entryKey,
+  K, appendSlices, chunkIndexOf, makeSlice, decodeChunk, decodeInode, encodeEntry, encodeInode, entryBlobs, entryExtent, entryKey,
   entryStored, nowTs, type ChunkEntry, type Inode, type Slice,
 } from '../volume/schema.js';
 import { transact } from '../volume/txn.js';
@@ -918,11 +918,11 @@ export class FileData {
       const count = slices.length + runs.length;
       const bytes = lengthOf(slices) + lengthOf(runs);
       if (count <= MAX_SLICES && bytes <= this.cx.chunkSize) {
-        c.slices = runs.map((r) => ({ ...r, blobId: this.cx.newBlobId() }));
+        c.slices = runs.map((r) => makeSlice(r.off, r.len, this.cx.newBlobId()));
         return;
       }
       if (count <= MAX_SLICES_BEHIND && bytes <= 2 * this.cx.chunkSize) {
-        c.slices = runs.map((r) => ({ ...r, blobId: this.cx.newBlobId() }));
+        c.slices = runs.map((r) => makeSlice(r.off, r.len, this.cx.newBlobId()));
         this.toCompact.add(c.idx);
         return;
       }

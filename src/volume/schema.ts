@@ -180,6 +180,19 @@ export function decodeDirent(raw: Uint8Array): { ino: Ino; type: number } {
 /** Bytes [off, off + len) of a chunk, written later than what lies under them: a blob of exactly len bytes. */
 export interface Slice { off: number; len: number; blobId: string }
 
+/** the largest chunk a volume may have (format.ts MAX_CHUNK_SIZE): a slice past it is no slice of a chunk */
+const LARGEST_CHUNK = 64 * 1024 * 1024;
+
+/**
+ * A Slice, made in one place with its numbers as small integers (a chunk's offsets fit): objects of one shape whose
+ * fields keep one representation, so the loads of the write path stay fast (slices made by spreading, with a length
+ * that was sometimes a double, took a dozen hidden classes, and each load of off and len a lookup in the runtime).
+ */
+export function makeSlice(off: number, len: number, blobId: string): Slice {
+  // (a slice lies inside its chunk: at most LARGEST_CHUNK, well within a small integer)
+  return { off: off | 0, len: len | 0, blobId };
+}
+
 /**
  * A chunk map entry: a base blob of `length` bytes (blobId '' and length 0: none, zeros), and slices laid over it
  * in order, later over earlier. Past the base and the slices, the chunk reads as zeros.
@@ -226,7 +239,8 @@ export function decodeChunk(raw: Uint8Array): ChunkEntry {
     const off = Number(m?.[1]);
     const len = Number(m?.[2]);
     if (!m || !Number.isSafeInteger(off) || !Number.isSafeInteger(len) || len < 1) throw bad();
-    slices.push({ off, len, blobId: m[3]! });
+    if (off + len > LARGEST_CHUNK) throw bad();
+    slices.push(makeSlice(off, len, m[3]!));
   }
   return { length, blobId, slices };
 }

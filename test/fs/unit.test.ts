@@ -11,8 +11,8 @@ import { Filesystem } from '../../src/fs/filesystem.js';
 import { KeyedMutex } from '../../src/fs/keyed-mutex.js';
 import { Published } from '../../src/fs/published.js';
 import {
-  FORMAT_VERSION, K, chunkIndexOf, decodeChunk, decodeDirent, decodeInode, decodeVolume, encodeChunk, encodeDirent,
-  encodeInode, encodeVolume, memberOf, nowTs, toAttr, type Inode,
+  FORMAT_VERSION, K, appendSlices, chunkIndexOf, decodeChunk, decodeDirent, decodeInode, decodeVolume, encodeChunk, encodeDirent,
+  encodeEntry, encodeInode, encodeVolume, makeSlice, memberOf, nowTs, toAttr, type Inode,
 } from '../../src/volume/schema.js';
 import { transact } from '../../src/volume/txn.js';
 import { ROOT_INO } from '../../src/fs/types.js';
@@ -129,6 +129,13 @@ t.test('schema: chunk map entries', async (t) => {
   await throwsCode(t, 'empty', 'CORRUPT', () => decodeChunk(new Uint8Array(0)));
   // a length that is not a number must not decode to NaN (it would poison the inode's `stored` count)
   await throwsCode(t, 'length not a number', 'CORRUPT', () => decodeChunk(Buffer.from('abc:blob')));
+  // slices: laid over the base, appended to a stored encoding, and never past the largest chunk (64 MiB)
+  const sliced = decodeChunk(appendSlices(encodeChunk(8192, 'base'), [makeSlice(4096, 4096, 's.1'), makeSlice(0, 512, 's.2')]));
+  t.same(sliced, { length: 8192, blobId: 'base', slices: [{ off: 4096, len: 4096, blobId: 's.1' }, { off: 0, len: 512, blobId: 's.2' }] },
+    'slices appended to an encoded entry decode in order');
+  t.same(decodeChunk(encodeEntry(sliced)), sliced, 'and encode back to the same entry');
+  await throwsCode(t, 'a slice past the largest chunk', 'CORRUPT', () => decodeChunk(Buffer.from('0:;67108864+4096:s')));
+  await throwsCode(t, 'a slice of no bytes', 'CORRUPT', () => decodeChunk(Buffer.from('0:;0+0:s')));
 });
 
 t.test('schema: volume record', async (t) => {

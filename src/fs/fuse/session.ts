@@ -23,7 +23,7 @@ import { log, logEnabled } from '../../log.js';
 import { toErrno } from '../errors.js';
 import type { Attr, StatFs } from '../types.js';
 import {
-  OUT_HEADER_SIZE, REPLY, notifyInvalInode, parseRequest, opcodeInfo, wireErrno,
+  OUT_HEADER_SIZE, REPLY, fuseAttr, notifyInvalInode, parseRequest, opcodeInfo, wireErrno,
   type InitOut, type OpName, type ParseOptions, type Request, type RequestOf,
 } from './wire/index.js';
 import { WireParseError } from './wire/errors.js';
@@ -454,7 +454,7 @@ export class Session {
       nodeid: attr.ino, generation: 0,
       entry_valid: this.entryValid[0], entry_valid_nsec: this.entryValid[1],
       attr_valid: s, attr_valid_nsec: ns,
-      attr: { ...attr, blksize: (attr.mode & S_IFMT) === S_IFREG ? 1 << 20 : 4096 },
+      attr: fuseAttr(attr, (attr.mode & S_IFMT) === S_IFREG ? 1 << 20 : 4096),
     };
   }
 }

@@ -7,7 +7,7 @@
  */
 import t, { type Test } from 'tap';
 import {
-  DirentPacker, DirentPlusPacker, FOPEN, INIT_FLAGS, InitRefused, OUT_HEADER_SIZE, REPLY, encodeReply,
+  DirentPacker, DirentPlusPacker, FOPEN, INIT_FLAGS, InitRefused, OUT_HEADER_SIZE, REPLY, encodeReply, fuseAttr,
   negotiateInit, notifyInvalInode, outHeader, parseRequest, replyBytes, replyError, replyOk, wireErrno, writeError, writeReply,
   type EntryOut, type FuseAttr, type ReplyBody,
 } from '../../../src/fs/fuse/wire/index.js';
@@ -110,6 +110,10 @@ t.test('entry_out (LOOKUP, MKDIR, MKNOD, SYMLINK, LINK)', async (t) => {
   const negative = encodeReply(UNIQUE, REPLY.entry, { ...ENTRY, nodeid: 0, attr: { ...ATTR, blksize: undefined } });
   t.strictSame([...negative.subarray(16, 24)], u64(0), 'nodeid 0: a negative entry');
   t.strictSame([...negative.subarray(16 + 40 + 80, 16 + 40 + 84)], u32(0), 'blksize defaults to 0 (kernel default)');
+  // fuseAttr (what the session replies with): an Attr with its blksize, the same bytes as ATTR
+  const { blksize: _b, ...plain } = ATTR;
+  const made = fuseAttr(plain, 4096);
+  t.strictSame([...encodeReply(UNIQUE, REPLY.entry, { ...ENTRY, attr: made })], got, 'fuseAttr(attr, 4096) encodes as ATTR does');
 });
 
 t.test('attr_out (GETATTR, SETATTR)', async (t) => {

@@ -143,6 +143,19 @@ function coveredBy(by: readonly Slice[], x: Slice): boolean {
   return false;
 }
 
+/**
+ * The slices `cur` holds over `old`'s, when cur is old with slices added after its own (the same base, old's slices
+ * first, in order): what a compaction of old leaves over its new blob. Undefined when cur is anything else.
+ */
+export function laterSlices(old: ChunkEntry, cur: ChunkEntry): Slice[] | undefined {
+  if (cur === old) return [];
+  const was = old.slices ?? [];
+  const now = cur.slices ?? [];
+  if (cur.blobId !== old.blobId || cur.length !== old.length || now.length < was.length) return undefined;
+  for (let i = 0; i < was.length; i++) if (now[i]!.blobId !== was[i]!.blobId) return undefined;
+  return now.slice(was.length);
+}
+
 /** the bytes runs or slices cover, added up */
 const lengthOf = (parts: readonly { len: number }[]): number => parts.reduce((n, x) => n + x.len, 0);
 
@@ -456,18 +469,19 @@ export class FileData {
    * The bytes an entry defines: its blob, or (with slices) its blob with the slices laid over it, kept in the
    * blob cache under the entry's key. Undefined when a blob is missing.
    */
-  private async compose(e: ChunkEntry): Promise<Uint8Array | undefined> {
+  private async compose(e: ChunkEntry, cached = true): Promise<Uint8Array | undefined> {
     const slices = e.slices;
     if (!slices?.length) return this.cx.blobs.get(e.blobId);
-    const key = entryKey(e);
-    const hit = this.cx.blobs.peek(key);
+    // (the key is the entry's whole text: a compaction, whose entry is about to go, neither looks nor keeps)
+    const key = cached ? entryKey(e) : undefined;
+    const hit = key === undefined ? undefined : this.cx.blobs.peek(key);
     if (hit) return hit;
     const parts = await Promise.all([e.blobId ? this.cx.blobs.get(e.blobId) : undefined, ...slices.map((x) => this.cx.blobs.getPart(x.blobId))]);
     if ((e.blobId && !parts[0]) || parts.some((b, i) => i > 0 && !b)) return undefined;
     const out = Buffer.allocUnsafe(entryExtent(e));
     copyChunkPart(out, 0, parts[0], 0, out.length);
     slices.forEach((x, i) => copyChunkPart(out, x.off, parts[i + 1], 0, x.len));
-    this.cx.blobs.add(key, out);
+    if (key !== undefined) this.cx.blobs.add(key, out);
     return out;
   }
 
@@ -527,6 +541,11 @@ export class FileData {
     const out = appendSlices(raw, added);
     rawOf.set(next, out);
     return out;
+  }
+
+  /** an entry's stored encoding: the one it was decoded from or encoded to when known, else encoded */
+  private storedEntry(e: ChunkEntry): Uint8Array {
+    return rawOf.get(e) ?? encodeEntry(e);
   }
 
   /** encodeEntry, remembered for decodeEntry */
@@ -728,21 +747,22 @@ export class FileData {
 
   private async compactChunks(idxs: number[]): Promise<void> {
     const { store } = this.cx;
-    const made: { idx: number; old: ChunkEntry; next: ChunkEntry; raw: Uint8Array; applied?: boolean }[] = [];
+    // base: the entry of the new blob alone; next: what the commit leaves (base, with slices committed meanwhile)
+    const made: { idx: number; old: ChunkEntry; base: ChunkEntry; next?: ChunkEntry; data: Uint8Array; raw: Uint8Array; applied?: boolean }[] = [];
     try {
       for (const idx of idxs) {
         if (this.unlinked || this.refs === 0) break;
         const old = await this.entry(idx, false);
         if (!old?.slices?.length) continue;
-        const data = await this.compose(old);
+        const data = await this.compose(old, false);
         if (!data) continue;
-        const next = { length: data.length, blobId: this.cx.newBlobId() };
-        made.push({ idx, old, next, raw: encodeEntry(old) });
+        const base = { length: data.length, blobId: this.cx.newBlobId() };
+        made.push({ idx, old, base, data, raw: this.storedEntry(old) });
         this.cx.io.sent += data.length;
-        await store.put(K.blob(next.blobId), data, { syncApart: true });
+        await store.put(K.blob(base.blobId), data, { syncApart: true });
       }
       if (!made.length) return;
-      await (store.syncBlobs ? store.syncBlobs(made.map((m) => K.blob(m.next.blobId))) : store.sync());
+      await (store.syncBlobs ? store.syncBlobs(made.map((m) => K.blob(m.base.blobId))) : store.sync());
       await this.serial(async () => {
         let storedChange = 0;
         await transact(store, async (tx) => {
@@ -753,11 +773,18 @@ export class FileData {
           const inode = decodeInode(this.ino, raw);
           const storedBefore = inode.stored;
           for (const m of made) {
-            const cur = await tx.get(K.chunk(this.ino, m.idx));
-            if (!cur || !Buffer.from(cur).equals(m.raw)) continue;
-            tx.set(K.chunk(this.ino, m.idx), this.encodeEntry(m.next));
+            const raw = await tx.get(K.chunk(this.ino, m.idx));
+            if (!raw) continue;
+            // the entry composed, or it with slices committed after it (the new blob takes the place of the
+            // composed part; the later slices stay over it); any other change keeps the slices
+            const cur = Buffer.from(raw).equals(m.raw) ? m.old : this.decodeEntry(m.idx, raw);
+            const later = laterSlices(m.old, cur);
+            if (!later) continue;
+            const next: ChunkEntry = later.length ? { length: m.base.length, blobId: m.base.blobId, slices: later } : m.base;
+            m.next = next;
+            tx.set(K.chunk(this.ino, m.idx), this.encodeEntry(next));
             for (const b of entryBlobs(m.old)) tx.set(K.gc(b.blobId), Buffer.from(String(b.length)));
-            inode.stored += entryStored(m.next) - entryStored(m.old);
+            inode.stored += entryStored(next) - entryStored(cur);
             m.applied = true;
           }
           if (!made.some((m) => m.applied)) return;
@@ -768,14 +795,18 @@ export class FileData {
         });
         const applied = made.filter((m) => m.applied);
         // the volume's byte count takes the new blobs now, and gives the old ones back as they are collected
-        this.cx.counters.add(K.byteCount, applied.reduce((n, m) => n + m.next.length, 0));
-        for (const m of applied) this.entries.set(m.idx, m.next);
+        this.cx.counters.add(K.byteCount, applied.reduce((n, m) => n + m.base.length, 0));
+        for (const m of applied) {
+          this.entries.set(m.idx, m.next!);
+          // the chunk's bytes as its new blob holds them: the next read of it needs no fetch
+          this.cx.blobs.add(m.base.blobId, m.data);
+        }
         this.mapChanges++;
         if (storedChange) this.cx.storedChanged(this.ino);
       });
     } finally {
       // the blobs of entries that changed meanwhile (or of a compaction that failed) name nothing
-      const unused = made.filter((m) => !m.applied).map((m) => K.blob(m.next.blobId));
+      const unused = made.filter((m) => !m.applied).map((m) => K.blob(m.base.blobId));
       if (unused.length) await store.del(unused).catch(() => undefined);
     }
   }

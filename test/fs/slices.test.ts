@@ -13,7 +13,8 @@ import type { KvStore } from '../../src/backend/kv.js';
 import { MemoryStore } from '../../src/backend/memory.js';
 import { openStore } from '../../src/backend/open-store.js';
 import { Filesystem } from '../../src/fs/filesystem.js';
-import { FORMAT_VERSION, K, decodeChunk, decodeVolume, encodeVolume, entryBlobs } from '../../src/volume/schema.js';
+import { FORMAT_VERSION, K, decodeChunk, decodeVolume, encodeVolume, entryBlobs, makeSlice } from '../../src/volume/schema.js';
+import { laterSlices } from '../../src/fs/file-data.js';
 import { ROOT_INO, type Ctx } from '../../src/fs/types.js';
 import { formatVolume, readVolume } from '../../src/volume/format.js';
 import { prng } from '../helpers/prng.js';
@@ -136,4 +137,15 @@ t.test('a format 1 volume is upgraded when mounted; a newer one than this kvfs i
   const newer = { ...v1, formatVersion: FORMAT_VERSION + 1 };
   await store.commit([], [{ key: K.volume, value: encodeVolume(newer) }]);
   await t.rejects(Filesystem.open(store), { code: 'VERSION' }, 'a newer volume: VERSION');
+});
+
+t.test('a compaction keeps the slices committed while it ran (laterSlices)', async (t) => {
+  const s = (off: number, id: string) => makeSlice(off, 4096, id);
+  const old = { length: CHUNK, blobId: 'base', slices: [s(0, 'a'), s(4096, 'b')] };
+  t.same(laterSlices(old, old), [], 'the entry composed: nothing over the new blob');
+  t.same(laterSlices(old, { ...old, slices: [...old.slices, s(8192, 'c'), s(0, 'd')] }), [s(8192, 'c'), s(0, 'd')],
+    'slices added after it stay, in order, over the new blob');
+  t.equal(laterSlices(old, { ...old, blobId: 'other' }), undefined, 'another base: the compaction is dropped');
+  t.equal(laterSlices(old, { ...old, slices: [old.slices[1]!, s(0, 'e')] }), undefined, 'a slice of it covered and gone: dropped');
+  t.equal(laterSlices(old, { length: CHUNK, blobId: 'base' }), undefined, 'its slices gone: dropped');
 });

@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { KvStore } from '../../src/backend/kv.js';
 import { MemoryStore } from '../../src/backend/memory.js';
+import { StoreError } from '../../src/backend/errors.js';
 import { openStore } from '../../src/backend/open-store.js';
 import { Filesystem } from '../../src/fs/filesystem.js';
 import { FORMAT_VERSION, K, decodeChunk, decodeVolume, encodeVolume, entryBlobs, makeSlice } from '../../src/volume/schema.js';
@@ -105,14 +106,20 @@ t.test('4 KiB random writes become slices (LMDB)', async (t) => {
   });
 });
 
-t.test('an unaligned small write into a chunk not in memory keeps the bytes around it', async (t) => {
-  const store = new MemoryStore();
+/** a fresh volume on `store` with one file 'f' of one chunk of 0x61 bytes, written (not yet committed) */
+async function oneChunkFile(store: MemoryStore) {
   await formatVolume(store, { chunkSize: CHUNK, uid: 0, gid: 0 });
   const fs = await Filesystem.open(store);
-  t.teardown(() => fs.close());
   const { attr, fh } = await fs.create(ROOT_INO, 'f', 0o644, O_RDWR, CTX);
   const model = Buffer.alloc(CHUNK, 0x61);
   await fs.write(fh, 0, model);
+  return { fs, attr, fh, model };
+}
+
+t.test('an unaligned small write into a chunk not in memory keeps the bytes around it', async (t) => {
+  const store = new MemoryStore();
+  const { fs, attr, fh, model } = await oneChunkFile(store);
+  t.teardown(() => fs.close());
   await fs.release(fh);
   const fh2 = await fs.open(attr.ino, O_RDWR);
   await fs.write(fh2, 4096, Buffer.alloc(4096, 0x62)); // aligned: a slice
@@ -142,10 +149,76 @@ t.test('a format 1 volume is upgraded when mounted; a newer one than this kvfs i
 t.test('a compaction keeps the slices committed while it ran (laterSlices)', async (t) => {
   const s = (off: number, id: string) => makeSlice(off, 4096, id);
   const old = { length: CHUNK, blobId: 'base', slices: [s(0, 'a'), s(4096, 'b')] };
-  t.same(laterSlices(old, old), [], 'the entry composed: nothing over the new blob');
-  t.same(laterSlices(old, { ...old, slices: [...old.slices, s(8192, 'c'), s(0, 'd')] }), [s(8192, 'c'), s(0, 'd')],
+  t.same(laterSlices(old, old), { later: [], kept: old.slices }, 'the entry composed: nothing over the new blob, its slices go');
+  t.same(laterSlices(old, { ...old, slices: [...old.slices, s(8192, 'c'), s(0, 'd')] }), { later: [s(8192, 'c'), s(0, 'd')], kept: old.slices },
     'slices added after it stay, in order, over the new blob');
+  t.same(laterSlices(old, { ...old, slices: [old.slices[1]!, s(0, 'e')] }), { later: [s(0, 'e')], kept: [old.slices[1]] },
+    'one of its slices covered by a later one (and queued for GC then): only the one still named goes now');
   t.equal(laterSlices(old, { ...old, blobId: 'other' }), undefined, 'another base: the compaction is dropped');
-  t.equal(laterSlices(old, { ...old, slices: [old.slices[1]!, s(0, 'e')] }), undefined, 'a slice of it covered and gone: dropped');
-  t.equal(laterSlices(old, { length: CHUNK, blobId: 'base' }), undefined, 'its slices gone: dropped');
+  t.equal(laterSlices(old, { ...old, slices: [s(0, 'e'), old.slices[1]!] }), undefined, 'one of its slices after a later one: dropped');
+  t.equal(laterSlices(old, { length: CHUNK, blobId: 'base' }), undefined, 'its slices gone with nothing covering them: dropped');
+  t.same(laterSlices(old, { ...old, slices: [s(0, 'f'), s(4096, 'g')] }), { later: [s(0, 'f'), s(4096, 'g')], kept: [] },
+    'all of its slices covered by later ones: only the base goes');
+});
+
+t.test('a write into a chunk whose commit is under way: the next commit sends its own pages, not the committed ones again', async (t) => {
+  // puts held 30 ms: the first commit is still under way when the second write comes
+  class SlowPuts extends MemoryStore {
+    override async put(...args: Parameters<MemoryStore['put']>): ReturnType<MemoryStore['put']> {
+      await new Promise((r) => setTimeout(r, 30));
+      return super.put(...args);
+    }
+  }
+  const store = new SlowPuts();
+  const { fs, attr, fh, model } = await oneChunkFile(store);
+  t.teardown(() => fs.close());
+  await fs.fsync(fh);
+  const before = fs.stats().bytesSent;
+  await fs.write(fh, 0, Buffer.alloc(4096, 0x62));
+  const first = fs.flush(fh);
+  await new Promise((r) => setTimeout(r, 10)); // the commit took page 0 and waits for its put
+  await fs.write(fh, 8192, Buffer.alloc(4096, 0x63));
+  model.fill(0x62, 0, 4096);
+  model.fill(0x63, 8192, 12288);
+  t.ok((await fs.read(fh, 0, CHUNK)).equals(model), 'a read during the commit sees both writes');
+  await first;
+  await fs.fsync(fh);
+  t.equal(fs.stats().bytesSent - before, 8192, 'two pages written, two pages sent (page 0 once)');
+  const slices = (await chunkEntries(store, attr.ino))[0]!.slices ?? [];
+  t.same(slices.map((x) => x.off), [0, 8192], 'one slice each');
+  t.ok((await fs.read(fh, 0, CHUNK)).equals(model), 'and the chunk reads as written');
+  await fs.release(fh);
+});
+
+t.test('a failed commit with a newer write of the chunk: the newer buffer\'s commit sends the failed pages too', async (t) => {
+  class FailingPut extends MemoryStore {
+    fail = false;
+    override async put(...args: Parameters<MemoryStore['put']>): ReturnType<MemoryStore['put']> {
+      await new Promise((r) => setTimeout(r, 30));
+      if (this.fail && args[0].startsWith('b/')) {
+        this.fail = false;
+        throw new StoreError('UNAVAILABLE', 'the store went away for a moment');
+      }
+      return super.put(...args);
+    }
+  }
+  const store = new FailingPut();
+  const { fs, attr, fh, model } = await oneChunkFile(store);
+  await fs.fsync(fh);
+  await fs.write(fh, 0, Buffer.alloc(4096, 0x62));
+  store.fail = true;
+  const first = fs.flush(fh);
+  await new Promise((r) => setTimeout(r, 10));
+  await fs.write(fh, 8192, Buffer.alloc(4096, 0x63));
+  await t.rejects(first, { code: 'UNAVAILABLE' }, 'the first commit fails');
+  await fs.fsync(fh);
+  model.fill(0x62, 0, 4096);
+  model.fill(0x63, 8192, 12288);
+  await fs.release(fh);
+  await fs.close();
+  const again = await Filesystem.open(store);
+  t.teardown(() => again.close());
+  const fh2 = await again.open(attr.ino, O_RDWR);
+  t.ok((await again.read(fh2, 0, CHUNK)).equals(model), 'the store holds both pages: the failed one went with the next commit');
+  await again.release(fh2);
 });

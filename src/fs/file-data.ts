@@ -16,7 +16,8 @@
  *    blob and slices: schema.ts ChunkEntry), unless the chunk already has many slices: then it is completed and
  *    written whole (compaction). It then swaps all of them into the chunk map in one transaction with the
  *    inode's size and times, putting the blobs nothing names any more on the GC queue. A write that lands on a
- *    flushing chunk copies it first, so a blob is never changed while it is written.
+ *    flushing chunk copies it first, so a blob is never changed while it is written; the copy's commit sends only
+ *    the pages written since (`pending`), and takes the flushing one's too if that commit fails.
  *  - Commits of one file run one at a time (`commitLock`); truncate holds the same lock.
  *  - Memory: dirty and flushing buffers are counted against the WriteBudget; a write that finds the budget
  *    spent commits this file's dirty chunks before it returns.
@@ -25,8 +26,8 @@ import type { KvStore } from '../backend/kv.js';
 import { StoreError } from '../backend/errors.js';
 import { fsErr } from './errors.js';
 import {
-  K, appendSlices, chunkIndexOf, makeSlice, decodeChunk, decodeInode, encodeEntry, encodeInode, entryBlobs, entryExtent, entryKey,
-  entryStored, nowTs, type ChunkEntry, type Inode, type Slice,
+  K, appendSlices, chunkIndexOf, decodeChunk, decodeInode, encodeEntry, encodeInode, entryBlobs, entryExtent, entryKey,
+  entryStored, makeSlice, nowTs, type ChunkEntry, type Inode, type Slice,
 } from '../volume/schema.js';
 import { transact } from '../volume/txn.js';
 import type { Ino, Timespec } from './types.js';
@@ -194,8 +195,9 @@ const MAX_DIRTY_ANY = 64;
  * keeps: a new slice drops the older ones it covers. A chunk's reads combine at most this many blobs (slices are
  * small blobs of an in-process engine, or fetched in parallel) and it takes at most twice its bytes. 4 KiB random
  * writes send the store a slice each, plus a whole chunk once every page of it was written again (about 300
- * writes of a 256 KiB chunk): about 1.2 bytes per byte written (counting the slices the new ones cover, the
- * same writes sent 3.5 to 3.9: every commit to a chunk whose pages all had slices compacted it).
+ * writes of a 256 KiB chunk, fewer where pages were written as runs): rand-write-4k sent 1.9 to 2.0 bytes per
+ * byte written (counting the slices the new ones cover, 3.5 to 3.9: every commit to a chunk whose pages all had
+ * slices compacted it).
  */
 const MAX_SLICES = 64;
 /**
@@ -486,7 +488,7 @@ export class FileData {
 
   /**
    * The bytes an entry defines: its blob, or (with slices) its blob with the slices laid over it, kept in the
-   * blob cache under the entry's key. Undefined when a blob is missing.
+   * blob cache under the entry's key unless `cached` is false. Undefined when a blob is missing.
    */
   private async compose(e: ChunkEntry, cached = true): Promise<Uint8Array | undefined> {
     const slices = e.slices;
@@ -762,9 +764,10 @@ export class FileData {
   /**
    * Compacts the chunks commits left with many slices (MAX_SLICES_BEHIND), off the commit path: the bytes each
    * chunk's entry defines (unchanged: no time changes) are written as one blob and made durable on their own
-   * (KvStore.syncBlobs; an fsync meanwhile waits for neither), and only then one commit swaps each entry that is
-   * still the one composed for its new blob, the old blobs to the GC queue. An entry changed meanwhile (a commit or
-   * truncate of this file) keeps its slices and the new blob goes. A failure leaves the slices (they are correct).
+   * (KvStore.syncBlobs; an fsync meanwhile waits for neither), and only then one commit puts the new blob in the
+   * place of the composed part of each entry, the old blobs still named to the GC queue: slices committed meanwhile
+   * stay over it (laterSlices). An entry changed otherwise (a truncate, a whole write) keeps its slices and the new
+   * blob goes. A failure leaves the slices (they are correct).
    */
   private compactBehind(): void {
     // only while open: a FileData let go (refs 0) may have a successor with newer slices

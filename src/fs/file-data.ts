@@ -992,7 +992,10 @@ export class FileData {
       const kept = (e?.slices ?? []).filter((x) => !coveredBy(runs, x));
       const count = kept.length + runs.length;
       const bytes = lengthOf(kept) + lengthOf(runs);
-      if (count <= MAX_SLICES && bytes < this.cx.chunkSize) {
+      // a run of a quarter chunk or more (a sequential writer that met a commit of its chunk part-way) is
+      // compacted behind: the chunk's reads are then one blob's, which the driver's readers serve from its file
+      const large = runs.some((r) => r.len >= this.cx.chunkSize / 4);
+      if (count <= MAX_SLICES && bytes < this.cx.chunkSize && !large) {
         c.slices = runs.map((r) => makeSlice(r.off, r.len, this.cx.newBlobId()));
         return;
       }

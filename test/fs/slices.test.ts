@@ -222,3 +222,24 @@ t.test('a failed commit with a newer write of the chunk: the newer buffer\'s com
   t.ok((await again.read(fh2, 0, CHUNK)).equals(model), 'the store holds both pages: the failed one went with the next commit');
   await again.release(fh2);
 });
+
+t.test('a sequential writer that met a commit of its chunk part-way: the chunk is compacted to one blob behind it', async (t) => {
+  const store = new MemoryStore();
+  await formatVolume(store, { chunkSize: CHUNK, uid: 0, gid: 0 });
+  const fs = await Filesystem.open(store);
+  t.teardown(() => fs.close());
+  const { attr, fh } = await fs.create(ROOT_INO, 'f', 0o644, O_RDWR, CTX);
+  const model = Buffer.alloc(2 * CHUNK);
+  for (let i = 0; i < model.length; i++) model[i] = (i * 7) & 0xff;
+  await fs.write(fh, 0, model.subarray(0, 100 << 10));
+  await fs.fsync(fh); // chunk 0 committed with 100 KiB
+  for (let off = 100 << 10; off < model.length; off += 4096) await fs.write(fh, off, model.subarray(off, off + 4096));
+  await fs.fsync(fh);
+  await new Promise((r) => setTimeout(r, 50)); // the compaction behind the commit
+  await fs.fsync(fh);
+  const entries = await chunkEntries(store, attr.ino);
+  t.equal(entries.length, 2, 'two chunks');
+  t.same(entries.map((e) => e.slices?.length ?? 0), [0, 0], 'neither keeps a slice: each is one blob');
+  t.ok((await fs.read(fh, 0, model.length)).equals(model), 'and the file reads as written');
+  await fs.release(fh);
+});

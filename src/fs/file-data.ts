@@ -36,7 +36,7 @@ import type { Counters } from './counters.js';
 import type { Published } from './published.js';
 
 /** How many stale chunk entries one truncate commit deletes: as many as a purge commit (queues.ts). */
-import { DELETE_BATCH } from '../volume/queues.js';
+import { DELETE_BATCH, queueGc } from '../volume/queues.js';
 
 /** Bytes that moved, for `kvfs status` and the benches: what the store costs per byte a caller read or wrote. */
 export interface IoStats {
@@ -817,8 +817,8 @@ export class FileData {
             m.next = next;
             tx.set(K.chunk(this.ino, m.idx), this.encodeEntry(next));
             // the old base and the old slices still named (those a later slice covered went to the GC queue then)
-            const gone = [...(m.old.blobId ? [{ blobId: m.old.blobId, length: m.old.length }] : []), ...over.kept.map((x) => ({ blobId: x.blobId, length: x.len }))];
-            for (const b of gone) tx.set(K.gc(b.blobId), Buffer.from(String(b.length)));
+            if (m.old.blobId) queueGc(tx, m.old.blobId, m.old.length);
+            for (const x of over.kept) queueGc(tx, x.blobId, x.len);
             inode.stored += entryStored(next) - entryStored(cur);
             m.applied = true;
           }
@@ -904,7 +904,6 @@ export class FileData {
           const old = oldRaw ? this.decodeEntry(c.idx, oldRaw) : null;
           c.entry = old;
           let next: ChunkEntry | null;
-          const gone = (blobId: string, length: number) => tx.set(K.gc(blobId), Buffer.from(String(length)));
           if (c.slices) {
             // slices over what the chunk holds; older slices that a new one covers go. The work is the old
             // slices' count in comparisons, and the new ones' in encoding: an entry that loses none is its stored
@@ -914,7 +913,7 @@ export class FileData {
             let freed = 0;
             for (const x of old?.slices ?? []) {
               if (coveredBy(c.slices, x)) {
-                gone(x.blobId, x.len);
+                queueGc(tx, x.blobId, x.len);
                 freed += x.len;
               } else {
                 kept.push(x);
@@ -929,7 +928,7 @@ export class FileData {
           } else {
             next = c.length ? { length: c.length, blobId: c.blobId } : null;
             if (old) {
-              for (const b of entryBlobs(old)) gone(b.blobId, b.length);
+              for (const b of entryBlobs(old)) queueGc(tx, b.blobId, b.length);
               inode.stored -= entryStored(old);
             }
             if (next) {
@@ -1082,7 +1081,7 @@ export class FileData {
         for (const [key, val] of stale) {
           const old = decodeChunk(val);
           tx.del(key);
-          for (const b of entryBlobs(old)) tx.set(K.gc(b.blobId), Buffer.from(String(b.length)));
+          for (const b of entryBlobs(old)) queueGc(tx, b.blobId, b.length);
           inode.stored -= entryStored(old);
         }
         if (stale.length < DELETE_BATCH) inode.truncFrom = 0;

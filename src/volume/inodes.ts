@@ -18,6 +18,7 @@
 import type { KvStore } from '../backend/kv.js';
 import { fsErr } from './errors.js';
 import { K, decodeChunk, decodeDirent, decodeInode, encodeDirent, encodeInode, entryBlobs, nowTs, type Inode } from './schema.js';
+import { queueGc } from './queues.js';
 import type { Txn } from './txn.js';
 import { RENAME_EXCHANGE, RENAME_NOREPLACE, ROOT_INO, type Ino, type Timespec } from './types.js';
 
@@ -127,7 +128,7 @@ export class Volume {
       const raw = await tx.get(key);
       if (!raw) continue;
       tx.del(key);
-      for (const b of entryBlobs(decodeChunk(raw))) tx.set(K.gc(b.blobId), Buffer.from(String(b.length)));
+      for (const b of entryBlobs(decodeChunk(raw))) queueGc(tx, b.blobId, b.length);
       this.hooks.purgeQueued?.(tx);
     }
     tx.after.push(() => this.hooks.counted?.(-1));

@@ -11,9 +11,15 @@
  */
 import type { KvCheck, KvStore, KvWrite } from '../backend/kv.js';
 import { K, decodeChunk, entryBlobs, memberOf } from './schema.js';
+import type { Txn } from './txn.js';
 
 /** How many entries one purge or GC commit deletes at most. */
 export const DELETE_BATCH = 512;
+
+/** puts a blob on the GC queue in tx, with its length (the volume's byte count gives it back when collected) */
+export function queueGc(tx: Txn, blobId: string, length: number): void {
+  tx.set(K.gc(blobId), Buffer.from(String(length)));
+}
 
 export interface QueueHooks {
   /** n inodes' purges committed */

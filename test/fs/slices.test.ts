@@ -106,11 +106,17 @@ t.test('4 KiB random writes become slices (LMDB)', async (t) => {
   });
 });
 
-/** a fresh volume on `store` with one file 'f' of one chunk of 0x61 bytes, written (not yet committed) */
-async function oneChunkFile(store: MemoryStore) {
+/** a fresh volume on `store` with an empty file 'f', open */
+async function freshFile(store: MemoryStore) {
   await formatVolume(store, { chunkSize: CHUNK, uid: 0, gid: 0 });
   const fs = await Filesystem.open(store);
   const { attr, fh } = await fs.create(ROOT_INO, 'f', 0o644, O_RDWR, CTX);
+  return { fs, attr, fh };
+}
+
+/** freshFile with one chunk of 0x61 bytes written (not yet committed) */
+async function oneChunkFile(store: MemoryStore) {
+  const { fs, attr, fh } = await freshFile(store);
   const model = Buffer.alloc(CHUNK, 0x61);
   await fs.write(fh, 0, model);
   return { fs, attr, fh, model };
@@ -225,10 +231,8 @@ t.test('a failed commit with a newer write of the chunk: the newer buffer\'s com
 
 t.test('a sequential writer that met a commit of its chunk part-way: the chunk is compacted to one blob behind it', async (t) => {
   const store = new MemoryStore();
-  await formatVolume(store, { chunkSize: CHUNK, uid: 0, gid: 0 });
-  const fs = await Filesystem.open(store);
+  const { fs, attr, fh } = await freshFile(store);
   t.teardown(() => fs.close());
-  const { attr, fh } = await fs.create(ROOT_INO, 'f', 0o644, O_RDWR, CTX);
   const model = Buffer.alloc(2 * CHUNK);
   for (let i = 0; i < model.length; i++) model[i] = (i * 7) & 0xff;
   await fs.write(fh, 0, model.subarray(0, 100 << 10));

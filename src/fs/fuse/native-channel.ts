@@ -16,6 +16,7 @@
 import { BufferPool } from '../../bufferpool/buffer-pool.js';
 import { check, native, type NativeChannelHandle } from '../../native.js';
 import type { Attr, ReadIndex } from '../types.js';
+import { STRUCTS } from './wire/structs.js';
 
 export interface RawRequest {
   /** the reader (device fd) that must carry the reply */
@@ -66,8 +67,6 @@ export interface ChannelStats {
   spinHits: number;
 }
 
-/** fuse_write_in, the head of a WRITE's body before its data */
-const WRITE_IN_BYTES = 40;
 /** buffers kept stocked in the class a 4 KiB WRITE lands in (see the constructor) */
 const SMALL_WRITE_STOCK = 32;
 const BATCH = 256;
@@ -129,7 +128,7 @@ export class NativeChannel implements ReadIndex {
     // writer's next WRITEs are answered early only as far as the stock goes (with 2, a third of rand-write-4k's
     // WRITEs waited for JavaScript: writes p99 0.9 ms).
     const counts = pool.stats().classes.map((c) => c.count);
-    const smallWrite = this.classSizes.findIndex((size) => size >= 4096 + WRITE_IN_BYTES);
+    const smallWrite = this.classSizes.findIndex((size) => size >= 4096 + STRUCTS.fuse_write_in.size);
     this.targets = (opts.stockTargets ?? this.classSizes.map((_, i) => (i === 0 ? 8 : i === smallWrite ? SMALL_WRITE_STOCK : 2)))
       .map((want, i) => Math.min(want, Math.floor(counts[i] / 2)));
     this.ch = new n.NativeChannel(fds, arena, this.classSizes, opts.pipeSize, () => this.wake());

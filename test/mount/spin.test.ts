@@ -2,8 +2,10 @@
  * The wait on the CPU for a next request (--spin-us, native-channel.ts spinNow): once every request is
  * answered, the event loop waits up to spinUs for the next one instead of sleeping at once.
  *  - with the default, a caller that waits for each answer (create, write, fsync, unlink, one after another) is
- *    served through it: the daemon's figures count waits and waits that saw a request come; every file the loop
- *    made and removed is right (contents read back, names gone);
+ *    served through it: the daemon's figures count waits (at least the probe's floor of one per 16 chances:
+ *    how many more depends on how soon the caller's next request comes, which a loaded machine changes) and
+ *    waits that saw a request come; every file the loop made and removed is right (contents read back, names
+ *    gone);
  *  - --spin-us 0 never waits;
  *  - an idle daemon does not spin: its CPU time over 2 s of nothing is a small part of one CPU (the waits are
  *    bounded per answer, so with no requests there is nothing to wait after).
@@ -52,7 +54,10 @@ t.test('the default waits on the CPU for the next request, and the loop\'s files
   const after = await channelStats<Channel>(m.mnt);
   const spins = after.spins - before.spins;
   const hits = after.spinHits - before.spinHits;
-  t.ok(spins >= 500, `waits for a next request: ${spins} (at least one per file)`);
+  // Each file is about five answers by this thread (a quiet run counts ~2,600 waits, nearly all hits); while
+  // waits see nothing come (a loaded machine delays the caller), only one chance in SPIN_PROBE (16) waits:
+  // 500 * 5 / 16 = 156, less chances met while a store call was under way. The file runs alone (tap.serial).
+  t.ok(spins >= 100, `waits for a next request: ${spins} (at least the probe's one in 16 chances)`);
   t.ok(hits > 0 && hits <= spins, `waits that saw the next request come: ${hits} of ${spins}`);
 
   await new Promise((r) => setTimeout(r, 500));

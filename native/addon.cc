@@ -8,6 +8,7 @@
 
 #include <memory>
 
+#include "blob-io.h"
 #include "channel.h"
 #include "daemon-files.h"
 #include "fuse-dev.h"
@@ -100,6 +101,49 @@ class SyncfsWorker : public Napi::AsyncWorker {
 // syncfs(dir, done(result)): result 0, or -errno
 Napi::Value Syncfs(const Napi::CallbackInfo& info) {
   (new SyncfsWorker(info[1].As<Napi::Function>(), info[0].As<Napi::String>().Utf8Value()))->Queue();
+  return info.Env().Undefined();
+}
+
+// putFile(spare, path, data, done(result)) on a worker thread (blob-io.h PutFile): result 0 or
+// -errno. data is held (a reference) until done runs; the caller leaves it unchanged meanwhile.
+class PutFileWorker : public Napi::AsyncWorker {
+ public:
+  PutFileWorker(Napi::Function done, std::string spare, std::string path, Napi::Uint8Array data)
+      : Napi::AsyncWorker(done), spare_(std::move(spare)), path_(std::move(path)), data_(data.Data()),
+        len_(data.ByteLength()), ref_(Napi::Persistent(static_cast<Napi::Object>(data))) {}
+  void Execute() override { result_ = kvfs::PutFile(spare_, path_, data_, len_); }
+  void OnOK() override { Callback().Call({Napi::Number::New(Env(), result_)}); }
+
+ private:
+  std::string spare_, path_;
+  const uint8_t* data_;
+  size_t len_;
+  Napi::ObjectReference ref_;
+  int result_ = 0;
+};
+
+Napi::Value PutFile(const Napi::CallbackInfo& info) {
+  (new PutFileWorker(info[3].As<Napi::Function>(), info[0].As<Napi::String>().Utf8Value(),
+                     info[1].As<Napi::String>().Utf8Value(), info[2].As<Napi::Uint8Array>()))->Queue();
+  return info.Env().Undefined();
+}
+
+// retireFile(path, spare, done(result)) on a worker thread (blob-io.h RetireFile): the size the file had, or -errno.
+class RetireFileWorker : public Napi::AsyncWorker {
+ public:
+  RetireFileWorker(Napi::Function done, std::string path, std::string spare)
+      : Napi::AsyncWorker(done), path_(std::move(path)), spare_(std::move(spare)) {}
+  void Execute() override { result_ = kvfs::RetireFile(path_, spare_); }
+  void OnOK() override { Callback().Call({Napi::Number::New(Env(), static_cast<double>(result_))}); }
+
+ private:
+  std::string path_, spare_;
+  int64_t result_ = 0;
+};
+
+Napi::Value RetireFile(const Napi::CallbackInfo& info) {
+  (new RetireFileWorker(info[2].As<Napi::Function>(), info[0].As<Napi::String>().Utf8Value(),
+                        info[1].As<Napi::String>().Utf8Value()))->Queue();
   return info.Env().Undefined();
 }
 
@@ -355,6 +399,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("getXattr", Napi::Function::New(env, GetXattr));
   exports.Set("peerUid", Napi::Function::New(env, PeerUid));
   exports.Set("syncfs", Napi::Function::New(env, Syncfs));
+  exports.Set("putFile", Napi::Function::New(env, PutFile));
+  exports.Set("retireFile", Napi::Function::New(env, RetireFile));
   exports.Set("NativeChannel", ChannelWrap::Define(env));
   exports.Set("recordSize", Num(env, kvfs::kRecordSize));
   exports.Set("inlineBody", Num(env, kvfs::kInlineBody));

@@ -53,7 +53,7 @@ export interface NativeChannelHandle {
   retract(ino: number, idx?: number): void;
 }
 
-interface Addon {
+export interface Addon {
   probeFuseDevice(): number;
   openFuseDevice(): number;
   cloneFuseDevice(fd: number): number;
@@ -79,6 +79,13 @@ interface Addon {
   peerUid(fd: number): number;
   /** syncfs(2) of the filesystem holding the directory dir, off the event loop: done(0) or done(-errno) */
   syncfs(dir: string, done: (result: number) => void): void;
+  /**
+   * the file at path holds exactly data, off the event loop (native/blob-io.h PutFile): spare ('' for none) takes
+   * its place. done(0) or done(-errno); data must not change until done.
+   */
+  putFile(spare: string, path: string, data: Uint8Array, done: (result: number) => void): void;
+  /** removes the file at path, renamed to spare ('' for none: unlinked), off the event loop: done(its size) or done(-errno) */
+  retireFile(path: string, spare: string, done: (result: number) => void): void;
   NativeChannel: new (fds: number[], arena: ArrayBuffer, classSizes: number[], pipeSize: number,
     onWake: () => void) => NativeChannelHandle;
   recordSize: number;

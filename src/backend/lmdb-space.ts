@@ -209,6 +209,12 @@ export class LmdbSpace {
     return undefined;
   }
 
+  /** whether the last figures (a second old at most) leave `bytes` beyond what the gate keeps; false before any */
+  roomy(bytes: number): boolean {
+    const f = this.#figures;
+    return f !== undefined && Date.now() - this.#measuredAt < REMEASURE_MS && growRoom(f) - this.#admitted >= bytes + this.keep;
+  }
+
   /** an admitted write succeeded */
   succeeded(need: number, kind: WriteKind): void {
     if (kind === 'grow') this.#largest = Math.max(this.#largest, need);

@@ -131,7 +131,8 @@ export class LmdbStore implements KvStore {
   private constructor(dir: string, db: RootDatabase<Buffer, string>) {
     this.dir = dir;
     this.#db = db;
-    this.#blobs = new BlobFiles(dir);
+    // spares (blob-files.ts rule 5) only while the disk, as last measured, has room for many times what they hold
+    this.#blobs = new BlobFiles(dir, { spareWhen: () => this.#space.roomy(SPARE_ROOM) });
     this.#blobsInDb = false;
     for (const key of db.getKeys({ start: BLOB_PREFIX, limit: 1 })) this.#blobsInDb = key.startsWith(BLOB_PREFIX);
     this.#space = new LmdbSpace(dir, () => db.getStats() as never);
@@ -534,7 +535,8 @@ export class LmdbStore implements KvStore {
     this.#ready();
     const f = this.#read(() => this.#space.measure());
     // the blob files are the store's too: what it could hold is the disk's free space plus all it holds
-    return { engine: 'lmdb', capacityBytes: capacity(f) + this.#blobs.bytes, freeBytes: available(f, this.#space.keep) };
+    // spares are given back when a write needs their room (#write)
+    return { engine: 'lmdb', capacityBytes: capacity(f) + this.#blobs.bytes + this.#blobs.spareBytes, freeBytes: available(f, this.#space.keep) + this.#blobs.spareBytes };
   }
 
   /** waits for every write already called, makes them durable, and closes; later calls fail with CLOSED */
@@ -781,6 +783,11 @@ export class LmdbStore implements KvStore {
       }
     };
     refusedBy = admit();
+    if (refusedBy && this.#blobs.spareBytes) {
+      // the blob files kept for reuse give their room back
+      await this.#blobs.releaseSpares().catch(() => undefined);
+      refusedBy = admit();
+    }
     if (refusedBy && log && (this.#mem.size || this.#frozen)) {
       // the log's copies take disk until a checkpoint: one may free enough (a failed one leaves the refusal)
       await this.#inTurn(() => this.#checkpointAll().catch(() => undefined));
@@ -828,6 +835,9 @@ const isBlob = (key: string) => key.startsWith(BLOB_PREFIX);
 const RELEASE_EVERY = 4;
 /** LMDB's page size here (what a value touches at least) */
 const PAGE = 4096;
+
+/** spare blob files are kept only while the disk has this much room beyond what the gate keeps */
+const SPARE_ROOM = 4 << 30;
 
 /** blobs of at most this many bytes are kept in LMDB, not as files */
 export const SMALL_BLOB = 16 << 10;

@@ -24,6 +24,7 @@ import {
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
+const GiB = 1024 * MiB;
 const PS = 4096;
 const val = (n: number) => new Uint8Array(n);
 
@@ -118,6 +119,20 @@ t.test('LmdbSpace.admit: no measurement while far from full; every write measure
   for (let i = 0; i < 500; i++) s.space.admit(MiB, 'grow');
   t.ok(s.measured() > after, 'measured again once the admitted writes ate the margin');
   t.ok(s.space.admit(MiB, 'grow'), 'and then refused: the disk is full');
+});
+
+t.test('LmdbSpace.roomy: the last figures leave the bytes beyond what the gate keeps; no figures, no room', async (t) => {
+  const s = fakeStore();
+  s.set({ diskFree: 8 * GiB });
+  t.notOk(s.space.roomy(GiB), 'before any measurement: no');
+  const before = s.measured();
+  s.space.admit(MiB, 'grow');
+  t.ok(s.space.roomy(4 * GiB), 'with 8 GiB free: room for 4 GiB');
+  t.notOk(s.space.roomy(8 * GiB), 'not for 8 GiB (the gate keeps some)');
+  t.equal(s.measured(), before + 1, 'roomy itself measures nothing');
+  s.set({ diskFree: GiB });
+  s.space.measure();
+  t.notOk(s.space.roomy(4 * GiB), 'with 1 GiB free: no room for 4 GiB');
 });
 
 t.test('LmdbSpace: keep grows with the largest write that succeeded', async (t) => {

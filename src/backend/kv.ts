@@ -124,6 +124,14 @@ export interface KvStore {
    * compaction). Without it, callers use sync().
    */
   syncBlobs?(keys: readonly string[]): Promise<void>;
+  /**
+   * Optional: resolves once every write called before it is durable, by a sync of the store's own (it starts one
+   * within a short while when none is due) or a caller's; rejects with the error of a sync that failed meanwhile.
+   * Where every write is durable when it resolves, or the store has no such step, absent. The GC waits for it
+   * before it deletes blobs: a commit that dropped a blob's last reference must outlive a machine crash before the
+   * blob goes, or the crash brings the reference back without the blob.
+   */
+  durable?(): Promise<void>;
   /** what the engine knows about itself and its space */
   info(): Promise<KvEngineInfo>;
   /** releases connections and handles; later calls fail */

@@ -106,10 +106,16 @@ export class LmdbStore implements KvStore {
   #closed = false;
   /** writes since the last fsync, and the timer that fsyncs them within SYNC_INTERVAL_MS */
   #unsynced = false;
+  /** writes called so far (a count), the count the last completed sync covered, and who waits for one (durable) */
+  #writeGen = 0;
+  #durableGen = 0;
+  #durableWaiters: { gen: number; resolve: () => void; reject: (e: unknown) => void }[] = [];
   /** blob bytes written since the last write-behind sync, and that sync while it runs */
   #behindBytes = 0;
   #behind: Promise<void> | undefined;
   #syncTimer: NodeJS.Timeout | undefined;
+  /** when the timer's sync starts (Date.now() time) */
+  #syncDue = 0;
   /** log mode: the log, its lock's descriptor, the writes LMDB does not hold yet (the newest first) */
   #log: WriteLog | undefined;
   #logLock: number | undefined;
@@ -523,11 +529,41 @@ export class LmdbStore implements KvStore {
 
   /** blob files first, then the log (or LMDB): metadata on disk never names a blob that is not (blob-files.ts rule 2) */
   async #syncAll(db: RootDatabase<Buffer, string>): Promise<void> {
-    await this.#blobs.sync();
-    if (this.#log) await this.#log.sync();
-    else await envSync(db);
+    const gen = this.#writeGen;
+    try {
+      await this.#blobs.sync();
+      if (this.#log) await this.#log.sync();
+      else await envSync(db);
+    } catch (e) {
+      for (const w of this.#durableWaiters.splice(0)) w.reject(e);
+      throw e;
+    }
+    this.#durable(gen);
     // a checkpoint that keeps failing: its writes are durable in the log, but the log cannot be trimmed; say so
     if (this.#checkpointError !== undefined) throw this.#checkpointError;
+  }
+
+  /** the writes up to count gen are durable: their waiters go */
+  #durable(gen: number): void {
+    if (gen <= this.#durableGen) return;
+    this.#durableGen = gen;
+    const left = [];
+    for (const w of this.#durableWaiters) {
+      if (w.gen <= gen) w.resolve();
+      else left.push(w);
+    }
+    this.#durableWaiters = left;
+  }
+
+  async durable(): Promise<void> {
+    this.#ready();
+    const gen = this.#writeGen;
+    // direct mode: every write was durable when it resolved (a transaction of its own)
+    if (!this.#log || gen <= this.#durableGen) return;
+    await new Promise<void>((resolve, reject) => {
+      this.#durableWaiters.push({ gen, resolve, reject });
+      this.#scheduleSync(DURABLE_SYNC_MS);
+    });
   }
 
   /** capacity: the disk's free space plus the store's file; free: what writes that grow the store can still take */
@@ -553,10 +589,13 @@ export class LmdbStore implements KvStore {
         await this.#flush(() => this.#checkpointAll());
         await this.#flush(() => this.#blobs.sync());
         this.#log.close();
+        this.#durable(this.#writeGen);
       } else {
         await this.#flush(() => this.#syncAll(db));
       }
     } finally {
+      const closed = new StoreError('CLOSED', `the store in ${this.dir} closed before its writes were made durable`);
+      for (const w of this.#durableWaiters.splice(0)) w.reject(closed);
       if (this.#logLock !== undefined) closeSync(this.#logLock);
       await db.close();
     }
@@ -740,17 +779,26 @@ export class LmdbStore implements KvStore {
     this.#behind = this.#blobs.sync().catch(() => undefined).finally(() => { this.#behind = undefined; });
   }
 
-  /** fsyncs in the background within SYNC_INTERVAL_MS of a write (bounding what a machine crash can take) */
-  #scheduleSync(): void {
-    this.#unsynced = true;
-    if (this.#syncTimer || this.#closed) return;
+  /**
+   * fsyncs in the background within SYNC_INTERVAL_MS of a write (bounding what a machine crash can take), or
+   * sooner (`within`: someone waits for it, durable)
+   */
+  #scheduleSync(within = SYNC_INTERVAL_MS): void {
+    if (within === SYNC_INTERVAL_MS) {
+      this.#unsynced = true;
+      this.#writeGen++;
+    }
+    if (this.#closed || (this.#syncTimer && this.#syncDue <= Date.now() + within)) return;
+    clearTimeout(this.#syncTimer);
+    this.#syncDue = Date.now() + within;
     this.#syncTimer = setTimeout(() => {
       this.#syncTimer = undefined;
       if (!this.#unsynced || this.#closed) return;
       this.#unsynced = false;
       this.#syncAll(this.#db).catch(() => { this.#unsynced = true; });
-    }, SYNC_INTERVAL_MS);
-    this.#syncTimer.unref?.();
+    }, within);
+    // the background sync does not keep the process alive; one that someone waits for does
+    if (within === SYNC_INTERVAL_MS) this.#syncTimer.unref?.();
   }
 
   /**
@@ -859,6 +907,8 @@ const WRITE_BEHIND_BYTES = 64 << 20;
 
 /** how soon after a write the store fsyncs on its own */
 const SYNC_INTERVAL_MS = 1000;
+/** how soon a sync starts when someone waits for one (durable: the GC, before it deletes blobs) */
+const DURABLE_SYNC_MS = 50;
 
 /** fsyncs the data file and marks the newest committed transaction as the one to reopen at after a crash */
 function envSync(db: RootDatabase<Buffer, string>): Promise<void> {

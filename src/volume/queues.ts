@@ -6,8 +6,9 @@
  *
  * Work is bounded per commit (DELETE_BATCH entries). Several drainers at once (mounts of a shared store) are
  * harmless: the commits check what they read, so each page is done once, and only the drainer whose commit
- * removes a queue entry counts it. A blob is deleted only after a commit removed every reference to it; a
- * reader that fetched the old chunk map entry first finds the blob missing and reads the map again.
+ * removes a queue entry counts it. A blob is deleted only after a commit removed every reference to it, and that
+ * commit is durable (KvStore.durable); a reader that fetched the old chunk map entry first finds the blob missing
+ * and reads the map again.
  */
 import type { KvCheck, KvStore, KvWrite } from '../backend/kv.js';
 import { K, decodeChunk, entryBlobs, memberOf } from './schema.js';
@@ -15,6 +16,8 @@ import type { Txn } from './txn.js';
 
 /** How many entries one purge or GC commit deletes at most. */
 export const DELETE_BATCH = 512;
+/** How many pages of the GC queue one wait for durability covers (collectSome). */
+const GC_PAGES = 8;
 
 /** puts a blob on the GC queue in tx, with its length (the volume's byte count gives it back when collected) */
 export function queueGc(tx: Txn, blobId: string, length: number): void {
@@ -91,20 +94,35 @@ export class Queues {
     return page.length > 0;
   }
 
-  /** One page of the GC queue: deletes the blobs, then their queue entries. */
+  /**
+   * Up to GC_PAGES pages of the GC queue: waits once until the commits that queued them are durable (KvStore.durable:
+   * they dropped the references), then per page deletes the blobs, then their queue entries. True when more may
+   * be left.
+   */
   async collectSome(): Promise<boolean> {
-    const page = await this.store.scan(K.gcPrefix, { limit: DELETE_BATCH });
-    if (!page.length) return false;
-    const ids = page.map(([k]) => memberOf(k, K.gcPrefix));
-    await this.store.del(ids.map((id) => K.blob(id)));
-    this.hooks.deleted?.(ids);
-    // Another mount may collect the same page at once: deleting blobs twice is harmless, and only the mount
-    // whose commit removes the queue entries counts their bytes.
-    if (!(await this.store.commit(page.map(([key, value]) => ({ key, value })), page.map(([key]) => ({ key, value: null }))))) {
-      return true;
+    const pages: [string, Uint8Array][][] = [];
+    let after: string | undefined;
+    for (let i = 0; i < GC_PAGES; i++) {
+      const page = await this.store.scan(K.gcPrefix, { limit: DELETE_BATCH, after });
+      if (page.length) pages.push(page);
+      if (page.length < DELETE_BATCH) break;
+      after = page[page.length - 1]![0];
     }
-    const bytes = page.reduce((n, [, v]) => n + (Number(Buffer.from(v).toString()) || 0), 0);
-    this.hooks.collected?.(ids.length, bytes);
-    return page.length === DELETE_BATCH;
+    if (!pages.length) return false;
+    // every entry scanned was written before this call: the wait covers them all
+    await this.store.durable?.();
+    for (const page of pages) {
+      const ids = page.map(([k]) => memberOf(k, K.gcPrefix));
+      await this.store.del(ids.map((id) => K.blob(id)));
+      this.hooks.deleted?.(ids);
+      // Another mount may collect the same page at once: deleting blobs twice is harmless, and only the mount
+      // whose commit removes the queue entries counts their bytes.
+      if (!(await this.store.commit(page.map(([key, value]) => ({ key, value })), page.map(([key]) => ({ key, value: null }))))) {
+        continue;
+      }
+      const bytes = page.reduce((n, [, v]) => n + (Number(Buffer.from(v).toString()) || 0), 0);
+      this.hooks.collected?.(ids.length, bytes);
+    }
+    return pages.length === GC_PAGES && pages[GC_PAGES - 1]!.length === DELETE_BATCH;
   }
 }

@@ -299,3 +299,33 @@ t.test('a full disk is NOSPACE, harms nothing written, and frees up again', { sk
   s = await LmdbStore.open(dir);
   t.equal(dec(await s.get('keep/a')), 'precious', 'the store reopens with its data');
 });
+
+t.test('durable: resolves once a sync of the store\'s own covered every write before it; a failed sync rejects it', async (t) => {
+  const dir = freshDir();
+  const s = await LmdbStore.open(dir);
+  t.teardown(() => s.close().catch(() => undefined));
+  await s.commit([], [{ key: 'k/1', value: enc('one') }]);
+  const t0 = Date.now();
+  await s.durable();
+  t.ok(Date.now() - t0 < 900, `the store synced soon for the waiter (${Date.now() - t0} ms), not at its 1 s interval`);
+  const t1 = Date.now();
+  await s.durable();
+  t.ok(Date.now() - t1 < 20, 'with no write since, the next durable() resolves at once');
+
+  // blob files the sync cannot reach (their directory moved away): the sync fails, and so does the wait
+  await Promise.all(Array.from({ length: 70 }, (_, i) => s.put(`b/d.${i}`, new Uint8Array(64 << 10).fill(i))));
+  const aside = `${dir}-aside`;
+  execFileSync('mv', [join(dir, 'blobs'), aside]);
+  await t.rejects(s.durable(), { code: 'ENOENT' }, 'a wait whose sync failed rejects with its error');
+  execFileSync('mv', [aside, join(dir, 'blobs')]);
+  await s.commit([], [{ key: 'k/2', value: enc('two') }]);
+  await s.durable();
+  t.pass('with the files back, the next wait resolves');
+
+  // a wait pending when the store closes: close makes every write durable, and the wait resolves
+  await s.commit([], [{ key: 'k/3', value: enc('three') }]);
+  const pending = s.durable();
+  await s.close();
+  await pending;
+  t.pass('a wait pending at close resolved with it');
+});

@@ -91,9 +91,11 @@ export class BlobFiles {
   readonly #addon = addonOrNone();
   readonly #spareDir: string;
   readonly #spareWhen: () => boolean;
-  /** spares ready for puts, oldest first, and their bytes */
+  /** spares ready for puts (a put takes the last), and their bytes */
   #spares: Spare[] = [];
   #spareBytes = 0;
+  /** names of this open's spares: a prefix of its own (those found at open keep theirs), and a count */
+  readonly #sparePrefix = `${process.pid}.${Date.now().toString(36)}.`;
   #spareSeq = 0;
   /** paths this process is reading (get, getRange), with how many reads each: never made spares */
   readonly #reading = new Map<string, number>();
@@ -110,6 +112,7 @@ export class BlobFiles {
   async #countExisting(): Promise<void> {
     try {
       for (const name of await readdir(this.#spareDir)) {
+        if (name.startsWith(this.#sparePrefix)) continue; // made since this open: known already
         const path = join(this.#spareDir, name);
         const size = await stat(path).then((s) => s.size, () => -1);
         if (size < 0) continue;
@@ -232,7 +235,7 @@ export class BlobFiles {
       }
     }
     const keep = this.#spareBytes < SPARE_BYTES && !this.#reading.has(path) && this.#spareWhen();
-    const spare = keep ? join(this.#spareDir, String(++this.#spareSeq)) : '';
+    const spare = keep ? join(this.#spareDir, this.#sparePrefix + String(++this.#spareSeq)) : '';
     const r = await new Promise<number>((resolve) => addon.retireFile(path, spare, resolve));
     if (r === -constants.errno.ENOENT) return -1;
     if (r < 0) throw errnoError(-r, `deleting blob file ${path}`);
@@ -255,8 +258,6 @@ export class BlobFiles {
   #addSpare(path: string, size: number): void {
     this.#spares.push({ path, size });
     this.#spareBytes += size;
-    const seq = Number(path.slice(path.lastIndexOf('/') + 1));
-    if (seq > this.#spareSeq) this.#spareSeq = seq;
   }
 
   /** unlinks every spare (the disk is short): the bytes they held */

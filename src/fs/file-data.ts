@@ -182,12 +182,12 @@ function copyChunkPart(out: Buffer, at: number, data: Uint8Array | undefined, st
 }
 
 /**
- * Most chunks one file keeps dirty before a write starts committing them behind it: whole ones (sequential
- * writes commit every 4 MiB of 256 KiB chunks), and all, sparse ones included (random small writes commit in
- * batches of this many slices).
+ * Most chunks one file keeps dirty before a write starts committing them behind it, whole or sparse: sequential
+ * writes commit every 4 MiB of 256 KiB chunks, random small writes in batches of this many slices, while the
+ * writer goes on (an fsync then finds little left to commit: fio's rand-write-4k, an fsync every 64 writes, on
+ * memory: went from 8.7k to 12.2-13.0k IOPS against 64 before; on local: no change within the noise).
  */
 const MAX_DIRTY_CHUNKS = 16;
-const MAX_DIRTY_ANY = 64;
 
 /**
  * A chunk is compacted (written whole, its slices dropped) after the commit that would leave it more slices than
@@ -596,14 +596,8 @@ export class FileData {
     }
     this.mtime = nowTs();
     if (this.cx.budget.spent) await this.flush();
-    else if (this.dirty.size >= MAX_DIRTY_ANY || this.wholeDirty() >= MAX_DIRTY_CHUNKS) this.flushBehind();
+    else if (this.dirty.size >= MAX_DIRTY_CHUNKS) this.flushBehind();
     return data.length;
-  }
-
-  private wholeDirty(): number {
-    let n = 0;
-    for (const b of this.dirty.values()) if (!this.sparse.has(b)) n++;
-    return n;
   }
 
   /**

@@ -192,9 +192,7 @@ export class LmdbSpace {
    * reports success with succeeded(), a failure for space with refused().
    */
   admit(need: number, kind: WriteKind): LmdbFigures | undefined {
-    const cached = this.#figures;
-    if (cached && !this.#refusal && Date.now() - this.#measuredAt < REMEASURE_MS &&
-        growRoom(cached) - this.#admitted >= need + this.keep + FAST_MARGIN) {
+    if (!this.#refusal && this.roomy(need + FAST_MARGIN)) {
       this.#admitted += need;
       return undefined;
     }

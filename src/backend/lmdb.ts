@@ -562,7 +562,7 @@ export class LmdbStore implements KvStore {
     if (!this.#log || gen <= this.#durableGen) return;
     await new Promise<void>((resolve, reject) => {
       this.#durableWaiters.push({ gen, resolve, reject });
-      this.#scheduleSync(DURABLE_SYNC_MS);
+      this.#syncWithin(DURABLE_SYNC_MS, true);
     });
   }
 
@@ -779,26 +779,33 @@ export class LmdbStore implements KvStore {
     this.#behind = this.#blobs.sync().catch(() => undefined).finally(() => { this.#behind = undefined; });
   }
 
+  /** a write was called: it is fsynced in the background within SYNC_INTERVAL_MS (bounding what a machine crash can take) */
+  #scheduleSync(): void {
+    this.#unsynced = true;
+    this.#writeGen++;
+    this.#syncWithin(SYNC_INTERVAL_MS, false);
+  }
+
   /**
-   * fsyncs in the background within SYNC_INTERVAL_MS of a write (bounding what a machine crash can take), or
-   * sooner (`within`: someone waits for it, durable)
+   * the background sync starts within `ms` (sooner than it was due, never later); `waited`: someone waits for it
+   * (durable), and the timer keeps the process alive
    */
-  #scheduleSync(within = SYNC_INTERVAL_MS): void {
-    if (within === SYNC_INTERVAL_MS) {
-      this.#unsynced = true;
-      this.#writeGen++;
+  #syncWithin(ms: number, waited: boolean): void {
+    if (this.#closed) return;
+    if (this.#syncTimer && this.#syncDue <= Date.now() + ms) {
+      // due soon enough already; a background timer someone now waits for keeps the process alive too
+      if (waited) this.#syncTimer.ref();
+      return;
     }
-    if (this.#closed || (this.#syncTimer && this.#syncDue <= Date.now() + within)) return;
     clearTimeout(this.#syncTimer);
-    this.#syncDue = Date.now() + within;
+    this.#syncDue = Date.now() + ms;
     this.#syncTimer = setTimeout(() => {
       this.#syncTimer = undefined;
       if (!this.#unsynced || this.#closed) return;
       this.#unsynced = false;
       this.#syncAll(this.#db).catch(() => { this.#unsynced = true; });
-    }, within);
-    // the background sync does not keep the process alive; one that someone waits for does
-    if (within === SYNC_INTERVAL_MS) this.#syncTimer.unref?.();
+    }, ms);
+    if (!waited) this.#syncTimer.unref?.();
   }
 
   /**

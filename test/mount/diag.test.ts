@@ -7,7 +7,7 @@
  * stale socket left by a kill -9, replaced by the next mount.
  */
 import t from 'tap';
-import { chmodSync, readFileSync, statSync } from 'node:fs';
+import { chmodSync, linkSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { expectExit } from '../helpers/assert.js';
@@ -156,7 +156,7 @@ t.test('requests that are not the protocol get an error each; the mount keeps se
   expectExit(t, await cli(['stats', m.mnt]), 'and answers stats');
 });
 
-t.test('another uid: refused by the runtime directory, and by the daemon itself when the directory is opened', async (t) => {
+t.test('another uid: refused by the runtime directory, and by the daemon itself when the socket is reached another way', async (t) => {
   ensureUser(TEST_USER);
   const r = await runAs(TEST_USER, 'env', ['-u', 'NODE_OPTIONS', process.execPath, join(process.cwd(), 'bin/kvfs.js'), 'stats', m.mnt], { cwd: '/' });
   t.not(r.code, 0, 'kvfs stats as another user fails');
@@ -166,17 +166,24 @@ t.test('another uid: refused by the runtime directory, and by the daemon itself 
   const saved = { dir: statSync(runDir).mode & 0o7777, sock: statSync(sock).mode & 0o7777 };
   t.equal(saved.dir, 0o700, 'the runtime directory is 0700');
   t.equal(saved.sock, 0o600, 'the socket is 0600');
-  chmodSync(runDir, 0o711);
+  // The other user reaches the socket through a hard link in a directory of this test's own (beside the runtime
+  // directory, so on its filesystem): the shared runtime directory is never opened up, since a daemon that other
+  // test files start meanwhile refuses a runtime directory that others can enter.
+  const door = mkdtempSync(join(runDir, '..', 'kvfs-test-door-'));
+  chmodSync(door, 0o711);
+  const link = join(door, 'control.sock');
+  linkSync(sock, link);
   chmodSync(sock, 0o666);
   try {
-    const talk = await runAs(TEST_USER, PYTHON, ['-c', TALK, sock, JSON.stringify(['{"cmd": "stats"}'])], { cwd: '/' });
+    const talk = await runAs(TEST_USER, PYTHON, ['-c', TALK, link, JSON.stringify(['{"cmd": "stats"}'])], { cwd: '/' });
     expectExit(t, talk, 'the other user reaches the socket');
     const out = JSON.parse((JSON.parse(talk.stdout) as string[])[0]!) as { ok: boolean; error: string };
     t.match(out, { ok: false, error: /uid \d+ may not use this mount's control socket/ }, 'the daemon refuses it');
   } finally {
-    chmodSync(runDir, saved.dir);
     chmodSync(sock, saved.sock);
+    rmSync(door, { recursive: true, force: true });
   }
+  t.equal(statSync(runDir).mode & 0o7777, 0o700, 'the runtime directory stayed 0700');
   expectExit(t, await cli(['stats', m.mnt]), 'root still gets stats');
 });
 

@@ -26,7 +26,7 @@ import { fsck } from '../src/volume/fsck.js';
 import { MIN_CAPACITY, MIN_INODES, chunkSizeProblem, configureVolume, formatVolume, readVolume } from '../src/volume/format.js';
 import { errnoName, fuseDeviceProblem, native } from '../src/native.js';
 import {
-  daemonOf, holdersOf, isAlive, isStopped, lockStoreDir, unlockStoreDir, processState, readRecord, removeRecord, writeRecord,
+  daemonOf, holdersOf, isAlive, isStopped, lockStoreDir, ownRuntimeDir, unlockStoreDir, processState, readRecord, removeRecord, writeRecord,
   type DaemonRecord,
 } from './daemons.js';
 import { Lifecycle, STOP_SIGNALS } from './lifecycle.js';
@@ -445,6 +445,13 @@ async function mount(argv: MountArgs): Promise<void> {
   checkMountpoint(mnt, !!argv.nonempty);
   const dev = fuseDeviceProblem();
   if (dev) fail(dev);
+  // the daemon's record and control socket go there: a runtime directory others may enter is refused before
+  // anything is mounted, not found out once the mount is serving
+  try {
+    ownRuntimeDir();
+  } catch (e) {
+    fail((e as Error).message);
+  }
   if (!autoFormat) mustExist(url);
   if (argv.background) return background(mnt, cliArgs.filter((a) => a !== '--background' && a !== '--background=true'), argv.logFile);
   if (argv.logFile) {

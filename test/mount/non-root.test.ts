@@ -23,6 +23,7 @@ import {
 } from '../helpers/mount.js';
 import { code, pyOps } from '../helpers/pyops.js';
 import { atProcessEnd, startWatchdog } from '../helpers/run.js';
+import { runtimeDirOf } from '../../bin/daemons.js';
 
 t.setTimeout(240_000);
 
@@ -192,4 +193,25 @@ t.test('a user who cannot open /dev/fuse is told what to do on Debian 12', { ski
   t.match(r.stderr, /run kvfs mount as root/, 'or to run as root');
   t.notMatch(r.stderr, /fuse group/, 'no fuse group (Debian 12 has none)');
   t.notOk(isMounted(mnt), 'nothing mounted');
+});
+
+t.test('a runtime directory other users can enter: the mount is refused before anything is mounted', { skip: unreadable }, async (t) => {
+  const { dataDir, mnt } = userScene(t);
+  const dir = runtimeDirOf(uid);
+  if (!existsSync(dir)) {
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    chownSync(dir, uid, gid);
+  }
+  const was = statSync(dir).mode & 0o7777;
+  chmodSync(dir, 0o755);
+  let r;
+  try {
+    r = await asUser(['mount', 'memory:', mnt, '--background'], dataDir);
+  } finally {
+    chmodSync(dir, was);
+  }
+  t.equal(r.code, 1, 'refused', { command: describe(r) });
+  t.match(r.stderr, new RegExp(`the runtime directory ${dir} is not a directory that only uid ${uid} can use \\(mode 755`), 'names the directory and its mode');
+  t.notOk(isMounted(mnt), 'nothing mounted');
+  t.ok(await waitGone(mnt), 'no daemon left');
 });

@@ -105,11 +105,15 @@ export class BlobFiles {
     this.#spareDir = join(this.root, SPARE_DIR);
     this.#spareWhen = opts.spareWhen ?? (() => true);
     mkdirSync(this.#spareDir, { recursive: true });
-    void this.#countExisting();
+    this.spareCount = this.#findSpares();
+    void this.spareCount.then(() => this.#countBytes());
   }
 
-  /** adds up the files there at open, and takes up the spares left, off the event loop's critical path */
-  async #countExisting(): Promise<void> {
+  /** resolves once the spares left by earlier opens are taken up (spareBytes counts them from then on) */
+  readonly spareCount: Promise<void>;
+
+  /** takes up the spares earlier opens left (rule 5), off the event loop's critical path */
+  async #findSpares(): Promise<void> {
     try {
       for (const name of await readdir(this.#spareDir)) {
         if (name.startsWith(this.#sparePrefix)) continue; // made since this open: known already
@@ -120,6 +124,10 @@ export class BlobFiles {
         else await rm(path, { force: true });
       }
     } catch { /* no spares */ }
+  }
+
+  /** adds up the blob files there at open (a walk of every file: after the spares, in the background) */
+  async #countBytes(): Promise<void> {
     try {
       for (const ff of await readdir(this.root)) {
         if (ff === SPARE_DIR) continue;

@@ -65,6 +65,11 @@ export interface KvEngineInfo {
   freeBytes?: number;
   /** true when other processes or machines may open the same volume at once (a server-based store) */
   shared?: boolean;
+  /**
+   * bytes on disk the store keeps for reuse and counts as free (LMDB: spare blob files, given back when a write needs
+   * their room), when it keeps any: shown so that a user comparing `du` with the volume sees where the rest went
+   */
+  reusableBytes?: number;
 }
 
 export interface KvStore {

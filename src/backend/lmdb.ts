@@ -572,7 +572,9 @@ export class LmdbStore implements KvStore {
     const f = this.#read(() => this.#space.measure());
     // the blob files are the store's too: what it could hold is the disk's free space plus all it holds
     // spares are given back when a write needs their room (#write)
-    return { engine: 'lmdb', capacityBytes: capacity(f) + this.#blobs.bytes + this.#blobs.spareBytes, freeBytes: available(f, this.#space.keep) + this.#blobs.spareBytes };
+    await this.#blobs.spareCount;
+    const spare = this.#blobs.spareBytes;
+    return { engine: 'lmdb', capacityBytes: capacity(f) + this.#blobs.bytes + spare, freeBytes: available(f, this.#space.keep) + spare, reusableBytes: spare };
   }
 
   /** waits for every write already called, makes them durable, and closes; later calls fail with CLOSED */

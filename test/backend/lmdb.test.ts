@@ -1,5 +1,5 @@
 import { execFileSync, spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statfsSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -121,6 +121,32 @@ t.test('blobs are files beside LMDB: the data file holds only metadata', async (
   await t.rejects(s.commit([], [{ key: 'b/two', value: enc('x') }]), { code: 'INVALID' }, 'a commit naming a blob key is INVALID');
   await t.rejects(s.commit([{ key: 'b/one', value: blob }], []), { code: 'INVALID' }, 'so is a check of one');
   await t.rejects(s.put('b/..', enc('x')), { code: 'INVALID' }, 'a blob id that cannot be a file name is INVALID');
+});
+
+t.test('a deleted blob file kept for reuse (a spare) is in info: counted free, and shown apart', async (t) => {
+  const dir = freshDir();
+  const s = await LmdbStore.open(dir);
+  t.teardown(() => s.close());
+  t.equal((await s.info()).reusableBytes, 0, 'none at first');
+  const blob = new Uint8Array(256 << 10).fill(1);
+  await s.put('b/one', blob);
+  const before = await s.info();
+  await s.del(['b/one']);
+  const after = await s.info();
+  // spares are kept only while the disk has room to spare (4 GiB beyond the gate's keep): test machines do
+  const st = statfsSync(dir);
+  if (st.bavail * st.bsize < 8 * 2 ** 30) {
+    t.equal(after.reusableBytes, 0, 'a small disk keeps no spares');
+    return;
+  }
+  t.equal(after.reusableBytes, blob.length, 'the deleted file is a spare of its length');
+  t.ok(after.freeBytes! - before.freeBytes! > blob.length / 2, `and counted as free (${after.freeBytes! - before.freeBytes!} more bytes)`);
+  await s.close();
+  const again = await LmdbStore.open(dir);
+  t.teardown(() => again.close());
+  t.equal((await again.info()).reusableBytes, blob.length, 'a new open counts it at once (info waits for the spares to be found)');
+  await again.put('b/two', blob);
+  t.equal((await again.info()).reusableBytes, 0, 'the next put took it');
 });
 
 t.test('a sync of many blob files (one syncfs of their filesystem) makes them all durable; a failed sync keeps them to sync', async (t) => {

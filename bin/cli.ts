@@ -709,7 +709,6 @@ async function volumeLines(store: KvStore, url: string): Promise<string[]> {
     `capacity:       ${vol.capacity ?? 'none'}`,
     `inode limit:    ${vol.inodeCapacity ?? 'none'}`,
     ...(info.freeBytes !== undefined ? [`store free:     ${info.freeBytes}`] : []),
-    // (part of store free)
     ...(info.reusableBytes ? [`store spare:    ${info.reusableBytes} (deleted blob files kept for reuse, counted as free)`] : []),
   ];
 }

@@ -94,6 +94,8 @@ export class BlobFiles {
   /** spares ready for puts (a put takes the last), and their bytes */
   #spares: Spare[] = [];
   #spareBytes = 0;
+  /** resolves once the spares left by earlier opens are taken up (spareBytes counts them from then on) */
+  readonly sparesFound: Promise<void>;
   /** names of this open's spares: a prefix of its own (those found at open keep theirs), and a count */
   readonly #sparePrefix = `${process.pid}.${Date.now().toString(36)}.`;
   #spareSeq = 0;
@@ -105,12 +107,9 @@ export class BlobFiles {
     this.#spareDir = join(this.root, SPARE_DIR);
     this.#spareWhen = opts.spareWhen ?? (() => true);
     mkdirSync(this.#spareDir, { recursive: true });
-    this.spareCount = this.#findSpares();
-    void this.spareCount.then(() => this.#countBytes());
+    this.sparesFound = this.#findSpares();
+    void this.sparesFound.then(() => this.#countBytes());
   }
-
-  /** resolves once the spares left by earlier opens are taken up (spareBytes counts them from then on) */
-  readonly spareCount: Promise<void>;
 
   /** takes up the spares earlier opens left (rule 5), off the event loop's critical path */
   async #findSpares(): Promise<void> {

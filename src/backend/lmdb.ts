@@ -572,7 +572,7 @@ export class LmdbStore implements KvStore {
     const f = this.#read(() => this.#space.measure());
     // the blob files are the store's too: what it could hold is the disk's free space plus all it holds
     // spares are given back when a write needs their room (#write)
-    await this.#blobs.spareCount;
+    await this.#blobs.sparesFound;
     const spare = this.#blobs.spareBytes;
     return { engine: 'lmdb', capacityBytes: capacity(f) + this.#blobs.bytes + spare, freeBytes: available(f, this.#space.keep) + spare, reusableBytes: spare };
   }

@@ -340,6 +340,7 @@ interface MountArgs extends StoreArgs {
   debug?: boolean;
   chunkSize?: string;
   cacheMb: number;
+  readSlabsMb: number;
   writeBufferMb: number;
   attrTimeout?: number;
   entryTimeout?: number;
@@ -374,6 +375,7 @@ const MOUNT_OPTIONS = {
   'writeback-cache': { type: 'boolean', describe: 'let the kernel cache writes (native driver)' },
   'chunk-size': { type: 'string', describe: 'chunk size when this mount formats a new volume' },
   'cache-mb': { type: 'number', default: 64, describe: 'MiB of file data cached in memory' },
+  'read-slabs-mb': { type: 'number', default: 256, describe: 'MiB of memory that file data read from a Redis store is read into and reused (the cache\'s data among it); reads beyond it allocate' },
   'write-buffer-mb': { type: 'number', default: 64, describe: 'MiB of write-back buffers before writes commit early' },
   'attr-timeout': { type: 'number', describe: 'seconds the kernel caches attributes (default 1 on a shared store, 3600 on a local or memory one; 0 with --driver libfuse; a directory\'s 1 at most)' },
   'entry-timeout': { type: 'number', describe: 'seconds the kernel caches names (default 1 on a shared store, 3600 on a local or memory one; 1 with --driver libfuse)' },
@@ -419,6 +421,7 @@ async function mount(argv: MountArgs): Promise<void> {
   if (argv.readers !== undefined && !Number.isInteger(argv.readers)) fail(`bad --readers ${argv.readers}: give a whole number`);
   inRange('spin-us', argv.spinUs, 0, 10000);
   inRange('cache-mb', argv.cacheMb, 0, 1 << 20);
+  inRange('read-slabs-mb', argv.readSlabsMb, 32, 1 << 20);
   inRange('write-buffer-mb', argv.writeBufferMb, 1, 1 << 20);
   inRange('attr-timeout', argv.attrTimeout, 0, 86400);
   inRange('entry-timeout', argv.entryTimeout, 0, 86400);
@@ -472,7 +475,7 @@ async function mount(argv: MountArgs): Promise<void> {
     }
   }
   // the store's calls, retries and errors, counted for kvfs stats
-  const counted = countStoreCalls(await openStore(url, storeOptions(argv)));
+  const counted = countStoreCalls(await openStore(url, { ...storeOptions(argv), readSlabBytes: argv.readSlabsMb * 2 ** 20 }));
   const store = counted.store;
   let fs: Filesystem;
   try {
@@ -544,6 +547,8 @@ async function mount(argv: MountArgs): Promise<void> {
         { name: 'blob cache', bytes: f.blobCacheBytes },
         { name: 'write-back buffers', bytes: f.writeBackBytes },
         ...(store.heldBytes === undefined ? [] : [{ name: 'store log (writes not yet in LMDB)', bytes: store.heldBytes }]),
+        // the blob cache's blobs are (mostly) in these slabs: only the rest is counted here
+        ...(store.readBufferBytes === undefined ? [] : [{ name: 'store read slabs beside the blob cache', bytes: Math.max(0, store.readBufferBytes - f.blobCacheBytes) }]),
       ];
     },
   }).catch((e: unknown) => {

@@ -17,7 +17,9 @@
  * Values: a stored value is a copy of what the caller gave. A commit's values are copied when it is called; a
  * put's value must stay unchanged until its promise settles (an engine may write it from the caller's buffer:
  * blobs of 256 KiB are not copied once more on their way to a file). A value an engine returns may be shared
- * with the engine: callers never modify returned bytes.
+ * with the engine: callers never modify returned bytes. It may also be a view into memory the engine reuses once
+ * the value is no longer referenced (slab-store.ts): a caller that uses a part of it (a subarray) keeps the value
+ * itself referenced as long as it does.
  *
  * Atomicity: `commit` applies a batch of writes only if every check still holds (compare-and-swap on whole
  * values, absence included), all or nothing. It is the only multi-key write. Everything else is one key.
@@ -123,6 +125,11 @@ export interface KvStore {
    * overlays, until a checkpoint); undefined for engines that hold none. `kvfs stats` shows it as a part.
    */
   readonly heldBytes?: number;
+  /**
+   * Bytes of memory the engine keeps to read values into and reuses (the Redis blob reader's slabs), values it
+   * returned and callers still hold among them; undefined for engines that keep none. `kvfs stats` shows it.
+   */
+  readonly readBufferBytes?: number;
   /**
    * Optional: makes these blobs (put, and settled) durable on their own, apart from every other write: it waits for
    * no sync under way, and a sync() meanwhile does not wait for it (a blob written to be named by a later commit:

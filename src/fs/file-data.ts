@@ -322,10 +322,18 @@ export class FileData {
     const first = Math.ceil(from / cs);
     const last = Math.min(first + Math.max(2, Math.floor(READ_AHEAD / cs)), Math.ceil(this.size / cs));
     const gen = this.truncations;
+    const idxs: number[] = [];
     for (let idx = first; idx < last; idx++) {
       if (this.dirty.has(idx) || this.flushing.has(idx) || (idx !== first && this.cx.published.has(this.ino, idx))) continue;
-      this.fetchAhead(idx, gen, idx === first).catch(() => undefined);
+      idxs.push(idx);
     }
+    const fetch = () => {
+      for (const idx of idxs) this.fetchAhead(idx, gen, idx === first).catch(() => undefined);
+    };
+    // the chunk map entries the window needs, in one store call rather than one each
+    const unknown = idxs.filter((idx) => !this.entries.has(idx));
+    if (unknown.length > 1) this.loadEntries(unknown).then(fetch, fetch);
+    else fetch();
     this.aheadFrom = first;
     this.aheadTo = last * cs;
   }
@@ -542,6 +550,18 @@ export class FileData {
       this.entries.set(idx, e);
       return e;
     }
+  }
+
+  /** the committed entries of chunks idxs, read in one store call into the entries entry() keeps */
+  private async loadEntries(idxs: readonly number[]): Promise<void> {
+    const changes = this.mapChanges;
+    const raws = await this.cx.store.getMany(idxs.map((idx) => K.chunk(this.ino, idx)));
+    if (changes !== this.mapChanges) return;
+    idxs.forEach((idx, i) => {
+      if (this.entries.has(idx) || (this.truncFrom && idx >= this.truncFrom)) return;
+      const raw = raws[i];
+      this.entries.set(idx, raw ? this.decodeEntry(idx, raw) : null);
+    });
   }
 
   /**

@@ -220,6 +220,43 @@ t.test('real Redis servers', { skip: redisAvailable() }, async (t) => {
     t.equal((await s.keys('b/w')).length, 32, 'every key once the slot is stable again');
   });
 
+  t.test('blob reads on connections of their own: values of every size, absent keys, a killed connection, a moved slot', async (t) => {
+    const name = vol('direct');
+    const s = await open(name);
+    t.teardown(() => s.close());
+    const sizes = [0, 1, 100, 64 << 10, (256 << 10) + 3, 3 << 20];
+    const blobs = sizes.map((n, i) => Buffer.from(Array.from({ length: n }, (_, j) => (j * 31 + i) & 255)));
+    for (let i = 0; i < blobs.length; i++) await s.put(`b/d${i}`, blobs[i]!);
+    const before = s.blobReads!;
+    // all at once: the GETs of one turn of the event loop leave together, and replies span many socket reads
+    const got = await Promise.all([...blobs.keys(), ...blobs.keys()].map((i) => s.get(`b/d${i}`)));
+    got.forEach((v, k) => t.ok(v && Buffer.compare(v, blobs[k % blobs.length]!) === 0, `blob of ${sizes[k % blobs.length]} bytes read back whole`));
+    t.equal(await s.get('b/none'), undefined, 'an absent blob is undefined');
+    t.equal(s.blobReads!.served - before.served, 13, 'every one answered on the reader\'s connections');
+    t.equal(s.blobReads!.handedBack, before.handedBack, 'none handed to ioredis');
+    t.equal(s.blobReads!.connections, 3, 'one connection per master');
+
+    // the server closes the reader's connections: reads go on (the owed GETs through ioredis), then on new ones
+    const masters = await cluster.masters();
+    for (const m of masters) await cluster.cli(m.port, 'CLIENT', 'KILL', 'TYPE', 'normal', 'SKIPME', 'yes');
+    for (let i = 0; i < blobs.length; i++) t.ok(Buffer.compare((await s.get(`b/d${i}`))!, blobs[i]!) === 0, `blob ${i} after the connections were killed`);
+    await new Promise((r) => setTimeout(r, 1_100));
+    const served = s.blobReads!.served;
+    t.ok(Buffer.compare((await s.get('b/d4'))!, blobs[4]!) === 0);
+    t.equal(s.blobReads!.served, served + 1, 'the reader answers again on a new connection');
+
+    // the slot of a blob moves to another master behind ioredis's back: the old master answers MOVED, the read is
+    // handed to ioredis, which follows it
+    const slot = Number(await cluster.cli(masters[0]!.port, 'CLUSTER', 'KEYSLOT', `kvfs:${name}:b/d5`));
+    const from = await cluster.slotOwner(slot);
+    const to = masters.find((m) => m.port !== from)!.port;
+    await cluster.migrateSlots(from, to, [slot]);
+    const handed = s.blobReads!.handedBack;
+    t.ok(Buffer.compare((await s.get('b/d5'))!, blobs[5]!) === 0, 'the moved blob is read whole');
+    t.equal(s.blobReads!.handedBack, handed + 1, 'its first read was handed to ioredis (MOVED)');
+    await cluster.migrateSlots(to, from, [slot]);
+  });
+
   t.test('a retried commit applies once: its transaction id is found', async (t) => {
     const s = await open(vol('txid'));
     t.teardown(() => s.close());
@@ -251,6 +288,7 @@ t.test('real Redis servers', { skip: redisAvailable() }, async (t) => {
       const s = await RedisStore.open(server.url(vol('stall')), { timeoutMs: 4000 });
       t.teardown(() => s.close());
       await s.put('k/x', enc('before'));
+      await s.put('b/x', enc('blob'));
       server.kill('SIGSTOP');
       setTimeout(() => server.kill('SIGCONT'), 1500);
       const t0 = Date.now();
@@ -264,10 +302,14 @@ t.test('real Redis servers', { skip: redisAvailable() }, async (t) => {
         await rejectsStore(t, short.get('k/x'), 'UNAVAILABLE', /did not answer within 1 s/);
         const took = Date.now() - t1;
         t.ok(took < 1500, `failed within the deadline (${took} ms)`);
+        const t2 = Date.now();
+        await rejectsStore(t, short.get('b/x'), 'UNAVAILABLE', /did not answer within 1 s/);
+        t.ok(Date.now() - t2 < 1500, `a blob read (the blob reader's connection) fails within the deadline too (${Date.now() - t2} ms)`);
       } finally {
         server.kill('SIGCONT');
       }
       t.equal(dec(await s.get('k/x')), 'before', 'fine again afterwards');
+      t.equal(dec(await s.get('b/x')), 'blob', 'blobs too');
     });
 
     t.test('a busy server (a long script) is retried, not failed', async (t) => {
@@ -336,6 +378,9 @@ t.test('real Redis servers', { skip: redisAvailable() }, async (t) => {
       const ok = await RedisStore.open(url, { env: { KVFS_REDIS_PASSWORD: secret } });
       await ok.put('k/a', enc('1'));
       t.equal(dec(await ok.get('k/a')), '1', 'the right password works');
+      await ok.put('b/a', enc('blob'));
+      t.equal(dec(await ok.get('b/a')), 'blob');
+      t.same(ok.blobReads && [ok.blobReads.served, ok.blobReads.handedBack], [1, 0], 'the blob reader authenticated itself and read it');
       await ok.close();
     });
   });

@@ -141,7 +141,8 @@ export interface KvStore {
    * within a short while when none is due) or a caller's; rejects with the error of a sync that failed meanwhile.
    * Where every write is durable when it resolves, or the store has no such step, absent. The GC waits for it
    * before it deletes blobs: a commit that dropped a blob's last reference must outlive a machine crash before the
-   * blob goes, or the crash brings the reference back without the blob.
+   * blob goes, or the crash brings the reference back without the blob (Redis: it waits until a replica of every
+   * master holds the writes, against a failover that would do the same).
    */
   durable?(): Promise<void>;
   /** what the engine knows about itself and its space */

@@ -32,7 +32,9 @@
  * earlier write of this client, so a file fsynced before a master dies survives the failover. When a node
  * connection closed since the last sync (a master died), writes made on it may be on no replica, and WAIT on
  * a new connection cannot tell: that sync fails at once (UNAVAILABLE, EIO) rather than claim durability; the
- * next one starts afresh. The master's own persistence (AOF, RDB) is the server's configuration.
+ * next one starts afresh. The master's own persistence (AOF, RDB) is the server's configuration. The GC deletes a
+ * blob only once the commit that dropped its last reference is on a replica too (`durable`, the same wait), so a
+ * failover cannot bring back a reference to a deleted blob.
  *
  * Startup checks (before anything is mounted): the server answers and accepts the credentials; a cluster URL
  * names cluster nodes and a plain URL a plain server; every slot of a cluster is served; every node's
@@ -196,9 +198,10 @@ export class RedisStore implements KvStore {
   #maxmemory = new Map<string, number>();
   /** replicas per master, refreshed at most every 2 s (for sync) */
   #replicas: { at: number; count: Map<string, number> } = { at: 0, count: new Map() };
-  /** counts closed node connections; sync compares it with its value at the last sync */
+  /** counts closed node connections; sync (and durable, on its own) compares it with its value at its last call */
   #connEpoch = 0;
   #syncedEpoch = 0;
+  #durableEpoch = 0;
   readonly retries = { transient: 0, throttled: 0 };
 
   private constructor(client: Client, target: RedisTarget, policy: RetryPolicy, kvrocks: boolean) {
@@ -278,7 +281,7 @@ export class RedisStore implements KvStore {
         });
       });
       await store.#checkNodes(warn);
-      store.#syncedEpoch = store.#connEpoch;
+      store.#syncedEpoch = store.#durableEpoch = store.#connEpoch;
     } catch (e) {
       store.#blobs?.close();
       client.disconnect();
@@ -588,24 +591,53 @@ export class RedisStore implements KvStore {
         throw new StoreError('UNAVAILABLE',
           'a Redis connection was lost (a node failed or restarted) since the last sync: writes made before it may not be on any replica');
       }
-      const masters = this.#masters();
-      if (Date.now() - this.#replicas.at > 2_000) {
-        const count = new Map<string, number>();
-        await Promise.all(masters.map(async (m) => {
-          count.set(this.#nodeName(m), Number(parseInfo(await m.info('replication')).get('connected_slaves') ?? 0));
-        }));
-        this.#replicas = { at: Date.now(), count };
-      }
-      await Promise.all(masters.map(async (m) => {
-        if (!(this.#replicas.count.get(this.#nodeName(m)) ?? 0)) return;
-        const acked = await (m.call('WAIT', 1, Math.min(this.#policy.deadlineMs, 2_000)) as Promise<number>);
-        if (acked < 1) throw new Error(`NOREPLICAS no replica of ${this.#nodeName(m)} acknowledged the writes yet`);
-      }));
+      await this.#waitReplicas();
     });
     if (this.#connEpoch !== epoch) {
       this.#syncedEpoch = this.#connEpoch;
       throw new StoreError('UNAVAILABLE', 'a Redis connection was lost while waiting for replicas: writes may not be on any replica');
     }
+  }
+
+  /**
+   * KvStore.durable, for the GC: every earlier write is on a replica of its master, as sync makes them, so that a
+   * failover never brings back a reference whose blob the GC deleted meanwhile (the commit that dropped it was on
+   * the old master alone). It keeps its own account of lost connections, so it never takes from sync the failure
+   * that an fsync must report; after one it rejects once (the GC waits and tries again). Masters without replicas:
+   * their persistence is the server's configuration, as for sync.
+   */
+  async durable(): Promise<void> {
+    this.#open();
+    const last = this.#durableEpoch;
+    const epoch = this.#connEpoch;
+    const replicated = await this.#retry('waiting for replicas', () => this.#waitReplicas());
+    const now = this.#connEpoch;
+    this.#durableEpoch = now;
+    // Without replicas no failover can lose a write: a lost connection says nothing about durability here.
+    if (replicated && (last !== epoch || now !== epoch)) {
+      throw new StoreError('UNAVAILABLE', 'a Redis connection was lost since the last wait for replicas: earlier writes may not be on any replica');
+    }
+  }
+
+  /**
+   * WAIT on every master that has a replica (the count read again at most every 2 s) until one holds this client's
+   * writes; whether any master has one
+   */
+  async #waitReplicas(): Promise<boolean> {
+    const masters = this.#masters();
+    if (Date.now() - this.#replicas.at > 2_000) {
+      const count = new Map<string, number>();
+      await Promise.all(masters.map(async (m) => {
+        count.set(this.#nodeName(m), Number(parseInfo(await m.info('replication')).get('connected_slaves') ?? 0));
+      }));
+      this.#replicas = { at: Date.now(), count };
+    }
+    const replicated = masters.filter((m) => (this.#replicas.count.get(this.#nodeName(m)) ?? 0) > 0);
+    await Promise.all(replicated.map(async (m) => {
+      const acked = await (m.call('WAIT', 1, Math.min(this.#policy.deadlineMs, 2_000)) as Promise<number>);
+      if (acked < 1) throw new Error(`NOREPLICAS no replica of ${this.#nodeName(m)} acknowledged the writes yet`);
+    }));
+    return replicated.length > 0;
   }
 
   async info(): Promise<KvEngineInfo> {

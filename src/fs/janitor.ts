@@ -10,10 +10,17 @@ import { Queues } from '../volume/queues.js';
 import type { BlobCache } from './blob-cache.js';
 import type { Counters } from './counters.js';
 
+/** a failed run is tried again after this long, twice as long after each failure in a row, up to RETRY_MAX_MS */
+const RETRY_FIRST_MS = 1_000;
+const RETRY_MAX_MS = 30_000;
+
 export class Janitor {
   private running: Promise<void> | undefined;
   private again = false;
   private timer: NodeJS.Timeout | undefined;
+  /** the next run after a failed one, and how many failed in a row */
+  private retry: NodeJS.Timeout | undefined;
+  private failures = 0;
   private closed = false;
   purged = 0;
   collected = 0;
@@ -63,9 +70,17 @@ export class Janitor {
         try {
           await this.queues.drain();
           await this.counters.flush();
+          this.failures = 0;
         } catch (e) {
           this.lastError = e;
-          if (!this.closed) log.warn(`clean-up paused after an error (it resumes on the next change): ${(e as Error).message}`);
+          if (!this.closed) {
+            // tried again on its own (a store back up, a wait for replicas that failed once), sooner on a change
+            const ms = Math.min(RETRY_MAX_MS, RETRY_FIRST_MS * 2 ** this.failures++);
+            log.warn(`clean-up paused after an error (tried again in ${ms / 1000} s, or on the next change): ${(e as Error).message}`);
+            clearTimeout(this.retry);
+            this.retry = setTimeout(() => this.kick(), ms);
+            this.retry.unref?.();
+          }
           break;
         }
       } while (this.again && !this.closed);
@@ -77,6 +92,7 @@ export class Janitor {
   async close(): Promise<void> {
     this.closed = true;
     if (this.timer) clearTimeout(this.timer);
+    clearTimeout(this.retry);
     await this.running;
   }
 

@@ -269,6 +269,53 @@ t.test('real Redis servers', { skip: redisAvailable() }, async (t) => {
     t.equal(await s.commit([{ key: 'k/a', value: undefined }], [{ key: 'k/a', value: enc('1') }], 'tx-B'), false, 'a new id is checked');
   });
 
+  t.test('durable (the GC\'s wait): on a replica of every master; a lost connection is reported to it and to sync apart', async (t) => {
+    const withReplicas = await RedisCluster.start(t, { masters: 3, replicas: 1 });
+    const s = await RedisStore.open(withReplicas.url(vol('durable')), { timeoutMs: 3000 });
+    t.teardown(() => s.close());
+    await s.commit([], [{ key: 'i/1', value: enc('inode') }]);
+    await s.put('b/one', enc('blob'));
+    await s.durable();
+    t.pass('resolves once the replicas hold the writes');
+
+    const nodes = await withReplicas.cli((await withReplicas.masters())[0]!.port, 'CLUSTER', 'NODES');
+    const replicas = nodes.split('\n').filter((l) => / slave /.test(l)).map((l) => Number(/:(\d+)@/.exec(l)![1]));
+    t.equal(replicas.length, 3, 'three replicas');
+    for (const p of replicas) withReplicas.kill(p, 'SIGSTOP');
+    try {
+      await s.commit([], [{ key: 'i/1', value: enc('inode 2') }]);
+      const t0 = Date.now();
+      const err = await s.durable().then(() => undefined, (e: unknown) => e);
+      t.ok(isStoreError(err), `with the replicas stopped it rejects: ${(err as Error | undefined)?.message}`);
+      t.match((err as Error).message, /replica/, 'saying no replica holds the writes');
+      t.ok(Date.now() - t0 < 6000, `within the deadline (${Date.now() - t0} ms)`);
+    } finally {
+      for (const p of replicas) withReplicas.kill(p, 'SIGCONT');
+    }
+    await s.durable();
+    t.pass('and resolves again once they answer');
+
+    // every master drops this client's connections: ioredis reconnects, and the writes before may be on no replica
+    for (const m of await withReplicas.masters()) await withReplicas.cli(m.port, 'CLIENT', 'KILL', 'TYPE', 'normal');
+    await s.put('b/two', enc('blob 2')).catch(() => s.put('b/two', enc('blob 2')));
+    await rejectsStore(t, s.durable(), 'UNAVAILABLE', /connection was lost/);
+    await s.durable();
+    t.pass('durable: once rejected, then fine');
+    await rejectsStore(t, s.sync(), 'UNAVAILABLE', /connection was lost/);
+    await s.sync();
+    t.pass('sync still reports the loss itself (durable did not take it), then is fine');
+
+    // without replicas no failover can lose a write: a lost connection does not make the GC's wait fail
+    const plain = await open(vol('durable-plain'));
+    t.teardown(() => plain.close());
+    await plain.put('b/one', enc('blob'));
+    await plain.durable();
+    for (const m of await cluster.masters()) await cluster.cli(m.port, 'CLIENT', 'KILL', 'TYPE', 'normal', 'SKIPME', 'yes');
+    await plain.put('b/two', enc('blob 2')).catch(() => plain.put('b/two', enc('blob 2')));
+    await plain.durable();
+    t.pass('no replicas: durable resolves after the connections were lost');
+  });
+
   t.test('startup checks on a cluster', async (t) => {
     const lru = await RedisCluster.start(t, { masters: 3, maxmemoryPolicy: 'allkeys-lru' });
     await rejectsStore(t, RedisStore.open(lru.url('v')), 'CONFIG', /maxmemory-policy allkeys-lru: it would evict keys, silently deleting file data.*noeviction/);

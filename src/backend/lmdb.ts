@@ -219,15 +219,22 @@ export class LmdbStore implements KvStore {
     return false;
   }
 
-  /** the value a metadata key (or small blob) holds: the overlays first, then LMDB */
-  #value(key: string): Buffer | undefined {
+  /**
+   * the value a metadata key (or small blob) holds: the overlays first, then LMDB. With `peek`, a value read from
+   * LMDB is its map's memory, valid only until the next read: for a look that ends at once (a comparison, whether
+   * the key exists), which then copies nothing.
+   */
+  #value(key: string, peek = false): Buffer | undefined {
     if (this.#log) {
       const m = this.#mem.values.get(key);
       if (m !== undefined) return m ?? undefined;
       const f = this.#frozen?.values.get(key);
       if (f !== undefined) return f ?? undefined;
     }
-    return this.#db.get(key);
+    if (!peek) return this.#db.get(key);
+    // (lmdb-js's fast buffer reports the value's length but spans its whole shared buffer: a view of the value alone)
+    const v = this.#db.getBinaryFast(key);
+    return v?.subarray(0, v.length);
   }
 
   async get(key: string): Promise<Uint8Array | undefined> {
@@ -281,7 +288,7 @@ export class LmdbStore implements KvStore {
       if (!part.length) continue;
       await this.#write(part.map((key) => ({ key, value: null })), 'free', () => this.#atomic((set) => {
         for (const k of part) {
-          if (this.#value(k) === undefined) continue;
+          if (this.#value(k, true) === undefined) continue;
           set(k, null);
           if (isBlob(k)) inDb.add(k);
         }
@@ -507,7 +514,7 @@ export class LmdbStore implements KvStore {
     return this.#write(ws, kindOf(ws), () =>
       this.#atomic((set) => {
         for (const c of cs) {
-          const cur = this.#value(c.key);
+          const cur = this.#value(c.key, true);
           if (cur === undefined || c.value === undefined ? cur !== c.value : !cur.equals(c.value)) return false;
         }
         for (const w of ws) set(w.key, w.value);
@@ -523,7 +530,7 @@ export class LmdbStore implements KvStore {
 
   async syncBlobs(keys: readonly string[]): Promise<void> {
     this.#ready();
-    const files = keys.filter((k) => isBlob(k) && this.#value(k) === undefined);
+    const files = keys.filter((k) => isBlob(k) && this.#value(k, true) === undefined);
     await this.#flush(() => this.#blobs.syncOnly(files));
   }
 

@@ -14,7 +14,7 @@
 import { createHash } from 'node:crypto';
 import { closeSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, writeFileSync, writeSync, ftruncateSync } from 'node:fs';
 import { join } from 'node:path';
-import { mountOwner, type MountEntry } from '../src/fs/fuse/mount-table.js';
+import { mountOwner, mounts, type MountEntry } from '../src/fs/fuse/mount-table.js';
 import { errnoName, native } from '../src/native.js';
 
 export interface DaemonRecord {
@@ -57,12 +57,49 @@ const recordName = (mountpoint: string) => `mount-${mountHash(mountpoint)}.json`
 /** the name of a mount's control socket (bin/diag.ts) in its owner's runtime directory, beside its record */
 export const socketName = (mountpoint: string) => `mount-${mountHash(mountpoint)}.sock`;
 
-/** writes (atomically, 0600) this daemon's record; returns its path */
+/** writes (atomically, 0600) this daemon's record; returns its path. Records that daemons killed before they
+ * could remove theirs left behind are swept on the way (sweepRecords). */
 export function writeRecord(rec: DaemonRecord): string {
-  const path = join(ownRuntimeDir(), recordName(rec.mountpoint));
+  const dir = ownRuntimeDir();
+  const path = join(dir, recordName(rec.mountpoint));
+  sweepRecords(dir, path);
   writeFileSync(`${path}.tmp`, JSON.stringify(rec) + '\n', { mode: 0o600 });
   renameSync(`${path}.tmp`, path);
   return path;
+}
+
+/**
+ * Removes, from a runtime directory, the records (and control sockets) of daemons that are gone and whose mountpoint
+ * is no longer mounted: a daemon killed with SIGKILL cannot remove its own. A dead daemon's record whose mount is
+ * still in the mount table stays (status reports the dead mount and the daemon's log from it). `keep`: this
+ * daemon's own record.
+ */
+export function sweepRecords(dir: string, keep: string): number {
+  let names: string[];
+  try {
+    names = readdirSync(dir).filter((n) => /^mount-[0-9a-f]+\.json$/.test(n));
+  } catch {
+    return 0;
+  }
+  let mounted: Set<string> | undefined;
+  let swept = 0;
+  for (const name of names) {
+    const path = join(dir, name);
+    if (path === keep) continue;
+    let rec: DaemonRecord;
+    try {
+      rec = JSON.parse(readFileSync(path, 'utf8')) as DaemonRecord;
+    } catch {
+      continue; // being written (renamed into place whole), or not ours to judge
+    }
+    if (typeof rec.pid !== 'number' || isAlive(processState(rec.pid))) continue;
+    mounted ??= new Set(mounts().map((m) => m.mountPoint));
+    if (mounted.has(rec.mountpoint)) continue;
+    rmSync(path, { force: true });
+    rmSync(path.replace(/\.json$/, '.sock'), { force: true });
+    swept++;
+  }
+  return swept;
 }
 
 export function removeRecord(path: string): void {

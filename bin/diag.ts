@@ -151,7 +151,7 @@ interface StatsShape {
     classes: { size: number; count: number; inUse: number; free: number; highWater: number }[] };
   fs?: Record<string, number>;
   memory?: { rss: number; parts: { name: string; bytes: number }[] };
-  store?: { calls: Record<string, number>; errors: Record<string, number>; retries?: Record<string, number> };
+  store?: { calls: Record<string, number>; errors: Record<string, number>; retries?: Record<string, number>; blobReads?: { served: number; handedBack: number } };
 }
 export interface Latency { p50: number; p99: number; max: number }
 
@@ -190,7 +190,8 @@ export function formatStats(s: StatsShape, prev?: StatsShape, dtMs?: number): st
   const st = s.store;
   if (st) {
     const list = (r: Record<string, number> | undefined) => Object.entries(r ?? {}).map(([k, v]) => `${k} ${v}`).join(', ') || 'none';
-    lines.push(`store calls: ${list(st.calls)}; errors: ${list(st.errors)}${st.retries ? `; retries: ${list(st.retries)}` : ''}`);
+    lines.push(`store calls: ${list(st.calls)}; errors: ${list(st.errors)}${st.retries ? `; retries: ${list(st.retries)}` : ''}` +
+      (st.blobReads ? `; blob reads on the reader's connections ${st.blobReads.served}, through ioredis ${st.blobReads.handedBack}` : ''));
   }
   const m = s.memory;
   if (m) lines.push(`memory: RSS ${human(m.rss)} = ${m.parts.map((x) => `${x.name} ${human(x.bytes)}`).join(' + ')}`);

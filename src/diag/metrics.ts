@@ -42,6 +42,7 @@
  *   kvfs_store_calls_total                counter  method          store.calls (KvStore methods)
  *   kvfs_store_errors_total               counter  code            store.errors (StoreError codes)
  *   kvfs_store_retries_total              counter  kind            store.retries (Redis: transient, throttled)
+ *   kvfs_store_blob_reads_total           counter  path            store.blobReads (Redis: direct, ioredis)
  *
  * Beside them, in the same registry, prom-client's default process and Node.js metrics under their standard
  * names (process_resident_memory_bytes, process_cpu_seconds_total, nodejs_eventloop_lag_seconds, ...).
@@ -104,7 +105,7 @@ export interface DaemonStats {
   };
   memory?: { rss: number; parts: { name: string; bytes: number }[] };
   /** the store's calls per method, errors per StoreError code, retries per kind (src/diag/store-calls.ts) */
-  store?: { calls?: Record<string, number>; errors?: Record<string, number>; retries?: Record<string, number> };
+  store?: { calls?: Record<string, number>; errors?: Record<string, number>; retries?: Record<string, number>; blobReads?: { served?: number; handedBack?: number } };
 }
 
 export interface MetricsServer {
@@ -267,6 +268,8 @@ const FAMILIES: readonly Family[] = [
     read: (s) => entries(s.store?.errors).map(([code, n]) => [{ code }, num(n)]) },
   { name: 'kvfs_store_retries_total', type: 'counter', labels: ['kind'], help: 'store calls retried, by kind (Redis)',
     read: (s) => entries(s.store?.retries).map(([kind, n]) => [{ kind }, num(n)]) },
+  { name: 'kvfs_store_blob_reads_total', type: 'counter', labels: ['path'], help: 'Redis blob reads, by the path that answered: the blob reader\'s own connections (direct) or ioredis (what the reader handed back)',
+    read: (s) => (s.store?.blobReads ? [[{ path: 'direct' }, num(s.store.blobReads.served)], [{ path: 'ioredis' }, num(s.store.blobReads.handedBack)]] : []) },
 ];
 
 // ------------------------------------------------------------------ the registry and its scrapes

@@ -2,7 +2,7 @@
  * Counts a store's calls, per method, and their failures, per StoreError code (`kvfs stats`: "store calls,
  * retries and errors per kind"). The store is wrapped, not changed: each method is called on the store itself
  * (engines keep private fields), and a method's wrapper is made once. Retries are the engine's own count where it
- * keeps one (the Redis adapter's `retries`: transient and throttled). Calls under way are counted too (inFlight:
+ * keeps one (the Redis adapter's `retries`: transient and throttled), and so are the Redis blob reader's figures. Calls under way are counted too (inFlight:
  * the native channel waits on the CPU for a next request only when none is, see native-channel.ts spinNow).
  */
 import type { KvStore } from '../backend/kv.js';
@@ -11,6 +11,8 @@ export interface StoreCallStats {
   calls: Record<string, number>;
   errors: Record<string, number>;
   retries?: Record<string, number>;
+  /** blob reads answered on the Redis blob reader's connections, and handed back to ioredis (redis-blobs.ts) */
+  blobReads?: { served: number; handedBack: number };
 }
 
 export function countStoreCalls(store: KvStore): { store: KvStore; stats(): StoreCallStats; inFlight(): number } {
@@ -61,8 +63,11 @@ export function countStoreCalls(store: KvStore): { store: KvStore; stats(): Stor
     /** calls whose promise has not settled yet */
     inFlight: () => inFlight,
     stats: () => {
-      const retries = (store as { retries?: Record<string, number> }).retries;
-      return { calls: Object.fromEntries(calls), errors: Object.fromEntries(errors), ...(retries ? { retries: { ...retries } } : {}) };
+      const { retries, blobReads } = store as { retries?: Record<string, number>; blobReads?: { served: number; handedBack: number } };
+      return {
+        calls: Object.fromEntries(calls), errors: Object.fromEntries(errors), ...(retries ? { retries: { ...retries } } : {}),
+        ...(blobReads ? { blobReads: { served: blobReads.served, handedBack: blobReads.handedBack } } : {}),
+      };
     },
   };
 }

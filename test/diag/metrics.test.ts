@@ -81,6 +81,7 @@ const CONTRACT: Record<string, 'COUNTER' | 'GAUGE' | 'SUMMARY' | 'HISTOGRAM'> = 
   kvfs_store_calls_total: 'COUNTER',
   kvfs_store_errors_total: 'COUNTER',
   kvfs_store_retries_total: 'COUNTER',
+  kvfs_store_blob_reads_total: 'COUNTER',
 };
 
 /** the le of the latency histogram's bounds, 2^0..2^25 us in seconds, as dashboards are written against them */
@@ -132,7 +133,7 @@ function stats(): DaemonStats {
         { name: 'V8 heap', bytes: 41_943_040 }, { name: 'other', bytes: 70_254_592 },
       ],
     },
-    store: { calls: { get: 30_112, commit: 4_420, put: 2_970 }, errors: { UNAVAILABLE: 2 }, retries: { transient: 5, throttled: 1 } },
+    store: { calls: { get: 30_112, commit: 4_420, put: 2_970 }, errors: { UNAVAILABLE: 2 }, retries: { transient: 5, throttled: 1 }, blobReads: { served: 9_001, handedBack: 3 } },
   };
 }
 
@@ -257,6 +258,8 @@ t.test('every family of the contract, with its type and the values of the stats'
     ['kvfs_store_retries_total', 'kind', st.retries]] as const) {
     t.same(ofFamily(ss, family).map((x) => [x.labels[label], x.value]).sort(), Object.entries(from!).sort(), `${family}: one series per ${label}, exact`);
   }
+  t.same(ofFamily(ss, 'kvfs_store_blob_reads_total').map((x) => [x.labels.path, x.value]).sort(), [['direct', 9_001], ['ioredis', 3]],
+    'Redis blob reads by the path that answered');
 });
 
 t.test('each scrape follows the stats: counters go up, a vanished opcode is gone', async (t) => {

@@ -22,6 +22,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { expectExit } from '../helpers/assert.js';
 import { opsWithin, startLoad, stopFile, verifyDir, type LoadOp, type LoadSummary } from '../helpers/io-load.js';
+import { daemonStats } from '../../bin/diag.js';
 import { bash, kvfs, mountKvfs, run, tempDir } from '../helpers/mount.js';
 import { prngU32 } from '../helpers/prng.js';
 import { pySession } from '../helpers/py-session.js';
@@ -116,6 +117,12 @@ t.test('cp -r of a tree: identical through the mount, blobs on every master, met
   const meta = await keysPerMaster(cluster, `kvfs:{${volume}}*`);
   t.ok((meta.get(metaOwner) ?? 0) > 300, `the metadata is on the owner of slot ${metaSlot}, ${metaOwner} (${meta.get(metaOwner)} keys)`);
   for (const [port, n] of meta) if (port !== metaOwner) t.equal(n, 0, `no metadata on master ${port}`);
+
+  // read back cold: the blobs come through the blob reader's own connections (redis-blobs.ts), as kvfs stats says
+  expectExit(t, await bash('echo 3 > /proc/sys/vm/drop_caches'), 'drop the kernel caches');
+  expectExit(t, await run('diff', ['-r', join(tree.root, 'big'), `${m.mnt}/tree/big`], { timeout: 120_000 }), 'the big files read back cold');
+  const reads = ((await daemonStats(m.mnt)) as { store?: { blobReads?: { served: number; handedBack: number } } }).store?.blobReads;
+  t.ok(reads && reads.served > 0, `blob reads on the reader's connections: ${reads?.served}, through ioredis: ${reads?.handedBack}`);
   t.equal((await m.unmount()).code, 0, 'clean unmount');
 });
 

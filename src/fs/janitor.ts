@@ -70,6 +70,7 @@ export class Janitor {
         try {
           await this.queues.drain();
           await this.counters.flush();
+          if (this.failures) log.info(`clean-up resumed after ${this.failures} failed run(s)`);
           this.failures = 0;
         } catch (e) {
           this.lastError = e;

@@ -5,13 +5,14 @@
  * 64 KiB Buffer each) and the reply decoder's concatenation of them. On a sequential read that is hundreds of MB/s
  * of short-lived external memory, and V8 starts a full mark-compact every 64 MiB of it (measured: one every 35 ms,
  * 19% of the daemon's CPU, with the socket writes of one GET each another 14%). Here the socket reads into one
- * buffer per connection that lives as long as it (net's `onread`), a reply's bytes are copied once into a buffer of
- * exactly their size, and the GETs issued in one turn of the event loop leave in one write.
+ * buffer per connection that lives as long as it (net's `onread`), a reply's bytes are copied once into memory the
+ * store hands out (`alloc`: its reused slabs, slab-store.ts), and the GETs issued in one turn of the event loop
+ * leave in one write.
  *
  * Rules:
  *  1. Only GET of blob keys, on plain TCP (a TLS store reads through ioredis). The master a key lives on is the one
  *     ioredis's slot table names now (a plain server: its one address).
- *  2. Every outcome that is not a value or a nil is handed back as a miss (`undefined` from `tryGet` becomes a call
+ *  2. Every outcome that is not a value or a nil is handed back as a miss (MISS from `tryGet`: the caller reads
  *     through ioredis): an error reply (MOVED, ASK, TRYAGAIN, LOADING, ...), a connection that fails, closes, or
  *     takes longer than STALL_MS with a reply owed, no slot table yet, a closed reader. ioredis then follows
  *     redirections, refreshes its slot table and applies the retry layer's deadline (redis-retry.ts), so the

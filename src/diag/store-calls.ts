@@ -2,8 +2,9 @@
  * Counts a store's calls, per method, and their failures, per StoreError code (`kvfs stats`: "store calls,
  * retries and errors per kind"). The store is wrapped, not changed: each method is called on the store itself
  * (engines keep private fields), and a method's wrapper is made once. Retries are the engine's own count where it
- * keeps one (the Redis adapter's `retries`: transient and throttled), and so are the Redis blob reader's figures. Calls under way are counted too (inFlight:
- * the native channel waits on the CPU for a next request only when none is, see native-channel.ts spinNow).
+ * keeps one (the Redis adapter's `retries`: transient and throttled), and so are the Redis blob reader's figures.
+ * Calls under way are counted too (inFlight: the native channel waits on the CPU for a next request only when none
+ * is, see native-channel.ts spinNow).
  */
 import type { KvStore } from '../backend/kv.js';
 

@@ -146,7 +146,8 @@ export function human(n: number): string {
 
 interface StatsShape {
   session?: { requests: number; inFlight: number; errors: number; byOp: Record<string, number>; latency?: Record<string, Latency> };
-  channel?: { fastReads?: number; fastGetattrs?: number; earlyWrites?: number; spins?: number; spinHits?: number };
+  channel?: { fastReads?: number; fileReads?: number; splicedReads?: number; fastGetattrs?: number; earlyWrites?: number;
+    spins?: number; spinHits?: number };
   pool?: { capacityBytes: number; inUseBytes: number; highWaterBytes: number; waiters: number; totalWaits: number;
     classes: { size: number; count: number; inUse: number; free: number; highWater: number }[] };
   fs?: Record<string, number>;
@@ -162,7 +163,8 @@ export function formatStats(s: StatsShape, prev?: StatsShape, dtMs?: number): st
   const rate = (op: string) => (prev && dtMs ? ((byOp[op]! - (prev.session?.byOp[op] ?? 0)) * 1000) / dtMs : undefined);
   const us = (v: number | undefined) => (v === undefined ? '-' : v >= 1000 ? `${(v / 1000).toFixed(1)}ms` : `${Math.round(v)}us`);
   lines.push(`requests ${s.session?.requests ?? 0}, in flight ${s.session?.inFlight ?? 0}, errors ${s.session?.errors ?? 0}; ` +
-    `answered by reader threads: ${s.channel?.fastReads ?? 0} READs (from blob files too), ` +
+    `answered by reader threads: ${s.channel?.fastReads ?? 0} READs ` +
+    `(${s.channel?.fileReads ?? 0} from blob files, ${s.channel?.splicedReads ?? 0} of them spliced), ` +
     `${s.channel?.fastGetattrs ?? 0} GETATTRs, ${s.channel?.earlyWrites ?? 0} WRITEs before they were applied; ` +
     `waits for a next request on the CPU: ${s.channel?.spins ?? 0}, which saw one come: ${s.channel?.spinHits ?? 0}`);
   lines.push('opcode          count      ops/s     p50      p99      max');

@@ -168,6 +168,7 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap> {
                         InstanceMethod("stats", &ChannelWrap::Stats),
                         InstanceMethod("enableFastReads", &ChannelWrap::EnableFastReads),
                         InstanceMethod("enableEarlyWrites", &ChannelWrap::EnableEarlyWrites),
+                        InstanceMethod("enableSpliceReads", &ChannelWrap::EnableSpliceReads),
                         InstanceMethod("endWrite", &ChannelWrap::EndWrite),
                         InstanceMethod("publish", &ChannelWrap::Publish),
                         InstanceMethod("publishFile", &ChannelWrap::PublishFile),
@@ -275,6 +276,11 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap> {
     return info.Env().Undefined();
   }
 
+  Napi::Value EnableSpliceReads(const Napi::CallbackInfo& info) {
+    channel_->EnableSpliceReads(info[0].ToBoolean().Value());
+    return info.Env().Undefined();
+  }
+
   // endWrite(ino): JS applied an early write of ino (read-index.h EndWrite)
   Napi::Value EndWrite(const Napi::CallbackInfo& info) {
     channel_->read_index().EndWrite(static_cast<uint64_t>(info[0].As<Napi::Number>().Int64Value()));
@@ -373,6 +379,7 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap> {
     o.Set("fastFlushes", Num(info.Env(), static_cast<double>(r.flushes)));
     o.Set("fileReads", Num(info.Env(), static_cast<double>(r.file_reads)));
     o.Set("fileReadMisses", Num(info.Env(), static_cast<double>(r.file_misses)));
+    o.Set("splicedReads", Num(info.Env(), static_cast<double>(channel_->SplicedReads())));
     o.Set("publishedAttrs", Num(info.Env(), static_cast<double>(r.attrs)));
     o.Set("fastGetattrs", Num(info.Env(), static_cast<double>(r.attr_served)));
     o.Set("earlyWrites", Num(info.Env(), static_cast<double>(r.early_writes)));

@@ -3,6 +3,7 @@
 #include <cerrno>
 #include <cstring>
 #include <fcntl.h>
+#include <sys/ioctl.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -39,7 +40,10 @@ ssize_t ReadFull(int fd, uint8_t* dst, size_t n) {
 class Reader {
  public:
   Reader(Channel* ch, uint32_t index, int fd, int pipe_r, int pipe_w)
-      : ch_(ch), index_(index), fd_(fd), pipe_r_(pipe_r), pipe_w_(pipe_w) {}
+      : ch_(ch), index_(index), fd_(fd), pipe_r_(pipe_r), pipe_w_(pipe_w) {
+    int cap = fcntl(pipe_w_, F_GETPIPE_SZ);
+    pipe_cap_ = cap > 0 ? static_cast<size_t>(cap) : 0;
+  }
 
   void Run() {
     for (;;) {
@@ -166,11 +170,27 @@ class Reader {
     memcpy(&offset, b + 56 + 8, 8);  // fuse_read_in: fh, offset, size, ...
     memcpy(&size, b + 56 + 16, 4);
     int64_t marked;
+    ReadIndex::Piece piece;
     int n = ch_->read_index_.Serve(index_, nodeid, unique, offset, size, reply_header_, iov_, kMaxIov,
-                                   file_buf_.data(), file_buf_.size(), &marked);
+                                   file_buf_.data(), file_buf_.size(), &marked, &piece);
     if (n == 0) return false;
+    if (piece.fd >= 0) {
+      bool sent = SpliceReply(piece, n);
+      // could not splice it: the piece is read here, and written as the rest are
+      bool read = sent || PreadWhole(piece.fd, static_cast<uint8_t*>(iov_[1].iov_base), piece.len, piece.off);
+      close(piece.fd);
+      if (!read) {
+        // the file could not be read: JavaScript answers
+        ch_->read_index_.PieceFailed(index_);
+        return false;
+      }
+      if (sent) {
+        n = 0;
+        ch_->spliced_reads_.fetch_add(1, std::memory_order_relaxed);
+      }
+    }
     // Errors other than an interrupted request (ENODEV at unmount) show at the next splice.
-    ch_->Reply(index_, iov_, n);
+    if (n) ch_->Reply(index_, iov_, n);
     ch_->read_index_.Done(index_);
     if (marked >= 0) {
       // A sequential reader reached a marked chunk: tell JS (a hint record, no reply wanted).
@@ -186,6 +206,53 @@ class Reader {
       PutU32(h + 52, kInline);
       memcpy(h + 56, &marked, 8);
       ch_->Push(hint);
+    }
+    return true;
+  }
+
+  // The reply of a READ whose data is one piece of a published file (ReadIndex::Serve): the header into this
+  // reader's pipe, the file's pages after it with splice (references to the page cache, no copy), any zeros after
+  // them, then the whole reply from the pipe into the device with splice, where the kernel copies the pages once
+  // into the reader's pages. The pread into a scratch buffer that writev then copies again is saved: one copy of
+  // the data instead of two. False, with the pipe emptied, when any step fails or the reply might not fit the
+  // pipe, or the piece is small (kSpliceMin; the caller then reads the piece and writes the reply as usual); an
+  // interrupted request (ENOENT) counts as sent.
+  bool SpliceReply(const ReadIndex::Piece& piece, int n) {
+    size_t zeros = n == 3 ? iov_[2].iov_len : 0;
+    size_t total = 16 + piece.len + zeros;
+    // pipe slots: the header's, the file's pages, the zeros' pages, and one spare
+    size_t slots = 1 + (piece.off % 4096 + piece.len + 4095) / 4096 + (zeros + 4095) / 4096 + 1;
+    if (!ch_->splice_reads_ || piece.len < kSpliceMin || slots * 4096 > pipe_cap_ || total > UINT32_MAX) return false;
+    bool ok = write(pipe_w_, iov_[0].iov_base, 16) == 16;
+    loff_t off = static_cast<loff_t>(piece.off);
+    for (size_t left = piece.len; ok && left > 0;) {
+      ssize_t r = splice(piece.fd, &off, pipe_w_, nullptr, left, SPLICE_F_NONBLOCK);
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) ok = false;
+      else left -= static_cast<size_t>(r);
+    }
+    if (ok && zeros) ok = write(pipe_w_, iov_[2].iov_base, zeros) == static_cast<ssize_t>(zeros);
+    if (ok) {
+      for (;;) {
+        ssize_t r = splice(pipe_r_, nullptr, fd_, nullptr, total, 0);
+        if (r < 0 && errno == EINTR) continue;
+        ok = r == static_cast<ssize_t>(total) || (r < 0 && errno == ENOENT);
+        break;
+      }
+    }
+    // (a whole reply spliced into the device leaves the pipe empty)
+    int left = 0;
+    if (!ok && ioctl(pipe_r_, FIONREAD, &left) == 0 && left > 0) Drain(static_cast<size_t>(left));
+    return ok;
+  }
+
+  static bool PreadWhole(int fd, uint8_t* out, uint64_t len, uint64_t off) {
+    uint64_t got = 0;
+    while (got < len) {
+      ssize_t r = pread(fd, out + got, len - got, static_cast<off_t>(off + got));
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) return false;
+      got += static_cast<uint64_t>(r);
     }
     return true;
   }
@@ -231,6 +298,9 @@ class Reader {
   }
 
   static constexpr int kMaxIov = 1024;
+  // a piece smaller than this is read and written (pread + writev): for a few pages the splices' extra calls
+  // cost more than the copy they save
+  static constexpr uint64_t kSpliceMin = 32 << 10;
   static constexpr uint32_t kFuseRead = 15;
   static constexpr uint32_t kFuseFlush = 25;
   static constexpr uint32_t kFuseGetattr = 3;
@@ -249,6 +319,8 @@ class Reader {
   int fd_;
   int pipe_r_;
   int pipe_w_;
+  // the pipe's size in bytes (F_GETPIPE_SZ): a spliced reply must fit it whole (SpliceReply)
+  size_t pipe_cap_ = 0;
 };
 
 Channel::Channel(std::vector<int> fds, uint8_t* arena, size_t arena_len, std::vector<uint32_t> class_sizes,

@@ -104,10 +104,13 @@ class Channel {
   // Asks readers to stop (they end at the next request or at unmount) and joins them.
   void Stop();
   ChannelStats Stats();
+  uint64_t SplicedReads() const { return spliced_reads_.load(std::memory_order_relaxed); }
   // The published file data readers answer READ requests from (read-index.h). Off until EnableFastReads.
   ReadIndex& read_index() { return read_index_; }
   void EnableFastReads(bool on) { fast_reads_.store(on); }
   void EnableEarlyWrites(bool on) { early_writes_.store(on); }
+  // READs answered from one published file get a spliced reply (Reader::SpliceReply); on by default
+  void EnableSpliceReads(bool on) { splice_reads_.store(on); }
   size_t max_body() const { return max_body_; }
 
  private:
@@ -143,6 +146,9 @@ class Channel {
   ReadIndex read_index_;
   std::atomic<bool> fast_reads_{false};
   std::atomic<bool> early_writes_{false};
+  // READs answered with a spliced reply (Reader::SpliceReply)
+  std::atomic<uint64_t> spliced_reads_{0};
+  std::atomic<bool> splice_reads_{true};
 };
 
 }  // namespace kvfs

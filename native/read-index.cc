@@ -97,8 +97,9 @@ void ReadIndex::Retract(uint64_t ino, int64_t idx) {
 
 int ReadIndex::Serve(uint32_t reader, uint64_t ino, uint64_t unique, uint64_t offset, uint32_t size,
                      uint8_t* header, struct iovec* iov, int max_iov, uint8_t* scratch, size_t scratch_len,
-                     int64_t* marked) {
+                     int64_t* marked, Piece* piece) {
   *marked = -1;
+  if (piece) piece->fd = -1;
   if (reader >= busy_.size() || max_iov < 2) return 0;
   std::unique_lock<std::mutex> lock(mu_);
   auto it = files_.find(ino);
@@ -174,6 +175,17 @@ int ReadIndex::Serve(uint32_t reader, uint64_t ino, uint64_t unique, uint64_t of
   // its path): other readers and JavaScript's publishes go on meanwhile.
   lock.unlock();
   bool ok = true;
+  if (piece && np == 1 && iov[1].iov_base == pieces[0].out && (n == 2 || (n == 3 && iov[2].iov_base == zeros))) {
+    piece->fd = open(pieces[0].path->c_str(), O_RDONLY | O_CLOEXEC);
+    if (piece->fd >= 0) {
+      piece->off = pieces[0].off;
+      piece->len = pieces[0].len;
+      std::lock_guard<std::mutex> again(mu_);
+      file_reads_++;
+      return n;
+    }
+    ok = false;
+  }
   for (int i = 0; i < np && ok; i++) ok = ReadWhole(*pieces[i].path, pieces[i].off, pieces[i].out, pieces[i].len);
   if (ok) {
     std::lock_guard<std::mutex> again(mu_);
@@ -189,6 +201,15 @@ int ReadIndex::Serve(uint32_t reader, uint64_t ino, uint64_t unique, uint64_t of
 }
 
 void ReadIndex::Done(uint32_t reader) { busy_[reader]->unlock(); }
+
+void ReadIndex::PieceFailed(uint32_t reader) {
+  busy_[reader]->unlock();
+  std::lock_guard<std::mutex> lock(mu_);
+  served_--;
+  file_reads_--;
+  missed_++;
+  file_misses_++;
+}
 
 void ReadIndex::PublishAttr(uint64_t ino, const uint8_t* body) {
   {

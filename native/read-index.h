@@ -75,9 +75,21 @@ class ReadIndex {
   // entries, holding `reader`'s busy lock (call Done after the writev), or 0 when the data is not all published
   // or a file could not be read (nothing is held). *marked is set to the index of a marked chunk the reply
   // uses (its mark is cleared), or -1.
+  //
+  // With `piece` (splice replies): when the reply's data is one piece of one published file, possibly followed by
+  // zeros, that piece is not read: its file is opened (piece->fd, to close) and described in *piece, and iov[1]
+  // (scratch) is where the caller reads it itself if it cannot splice it. Otherwise piece->fd is -1.
+  struct Piece {
+    int fd = -1;
+    uint64_t off = 0;
+    uint64_t len = 0;
+  };
   int Serve(uint32_t reader, uint64_t ino, uint64_t unique, uint64_t offset, uint32_t size, uint8_t* header,
-            struct iovec* iov, int max_iov, uint8_t* scratch, size_t scratch_len, int64_t* marked);
+            struct iovec* iov, int max_iov, uint8_t* scratch, size_t scratch_len, int64_t* marked,
+            Piece* piece = nullptr);
   void Done(uint32_t reader);
+  // Done, for a reply whose piece (Serve's `piece`) could not be read after all: counted as a miss, not served.
+  void PieceFailed(uint32_t reader);
 
   // the size of a fuse_attr_out (the GETATTR reply's body after its 16-byte header)
   static constexpr uint32_t kAttrOutSize = 104;

@@ -29,6 +29,7 @@ export interface NativeChannelHandle {
     fastFlushes: number;
     fileReads: number;
     fileReadMisses: number;
+    splicedReads: number;
     publishedAttrs: number;
     fastGetattrs: number;
     earlyWrites: number;
@@ -37,6 +38,8 @@ export interface NativeChannelHandle {
   enableFastReads(on: boolean): void;
   /** readers answer WRITEs as soon as they are queued (native/channel.h, early writes) */
   enableEarlyWrites(on: boolean): void;
+  /** readers splice the replies of READs they answer from one published file (on by default) */
+  enableSpliceReads(on: boolean): void;
   /** an early write of ino was applied (each answered WRITE's record, once) */
   endWrite(ino: number): void;
   /** chunk idx of ino holds data (null: a hole), the file is size bytes; mark: report its first use; 0 or -EINVAL */

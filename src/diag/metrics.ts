@@ -11,8 +11,8 @@
  *   kvfs_requests_total                   counter   op             session.byOp: requests JavaScript took, by opcode
  *   kvfs_request_errors_total             counter                  session.errors
  *   kvfs_requests_in_flight               gauge                    session.inFlight
- *   kvfs_fast_reads_total                 counter                  channel.fastReads + channel.fileReads: READs the
- *                                                                  reader threads answered without JavaScript
+ *   kvfs_fast_reads_total                 counter                  channel.fastReads: READs the reader threads
+ *                                                                  answered without JavaScript (from blob files too)
  *   kvfs_request_duration_seconds         histogram op, le          session.latency[op]: _bucket{op,le} from .buckets
  *                                                                  (le "0.000001", "0.000002", ... "33.554432": the
  *                                                                  bounds 2^0..2^25 us in seconds) and le "+Inf" from
@@ -205,10 +205,6 @@ const seconds = (us: unknown): number | undefined => {
 const entries = (o: unknown): [string, unknown][] => (typeof o === 'object' && o !== null && !Array.isArray(o) ? Object.entries(o) : []);
 /** the object elements of an array, or none */
 const items = <T>(a: T[] | undefined): Partial<T>[] => (Array.isArray(a) ? a.filter((x) => typeof x === 'object' && x !== null) : []);
-const sumOf = (...vs: unknown[]): number | undefined => {
-  const present = vs.map(num).filter((v) => v !== undefined);
-  return present.length ? present.reduce((a, b) => a + b, 0) : undefined;
-};
 
 const FAMILIES: readonly Family[] = [
   { name: 'kvfs_requests_total', type: 'counter', labels: ['op'], help: 'FUSE requests JavaScript took, by opcode',
@@ -218,7 +214,7 @@ const FAMILIES: readonly Family[] = [
   { name: 'kvfs_requests_in_flight', type: 'gauge', help: 'FUSE requests taken and not yet answered',
     read: (s) => num(s.session?.inFlight) },
   { name: 'kvfs_fast_reads_total', type: 'counter', help: 'READs the reader threads answered without JavaScript',
-    read: (s) => sumOf(s.channel?.fastReads, s.channel?.fileReads) },
+    read: (s) => num(s.channel?.fastReads) },
   { name: 'kvfs_request_latency_seconds_max', type: 'gauge', labels: ['op'], help: 'the longest FUSE request so far, by opcode',
     read: (s) => entries(s.session?.latency).map(([op, l]) => [{ op }, seconds((l as { max?: unknown })?.max)]) },
   { name: 'kvfs_buffer_pool_capacity_bytes', type: 'gauge', help: 'bytes the buffer pool holds',

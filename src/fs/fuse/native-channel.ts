@@ -57,6 +57,8 @@ export interface ChannelStats {
   /** READs answered by reading published blob files, and those whose file could not be read (sent to JS) */
   fileReads: number;
   fileReadMisses: number;
+  /** of fileReads, those answered with a spliced reply (the file's pages into the device, one copy) */
+  splicedReads: number;
   /** directories whose GETATTR the reader threads answer, and GETATTRs they answered */
   publishedAttrs: number;
   fastGetattrs: number;
@@ -154,6 +156,15 @@ export class NativeChannel implements ReadIndex {
    */
   enableEarlyWrites(on: boolean): void {
     this.ch.enableEarlyWrites(on);
+  }
+
+  /**
+   * Spliced replies (native/channel.cc SpliceReply): a READ the readers answer from one published blob file goes
+   * from the file's pages into the device in one copy, not read into a buffer and written from it (two). On by
+   * default; off to compare.
+   */
+  enableSpliceReads(on: boolean): void {
+    this.ch.enableSpliceReads(on);
   }
 
   /** an answered WRITE of ino was applied: the readers may serve the file again once none is pending */

@@ -167,6 +167,8 @@ export async function mountNative(fs: Filesystem, mnt: string, opts: NativeMount
     channel.enableFastReads(true);
   }
   if (opts.earlyWrites ?? process.env.KVFS_EARLY_WRITES !== '0') channel.enableEarlyWrites(true);
+  // (off with KVFS_SPLICE_READS=0: the readers then read a file's bytes into a buffer and write the reply from it)
+  channel.enableSpliceReads(process.env.KVFS_SPLICE_READS !== '0');
   try {
     channel.start();
   } catch (e) {

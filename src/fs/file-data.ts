@@ -369,7 +369,8 @@ export class FileData {
     const e = this.entries.get(idx);
     if (e === undefined) return false;
     const data = e === null ? undefined : this.cx.blobs.peek(entryKey(e));
-    if (e !== null && !data) return false;
+    // (a cached blob shorter than its entry says is a damaged one: the store read tells, whole())
+    if (e !== null && (!data || data.length < e.length)) return false;
     copyChunkPart(out, at, data, from, to - from);
     this.publish(idx, this.truncations, e ? entryKey(e) : null, data);
     return true;
@@ -500,13 +501,15 @@ export class FileData {
    */
   private async compose(e: ChunkEntry, cached = true): Promise<Uint8Array | undefined> {
     const slices = e.slices;
-    if (!slices?.length) return this.cx.blobs.get(e.blobId);
+    if (!slices?.length) return this.whole(await this.cx.blobs.get(e.blobId), e.length, e.blobId);
     // (the key is the entry's whole text: a compaction, whose entry is about to go, neither looks nor keeps)
     const key = cached ? entryKey(e) : undefined;
     const hit = key === undefined ? undefined : this.cx.blobs.peek(key);
     if (hit) return hit;
     const parts = await Promise.all([e.blobId ? this.cx.blobs.get(e.blobId) : undefined, ...slices.map((x) => this.cx.blobs.getPart(x.blobId))]);
     if ((e.blobId && !parts[0]) || parts.some((b, i) => i > 0 && !b)) return undefined;
+    if (e.blobId) this.whole(parts[0], e.length, e.blobId);
+    slices.forEach((x, i) => this.whole(parts[i + 1], x.len, x.blobId));
     const out = Buffer.allocUnsafe(entryExtent(e));
     copyChunkPart(out, 0, parts[0], 0, out.length);
     slices.forEach((x, i) => copyChunkPart(out, x.off, parts[i + 1], 0, x.len));
@@ -515,14 +518,29 @@ export class FileData {
   }
 
   /** bytes [lo, hi) of what an entry defines, fetched alone (KvStore.getRange); undefined when a blob is missing */
+  /**
+   * `data`, a blob (or a range of one) that must hold `want` bytes: one that holds fewer (a blob file cut short: a
+   * damaged store) is CORRUPT, never read as if its missing bytes were zeros, and leaves the blob cache (which
+   * took it on the way). Undefined (missing) passes.
+   */
+  private whole<T extends Uint8Array | undefined>(data: T, want: number, blobId: string): T {
+    if (data && data.length < want) {
+      this.cx.blobs.evict(blobId);
+      throw new StoreError('CORRUPT', `file ${this.ino}: blob ${blobId} holds ${data.length} bytes where the chunk map says ${want}`);
+    }
+    return data;
+  }
+
   private async composeRange(e: ChunkEntry, lo: number, hi: number): Promise<Uint8Array | undefined> {
-    const range = (id: string, off: number, len: number) => this.cx.store.getRange!(K.blob(id), off, len);
-    if (!e.slices?.length) return range(e.blobId, lo, hi - lo);
+    // (a blob holds `length` bytes: a range of it ends there)
+    const range = async (id: string, length: number, off: number, len: number) =>
+      this.whole(await this.cx.store.getRange!(K.blob(id), off, len), Math.max(0, Math.min(len, length - off)), id);
+    if (!e.slices?.length) return range(e.blobId, e.length, lo, hi - lo);
     // each slice's part inside [lo, hi): from `a` to `b` of the chunk
     const over = e.slices.map((x) => ({ x, a: Math.max(lo, x.off), b: Math.min(hi, x.off + x.len) })).filter((o) => o.a < o.b);
     const parts = await Promise.all([
-      e.blobId && lo < e.length ? range(e.blobId, lo, Math.min(hi, e.length) - lo) : Promise.resolve(Buffer.alloc(0)),
-      ...over.map(({ x, a, b }) => range(x.blobId, a - x.off, b - a)),
+      e.blobId && lo < e.length ? range(e.blobId, e.length, lo, Math.min(hi, e.length) - lo) : Promise.resolve(Buffer.alloc(0)),
+      ...over.map(({ x, a, b }) => range(x.blobId, x.len, a - x.off, b - a)),
     ]);
     if (parts.some((p) => !p)) return undefined;
     const out = Buffer.allocUnsafe(hi - lo);

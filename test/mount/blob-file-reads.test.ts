@@ -114,3 +114,66 @@ t.test('a sequential read is answered from blob files, window after window', asy
   }
   t.equal((await m.unmount()).code, 0, 'unmount');
 });
+
+// A blob file cut short (a damaged store) under a sequential reader: the readers find fewer bytes than the chunk
+// map promises (the splice of the file ends early, and so does the read tried after it), send the READ on, and
+// the core fails it with EIO (file-data.ts whole()). A read returns the bytes written up to the first page it
+// cannot have (a short read), then EIO; never other bytes (the cut halves read as zeros before whole()).
+const CUT_READS = String.raw`
+import json, os, sys
+path, src = sys.argv[1:3]
+want = open(src, "rb").read()
+fd = os.open(path, os.O_RDONLY)
+out = {"eio": 0, "ok": 0, "bad": 0}
+off = 0
+while off < len(want):
+    try:
+        got = os.pread(fd, 1 << 20, off)
+    except OSError as e:
+        if e.errno != 5: sys.exit(f"read at {off}: {e} (want EIO or the bytes)")
+        out["eio"] += 1
+        off = (off // (1 << 20) + 1) << 20
+        continue
+    if not got:
+        sys.exit(f"end of file at {off} of {len(want)}")
+    if got == want[off:off + len(got)]:
+        out["ok"] += 1
+    else:
+        out["bad"] += 1
+        if "first" not in out:
+            n = next((i for i in range(len(got)) if got[i] != want[off + i]), len(got))
+            out["first"] = {"off": off, "len": len(got), "same_for": n}
+    # a read that ends early (the next page failed) is followed by one at its end
+    off += len(got)
+os.close(fd)
+print(json.dumps(out))
+`;
+
+t.test('a blob file cut short under a sequential reader gives EIO, never other bytes', async (t) => {
+  const { storeDir, m, src, file, stats } = await scene(t, 'kvfs-test-blobfiles-cut-', 16, (i) => i * 11 + (i >> 14));
+  expectExit(t, await run('sh', ['-c', `echo 3 > /proc/sys/vm/drop_caches; dd if=${file} bs=1M status=none | cmp - ${src}`]),
+    'read back whole before the damage');
+  const cut = await run(PYTHON, ['-c', String.raw`
+import os, sys
+n = 0
+for d, _, names in os.walk(sys.argv[1]):
+    for name in names:
+        p = os.path.join(d, name)
+        size = os.path.getsize(p)
+        if size > 4096:
+            os.truncate(p, size // 2)
+            n += 1
+print(n)`, join(storeDir, 'blobs')]);
+  expectExit(t, cut, 'cut every blob file to half its length');
+  t.ok(Number(cut.stdout.trim()) >= 16, `blob files cut: ${cut.stdout.trim()}`);
+  const before = await stats();
+  const r = await run('sh', ['-c', `echo 3 > /proc/sys/vm/drop_caches; ${PYTHON} -c '${CUT_READS.replace(/'/g, `'\\''`)}' ${file} ${src}`],
+    { timeout: 120_000 });
+  expectExit(t, r, '1 MiB reads through the page cache, each EIO or the bytes written');
+  const out = JSON.parse(r.stdout.trim().split('\n').pop() ?? '{}') as { eio?: number; ok?: number; bad?: number };
+  t.equal(out.bad, 0, 'no read returned other bytes', { out });
+  t.ok((out.eio ?? 0) > 0, `reads that failed with EIO: ${out.eio}; reads that returned the bytes written: ${out.ok}`);
+  const after = await stats();
+  t.ok(after.fileReadMisses > before.fileReadMisses, `READs the readers passed on to the core: ${after.fileReadMisses - before.fileReadMisses}`);
+  t.equal((await m.unmount()).code, 0, 'unmount');
+});

@@ -177,7 +177,7 @@ class Reader {
     if (piece.fd >= 0) {
       bool sent = SpliceReply(piece, n);
       // could not splice it: the piece is read here, and written as the rest are
-      bool read = sent || PreadWhole(piece.fd, static_cast<uint8_t*>(iov_[1].iov_base), piece.len, piece.off);
+      bool read = sent || PreadWhole(piece.fd, piece.off, static_cast<uint8_t*>(iov_[1].iov_base), piece.len);
       close(piece.fd);
       if (!read) {
         // the file could not be read: JavaScript answers
@@ -244,17 +244,6 @@ class Reader {
     int left = 0;
     if (!ok && ioctl(pipe_r_, FIONREAD, &left) == 0 && left > 0) Drain(static_cast<size_t>(left));
     return ok;
-  }
-
-  static bool PreadWhole(int fd, uint8_t* out, uint64_t len, uint64_t off) {
-    uint64_t got = 0;
-    while (got < len) {
-      ssize_t r = pread(fd, out + got, len - got, static_cast<off_t>(off + got));
-      if (r < 0 && errno == EINTR) continue;
-      if (r <= 0) return false;
-      got += static_cast<uint64_t>(r);
-    }
-    return true;
   }
 
   // A FLUSH (close) of a file with nothing uncommitted is answered here (read-index.h). True when answered.

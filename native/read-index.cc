@@ -17,15 +17,9 @@ uint8_t zeros[kZeroBytes];
 bool ReadWhole(const std::string& path, uint64_t off, uint8_t* out, uint64_t len) {
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return false;
-  uint64_t got = 0;
-  while (got < len) {
-    ssize_t r = pread(fd, out + got, len - got, static_cast<off_t>(off + got));
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) break;
-    got += static_cast<uint64_t>(r);
-  }
+  bool ok = PreadWhole(fd, off, out, len);
   close(fd);
-  return got == len;
+  return ok;
 }
 
 // A piece of a reply that a reader reads from a published file.
@@ -38,6 +32,17 @@ struct FilePiece {
 constexpr int kMaxFilePieces = 64;
 
 }  // namespace
+
+bool PreadWhole(int fd, uint64_t off, uint8_t* out, uint64_t len) {
+  uint64_t got = 0;
+  while (got < len) {
+    ssize_t r = pread(fd, out + got, len - got, static_cast<off_t>(off + got));
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return false;
+    got += static_cast<uint64_t>(r);
+  }
+  return true;
+}
 
 ReadIndex::ReadIndex(size_t readers) {
   for (size_t i = 0; i < readers; i++) {

@@ -59,6 +59,9 @@ inline void PutOutHeader(uint8_t* out, uint32_t len, uint64_t unique) {
   memcpy(out + 8, &unique, 8);
 }
 
+// Reads len bytes at off of the open file fd into out; false unless all of them were read.
+bool PreadWhole(int fd, uint64_t off, uint8_t* out, uint64_t len);
+
 class ReadIndex {
  public:
   explicit ReadIndex(size_t readers);

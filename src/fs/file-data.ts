@@ -517,7 +517,6 @@ export class FileData {
     return out;
   }
 
-  /** bytes [lo, hi) of what an entry defines, fetched alone (KvStore.getRange); undefined when a blob is missing */
   /**
    * `data`, a blob (or a range of one) that must hold `want` bytes: one that holds fewer (a blob file cut short: a
    * damaged store) is CORRUPT, never read as if its missing bytes were zeros, and leaves the blob cache (which
@@ -531,6 +530,7 @@ export class FileData {
     return data;
   }
 
+  /** bytes [lo, hi) of what an entry defines, fetched alone (KvStore.getRange); undefined when a blob is missing */
   private async composeRange(e: ChunkEntry, lo: number, hi: number): Promise<Uint8Array | undefined> {
     // (a blob holds `length` bytes: a range of it ends there)
     const range = async (id: string, length: number, off: number, len: number) =>

@@ -168,6 +168,39 @@ export function laterSlices(old: ChunkEntry, cur: ChunkEntry): { later: Slice[];
   return { later, kept };
 }
 
+/**
+ * What a commit does to an entry's slices when `by` (the new ones) are laid over them: of the last RECENT_SLICES,
+ * those `by` covers go (`dropped`) and the rest stay (`kept`, in order, from index `cut` on); older slices stay
+ * as they are, covered or not, until a compaction replaces the whole entry. So the stored encoding changes only at
+ * its end (the part from `cut` is encoded again, everything before it is kept byte for byte), and a commit costs
+ * the same whatever the entry holds: dropping every covered slice took an encoding of the whole entry, and with
+ * 4 KiB random writes most commits dropped one (rand-write-4k on local: a commit took 51 us per chunk it wrote,
+ * 34 this way; see MAX_SLICES). A page written again and again (a database's header) still leaves one slice.
+ */
+function layOver(slices: readonly Slice[], by: readonly { off: number; len: number }[]): { cut: number; kept: Slice[]; dropped: Slice[] } {
+  const from = Math.max(0, slices.length - RECENT_SLICES);
+  let cut = slices.length;
+  for (let i = from; i < slices.length; i++) {
+    if (coveredBy(by, slices[i]!)) {
+      cut = i;
+      break;
+    }
+  }
+  const kept: Slice[] = [];
+  const dropped: Slice[] = [];
+  for (let i = cut; i < slices.length; i++) (coveredBy(by, slices[i]!) ? dropped : kept).push(slices[i]!);
+  return { cut, kept, dropped };
+}
+const RECENT_SLICES = 8;
+
+/** an entry's stored encoding (encodeChunk) without its slices from index `cut` on */
+function cutSlices(raw: Uint8Array, count: number, cut: number): Uint8Array {
+  let end = raw.length;
+  const b = Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength);
+  for (let i = count; i > cut; i--) end = b.lastIndexOf(0x3b, end - 1);
+  return raw.subarray(0, end);
+}
+
 /** the bytes runs or slices cover, added up */
 const lengthOf = (parts: readonly { len: number }[]): number => parts.reduce((n, x) => n + x.len, 0);
 
@@ -192,12 +225,11 @@ const MAX_DIRTY_CHUNKS = 16;
 /**
  * A chunk is compacted (written whole, its slices dropped) after the commit that would leave it more slices than
  * this, or slices of a chunk's bytes or more (its base blob then holds nothing it reads), counting what the entry
- * keeps: a new slice drops the older ones it covers. A chunk's reads combine at most this many blobs (slices are
- * small blobs of an in-process engine, or fetched in parallel) and it takes at most twice its bytes. 4 KiB random
- * writes send the store a slice each, plus a whole chunk once every page of it was written again (about 300
- * writes of a 256 KiB chunk, fewer where pages were written as runs): rand-write-4k sent 1.9 to 2.0 bytes per
- * byte written (counting the slices the new ones cover, 3.5 to 3.9: every commit to a chunk whose pages all had
- * slices compacted it).
+ * keeps (layOver: the older slices a new one covers stay until then). A chunk's reads combine at most this many
+ * blobs (slices are small blobs of an in-process engine, or fetched in parallel) and it takes at most twice its
+ * bytes. 4 KiB random writes send the store a slice each, plus a whole chunk about every 64 writes of it:
+ * rand-write-4k sent 2.4 to 2.8 bytes per byte written on local (1.5 to 2.1 when every covered slice went at once,
+ * which cost an encoding of the whole entry per commit).
  */
 const MAX_SLICES = 64;
 /**
@@ -937,24 +969,17 @@ export class FileData {
           c.entry = old;
           let next: ChunkEntry | null;
           if (c.slices) {
-            // slices over what the chunk holds; older slices that a new one covers go. The work is the old
-            // slices' count in comparisons, and the new ones' in encoding: an entry that loses none is its stored
-            // encoding with the new slices added
+            // slices over what the chunk holds; of the recent ones, those a new one covers go (layOver): the stored
+            // encoding is kept up to the first that changes, and only what follows is encoded
             if (!c.slices.length) continue;
-            const kept: Slice[] = [];
-            let freed = 0;
-            for (const x of old?.slices ?? []) {
-              if (coveredBy(c.slices, x)) {
-                queueGc(tx, x.blobId, x.len);
-                freed += x.len;
-              } else {
-                kept.push(x);
-              }
-            }
-            for (const x of c.slices) kept.push(x);
-            next = { length: old?.length ?? 0, blobId: old?.blobId ?? '', slices: kept };
+            const olds = old?.slices ?? [];
+            const { cut, kept, dropped } = layOver(olds, c.slices);
+            for (const x of dropped) queueGc(tx, x.blobId, x.len);
+            const freed = lengthOf(dropped);
+            const tail = [...kept, ...c.slices];
+            next = { length: old?.length ?? 0, blobId: old?.blobId ?? '', slices: [...olds.slice(0, cut), ...tail] };
             const adds = lengthOf(c.slices);
-            tx.set(key, oldRaw && freed === 0 ? this.appendEntry(oldRaw, next, c.slices) : this.encodeEntry(next));
+            tx.set(key, oldRaw ? this.appendEntry(cutSlices(oldRaw, olds.length, cut), next, tail) : this.encodeEntry(next));
             inode.stored += adds - freed;
             added += adds;
           } else {
@@ -1019,10 +1044,11 @@ export class FileData {
     if (m && c.length) {
       const e = await this.entry(c.idx, false);
       const runs = pageRuns(m, c.length);
-      // what the entry will hold: its slices the new ones do not cover, and the new ones
-      const kept = (e?.slices ?? []).filter((x) => !coveredBy(runs, x));
-      const count = kept.length + runs.length;
-      const bytes = lengthOf(kept) + lengthOf(runs);
+      // what the entry will hold: its slices but the recent ones the new ones cover (layOver), and the new ones
+      const olds = e?.slices ?? [];
+      const { dropped } = layOver(olds, runs);
+      const count = olds.length - dropped.length + runs.length;
+      const bytes = lengthOf(olds) - lengthOf(dropped) + lengthOf(runs);
       // a run of a quarter chunk or more (a sequential writer that met a commit of its chunk part-way) is
       // compacted behind: the chunk's reads are then one blob's, which the driver's readers serve from its file
       const large = runs.some((r) => r.len >= this.cx.chunkSize / 4);

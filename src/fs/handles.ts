@@ -13,6 +13,7 @@
  *  - `view` is an inode as this mount sees it: with the uncommitted size and times of its open file.
  */
 import { constants } from 'node:fs';
+import { foreground } from './foreground.js';
 import { LRUCache } from 'lru-cache';
 import { fsErr } from './errors.js';
 import { FileData, type DataContext } from './file-data.js';
@@ -247,14 +248,16 @@ export class Handles {
   /** commits what this handle's file holds (close(2) of one descriptor) */
   async flush(fh: Fh): Promise<void> {
     const h = this.handle(fh);
-    if (h.kind === 'file') await h.data.flush();
+    if (h.kind === 'file') await foreground.run(() => h.data.flush());
   }
 
   /** commits and makes the store put it on stable storage */
   async fsync(fh: Fh): Promise<void> {
     const h = this.handle(fh);
-    if (h.kind === 'file') await h.data.flush();
-    await this.cx.vol.store.sync();
+    await foreground.run(async () => {
+      if (h.kind === 'file') await h.data.flush();
+      await this.cx.vol.store.sync();
+    });
   }
 
   /** commits every open file's buffered writes */

@@ -7,6 +7,7 @@ import { log } from '../log.js';
 import type { KvStore } from '../backend/kv.js';
 import { K } from '../volume/schema.js';
 import { Queues } from '../volume/queues.js';
+import { foreground } from './foreground.js';
 import type { BlobCache } from './blob-cache.js';
 import type { Counters } from './counters.js';
 
@@ -35,6 +36,7 @@ export class Janitor {
         counters.add(K.inodeCount, -n);
       },
       deleted: (ids) => { for (const id of ids) blobs.evict(id); },
+      pause: () => foreground.idle(),
       collected: (count, bytes) => {
         counters.add(K.byteCount, -bytes);
         this.collected += count;

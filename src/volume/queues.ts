@@ -31,6 +31,8 @@ export interface QueueHooks {
   deleted?(ids: readonly string[]): void;
   /** the queue entries of `count` deleted blobs of `bytes` bytes in all are gone */
   collected?(count: number, bytes: number): void;
+  /** before each step: background work waits here while foreground work runs */
+  pause?(): Promise<void> | undefined;
 }
 
 export class Queues {
@@ -38,8 +40,8 @@ export class Queues {
 
   /** drains both queues (purge first: it fills the GC queue) */
   async drain(): Promise<void> {
-    while (await this.purgeSome()) { /* next page */ }
-    while (await this.collectSome()) { /* next page */ }
+    while ((await this.hooks.pause?.(), await this.purgeSome())) { /* next page */ }
+    while ((await this.hooks.pause?.(), await this.collectSome())) { /* next page */ }
   }
 
   /**
@@ -112,6 +114,7 @@ export class Queues {
     // every entry scanned was written before this call: the wait covers them all
     await this.store.durable?.();
     for (const page of pages) {
+      await this.hooks.pause?.();
       const ids = page.map(([k]) => memberOf(k, K.gcPrefix));
       await this.store.del(ids.map((id) => K.blob(id)));
       this.hooks.deleted?.(ids);

@@ -139,6 +139,62 @@ t.test('an unaligned small write into a chunk not in memory keeps the bytes arou
   await fs.release(fh2);
 });
 
+t.test('a commit drops the recent slices the new ones cover; older covered ones stay until the chunk is compacted', async (t) => {
+  const store = new MemoryStore();
+  const { fs, attr, fh, model } = await oneChunkFile(store);
+  await fs.fsync(fh);
+  const page = async (p: number, fill: number) => {
+    const b = Buffer.alloc(4096, fill);
+    await fs.write(fh, p * 4096, b);
+    b.copy(model, p * 4096);
+    await fs.fsync(fh);
+  };
+  const slices = async () => (await chunkEntries(store, attr.ino))[0]!.slices ?? [];
+  for (let i = 0; i < 20; i++) await page(0, i);
+  t.equal((await slices()).length, 1, 'a page written 20 times, an fsync after each: one slice');
+  for (let i = 0; i < 20; i++) await page(1 + (i % 2), 0x40 + i);
+  t.equal((await slices()).length, 3, 'two more pages written in turn 20 times: one slice each');
+  await page(5, 0x70);
+  for (let p = 10; p < 20; p++) await page(p, 0x71);
+  await page(5, 0x72);
+  const now = await slices();
+  t.equal(now.filter((x) => x.off === 5 * 4096).length, 2, 'a page written again after 10 others: its older slice stays (covered)');
+  t.equal(now.length, 3 + 1 + 10 + 1, 'and every other slice is there once');
+  t.ok((await fs.read(fh, 0, CHUNK)).equals(model), 'the chunk reads as written: the newer slice over the older');
+  // the covered slice is still named, so it is still stored; the dropped ones were collected
+  await fs.release(fh);
+  await fs.close();
+  const before = (await chunkEntries(store, attr.ino))[0]!;
+  const base = before.blobId;
+  const named = new Set(entryBlobs(before).map((b) => b.blobId));
+  const stored = (await store.keys(K.blob(''))).map((k) => k.slice(K.blob('').length));
+  t.same(stored.filter((id) => !named.has(id)), [], 'no blob is stored that the entry does not name');
+  for (const id of named) t.ok(stored.includes(id), `blob ${id} the entry names is stored`);
+  const fs2 = await Filesystem.open(store);
+  const fh2 = await fs2.open(attr.ino, O_RDWR);
+  t.ok((await fs2.read(fh2, 0, CHUNK)).equals(model), 'and after the volume is opened again');
+  // enough writes of one page to pass MAX_SLICES slices in the entry: compacted, every slice gone
+  for (let i = 0; i < 70; i++) {
+    const b = Buffer.alloc(4096, 0x20 + i);
+    await fs2.write(fh2, (i % 40) * 4096, b);
+    b.copy(model, (i % 40) * 4096);
+    if (i % 2) await fs2.fsync(fh2);
+  }
+  await fs2.fsync(fh2);
+  // (the compaction runs behind the commit that asked for it, while the file is open)
+  for (let i = 0; i < 200 && (await chunkEntries(store, attr.ino))[0]!.blobId === base; i++) await new Promise((r) => setTimeout(r, 10));
+  await fs2.release(fh2);
+  await fs2.close();
+  const after = (await chunkEntries(store, attr.ino))[0]!;
+  t.not(after.blobId, base, 'compacted: the chunk has a new base blob');
+  t.ok((after.slices?.length ?? 0) < now.length + 70, `and ${after.slices?.length ?? 0} slices over it, those committed after`);
+  const fs3 = await Filesystem.open(store);
+  t.teardown(() => fs3.close());
+  const fh3 = await fs3.open(attr.ino, O_RDWR);
+  t.ok((await fs3.read(fh3, 0, CHUNK)).equals(model), 'the compacted chunk reads as written');
+  await fs3.release(fh3);
+});
+
 t.test('a format 1 volume is upgraded when mounted; a newer one than this kvfs is refused', async (t) => {
   const store = new MemoryStore();
   await formatVolume(store, { chunkSize: CHUNK, uid: 0, gid: 0 });

@@ -178,17 +178,18 @@ export function laterSlices(old: ChunkEntry, cur: ChunkEntry): { later: Slice[];
  * 34 this way; see MAX_SLICES). A page written again and again (a database's header) still leaves one slice.
  */
 function layOver(slices: readonly Slice[], by: readonly { off: number; len: number }[]): { cut: number; kept: Slice[]; dropped: Slice[] } {
-  const from = Math.max(0, slices.length - RECENT_SLICES);
   let cut = slices.length;
-  for (let i = from; i < slices.length; i++) {
-    if (coveredBy(by, slices[i]!)) {
-      cut = i;
-      break;
-    }
-  }
   const kept: Slice[] = [];
   const dropped: Slice[] = [];
-  for (let i = cut; i < slices.length; i++) (coveredBy(by, slices[i]!) ? dropped : kept).push(slices[i]!);
+  for (let i = Math.max(0, slices.length - RECENT_SLICES); i < slices.length; i++) {
+    const x = slices[i]!;
+    if (coveredBy(by, x)) {
+      cut = Math.min(cut, i);
+      dropped.push(x);
+    } else if (cut < slices.length) {
+      kept.push(x);
+    }
+  }
   return { cut, kept, dropped };
 }
 const RECENT_SLICES = 8;

@@ -13,10 +13,10 @@
  *  - `view` is an inode as this mount sees it: with the uncommitted size and times of its open file.
  */
 import { constants } from 'node:fs';
-import { foreground } from './foreground.js';
 import { LRUCache } from 'lru-cache';
 import { fsErr } from './errors.js';
 import { FileData, type DataContext } from './file-data.js';
+import { foreground } from './foreground.js';
 import type { KeyedMutex } from './keyed-mutex.js';
 import type { Lifetime } from './lifetime.js';
 import type { Volume } from '../volume/inodes.js';

@@ -38,10 +38,12 @@ export interface QueueHooks {
 export class Queues {
   constructor(private readonly store: KvStore, private readonly hooks: QueueHooks = {}) {}
 
-  /** drains both queues (purge first: it fills the GC queue) */
+  /** drains both queues (purge first: it fills the GC queue); each page waits for `pause` first */
   async drain(): Promise<void> {
-    while ((await this.hooks.pause?.(), await this.purgeSome())) { /* next page */ }
-    while ((await this.hooks.pause?.(), await this.collectSome())) { /* next page */ }
+    do {
+      await this.hooks.pause?.();
+    } while (await this.purgeSome());
+    while (await this.collectSome()) { /* next pages (collectSome waits for pause before each) */ }
   }
 
   /**

@@ -373,8 +373,8 @@ function writeAll(fd: number, b: Buffer, len: number, pos: number): void {
  */
 export class Overlay {
   readonly values = new Map<string, Buffer | null>();
-  /** per collection its keys, in byte order (a new key is inserted where it belongs) */
-  readonly #byCollection = new Map<string, string[]>();
+  /** per collection its keys (Keys: sorted when a scan asks for them) */
+  readonly #byCollection = new Map<string, Keys>();
   /** bytes of keys and values held */
   bytes = 0;
   /** bytes of LMDB pages the writes held may take (lmdb-space.ts needOf), counted by the store */
@@ -391,9 +391,8 @@ export class Overlay {
       this.bytes += key.length + 48;
       const coll = key.slice(0, key.lastIndexOf('/') + 1);
       let keys = this.#byCollection.get(coll);
-      if (!keys) this.#byCollection.set(coll, (keys = []));
-      if (!keys.length || keyCompare(keys[keys.length - 1]!, key) < 0) keys.push(key);
-      else keys.splice(firstAfter(keys, key), 0, key);
+      if (!keys) this.#byCollection.set(coll, (keys = new Keys()));
+      keys.add(key);
     }
     this.values.set(key, value);
     this.bytes += value?.length ?? 0;
@@ -405,23 +404,74 @@ export class Overlay {
     if (old === undefined) return;
     this.values.delete(key);
     this.bytes -= key.length + 48 + (old?.length ?? 0);
-    const keys = this.#byCollection.get(key.slice(0, key.lastIndexOf('/') + 1))!;
-    const at = firstAfter(keys, key) - 1;
-    if (keys[at] === key) keys.splice(at, 1);
+    this.#byCollection.get(key.slice(0, key.lastIndexOf('/') + 1))!.remove(key);
   }
 
   /** the keys held of one collection (a prefix ending in '/'), in byte order */
   collection(prefix: string): readonly string[] | undefined {
-    return this.#byCollection.get(prefix);
+    return this.#byCollection.get(prefix)?.sorted();
   }
 }
 
-const HIGH = /[\ud800-\uffff]/;
+/**
+ * The keys of one collection: a part in byte order and the keys added since, sorted and merged in when a scan
+ * asks (`sorted`). Writes far outnumber scans (a directory of 20,000 names takes a tombstone per unlink, and is
+ * scanned only by readdir), so an add costs a push, not an insertion into the middle of a large array. A key
+ * removed from the pending part goes at once; from the sorted part it is spliced out (O(n), as an insertion was).
+ */
+class Keys {
+  #sorted: string[] = [];
+  #pending: string[] = [];
 
-/** byte order of two keys' UTF-8 (string order, unless one has a surrogate or a char above: kv-rules byteOrder) */
+  add(key: string): void {
+    const s = this.#sorted;
+    // in order already (counters, queues named in order, a directory filled in name order): no pending part
+    if (!this.#pending.length && (!s.length || keyCompare(s[s.length - 1]!, key) < 0)) s.push(key);
+    else this.#pending.push(key);
+  }
+
+  remove(key: string): void {
+    const p = this.#pending.indexOf(key);
+    if (p >= 0) {
+      this.#pending.splice(p, 1);
+      return;
+    }
+    const s = this.#sorted;
+    const at = firstAfter(s, key) - 1;
+    if (s[at] === key) s.splice(at, 1);
+  }
+
+  sorted(): readonly string[] {
+    if (!this.#pending.length) return this.#sorted;
+    const add = this.#pending.sort(keyCompare);
+    const old = this.#sorted;
+    const out: string[] = new Array(old.length + add.length);
+    let i = 0;
+    let j = 0;
+    let k = 0;
+    while (i < old.length && j < add.length) out[k++] = keyCompare(old[i]!, add[j]!) < 0 ? old[i++]! : add[j++]!;
+    while (i < old.length) out[k++] = old[i++]!;
+    while (j < add.length) out[k++] = add[j++]!;
+    this.#sorted = out;
+    this.#pending = [];
+    return out;
+  }
+}
+
+/**
+ * byte order of two keys' UTF-8 (kv-rules byteOrder). UTF-16 order is code point order, so UTF-8 order, wherever
+ * the first code unit that differs is below the surrogates; only there (a surrogate against a char above it) do
+ * the two orders part, and the UTF-8 bytes decide. No regular expression per call: a scan holds many compares.
+ */
 export function keyCompare(a: string, b: string): number {
   if (a === b) return 0;
-  if (!HIGH.test(a) && !HIGH.test(b)) return a < b ? -1 : 1;
+  const n = Math.min(a.length, b.length);
+  let i = 0;
+  while (i < n && a.charCodeAt(i) === b.charCodeAt(i)) i++;
+  if (i === n) return a.length < b.length ? -1 : 1;
+  const x = a.charCodeAt(i);
+  const y = b.charCodeAt(i);
+  if (x < 0xd800 && y < 0xd800) return x < y ? -1 : 1;
   return Buffer.compare(Buffer.from(a), Buffer.from(b));
 }
 

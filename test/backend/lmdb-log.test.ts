@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
 import { byteOrder } from '../../src/backend/kv-rules.js';
-import { recover, WriteLog, type LogWrite } from '../../src/backend/lmdb-log.js';
+import { firstAfter, keyCompare, Overlay, recover, WriteLog, type LogWrite } from '../../src/backend/lmdb-log.js';
 import { LmdbStore } from '../../src/backend/lmdb.js';
 import { prng } from '../helpers/prng.js';
 import { describe, run } from '../helpers/run.js';
@@ -210,6 +210,63 @@ for (const limit of [undefined, 16 << 10]) t.test(`log mode${limit ? ' with chec
   t.teardown(() => s.close());
   t.equal(s.logStats.replayed, 0, 'a reopen after close replays nothing');
   await check('reopened');
+});
+
+t.test('keyCompare is UTF-8 byte order (byteOrder) on every pair: ASCII, accents, BMP chars above the surrogates, astral ones', (t) => {
+  const rnd = prng(0xc0de);
+  // the orders of UTF-16 and UTF-8 part where a surrogate meets a char in U+E000..U+FFFF: both are among the units
+  const units = ['a', 'b', 'z', '/', '0', '\u00e9', '\u65e5', '\ud7ff', '\ue000', '\uffee', '\uffff', '\ud83d\ude42', '\ud800\udc00', '\udbff\udfff'];
+  const word = () => Array.from({ length: Math.floor(rnd() * 4) }, () => units[Math.floor(rnd() * units.length)]).join('');
+  const sign = (n: number) => Math.sign(n);
+  let wrong = 0;
+  let first = '';
+  for (let i = 0; i < 20000; i++) {
+    const p = word();
+    const a = 'd/1/' + p + word();
+    const b = 'd/1/' + p + word();
+    if (sign(keyCompare(a, b)) !== sign(byteOrder(a, b))) {
+      wrong++;
+      first ||= `${JSON.stringify(a)} vs ${JSON.stringify(b)}: ${keyCompare(a, b)}, byteOrder ${byteOrder(a, b)}`;
+    }
+  }
+  t.equal(wrong, 0, `every pair in byte order${first ? ` (first wrong: ${first})` : ''}`);
+  // and a sorted array searched with it
+  const keys = Array.from({ length: 500 }, () => 'x/' + word()).sort(byteOrder);
+  const probe = 'x/' + units[8];
+  const at = firstAfter(keys, probe);
+  t.ok(keys.slice(0, at).every((k) => byteOrder(k, probe) <= 0) && keys.slice(at).every((k) => byteOrder(k, probe) > 0), 'firstAfter splits a byte-ordered array at the probe');
+  t.end();
+});
+
+t.test('an Overlay lists each collection\'s keys in byte order through any mix of sets, forgets and scans', (t) => {
+  const rnd = prng(0x0e1a);
+  const o = new Overlay();
+  const model = new Map<string, Set<string>>();
+  const colls = ['d/1/', 'd/10/', 'g/', 'i/'];
+  const names = ['a', 'b', 'a0', 'é', '日', '\ue000', '\ud83d\ude42', '10', '9', 'z'];
+  let wrong = '';
+  let steps = 0;
+  for (let i = 0; i < 30000 && !wrong; i++, steps++) {
+    const coll = colls[Math.floor(rnd() * colls.length)]!;
+    const key = coll + names[Math.floor(rnd() * names.length)]! + (rnd() < 0.5 ? String(Math.floor(rnd() * 300)) : '');
+    const r = rnd();
+    const keys = model.get(coll) ?? new Set<string>();
+    model.set(coll, keys);
+    if (r < 0.6) {
+      o.set(key, rnd() < 0.3 ? null : Buffer.from('v'));
+      keys.add(key);
+    } else if (r < 0.9) {
+      o.forget(key);
+      keys.delete(key);
+    } else {
+      const got = o.collection(coll) ?? [];
+      const want = [...keys].sort(byteOrder);
+      if (got.join('|') !== want.join('|')) wrong = `step ${i}, ${coll}: got ${got.length} keys, want ${want.length}`;
+    }
+  }
+  t.equal(wrong, '', `every scan in byte order with what is held (${steps} steps)`);
+  t.equal(o.size, [...model.values()].reduce((n, k) => n + k.size, 0), 'values held: those set and not forgotten');
+  t.end();
 });
 
 t.test('overlays and LMDB merge in get and scan exactly as a model says (random writes, checkpoints, reopens)', async (t) => {

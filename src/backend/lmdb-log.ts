@@ -414,36 +414,33 @@ export class Overlay {
 }
 
 /**
- * The keys of one collection: a part in byte order and the keys added since, sorted and merged in when a scan
- * asks (`sorted`). Writes far outnumber scans (a directory of 20,000 names takes a tombstone per unlink, and is
- * scanned only by readdir), so an add costs a push, not an insertion into the middle of a large array. A key
- * removed from the pending part goes at once; from the sorted part it is spliced out (O(n), as an insertion was).
+ * The keys of one collection: a part in byte order and the keys added since (a set: removed in O(1)), sorted and
+ * merged in when a scan asks (`sorted`). Writes far outnumber scans (a directory of 20,000 names takes a tombstone
+ * per unlink and is scanned only by readdir; small blobs come and go by the thousand and are scanned by no one),
+ * so an add costs a push, not an insertion into the middle of a large array. A key removed from the sorted part is
+ * spliced out (O(n), as an insertion was).
  */
 class Keys {
   #sorted: string[] = [];
-  #pending: string[] = [];
+  #pending = new Set<string>();
 
   add(key: string): void {
     const s = this.#sorted;
     // in order already (counters, queues named in order, a directory filled in name order): no pending part
-    if (!this.#pending.length && (!s.length || keyCompare(s[s.length - 1]!, key) < 0)) s.push(key);
-    else this.#pending.push(key);
+    if (!this.#pending.size && (!s.length || keyCompare(s[s.length - 1]!, key) < 0)) s.push(key);
+    else this.#pending.add(key);
   }
 
   remove(key: string): void {
-    const p = this.#pending.indexOf(key);
-    if (p >= 0) {
-      this.#pending.splice(p, 1);
-      return;
-    }
+    if (this.#pending.delete(key)) return;
     const s = this.#sorted;
     const at = firstAfter(s, key) - 1;
     if (s[at] === key) s.splice(at, 1);
   }
 
   sorted(): readonly string[] {
-    if (!this.#pending.length) return this.#sorted;
-    const add = this.#pending.sort(keyCompare);
+    if (!this.#pending.size) return this.#sorted;
+    const add = [...this.#pending].sort(keyCompare);
     const old = this.#sorted;
     const out: string[] = new Array(old.length + add.length);
     let i = 0;
@@ -453,7 +450,7 @@ class Keys {
     while (i < old.length) out[k++] = old[i++]!;
     while (j < add.length) out[k++] = add[j++]!;
     this.#sorted = out;
-    this.#pending = [];
+    this.#pending.clear();
     return out;
   }
 }

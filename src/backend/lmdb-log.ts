@@ -1,6 +1,7 @@
 import { closeSync, fdatasync, fsync, fsyncSync, ftruncateSync, openSync, readdirSync, readFileSync, renameSync, statfsSync, unlinkSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
+import { keyCompare } from './kv-rules.js';
 
 /**
  * The write-ahead log of a local (LMDB) store (lmdb.ts): every metadata write is one record appended to a log
@@ -453,23 +454,6 @@ class Keys {
     this.#pending.clear();
     return out;
   }
-}
-
-/**
- * byte order of two keys' UTF-8 (kv-rules byteOrder). UTF-16 order is code point order, so UTF-8 order, wherever
- * the first code unit that differs is below the surrogates; only there (a surrogate against a char above it) do
- * the two orders part, and the UTF-8 bytes decide. No regular expression per call: a scan holds many compares.
- */
-export function keyCompare(a: string, b: string): number {
-  if (a === b) return 0;
-  const n = Math.min(a.length, b.length);
-  let i = 0;
-  while (i < n && a.charCodeAt(i) === b.charCodeAt(i)) i++;
-  if (i === n) return a.length < b.length ? -1 : 1;
-  const x = a.charCodeAt(i);
-  const y = b.charCodeAt(i);
-  if (x < 0xd800 && y < 0xd800) return x < y ? -1 : 1;
-  return Buffer.compare(Buffer.from(a), Buffer.from(b));
 }
 
 /** the index of the first of sorted keys that comes after key (keys.length when none does) */

@@ -1,5 +1,5 @@
 import { freemem } from 'node:os';
-import { addCounter, checkPageLimit, checkScan, collectKeys, KEY_PAGE } from './kv-rules.js';
+import { addCounter, checkPageLimit, checkScan, collectKeys, KEY_PAGE, keyCompare } from './kv-rules.js';
 import { StoreError } from './errors.js';
 import { SlabStore } from './slab-store.js';
 import type { KvCheck, KvEngineInfo, KvStore, KvWrite, ScanOptions } from './kv.js';
@@ -142,7 +142,7 @@ function set(db: MemoryData, key: string, value: Uint8Array): void {
     const c = collectionOf(key);
     let keys = db.collections.get(c);
     if (!keys) db.collections.set(c, (keys = []));
-    if (!keys.length || byteLess(keys[keys.length - 1]!, key)) keys.push(key);
+    if (!keys.length || keyCompare(keys[keys.length - 1]!, key) < 0) keys.push(key);
     else keys.splice(lowerBound(keys, key), 0, key);
   }
   db.values.set(key, value);
@@ -159,23 +159,13 @@ function remove(db: MemoryData, key: string): void {
   if (!keys.length) db.collections.delete(c);
 }
 
-/** a < b in byte (UTF-8) order; JavaScript's < compares UTF-16 code units, which differs above U+FFFF */
-function byteLess(a: string, b: string): boolean {
-  return a < b ? !astral(a, b) || Buffer.compare(Buffer.from(a), Buffer.from(b)) < 0
-    : astral(a, b) && Buffer.compare(Buffer.from(a), Buffer.from(b)) < 0;
-}
-
-function astral(a: string, b: string): boolean {
-  return /[\ud800-\udfff]/.test(a) || /[\ud800-\udfff]/.test(b);
-}
-
 /** index of the first element of sorted `keys` that is >= key (byte order) */
 function lowerBound(keys: readonly string[], key: string): number {
   let lo = 0;
   let hi = keys.length;
   while (lo < hi) {
     const mid = (lo + hi) >>> 1;
-    if (byteLess(keys[mid]!, key)) lo = mid + 1;
+    if (keyCompare(keys[mid]!, key) < 0) lo = mid + 1;
     else hi = mid;
   }
   return lo;
